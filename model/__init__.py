@@ -1,0 +1,1 @@
+"""The Cartesian-tensor potential in PyTorch: no AiiDA import, runs on a bare GPU worker."""

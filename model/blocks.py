@@ -1,0 +1,255 @@
+"""Building blocks of the Cartesian-tensor potential.
+
+Feature layout: node and edge features are stacks of packed ICTs of ranks 0..L, so a feature
+array is ``[n, channels, (L+1)**2]`` with rank l in components ``l*l .. (l+1)**2 - 1``
+(see :mod:`tace_aiida.model.cartesian`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .cartesian import is_allowed_path, packed_coupling, rank_of_component, rank_slices
+from .radial import RadialMLP
+
+Tensor = torch.Tensor
+
+
+def _coupling(l1: int, l2: int, l3: int) -> Tensor:
+    return packed_coupling(l1, l2, l3).to(torch.get_default_dtype())
+
+
+class EdgeHarmonics(nn.Module):
+    """Packed Cartesian harmonics ``T^l(r)`` of unit edge vectors, ranks 0..max_rank.
+
+    Uses ``T^(l+1)(r) = (T^l(r) x T^1(r)) -> l+1``, exact for the normalised product.
+    """
+
+    def __init__(self, max_rank: int) -> None:
+        super().__init__()
+        self.max_rank = max_rank
+        for l in range(1, max_rank):
+            self.register_buffer(f"raise_{l}", _coupling(l, 1, l + 1))
+
+    def forward(self, unit_vectors: Tensor) -> Tensor:
+        """``unit_vectors`` [n_edges, 3] -> ``[n_edges, (max_rank+1)**2]``."""
+        ranks = [torch.ones_like(unit_vectors[:, :1])]
+        if self.max_rank >= 1:
+            ranks.append(unit_vectors)
+        for l in range(1, self.max_rank):
+            coupling = getattr(self, f"raise_{l}")
+            ranks.append(torch.einsum("ea,eb,abm->em", ranks[-1], unit_vectors, coupling))
+        return torch.cat(ranks, dim=-1)
+
+
+class RankwiseLinear(nn.Module):
+    """Channel mixing with one weight matrix per rank: ``[n, c_in, D] -> [n, c_out, D]``.
+
+    Mixing channels of the same rank commutes with rotations, so equivariance is kept.
+    """
+
+    def __init__(self, max_rank: int, channels_in: int, channels_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(max_rank + 1, channels_in, channels_out))
+        self.register_buffer("component_rank", rank_of_component(max_rank))
+        self.norm = 1.0 / math.sqrt(channels_in)
+
+    def forward(self, features: Tensor) -> Tensor:
+        weight = self.weight[self.component_rank] * self.norm
+        return torch.einsum("ncm,mcd->ndm", features, weight)
+
+
+class SpeciesLinear(nn.Module):
+    """Rank-wise channel mixing whose weights depend on the atom's species (self-interaction)."""
+
+    def __init__(self, max_rank: int, channels_in: int, channels_out: int, num_species: int) -> None:
+        super().__init__()
+        self.num_species = num_species
+        self.linear = RankwiseLinear(max_rank, channels_in * num_species, channels_out)
+        self.linear.norm = 1.0 / math.sqrt(channels_in)
+
+    def forward(self, features: Tensor, species_one_hot: Tensor) -> Tensor:
+        """``features`` [n, c, D], ``species_one_hot`` [n, n_species] -> [n, c_out, D]."""
+        n, channels, components = features.shape
+        expanded = species_one_hot[:, :, None, None] * features[:, None]
+        return self.linear(expanded.reshape(n, self.num_species * channels, components))
+
+
+class InteractionBlock(nn.Module):
+    """Equivariant message passing: ``A_i = sum_j sum_paths w_p(r_ij) (h_j (x) T(r_ij)) -> l3 / <n_nbr>``.
+
+    Paths: node rank l1 <= ``max_node_rank``, edge rank l2 <= ``max_edge_rank``, output rank
+    l3 <= ``max_edge_rank``, parity-even. All paths are fused into one coupling array
+    ``[D_node, D_edge, Q]`` (Q = sum over paths of 2*l3+1). The edge harmonics are contracted first
+    (channel-independent), then one batched matmul per edge handles every channel and path.
+    """
+
+    def __init__(
+        self,
+        max_node_rank: int,
+        max_edge_rank: int,
+        channels: int,
+        num_radial: int,
+        radial_mlp: tuple[int, ...],
+        avg_num_neighbors: float,
+    ) -> None:
+        super().__init__()
+        self.linear_up = RankwiseLinear(max_node_rank, channels, channels)
+        node_slices, edge_slices = rank_slices(max_node_rank), rank_slices(max_edge_rank)
+        paths = [
+            (l1, l2, l3)
+            for l1 in range(max_node_rank + 1)
+            for l2 in range(max_edge_rank + 1)
+            for l3 in range(max_edge_rank + 1)
+            if is_allowed_path(l1, l2, l3)
+        ]
+        width = sum(2 * l3 + 1 for _, _, l3 in paths)
+        coupling = torch.zeros((max_node_rank + 1) ** 2, (max_edge_rank + 1) ** 2, width)
+        spread = torch.zeros(len(paths), width)
+        target = torch.zeros(width, (max_edge_rank + 1) ** 2)
+        column = 0
+        for index, (l1, l2, l3) in enumerate(paths):
+            columns = slice(column, column + 2 * l3 + 1)
+            coupling[node_slices[l1], edge_slices[l2], columns] = _coupling(l1, l2, l3)
+            spread[index, columns] = 1.0
+            target[columns, rank_slices(l3)[l3]] = torch.eye(2 * l3 + 1)
+            column += 2 * l3 + 1
+        self.register_buffer("coupling", coupling)
+        self.register_buffer("spread", spread)
+        self.register_buffer("target", target)
+        self.radial = RadialMLP(num_radial, radial_mlp, len(paths), channels)
+        self.linear = RankwiseLinear(max_edge_rank, channels, channels)
+        self.avg_num_neighbors = avg_num_neighbors
+
+    def forward(self, node_features: Tensor, harmonics: Tensor, radial: Tensor, edge_index: Tensor) -> Tensor:
+        """``node_features`` [n_nodes, C, D_node], ``harmonics`` [n_edges, D_edge],
+        ``radial`` [n_edges, n_radial], ``edge_index`` [2, n_edges] (sender, receiver)
+        -> ``[n_nodes, C, D_edge]``."""
+        sender, receiver = edge_index
+        up = self.linear_up(node_features)
+        edge_coupling = torch.einsum("ej,ijq->eiq", harmonics, self.coupling)
+        messages = torch.bmm(up[sender], edge_coupling)
+        messages = messages * (self.radial(radial) @ self.spread)
+        summed = torch.zeros(
+            node_features.shape[0], *messages.shape[1:], dtype=messages.dtype, device=messages.device
+        ).index_add_(0, receiver, messages)
+        aggregated = summed @ self.target / self.avg_num_neighbors
+        return self.linear(aggregated)
+
+
+class ProductBasisBlock(nn.Module):
+    """ACE-style many-body features from ``A``: ``B^(1) = A``, ``B^(nu+1) = B^(nu) (x) A``.
+
+    Every parity-even path is kept (intermediate ranks up to ``max_in_rank``; at nu = 2 only
+    l1 <= l2, the other order is the same product). The output of rank L is a sum over nu and
+    paths with species- and channel-dependent weights, ``[n, C, (max_out_rank+1)**2]``.
+
+    Layout: the paths of one correlation order are kept in one array ``[n, C, columns]`` ordered by
+    rank, path-major, so rank l is a contiguous block viewable as ``[n, C, paths_l, 2l+1]``. A step
+    ``nu -> nu+1`` is one outer product and one matmul per input rank (the couplings of all paths
+    leaving that rank fused into one matrix), then one column gather that sorts the result by rank.
+    """
+
+    def __init__(self, max_in_rank: int, max_out_rank: int, correlation: int, channels: int, num_species: int) -> None:
+        super().__init__()
+        self.max_in_rank = max_in_rank
+        self.max_out_rank = max_out_rank
+        in_dim = (max_in_rank + 1) ** 2
+        in_slices = rank_slices(max_in_rank)
+        paths_per_rank = {l: 1 for l in range(max_in_rank + 1)}
+        self.layouts: list[dict[int, int]] = [dict(paths_per_rank)]
+        self.group_ranks: list[list[int]] = []
+        for nu in range(2, correlation + 1):
+            limit = max_out_rank if nu == correlation else max_in_rank
+            groups: list[tuple[int, list[tuple[int, int, int]]]] = []
+            for l_prev in sorted(paths_per_rank):
+                paths = [
+                    (p, l_new, l_out)
+                    for p in range(paths_per_rank[l_prev])
+                    for l_new in range(l_prev if nu == 2 else 0, max_in_rank + 1)
+                    for l_out in range(limit + 1)
+                    if is_allowed_path(l_prev, l_new, l_out)
+                ]
+                if paths:
+                    groups.append((l_prev, paths))
+            next_counts: dict[int, int] = {}
+            sort_keys = []
+            for l_prev, paths in groups:
+                width_prev = 2 * l_prev + 1
+                matrix = torch.zeros(paths_per_rank[l_prev] * width_prev, in_dim, sum(2 * lo + 1 for _, _, lo in paths))
+                column = 0
+                for p, l_new, l_out in paths:
+                    rows = slice(p * width_prev, (p + 1) * width_prev)
+                    matrix[rows, in_slices[l_new], column : column + 2 * l_out + 1] = _coupling(l_prev, l_new, l_out)
+                    sort_keys += [(l_out, next_counts.get(l_out, 0), m) for m in range(2 * l_out + 1)]
+                    next_counts[l_out] = next_counts.get(l_out, 0) + 1
+                    column += 2 * l_out + 1
+                self.register_buffer(f"coupling_{nu}_{l_prev}", matrix.reshape(-1, column))
+            order = sorted(range(len(sort_keys)), key=sort_keys.__getitem__)
+            self.register_buffer(f"sort_{nu}", torch.tensor(order, dtype=torch.long))
+            self.group_ranks.append([l_prev for l_prev, _ in groups])
+            paths_per_rank = dict(sorted(next_counts.items()))
+            self.layouts.append(paths_per_rank)
+        outputs_per_rank = [sum(layout.get(l, 0) for layout in self.layouts) for l in range(max_out_rank + 1)]
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.randn(num_species, count, channels) / math.sqrt(count)) for count in outputs_per_rank]
+        )
+
+    @staticmethod
+    def _blocks(values: Tensor, layout: dict[int, int]) -> dict[int, Tensor]:
+        """Split ``[n, C, columns]`` into ``{rank: [n, C, paths, 2l+1]}`` following ``layout``."""
+        blocks, start = {}, 0
+        for l, count in layout.items():
+            width = count * (2 * l + 1)
+            blocks[l] = values[..., start : start + width].unflatten(-1, (count, 2 * l + 1))
+            start += width
+        return blocks
+
+    def forward(self, features: Tensor, species: Tensor) -> Tensor:
+        """``features`` [n, C, (max_in_rank+1)**2], ``species`` [n] (indices) -> [n, C, (max_out_rank+1)**2]."""
+        n, channels, in_dim = features.shape
+        current = features
+        per_order = [self._blocks(features, self.layouts[0])]
+        for nu, ranks in enumerate(self.group_ranks, start=2):
+            blocks = self._blocks(current, self.layouts[nu - 2])
+            parts = []
+            for l_prev in ranks:
+                outer = blocks[l_prev].flatten(-2)[..., :, None] * features[..., None, :]
+                parts.append(outer.flatten(-2) @ getattr(self, f"coupling_{nu}_{l_prev}"))
+            current = torch.cat(parts, dim=-1).index_select(-1, getattr(self, f"sort_{nu}"))
+            per_order.append(self._blocks(current, self.layouts[nu - 1]))
+        result = []
+        for l, weights in enumerate(self.weights):
+            basis = torch.cat([blocks[l] for blocks in per_order if l in blocks], dim=2)
+            result.append(torch.einsum("ncpm,npc->ncm", basis, weights[species]))
+        return torch.cat(result, dim=-1)
+
+
+class LinearReadout(nn.Module):
+    """Per-atom energy from the rank-0 channels: ``[n, C, D] -> [n]``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(channels, 1, bias=False)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear(features[..., 0]).squeeze(-1)
+
+
+class MLPReadout(nn.Module):
+    """Per-atom energy from the rank-0 channels through a SiLU MLP: ``[n, C, D] -> [n]``."""
+
+    def __init__(self, channels: int, hidden: tuple[int, ...]) -> None:
+        super().__init__()
+        sizes = (channels, *hidden)
+        layers: list[nn.Module] = []
+        for size_in, size_out in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(size_in, size_out), nn.SiLU()]
+        layers.append(nn.Linear(sizes[-1], 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features[..., 0]).squeeze(-1)

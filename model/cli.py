@@ -1,0 +1,84 @@
+"""Console scripts: ``tace-train CONFIG.yaml`` and ``tace-eval --checkpoint ... --data ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .checkpoint import CheckpointError, load_model
+from .data import LabelKeys, atoms_to_graph, resolve_device
+from .evaluation import evaluate
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """Train a potential from a YAML config; prints the summary as JSON on the last line."""
+    parser = argparse.ArgumentParser(prog="tace-train", description="Train a Cartesian-tensor potential.")
+    parser.add_argument("config", help="YAML file of training settings (see README)")
+    parser.add_argument("--seed", type=int, help="override the config's seed (ensemble members)")
+    parser.add_argument("--device", help="override the config's device: auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (batch jobs)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    from .config import TrainingConfig
+    from .training import train
+
+    try:
+        config = TrainingConfig.from_yaml(args.config)
+    except ValueError as error:
+        parser.exit(2, f"tace-train: {error}\n")
+    if args.seed is not None:
+        config.seed = args.seed
+    if args.device is not None:
+        config.device = args.device
+    if args.no_progress:
+        config.progress_bar = False
+    try:
+        summary = train(config)
+    except (ValueError, CheckpointError, FloatingPointError) as error:
+        parser.exit(1, f"tace-train: {error}\n")
+    print(json.dumps(summary))
+    return 0
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """Print energy/force/stress MAE and RMSE of a checkpoint on an extxyz file."""
+    parser = argparse.ArgumentParser(prog="tace-eval", description="Errors of a potential on labelled structures.")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint written by tace-train")
+    parser.add_argument("--data", required=True, help="extxyz file with energy/forces labels")
+    parser.add_argument("--energy-key", default="energy")
+    parser.add_argument("--forces-key", default="forces")
+    parser.add_argument("--stress-key", default="stress")
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    args = parser.parse_args(argv)
+
+    from .training import read_structures
+
+    device = resolve_device(args.device)
+    try:
+        model, _ = load_model(args.checkpoint, device=device)
+        frames = read_structures(args.data)
+        keys = LabelKeys(args.energy_key, args.forces_key, args.stress_key)
+        dtype = next(model.parameters()).dtype
+        graphs = [atoms_to_graph(a, model.config.atomic_numbers, model.config.r_max, keys, dtype) for a in frames]
+    except (ValueError, CheckpointError) as error:
+        parser.exit(1, f"tace-eval: {error}\n")
+    metrics = evaluate(model, graphs, args.batch_size, device)
+    if args.json:
+        print(json.dumps({"structures": len(graphs), **metrics}))
+        return 0
+    units = {"energy": "meV", "energy_per_atom": "meV/atom", "forces": "meV/Å", "stress": "meV/Å^3"}
+    print(f"{len(graphs)} structures from {args.data}")
+    print(f"{'quantity':<18}{'MAE':>12}{'RMSE':>12}  unit")
+    for name, unit in units.items():
+        if f"{name}_mae" in metrics:
+            print(f"{name:<18}{metrics[name + '_mae'] * 1e3:>12.3f}{metrics[name + '_rmse'] * 1e3:>12.3f}  {unit}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(train_main())

@@ -1,0 +1,147 @@
+"""Data pipeline: ASE Atoms -> graph tensors (neighbour lists from matscipy) -> batches.
+
+A graph is a dict of tensors:
+
+* ``positions`` [n_atoms, 3] Å, ``species`` [n_atoms] index into the model's species,
+  ``edge_index`` [2, n_edges] (sender j, receiver i, for every j within ``r_max`` of i),
+  ``shifts`` [n_edges, 3] integer cell shifts (the sender's image is ``r_j + shifts @ cell``),
+  ``cell`` [1, 3, 3] Å, ``batch`` [n_atoms] (all zero for one structure);
+* labels, where present: ``energy`` [1] eV, ``forces`` [n_atoms, 3] eV/Å, ``stress`` [1, 3, 3]
+  eV/Å^3, each with a mask ``has_energy`` / ``has_forces`` / ``has_stress`` [1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.data import chemical_symbols
+from ase.stress import voigt_6_to_full_3x3_stress
+from matscipy.neighbours import neighbour_list
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class LabelKeys:
+    """Where labels live in ``Atoms.info`` / ``Atoms.arrays`` (or the attached calculator's results)."""
+
+    energy: str = "energy"
+    forces: str = "forces"
+    stress: str = "stress"
+
+
+def edges_within_cutoff(atoms: Atoms, r_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(senders, receivers, integer shifts) of all pairs closer than ``r_max`` Å, self-pairs excluded.
+
+    Molecules (no periodic direction) get a bounding box so that a zero or too small cell works.
+    """
+    if atoms.pbc.any():
+        if abs(atoms.cell.volume) < 1e-9:
+            raise ValueError(f"{atoms.get_chemical_formula()}: periodic structure with a singular cell {atoms.cell[:].tolist()}")
+        receivers, senders, shifts = neighbour_list("ijS", atoms, r_max)
+    else:
+        positions = atoms.positions
+        lower = positions.min(axis=0) - r_max
+        extent = np.ptp(positions, axis=0) + 2 * r_max
+        receivers, senders, shifts = neighbour_list(
+            "ijS",
+            positions=positions,
+            cell=np.diag(extent),
+            pbc=[False, False, False],
+            numbers=atoms.numbers.astype(np.int32),
+            cell_origin=lower,
+            cutoff=r_max,
+        )
+    return senders, receivers, shifts
+
+
+def read_label(atoms: Atoms, key: str, per_atom: bool) -> np.ndarray | None:
+    """A label from ``atoms.arrays``/``atoms.info``, else from the attached calculator's results."""
+    store = atoms.arrays if per_atom else atoms.info
+    if key in store:
+        return np.asarray(store[key], dtype=float)
+    results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+    if key in results:
+        return np.asarray(results[key], dtype=float)
+    return None
+
+
+def species_indices(atoms: Atoms, atomic_numbers: Sequence[int]) -> np.ndarray:
+    """Index of each atom's element in ``atomic_numbers``; a clear error for an unknown element."""
+    lookup = {z: i for i, z in enumerate(atomic_numbers)}
+    unknown = sorted(set(int(z) for z in atoms.numbers) - set(lookup))
+    if unknown:
+        names = ", ".join(chemical_symbols[z] for z in unknown)
+        known = ", ".join(chemical_symbols[z] for z in atomic_numbers)
+        raise ValueError(f"{atoms.get_chemical_formula()} contains {names}, which the model was not trained on (it knows {known})")
+    return np.array([lookup[int(z)] for z in atoms.numbers], dtype=np.int64)
+
+
+def atoms_to_graph(
+    atoms: Atoms,
+    atomic_numbers: Sequence[int],
+    r_max: float,
+    keys: LabelKeys | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, Tensor]:
+    """One structure as a graph dict; labels are read when ``keys`` is given."""
+    dtype = dtype or torch.get_default_dtype()
+    senders, receivers, shifts = edges_within_cutoff(atoms, r_max)
+    n_atoms = len(atoms)
+    graph = {
+        "positions": torch.tensor(atoms.positions, dtype=dtype),
+        "species": torch.from_numpy(species_indices(atoms, atomic_numbers)),
+        "edge_index": torch.from_numpy(np.stack([senders, receivers]).astype(np.int64)),
+        "shifts": torch.tensor(shifts, dtype=dtype),
+        "cell": torch.tensor(atoms.cell[:], dtype=dtype).unsqueeze(0),
+        "batch": torch.zeros(n_atoms, dtype=torch.long),
+    }
+    if keys is None:
+        return graph
+    energy = read_label(atoms, keys.energy, per_atom=False)
+    forces = read_label(atoms, keys.forces, per_atom=True)
+    stress = read_label(atoms, keys.stress, per_atom=False)
+    if stress is not None and stress.shape == (6,):
+        stress = voigt_6_to_full_3x3_stress(stress)
+    graph["energy"] = torch.tensor([0.0 if energy is None else float(energy)], dtype=dtype)
+    graph["forces"] = torch.tensor(np.zeros((n_atoms, 3)) if forces is None else forces, dtype=dtype)
+    graph["stress"] = torch.tensor(np.zeros((3, 3)) if stress is None else stress, dtype=dtype).unsqueeze(0)
+    graph["has_energy"] = torch.tensor([energy is not None], dtype=dtype)
+    graph["has_forces"] = torch.tensor([forces is not None], dtype=dtype)
+    graph["has_stress"] = torch.tensor([stress is not None], dtype=dtype)
+    return graph
+
+
+_PER_GRAPH = ("cell", "energy", "stress", "has_energy", "has_forces", "has_stress")
+_PER_ATOM = ("positions", "species", "forces")
+
+
+def collate(graphs: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Concatenate graphs into one batch; edge indices are offset, ``batch`` numbers the graphs."""
+    atom_counts = torch.tensor([len(g["positions"]) for g in graphs])
+    offsets = torch.cumsum(atom_counts, 0) - atom_counts
+    batch = {
+        "edge_index": torch.cat([g["edge_index"] + offset for g, offset in zip(graphs, offsets)], dim=1),
+        "shifts": torch.cat([g["shifts"] for g in graphs]),
+        "batch": torch.repeat_interleave(torch.arange(len(graphs)), atom_counts),
+        "num_atoms": atom_counts,
+    }
+    for key in _PER_GRAPH + _PER_ATOM:
+        if key in graphs[0]:
+            batch[key] = torch.cat([g[key] for g in graphs])
+    return batch
+
+
+def to_device(batch: dict[str, Tensor], device: torch.device | str) -> dict[str, Tensor]:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; any other name as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,68 @@
+"""Errors of a potential against labelled graphs: energy, force and stress MAE / RMSE."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .data import collate, to_device
+from .potential import CartesianTensorPotential
+
+Tensor = torch.Tensor
+
+
+def batches(graphs: Sequence[dict[str, Tensor]], batch_size: int) -> list[dict[str, Tensor]]:
+    """Consecutive batches of ``batch_size`` graphs."""
+    return [collate(graphs[start : start + batch_size]) for start in range(0, len(graphs), batch_size)]
+
+
+class ErrorAccumulator:
+    """Running sums of absolute and squared errors per label kind."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, list[float]] = {}
+
+    def add(self, name: str, error: Tensor) -> None:
+        if error.numel() == 0:
+            return
+        totals = self.sums.setdefault(name, [0.0, 0.0, 0])
+        totals[0] += float(error.abs().sum())
+        totals[1] += float((error**2).sum())
+        totals[2] += error.numel()
+
+    def metrics(self) -> dict[str, float]:
+        """``{name}_mae`` and ``{name}_rmse`` for every label kind seen."""
+        result = {}
+        for name, (absolute, squared, count) in self.sums.items():
+            result[f"{name}_mae"] = absolute / count
+            result[f"{name}_rmse"] = (squared / count) ** 0.5
+        return result
+
+
+def evaluate(
+    model: CartesianTensorPotential,
+    graphs: Sequence[dict[str, Tensor]],
+    batch_size: int = 10,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """Errors of ``model`` on labelled ``graphs``.
+
+    Keys: ``energy_per_atom_*`` (eV/atom), ``energy_*`` (eV), ``forces_*`` (eV/Å per component),
+    ``stress_*`` (eV/Å^3 per component), each ``_mae`` and ``_rmse``; only for labels present.
+    """
+    errors = ErrorAccumulator()
+    dtype = next(model.parameters()).dtype
+    for batch in batches(graphs, batch_size):
+        batch = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in to_device(batch, device).items()}
+        has_stress = bool(batch["has_stress"].any())
+        out = model(batch, compute_forces=True, compute_stress=has_stress)
+        energy_mask = batch["has_energy"].bool()
+        energy_error = (out.energy - batch["energy"]).detach()[energy_mask]
+        errors.add("energy", energy_error)
+        errors.add("energy_per_atom", energy_error / batch["num_atoms"][energy_mask])
+        force_mask = batch["has_forces"].bool()[batch["batch"]]
+        errors.add("forces", (out.forces - batch["forces"]).detach()[force_mask])
+        if has_stress:
+            errors.add("stress", (out.stress - batch["stress"]).detach()[batch["has_stress"].bool()])
+    return errors.metrics()

@@ -1,0 +1,190 @@
+"""The Cartesian-tensor potential: embedding, interaction + product layers, readouts, derivatives."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from .blocks import EdgeHarmonics, InteractionBlock, LinearReadout, MLPReadout, ProductBasisBlock, SpeciesLinear
+from .radial import RadialEmbedding
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class ModelConfig:
+    """Hyperparameters and data statistics that fully define a potential (stored in checkpoints).
+
+    ``atomic_energies`` are the per-species reference energies E0 (eV) in the order of
+    ``atomic_numbers``; ``scale`` (eV) and ``shift`` (eV/atom) map the network output to the
+    interaction energy per atom.
+    """
+
+    atomic_numbers: list[int]
+    atomic_energies: list[float]
+    r_max: float = 5.0
+    num_bessel: int = 8
+    envelope_p: int = 5
+    radial_mlp: tuple[int, ...] = (64, 64, 64)
+    channels: int = 32
+    max_edge_rank: int = 3
+    max_hidden_rank: int = 1
+    correlation: int = 3
+    num_interactions: int = 2
+    readout_mlp: tuple[int, ...] = (16,)
+    avg_num_neighbors: float = 1.0
+    scale: float = 1.0
+    shift: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.atomic_energies) != len(self.atomic_numbers):
+            raise ValueError(
+                f"{len(self.atomic_energies)} atomic energies given for {len(self.atomic_numbers)} species"
+            )
+        if not 0 <= self.max_hidden_rank <= self.max_edge_rank:
+            raise ValueError(f"max_hidden_rank={self.max_hidden_rank} must lie in 0..max_edge_rank={self.max_edge_rank}")
+        if self.correlation < 1 or self.num_interactions < 1:
+            raise ValueError(f"correlation={self.correlation} and num_interactions={self.num_interactions} must be >= 1")
+        self.radial_mlp = tuple(self.radial_mlp)
+        self.readout_mlp = tuple(self.readout_mlp)
+
+    def to_dict(self) -> dict:
+        """Plain types only (lists, numbers), safe for ``torch.load(weights_only=True)``."""
+        data = asdict(self)
+        data["radial_mlp"] = list(self.radial_mlp)
+        data["readout_mlp"] = list(self.readout_mlp)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown model settings {sorted(unknown)}; known are {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass
+class Outputs:
+    """What :class:`CartesianTensorPotential` returns for a batch of ``n_graphs`` structures."""
+
+    energy: Tensor
+    node_energy: Tensor
+    forces: Tensor | None = None
+    virial: Tensor | None = None
+    stress: Tensor | None = None
+    descriptors: Tensor | None = None
+
+
+class CartesianTensorPotential(nn.Module):
+    """E(3)-equivariant message-passing potential on irreducible Cartesian tensors.
+
+    Input is a batch dict (see :mod:`tace_aiida.model.data`): ``positions`` [n_atoms, 3] Å,
+    ``species`` [n_atoms] indices into ``config.atomic_numbers``, ``edge_index`` [2, n_edges]
+    (sender, receiver), ``shifts`` [n_edges, 3] integer cell shifts, ``cell`` [n_graphs, 3, 3] Å,
+    ``batch`` [n_atoms] graph index of each atom.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        num_species = len(config.atomic_numbers)
+        channels = config.channels
+        self.register_buffer("atomic_energies", torch.tensor(config.atomic_energies, dtype=torch.get_default_dtype()))
+        self.register_buffer("atomic_numbers", torch.tensor(config.atomic_numbers, dtype=torch.long))
+        self.embedding = nn.Linear(num_species, channels, bias=False)
+        self.radial_embedding = RadialEmbedding(config.r_max, config.num_bessel, config.envelope_p)
+        self.harmonics = EdgeHarmonics(config.max_edge_rank)
+        self.interactions = nn.ModuleList()
+        self.products = nn.ModuleList()
+        self.mixers = nn.ModuleList()
+        self.residuals = nn.ModuleList()
+        self.readouts = nn.ModuleList()
+        node_rank = 0
+        for layer in range(config.num_interactions):
+            last = layer == config.num_interactions - 1
+            out_rank = 0 if last else config.max_hidden_rank
+            self.interactions.append(
+                InteractionBlock(
+                    node_rank, config.max_edge_rank, channels, config.num_bessel, config.radial_mlp,
+                    config.avg_num_neighbors,
+                )
+            )
+            self.products.append(ProductBasisBlock(config.max_edge_rank, out_rank, config.correlation, channels, num_species))
+            self.mixers.append(SpeciesLinear(out_rank, channels, channels, num_species))
+            self.residuals.append(SpeciesLinear(min(node_rank, out_rank), channels, channels, num_species))
+            self.readouts.append(MLPReadout(channels, config.readout_mlp) if last else LinearReadout(channels))
+            node_rank = out_rank
+
+    def forward(
+        self,
+        batch: dict[str, Tensor],
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+        compute_descriptors: bool = False,
+        training: bool = False,
+    ) -> Outputs:
+        """Energies (eV), forces = -dE/dR (eV/Å), virial = -dE/de (eV), stress = (dE/de)/V (eV/Å^3).
+
+        ``training=True`` keeps the graph of the derivatives so a force loss can be backpropagated.
+        ``compute_descriptors`` adds per-structure means of the rank-0 node features of every layer,
+        ``[n_graphs, channels * num_interactions]``: invariant fingerprints for selection.
+        """
+        leaf_positions = batch["positions"]
+        if compute_forces and not leaf_positions.requires_grad:
+            leaf_positions = leaf_positions.detach().requires_grad_(True)
+        positions, cell = leaf_positions, batch["cell"]
+        graph_of_atom = batch["batch"]
+        num_graphs = cell.shape[0]
+        strain = None
+        if compute_stress:
+            strain = torch.zeros_like(cell, requires_grad=True)
+            symmetric = 0.5 * (strain + strain.transpose(1, 2))
+            positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[graph_of_atom])
+            cell = cell + torch.bmm(cell, symmetric)
+
+        sender, receiver = batch["edge_index"]
+        offsets = torch.einsum("ei,eij->ej", batch["shifts"], cell[graph_of_atom[receiver]])
+        vectors = positions[sender] - positions[receiver] + offsets
+        lengths = vectors.norm(dim=-1)
+        harmonics = self.harmonics(vectors / lengths[:, None])
+        radial = self.radial_embedding(lengths)
+
+        species = batch["species"]
+        one_hot = nn.functional.one_hot(species, len(self.config.atomic_numbers)).to(positions.dtype)
+        features = self.embedding(one_hot)[:, :, None]
+        node_energy = torch.zeros_like(positions[:, 0])
+        invariants = []
+        for interaction, product, mixer, residual, readout in zip(
+            self.interactions, self.products, self.mixers, self.residuals, self.readouts
+        ):
+            aggregated = interaction(features, harmonics, radial, batch["edge_index"])
+            updated = mixer(product(aggregated, species), one_hot)
+            shared = residual.linear.component_rank.shape[0]
+            skip = residual(features[..., :shared], one_hot)
+            features = torch.cat([updated[..., :shared] + skip, updated[..., shared:]], dim=-1)
+            node_energy = node_energy + readout(features)
+            invariants.append(features[..., 0])
+
+        node_energy = self.config.scale * node_energy + self.config.shift + self.atomic_energies[species]
+        energy = torch.zeros(num_graphs, dtype=node_energy.dtype, device=node_energy.device).index_add_(
+            0, graph_of_atom, node_energy
+        )
+        outputs = Outputs(energy=energy, node_energy=node_energy)
+        if compute_descriptors:
+            counts = torch.bincount(graph_of_atom, minlength=num_graphs).to(energy.dtype)
+            stacked = torch.cat(invariants, dim=-1)
+            summed = torch.zeros(num_graphs, stacked.shape[1], dtype=stacked.dtype, device=stacked.device)
+            outputs.descriptors = summed.index_add_(0, graph_of_atom, stacked) / counts[:, None]
+        if compute_forces or compute_stress:
+            wrt = ([leaf_positions] if compute_forces else []) + ([strain] if strain is not None else [])
+            gradients = torch.autograd.grad(outputs.energy.sum(), wrt, create_graph=training)
+            if compute_forces:
+                outputs.forces = -gradients[0]
+            if strain is not None:
+                volume = torch.linalg.det(batch["cell"]).abs()
+                outputs.virial = -gradients[-1]
+                outputs.stress = gradients[-1] / volume[:, None, None]
+        return outputs

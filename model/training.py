@@ -1,0 +1,270 @@
+"""Training loop: data preparation, loss, optimiser with EMA and plateau schedule, checkpoints.
+
+Runs anywhere torch runs (a laptop, a GPU worker without any database); the AiiDA layer calls it
+through the ``tace-train`` command.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.io import read
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from .checkpoint import load_model, save_checkpoint
+from .config import TrainingConfig
+from .data import LabelKeys, atoms_to_graph, collate, resolve_device, to_device
+from .evaluation import evaluate
+from .potential import CartesianTensorPotential, ModelConfig
+from .statistics import average_num_neighbors, fit_atomic_energies, interaction_energy_statistics
+
+logger = logging.getLogger(__name__)
+Tensor = torch.Tensor
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def read_structures(path: str | Path) -> list[Atoms]:
+    """All frames of an extxyz (or any ASE-readable) file, with a clear error for a bad file."""
+    try:
+        frames = read(path, index=":")
+    except (OSError, ValueError, StopIteration) as error:
+        raise ValueError(f"cannot read structures from {path}: {error}") from error
+    if not frames:
+        raise ValueError(f"{path} holds no structures")
+    return frames
+
+
+def split_train_valid(
+    frames: Sequence[Atoms], valid_fraction: float, seed: int
+) -> tuple[list[Atoms], list[Atoms]]:
+    """Random split with a fixed seed; at least one validation frame when the fraction is > 0."""
+    order = np.random.default_rng(seed).permutation(len(frames))
+    n_valid = max(1, round(valid_fraction * len(frames))) if valid_fraction > 0 else 0
+    if n_valid >= len(frames):
+        raise ValueError(f"valid_fraction={valid_fraction} leaves no training structure out of {len(frames)}")
+    return [frames[i] for i in order[n_valid:]], [frames[i] for i in order[:n_valid]]
+
+
+def bootstrap_sample(frames: Sequence[Atoms], seed: int) -> list[Atoms]:
+    """As many frames as given, drawn with replacement (ensemble members differ in data too)."""
+    picks = np.random.default_rng(seed).integers(0, len(frames), size=len(frames))
+    return [frames[i] for i in picks]
+
+
+def reference_energies(config: TrainingConfig, atomic_numbers: Sequence[int], graphs: Sequence[dict]) -> list[float]:
+    """E0 per species (eV): given in the config, read from isolated atoms, or fitted."""
+    if config.atomic_energies is not None:
+        table = config.atomic_energies
+        source = "the 'atomic_energies' setting"
+    elif config.e0s_file is not None:
+        keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key)
+        table = {}
+        for atoms in read_structures(config.e0s_file):
+            if len(atoms) != 1:
+                raise ValueError(f"{config.e0s_file}: isolated-atom file holds a structure of {len(atoms)} atoms")
+            graph = atoms_to_graph(atoms, [int(atoms.numbers[0])], 1.0, keys)
+            table[int(atoms.numbers[0])] = float(graph["energy"])
+        source = config.e0s_file
+    else:
+        return fit_atomic_energies(graphs, len(atomic_numbers))
+    missing = [z for z in atomic_numbers if z not in table]
+    if missing:
+        raise ValueError(f"{source} gives no reference energy for atomic numbers {missing}")
+    return [table[z] for z in atomic_numbers]
+
+
+@dataclass
+class PreparedData:
+    train: list[dict[str, Tensor]]
+    valid: list[dict[str, Tensor]]
+    model_config: ModelConfig
+
+
+def prepare_data(config: TrainingConfig, base_model: ModelConfig | None = None) -> PreparedData:
+    """Read, split and convert the data; derive species, E0s and statistics (or reuse a base model's)."""
+    frames = read_structures(config.train_file)
+    if config.valid_file is not None:
+        train_frames, valid_frames = frames, read_structures(config.valid_file)
+    else:
+        train_frames, valid_frames = split_train_valid(frames, config.valid_fraction, config.seed)
+    if config.bootstrap:
+        train_frames = bootstrap_sample(train_frames, config.seed)
+    settings = base_model.to_dict() if base_model is not None else dict(config.model)
+    r_max = settings.get("r_max", ModelConfig.r_max)
+    if base_model is not None:
+        atomic_numbers = base_model.atomic_numbers
+    else:
+        atomic_numbers = sorted({int(z) for atoms in train_frames + valid_frames for z in atoms.numbers})
+    keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key)
+    train = [atoms_to_graph(a, atomic_numbers, r_max, keys) for a in train_frames]
+    valid = [atoms_to_graph(a, atomic_numbers, r_max, keys) for a in valid_frames]
+    if base_model is None:
+        e0s = reference_energies(config, atomic_numbers, train)
+        shift, scale = interaction_energy_statistics(train, e0s)
+        settings.update(
+            atomic_numbers=atomic_numbers,
+            atomic_energies=e0s,
+            avg_num_neighbors=average_num_neighbors(train),
+            scale=scale,
+            shift=shift,
+        )
+    return PreparedData(train, valid, ModelConfig.from_dict(settings))
+
+
+def loss_function(out, batch: dict[str, Tensor], config: TrainingConfig) -> Tensor:
+    """Weighted mean squared errors of energy per atom, force components and stress components."""
+    energy_error = (out.energy - batch["energy"]) / batch["num_atoms"]
+    loss = config.energy_weight * (batch["has_energy"] * energy_error**2).mean()
+    force_mask = batch["has_forces"][batch["batch"]][:, None]
+    loss = loss + config.forces_weight * (force_mask * (out.forces - batch["forces"]) ** 2).mean()
+    if out.stress is not None:
+        stress_mask = batch["has_stress"][:, None, None]
+        loss = loss + config.stress_weight * (stress_mask * (out.stress - batch["stress"]) ** 2).mean()
+    return loss
+
+
+def _epoch_batches(graphs: Sequence[dict[str, Tensor]], batch_size: int, generator: torch.Generator) -> list[dict]:
+    order = torch.randperm(len(graphs), generator=generator).tolist()
+    return [collate([graphs[i] for i in order[s : s + batch_size]]) for s in range(0, len(order), batch_size)]
+
+
+def train(config: TrainingConfig) -> dict:
+    """Train one potential as ``config`` says; returns a summary (best epoch, metrics, paths).
+
+    Writes ``checkpoint_name`` (EMA weights of the epoch with the lowest validation loss, or
+    training loss when there is no validation set) and ``metrics_name`` (one JSON object per
+    epoch) into ``output_dir``. With ``init_checkpoint`` the model settings, species and
+    statistics come from that checkpoint (fine-tuning).
+    """
+    previous_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, config.dtype))
+    try:
+        return _train(config)
+    finally:
+        torch.set_default_dtype(previous_dtype)
+
+
+def _train(config: TrainingConfig) -> dict:
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    dtype = torch.get_default_dtype()
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    base_model, base_metadata = (None, {})
+    if config.init_checkpoint is not None:
+        base_model, base_metadata = load_model(config.init_checkpoint, device=device, dtype=dtype)
+    data = prepare_data(config, base_model.config if base_model is not None else None)
+    model = base_model if base_model is not None else CartesianTensorPotential(data.model_config).to(device)
+    model.train()
+    logger.info("model with %d parameters, species %s", sum(p.numel() for p in model.parameters()), data.model_config.atomic_numbers)
+
+    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    optimizer = optimizer_class(model.parameters(), lr=config.lr, amsgrad=config.amsgrad, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.scheduler_factor, patience=config.scheduler_patience)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True) if config.ema_decay else None
+    evaluated = ema.module if ema is not None else model
+    generator = torch.Generator().manual_seed(config.seed)
+    use_stress = any(bool(g["has_stress"]) for g in data.train)
+
+    metrics_path = output_dir / config.metrics_name
+    checkpoint_path = output_dir / config.checkpoint_name
+    metrics_path.write_text("")
+    best = {"selection_loss": math.inf, "epoch": -1}
+    started = time.monotonic()
+    stale_epochs = 0
+    progress = tqdm(range(config.max_epochs), desc="training", unit="epoch", disable=not config.progress_bar)
+    stop_reason = "max_epochs"
+    for epoch in progress:
+        epoch_start = time.monotonic()
+        train_loss = 0.0
+        batches = _epoch_batches(data.train, config.batch_size, generator)
+        for batch in batches:
+            batch = to_device(batch, device)
+            optimizer.zero_grad(set_to_none=True)
+            out = model(batch, compute_forces=True, compute_stress=use_stress, training=True)
+            loss = loss_function(out, batch, config)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch}; lower the learning rate")
+            loss.backward()
+            optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            train_loss += loss.item() / len(batches)
+
+        valid_loss, valid_metrics = validation_loss(evaluated, data.valid, config, device)
+        selection_loss = valid_loss if data.valid else train_loss
+        scheduler.step(selection_loss)
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "valid_loss": valid_loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": time.monotonic() - epoch_start,
+            **{f"valid_{k}": v for k, v in valid_metrics.items()},
+        }
+        with metrics_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        progress.set_postfix(loss=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}")
+        if selection_loss < best["selection_loss"]:
+            best = {**record, "selection_loss": selection_loss}
+            stale_epochs = 0
+            save_checkpoint(checkpoint_path, evaluated, _metadata(config, record, base_metadata))
+        else:
+            stale_epochs += 1
+        if stale_epochs >= config.patience:
+            stop_reason = "early_stopping"
+            break
+        if config.time_budget is not None and time.monotonic() - started > config.time_budget:
+            stop_reason = "time_budget"
+            break
+    progress.close()
+    return {
+        "checkpoint": str(checkpoint_path),
+        "metrics_file": str(metrics_path),
+        "best_epoch": best["epoch"],
+        "best": best,
+        "epochs_run": epoch + 1,
+        "stop_reason": stop_reason,
+        "wall_seconds": time.monotonic() - started,
+        "num_train": len(data.train),
+        "num_valid": len(data.valid),
+    }
+
+
+def validation_loss(
+    model: CartesianTensorPotential, graphs: Sequence[dict[str, Tensor]], config: TrainingConfig, device: torch.device
+) -> tuple[float, dict[str, float]]:
+    """(loss, error metrics) on the validation graphs, as the weighted MSEs of the loss."""
+    if not graphs:
+        return math.nan, {}
+    metrics = evaluate(model, graphs, config.valid_batch_size, device)
+    loss = config.energy_weight * metrics.get("energy_per_atom_rmse", 0.0) ** 2
+    loss += config.forces_weight * metrics.get("forces_rmse", 0.0) ** 2
+    loss += config.stress_weight * metrics.get("stress_rmse", 0.0) ** 2
+    return loss, metrics
+
+
+def _metadata(config: TrainingConfig, record: dict, base_metadata: dict) -> dict:
+    return {
+        "training": config.to_dict(),
+        "best_epoch_metrics": record,
+        "fine_tuned_from": config.init_checkpoint,
+        "base_training": base_metadata.get("training"),
+    }

@@ -1,0 +1,75 @@
+"""Shared fixtures: real 3BPA frames, small models, random orthogonal transformations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.io import read
+
+from tace_aiida.model.potential import CartesianTensorPotential, ModelConfig
+
+DATA = Path(__file__).parent / "data"
+SPECIES_3BPA = [1, 6, 7, 8]
+
+
+@pytest.fixture
+def float64():
+    """Run the test with float64 as torch's default dtype, then restore it."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture(scope="session")
+def frames_300K() -> list[Atoms]:
+    return read(DATA / "3bpa_300K_40.xyz", ":")
+
+
+@pytest.fixture(scope="session")
+def frames_1200K() -> list[Atoms]:
+    return read(DATA / "3bpa_1200K_12.xyz", ":")
+
+
+def random_orthogonal(seed: int, reflect: bool) -> np.ndarray:
+    """A random rotation, times -1 (a rotoreflection) when ``reflect``."""
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] *= -1
+    return -q if reflect else q
+
+
+def small_model(seed: int = 0, **settings) -> CartesianTensorPotential:
+    """An untrained 3BPA-species model with random (non-trivial) weights in the default dtype."""
+    torch.manual_seed(seed)
+    defaults = dict(
+        atomic_numbers=SPECIES_3BPA,
+        atomic_energies=[-13.6, -1029.5, -1485.0, -2042.0],
+        channels=8,
+        radial_mlp=(16, 16),
+        avg_num_neighbors=15.0,
+        scale=1.5,
+        shift=0.1,
+    )
+    defaults.update(settings)
+    return CartesianTensorPotential(ModelConfig(**defaults)).eval()
+
+
+def periodic_cell(seed: int = 0, n_atoms: int = 12, length: float = 6.0) -> Atoms:
+    """A random triclinic periodic cell of H, C, N, O atoms no closer than 0.9 Å."""
+    rng = np.random.default_rng(seed)
+    cell = length * (np.eye(3) + 0.15 * rng.normal(size=(3, 3)))
+    atoms = Atoms(cell=cell, pbc=True)
+    while len(atoms) < n_atoms:
+        candidate = rng.random(3) @ cell
+        trial = Atoms([int(rng.choice(SPECIES_3BPA))], positions=[candidate], cell=cell, pbc=True)
+        merged = atoms + trial
+        if len(atoms) == 0 or merged.get_distances(len(atoms), range(len(atoms)), mic=True).min() > 0.9:
+            atoms = merged
+    return atoms

@@ -1,0 +1,1 @@
+"""AiiDA workchains of the active-learning loop."""
