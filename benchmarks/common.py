@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +28,8 @@ from ase.io import read
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 
-DATA_DIR = Path("/work/shared/data/3bpa")
+#: The 3BPA data in ``../shared`` beside the repository, or where TACE_3BPA_DIR points.
+DATA_DIR = Path(os.environ.get("TACE_3BPA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "3bpa"))
 REFERENCE_MODEL = "mace-torch"
 TEMPERATURES_K = (300, 600, 1200)
 

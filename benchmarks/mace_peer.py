@@ -1,9 +1,9 @@
 """mace-torch peer of the 3BPA benchmark, trained through the ``mace_run_train`` CLI.
 
 Settings not covered by :class:`MatchedSettings` keep the mace-torch 0.3.16
-defaults: ``--model=MACE`` (a ScaleShiftMACE with shift 0 and scale = RMS of the
-training forces, so the interaction energy relative to the isolated-atom E0s is
-learned from scratch), readout MLP 16x0e, Adam weight decay 5e-7, gradient
+defaults, except ``--model=ScaleShiftMACE`` so that, as tace-aiida's model, it is
+shifted by the mean interaction energy per atom and scaled by the RMS training
+force: readout MLP 16x0e, Adam weight decay 5e-7, gradient
 clipping at 10, ReduceLROnPlateau (factor 0.8, patience 50 epochs). As in the
 CLI, the returned model is the EMA-weighted checkpoint of the epoch with the
 lowest validation loss. With a time budget the CLI is stopped once training has
@@ -53,7 +53,7 @@ def mace_cli_args(settings: MatchedSettings, workdir: Path, e0s: dict[int, float
         "--energy_key=REF_energy",
         "--forces_key=REF_forces",
         f"--E0s={e0s}",
-        "--model=MACE",
+        "--model=ScaleShiftMACE",
         f"--num_interactions={settings.num_layers}",
         f"--r_max={settings.r_max}",
         f"--max_ell={settings.max_edge_rank}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -85,7 +86,7 @@ class TrainingConfig:
         for name in ("train_file", "valid_file", "e0s_file", "init_checkpoint", "output_dir"):
             value = getattr(config, name)
             if value is not None:
-                setattr(config, name, str(base / Path(value).expanduser()))
+                setattr(config, name, os.path.normpath(base / Path(value).expanduser()))
         return config
 
     @classmethod

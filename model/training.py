@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.io import read
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from .checkpoint import load_model, save_checkpoint
@@ -127,6 +127,20 @@ def prepare_data(config: TrainingConfig, base_model: ModelConfig | None = None) 
     return PreparedData(train, valid, ModelConfig.from_dict(settings))
 
 
+def ema_with_warmup(decay: float):
+    """EMA update whose decay grows as ``min(decay, (1+n)/(10+n))`` over the first updates.
+
+    Without the warm-up the average of a short run (few hundred steps) stays close to the random
+    initial weights.
+    """
+
+    def update(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
+        step_decay = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
+        return step_decay * averaged + (1.0 - step_decay) * current
+
+    return update
+
+
 def loss_function(out, batch: dict[str, Tensor], config: TrainingConfig) -> Tensor:
     """Weighted mean squared errors of energy per atom, force components and stress components."""
     energy_error = (out.energy - batch["energy"]) / batch["num_atoms"]
@@ -178,7 +192,7 @@ def _train(config: TrainingConfig) -> dict:
     optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_class(model.parameters(), lr=config.lr, amsgrad=config.amsgrad, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.scheduler_factor, patience=config.scheduler_patience)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True) if config.ema_decay else None
+    ema = AveragedModel(model, avg_fn=ema_with_warmup(config.ema_decay)) if config.ema_decay else None
     evaluated = ema.module if ema is not None else model
     generator = torch.Generator().manual_seed(config.seed)
     use_stress = any(bool(g["has_stress"]) for g in data.train)

@@ -73,3 +73,30 @@ def periodic_cell(seed: int = 0, n_atoms: int = 12, length: float = 6.0) -> Atom
         if len(atoms) == 0 or merged.get_distances(len(atoms), range(len(atoms)), mic=True).min() > 0.9:
             atoms = merged
     return atoms
+
+
+def training_settings(output_dir: Path, **overrides) -> dict:
+    """A short, real training run on the 3BPA slice: 30 training frames, 10 validation frames."""
+    settings = dict(
+        train_file=str(DATA / "3bpa_300K_40.xyz"),
+        valid_fraction=0.25,
+        e0s_file=str(DATA / "3bpa_iso_atoms.xyz"),
+        model={"channels": 16, "radial_mlp": [32, 32]},
+        max_epochs=8,
+        batch_size=4,
+        dtype="float64",
+        output_dir=str(output_dir),
+        progress_bar=False,
+    )
+    settings.update(overrides)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict:
+    """Summary of one real training run (checkpoint path, metrics), shared by the slow tests."""
+    from tace_aiida.model.config import TrainingConfig
+    from tace_aiida.model.training import train
+
+    output = tmp_path_factory.mktemp("trained")
+    return train(TrainingConfig.from_dict(training_settings(output)))

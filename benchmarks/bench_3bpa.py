@@ -1,0 +1,61 @@
+"""3BPA side by side: tace-aiida's Cartesian-tensor potential against mace-torch, matched settings.
+
+Trains both on ``train_300K`` (450 train / 50 validation frames) and tests on the ~470 frames of
+``train_mixedT`` that are not in ``train_300K`` (300, 600 and 1200 K MD). Prints one Markdown table
+with the ratios to mace-torch, and writes it with the raw figures to ``--output`` (JSON).
+
+    python -m benchmarks.bench_3bpa                 # full run (about an hour on 2 cores)
+    python -m benchmarks.bench_3bpa --quick         # 40 frames, 2 epochs: checks the script works
+
+Needs the ``benchmarks`` extra (``pip install -e .[benchmarks]``) and ``../shared/data/3bpa``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import MatchedSettings, benchmark_metrics, format_table, load_3bpa_split, periodic_test_cell
+from benchmarks.mace_peer import train_mace
+from benchmarks.tace_peer import train_tace
+
+RUNNERS = {"tace-aiida": train_tace, "mace-torch": train_mace}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=MatchedSettings.epochs)
+    parser.add_argument("--channels", type=int, default=MatchedSettings.channels)
+    parser.add_argument("--time-budget", type=float, help="training wall-clock cap per model (s)")
+    parser.add_argument("--quick", action="store_true", help="tiny run that only checks the script works")
+    parser.add_argument("--models", nargs="+", choices=list(RUNNERS), default=list(RUNNERS))
+    parser.add_argument("--output", type=Path, default=Path("bench_3bpa.json"))
+    args = parser.parse_args()
+
+    torch.set_num_threads(torch.get_num_threads())
+    settings = MatchedSettings(epochs=args.epochs, channels=args.channels, time_budget_s=args.time_budget)
+    train, valid, test, _ = load_3bpa_split(seed=settings.seed, valid_fraction=settings.valid_fraction)
+    if args.quick:
+        settings = replace(settings, epochs=2, channels=8)
+        train, valid, test = train[:40], valid[:10], {t: frames[:10] for t, frames in test.items()}
+    print("test frames per temperature:", {t: len(frames) for t, frames in test.items()}, flush=True)
+    cell = periodic_test_cell()
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="bench_3bpa_") as scratch:
+        for name in args.models:
+            print(f"training {name} ...", flush=True)
+            model = RUNNERS[name](train, valid, settings, Path(scratch) / name)
+            rows[name] = benchmark_metrics(model, test, cell, repeats=2 if args.quick else 3, md_steps=20 if args.quick else 100)
+            print(format_table({name: rows[name]}), flush=True)
+    table = format_table(rows)
+    print("\n" + table)
+    args.output.write_text(json.dumps({"settings": asdict(settings), "rows": rows, "table": table}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

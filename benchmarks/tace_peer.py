@@ -1,0 +1,66 @@
+"""tace-aiida's Cartesian-tensor potential as a runner of the 3BPA benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ase import Atoms
+from ase.io import write
+
+from benchmarks.common import MatchedSettings, TrainedModel, read_e0s
+from tace_aiida.model.calculator import TACECalculator
+from tace_aiida.model.config import TrainingConfig
+from tace_aiida.model.training import train
+
+NAME = "tace-aiida"
+
+
+def tace_config(settings: MatchedSettings, workdir: Path) -> TrainingConfig:
+    """Training settings of tace-aiida that match ``settings`` (see :class:`MatchedSettings`)."""
+    return TrainingConfig(
+        train_file=str(workdir / "train.xyz"),
+        valid_file=str(workdir / "valid.xyz"),
+        atomic_energies=read_e0s(),
+        model={
+            "num_interactions": settings.num_layers,
+            "r_max": settings.r_max,
+            "max_edge_rank": settings.max_edge_rank,
+            "max_hidden_rank": settings.hidden_rank,
+            "channels": settings.channels,
+            "correlation": settings.correlation,
+            "num_bessel": settings.num_bessel,
+            "envelope_p": settings.polynomial_p,
+            "radial_mlp": list(settings.radial_mlp),
+        },
+        energy_weight=settings.energy_weight,
+        forces_weight=settings.forces_weight,
+        lr=settings.lr,
+        amsgrad=settings.amsgrad,
+        ema_decay=settings.ema_decay,
+        batch_size=settings.batch_size,
+        valid_batch_size=settings.batch_size,
+        max_epochs=settings.epochs,
+        time_budget=settings.time_budget_s,
+        patience=settings.epochs,
+        seed=settings.seed,
+        device="cpu",
+        dtype=settings.dtype,
+        output_dir=str(workdir),
+        progress_bar=False,
+    )
+
+
+def train_tace(train_frames: list[Atoms], valid: list[Atoms], settings: MatchedSettings, workdir: Path) -> TrainedModel:
+    """Train tace-aiida's potential with ``settings`` in ``workdir``; E0s from ``iso_atoms.xyz``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    write(workdir / "train.xyz", train_frames, format="extxyz")
+    write(workdir / "valid.xyz", valid, format="extxyz")
+    summary = train(tace_config(settings, workdir))
+    epochs = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
+    return TrainedModel(
+        name=NAME,
+        calculator=TACECalculator(summary["checkpoint"], device="cpu"),
+        seconds_per_epoch=sum(e["epoch_seconds"] for e in epochs) / len(epochs),
+        epochs_run=len(epochs),
+    )
