@@ -109,17 +109,19 @@ def test_stress_is_strain_derivative_over_volume(model):
 
 
 def test_energy_and_forces_continuous_across_cutoff(model):
+    """A dimer whose only edge crosses the cutoff: energy and forces join smoothly at r_max."""
     r_max = model.config.r_max
-    base = Atoms("CHO", positions=[[0, 0, 0], [1.1, 0, 0], [-0.3, 1.2, 0.2]])
-    values = []
-    for distance in (r_max - 1e-7, r_max + 1e-7):
-        atoms = base + Atoms("N", positions=[[distance, 0.0, 0.0]])
-        out = predict(model, atoms)
-        values.append((out.energy.item(), out.forces.detach().numpy()))
-    assert abs(values[0][0] - values[1][0]) < 1e-9
-    assert np.abs(values[0][1] - values[1][1]).max() < 1e-7
-    inside = predict(model, base + Atoms("N", positions=[[r_max - 0.3, 0.0, 0.0]]))
-    assert inside.forces[3].abs().max() > 1e-6, "an atom inside the cutoff must feel a force"
+    results = {}
+    for distance in (r_max - 1e-4, r_max - 1e-7, r_max + 1e-7):
+        out = predict(model, Atoms("CN", positions=[[0, 0, 0], [distance, 0.0, 0.0]]))
+        results[distance] = (out.energy.item(), out.forces.detach().numpy())
+    outside_energy, outside_forces = results[r_max + 1e-7]
+    assert np.abs(outside_forces).max() == 0.0
+    assert abs(results[r_max - 1e-7][0] - outside_energy) < 1e-12
+    assert np.abs(results[r_max - 1e-7][1]).max() < 1e-12
+    assert np.abs(results[r_max - 1e-4][1]).max() < 1e-6
+    inside = predict(model, Atoms("CN", positions=[[0, 0, 0], [r_max - 0.5, 0.0, 0.0]]))
+    assert np.abs(inside.forces.detach().numpy()).max() > 1e-4, "an atom inside the cutoff must feel a force"
 
 
 def test_batch_equals_structures_one_by_one(model, frames_300K):
