@@ -20,6 +20,8 @@ USER_MODEL_SETTINGS = {f.name for f in fields(ModelConfig)} - {
 class TrainingConfig:
     """Everything one training run needs. Paths are relative to the YAML file's folder.
 
+    With ``test_file`` the saved model is evaluated on it at the end (``test`` in the summary).
+
     Energies in eV, forces in eV/Å, stress in eV/Å^3; ``time_budget`` in seconds of wall clock.
     ``atomic_energies`` maps atomic number -> E0 (eV); without it ``e0s_file`` (an extxyz of
     isolated atoms) is used, else E0s are fitted by least squares.
@@ -28,6 +30,7 @@ class TrainingConfig:
     train_file: str
     valid_file: str | None = None
     valid_fraction: float = 0.1
+    test_file: str | None = None
     energy_key: str = "energy"
     forces_key: str = "forces"
     stress_key: str = "stress"
@@ -83,7 +86,7 @@ class TrainingConfig:
             raise ValueError("the training settings need 'train_file' (an extxyz file of labelled structures)")
         config = cls(**data)
         base = Path(base_dir)
-        for name in ("train_file", "valid_file", "e0s_file", "init_checkpoint", "output_dir"):
+        for name in ("train_file", "valid_file", "test_file", "e0s_file", "init_checkpoint", "output_dir"):
             value = getattr(config, name)
             if value is not None:
                 setattr(config, name, os.path.normpath(base / Path(value).expanduser()))

@@ -235,7 +235,7 @@ def _train(config: TrainingConfig) -> dict:
         }
         with metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
-        progress.set_postfix(loss=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}")
+        progress.set_postfix(loss=f"{train_loss:.4g}", valid=f"{selection_loss:.4g}")
         if selection_loss < best["selection_loss"]:
             best = {**record, "selection_loss": selection_loss}
             stale_epochs = 0
@@ -249,7 +249,14 @@ def _train(config: TrainingConfig) -> dict:
             stop_reason = "time_budget"
             break
     progress.close()
+    test_metrics = {}
+    if config.test_file is not None:
+        keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key)
+        best_model, _ = load_model(checkpoint_path, device=device, dtype=dtype)
+        test = [atoms_to_graph(a, best_model.config.atomic_numbers, best_model.config.r_max, keys) for a in read_structures(config.test_file)]
+        test_metrics = evaluate(best_model, test, config.valid_batch_size, device)
     return {
+        "test": test_metrics,
         "checkpoint": str(checkpoint_path),
         "metrics_file": str(metrics_path),
         "best_epoch": best["epoch"],
@@ -264,10 +271,10 @@ def _train(config: TrainingConfig) -> dict:
 
 def validation_loss(
     model: CartesianTensorPotential, graphs: Sequence[dict[str, Tensor]], config: TrainingConfig, device: torch.device
-) -> tuple[float, dict[str, float]]:
-    """(loss, error metrics) on the validation graphs, as the weighted MSEs of the loss."""
+) -> tuple[float | None, dict[str, float]]:
+    """(loss, error metrics) on the validation graphs, as the weighted MSEs of the loss; None without graphs."""
     if not graphs:
-        return math.nan, {}
+        return None, {}
     metrics = evaluate(model, graphs, config.valid_batch_size, device)
     loss = config.energy_weight * metrics.get("energy_per_atom_rmse", 0.0) ** 2
     loss += config.forces_weight * metrics.get("forces_rmse", 0.0) ** 2

@@ -1,0 +1,188 @@
+"""``tace-md``: exploration MD with an ensemble of potentials, recording the ensemble's uncertainty.
+
+Runs in a job's working directory with no database. Reads ``md.json`` (settings, below),
+``structure.extxyz`` and the checkpoints named in the settings; writes ``trajectory.npz`` and
+``md_result.json`` (``stop_reason``: ``completed``, ``uncertainty`` when the max force deviation
+passed ``max_force_std``, or ``unphysical`` when atoms came closer than ``min_distance`` or the
+energy stopped being finite).
+
+Settings (units: K, GPa, fs, eV/Å, Å, 1/fs):
+
+    {"checkpoints": ["member0.pt", ...], "ensemble": "nvt", "thermostat": "langevin",
+     "temperature": 300, "pressure": 0.0, "timestep": 1.0, "steps": 1000, "save_interval": 10,
+     "friction": 0.01, "thermostat_time": 100.0, "barostat_time": 1000.0,
+     "max_force_std": null, "min_distance": 0.5, "seed": 1, "device": "auto"}
+
+``ensemble``: ``nve`` (velocity Verlet), ``nvt`` (``thermostat`` ``langevin`` or ``bussi``) or
+``npt`` (isotropic MTK barostat with Nose-Hoover chains). The trajectory arrays, frame-major:
+``positions`` [F, N, 3] Å, ``cells`` [F, 3, 3] Å, ``energies`` [F] eV, ``forces`` [F, N, 3] eV/Å,
+``energy_std`` [F] eV, ``forces_std`` [F, N] eV/Å, ``max_force_std`` [F] eV/Å,
+``descriptors`` [F, D], ``temperatures`` [F] K, ``steps`` [F], plus ``numbers`` [N] and ``pbc`` [3].
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms, units
+from ase.io import read
+from ase.md.bussi import Bussi
+from ase.md.langevin import Langevin
+from ase.md.md import MolecularDynamics
+from ase.md.nose_hoover_chain import IsotropicMTKNPT
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.verlet import VelocityVerlet
+
+from .calculator import TACECalculator
+
+SETTINGS = "md.json"
+STRUCTURE = "structure.extxyz"
+TRAJECTORY = "trajectory.npz"
+RESULT = "md_result.json"
+
+
+@dataclass
+class MDSettings:
+    """Exploration settings; see the module docstring for units and choices."""
+
+    checkpoints: list[str] = field(default_factory=list)
+    ensemble: str = "nvt"
+    thermostat: str = "langevin"
+    temperature: float = 300.0
+    pressure: float = 0.0
+    timestep: float = 1.0
+    steps: int = 1000
+    save_interval: int = 10
+    friction: float = 0.01
+    thermostat_time: float = 100.0
+    barostat_time: float = 1000.0
+    max_force_std: float | None = None
+    min_distance: float = 0.5
+    seed: int = 1
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.ensemble not in ("nve", "nvt", "npt"):
+            raise ValueError(f"ensemble must be nve, nvt or npt, not {self.ensemble!r}")
+        if self.ensemble == "nvt" and self.thermostat not in ("langevin", "bussi"):
+            raise ValueError(f"NVT thermostat must be langevin or bussi, not {self.thermostat!r}")
+        if self.steps < 1 or self.save_interval < 1 or self.timestep <= 0:
+            raise ValueError(f"steps={self.steps}, save_interval={self.save_interval} and timestep={self.timestep} must be positive")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MDSettings":
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown MD settings {sorted(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_dynamics(atoms: Atoms, settings: MDSettings) -> MolecularDynamics:
+    """The ASE integrator for ``settings`` (ASE units converted from fs, K, GPa)."""
+    timestep = settings.timestep * units.fs
+    rng = np.random.default_rng(settings.seed)
+    if settings.ensemble == "nve":
+        return VelocityVerlet(atoms, timestep=timestep)
+    if settings.ensemble == "npt":
+        if not atoms.pbc.all():
+            raise ValueError("NPT needs a cell periodic in all three directions")
+        return IsotropicMTKNPT(
+            atoms, timestep=timestep, temperature_K=settings.temperature,
+            pressure_au=settings.pressure * units.GPa,
+            tdamp=settings.thermostat_time * units.fs, pdamp=settings.barostat_time * units.fs,
+        )
+    if settings.thermostat == "bussi":
+        return Bussi(atoms, timestep, temperature_K=settings.temperature, taut=settings.thermostat_time * units.fs, rng=rng)
+    return Langevin(atoms, timestep, temperature_K=settings.temperature, friction=settings.friction / units.fs, rng=rng)
+
+
+def closest_distance(atoms: Atoms) -> float:
+    """Smallest interatomic distance (Å), periodic images included; inf for one atom."""
+    if len(atoms) < 2:
+        return float("inf")
+    distances = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
+    return float(distances[np.triu_indices(len(atoms), k=1)].min())
+
+
+class FrameRecorder:
+    """Collects the saved frames and decides whether the run must stop."""
+
+    def __init__(self, atoms: Atoms, settings: MDSettings) -> None:
+        self.atoms = atoms
+        self.settings = settings
+        self.frames: dict[str, list] = {key: [] for key in (
+            "positions", "cells", "energies", "forces", "energy_std", "forces_std", "max_force_std",
+            "descriptors", "temperatures", "steps")}
+        self.stop_reason: str | None = None
+
+    def record(self, step: int) -> None:
+        results = self.atoms.calc.results
+        energy = results["energy"]
+        if not np.isfinite(energy) or closest_distance(self.atoms) < self.settings.min_distance:
+            self.stop_reason = "unphysical"
+            return
+        values = {
+            "positions": self.atoms.positions.copy(), "cells": self.atoms.cell[:].copy(),
+            "energies": energy, "forces": results["forces"].copy(), "energy_std": results["energy_std"],
+            "forces_std": results["forces_std"].copy(), "max_force_std": results["max_force_std"],
+            "descriptors": results["descriptors"].copy(), "temperatures": self.atoms.get_temperature(), "steps": step,
+        }
+        for key, value in values.items():
+            self.frames[key].append(value)
+        threshold = self.settings.max_force_std
+        if threshold is not None and results["max_force_std"] > threshold:
+            self.stop_reason = "uncertainty"
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        arrays = {key: np.asarray(values) for key, values in self.frames.items()}
+        arrays["numbers"] = self.atoms.numbers.copy()
+        arrays["pbc"] = self.atoms.pbc.copy()
+        return arrays
+
+
+def run_md(atoms: Atoms, settings: MDSettings, calculator: TACECalculator) -> tuple[dict[str, np.ndarray], dict]:
+    """Run the exploration; returns (trajectory arrays, result summary)."""
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    MaxwellBoltzmannDistribution(atoms, temperature_K=settings.temperature, rng=np.random.default_rng(settings.seed))
+    Stationary(atoms)
+    dynamics = make_dynamics(atoms, settings)
+    recorder = FrameRecorder(atoms, settings)
+    atoms.get_potential_energy()
+    recorder.record(0)
+    step = 0
+    while recorder.stop_reason is None and step < settings.steps:
+        chunk = min(settings.save_interval, settings.steps - step)
+        dynamics.run(chunk)
+        step += chunk
+        recorder.record(step)
+    summary = {"stop_reason": recorder.stop_reason or "completed", "steps_done": step,
+               "frames": len(recorder.frames["steps"]), "settings": settings.to_dict()}
+    return recorder.arrays(), summary
+
+
+def main(folder: Path | None = None) -> int:
+    folder = folder or Path.cwd()
+    try:
+        settings = MDSettings.from_dict(json.loads((folder / SETTINGS).read_text()))
+        atoms = read(folder / STRUCTURE)
+        calculator = TACECalculator([folder / path for path in settings.checkpoints], device=settings.device)
+        arrays, summary = run_md(atoms, settings, calculator)
+    except (ValueError, OSError) as error:
+        print(f"tace-md: {error}", file=sys.stderr)
+        return 2
+    np.savez_compressed(folder / TRAJECTORY, **arrays)
+    (folder / RESULT).write_text(json.dumps(summary, indent=1))
+    print(f"tace-md: {summary['stop_reason']} after {summary['steps_done']} steps, {summary['frames']} frames")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
