@@ -1,6 +1,8 @@
-"""Shared fixtures: real 3BPA frames, small models, random orthogonal transformations."""
+"""Shared fixtures: real 3BPA frames, small models, random orthogonal transformations, AiiDA."""
 
 from __future__ import annotations
+
+import shutil
 
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from ase import Atoms
 from ase.io import read
 
 from tace_aiida.model.potential import CartesianTensorPotential, ModelConfig
+
+pytest_plugins = ["aiida.tools.pytest_fixtures"]
 
 DATA = Path(__file__).parent / "data"
 SPECIES_3BPA = [1, 6, 7, 8]
@@ -100,3 +104,40 @@ def trained(tmp_path_factory) -> dict:
 
     output = tmp_path_factory.mktemp("trained")
     return train(TrainingConfig.from_dict(training_settings(output)))
+
+
+@pytest.fixture
+def installed_code(aiida_localhost):
+    """``installed_code("tace-train")``: the console script as an InstalledCode on localhost."""
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    def get(label: str):
+        try:
+            return orm.load_code(f"{label}@{aiida_localhost.label}")
+        except NotExistent:
+            code = orm.InstalledCode(label=label, computer=aiida_localhost, filepath_executable=shutil.which(label))
+            return code.store()
+
+    return get
+
+
+@pytest.fixture
+def parse_retrieved(aiida_localhost):
+    """``parse_retrieved(entry_point, files)``: run a parser on a fake finished CalcJob with ``files``."""
+    from aiida import orm
+    from aiida.common.links import LinkType
+    from aiida.plugins import ParserFactory
+
+    def parse(entry_point: str, files: dict[str, bytes]):
+        node = orm.CalcJobNode(computer=aiida_localhost, process_type=f"aiida.calculations:{entry_point}")
+        node.set_option("resources", {"num_machines": 1, "num_mpiprocs_per_machine": 1})
+        node.store()
+        retrieved = orm.FolderData()
+        for name, content in files.items():
+            retrieved.base.repository.put_object_from_bytes(content, name)
+        retrieved.base.links.add_incoming(node, link_type=LinkType.CREATE, link_label="retrieved")
+        retrieved.store()
+        return ParserFactory(entry_point).parse_from_node(node, store_provenance=False)
+
+    return parse

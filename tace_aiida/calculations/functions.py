@@ -1,0 +1,24 @@
+"""Calcfunctions that build training sets, so their growth is recorded in the provenance graph."""
+
+from __future__ import annotations
+
+from aiida import orm
+from aiida.engine import calcfunction
+
+from tace_aiida.data import TrainingSetData
+
+
+@calcfunction
+def merge_datasets(**datasets: TrainingSetData) -> TrainingSetData:
+    """One training set holding the frames of all inputs, in the order of their (sorted) link labels.
+
+    Each frame keeps its metadata (``label_uuid`` of the process that labelled it, ``source_uuid``).
+    """
+    frames = [atoms for label in sorted(datasets) for atoms in datasets[label].get_atoms()]
+    return TrainingSetData(frames)
+
+
+@calcfunction
+def structures_to_dataset(**structures: orm.StructureData) -> TrainingSetData:
+    """Unlabelled frames from StructureData inputs; each frame's info records its ``source_uuid``."""
+    return TrainingSetData.from_structures(structures[label] for label in sorted(structures))

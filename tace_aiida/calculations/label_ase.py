@@ -1,0 +1,63 @@
+"""``tace.label_ase``: label structures with any ASE calculator (EMT, xtb/tblite, PySCF, CP2K ...)."""
+
+from __future__ import annotations
+
+import json
+
+from aiida import orm
+from aiida.common.datastructures import CalcInfo, CodeInfo
+from aiida.common.folders import Folder
+from aiida.engine import CalcJob
+
+from tace_aiida.data import TrainingSetData
+from tace_aiida.labelling import runner
+
+
+def validate_calculator(value: orm.Str, _) -> str | None:
+    if "." not in value.value.replace(":", "."):
+        return f"calculator must be an import path such as 'ase.calculators.emt.EMT', not {value.value!r}"
+    return None
+
+
+class AseLabelCalculation(CalcJob):
+    """Run ``tace-label``: energies, forces and stress of every structure, failures per structure."""
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input("structures", valid_type=TrainingSetData, help="The structures to label; labels present are replaced.")
+        spec.input("calculator", valid_type=orm.Str, validator=validate_calculator,
+                   help="Import path of the ASE calculator class, e.g. `ase.calculators.emt.EMT`.")
+        spec.input("parameters", valid_type=orm.Dict, required=False,
+                   help="Keyword arguments of the calculator class (JSON-serialisable).")
+        spec.input("properties", valid_type=orm.List, required=False,
+                   help="Labels to compute among energy, forces, stress (stress only for fully periodic cells). "
+                        "Default: all three.")
+        spec.inputs["metadata"]["options"]["parser_name"].default = "tace.label_ase"
+        spec.inputs["metadata"]["options"]["resources"].default = {"num_machines": 1, "num_mpiprocs_per_machine": 1}
+        spec.output("dataset", valid_type=TrainingSetData, required=False,
+                    help="The structures that were labelled (eV, eV/Å, eV/Å^3); each frame's info has `input_index` "
+                         "and `label_uuid`.")
+        spec.output("report", valid_type=orm.Dict, help="Counts, and the index and error of every failed structure.")
+        spec.exit_code(300, "ERROR_OUTPUT_MISSING", message="The labeller wrote no report: it crashed or was killed.")
+        spec.exit_code(301, "ERROR_JOB_LOST", message="The job was lost by the scheduler (its worker died).")
+        spec.exit_code(302, "ERROR_INVALID_SETTINGS", message="The labeller refused its settings: {message}")
+        spec.exit_code(310, "ERROR_ALL_STRUCTURES_FAILED", message="No structure could be labelled; see the report.")
+
+    def prepare_for_submission(self, folder: Folder) -> CalcInfo:
+        settings = {
+            "calculator": self.inputs.calculator.value,
+            "parameters": self.inputs.parameters.get_dict() if "parameters" in self.inputs else {},
+            "properties": self.inputs.properties.get_list() if "properties" in self.inputs else ["energy", "forces", "stress"],
+        }
+        with folder.open(runner.SETTINGS, "w") as handle:
+            json.dump(settings, handle, indent=1)
+        self.inputs.structures.write_extxyz(folder.get_abs_path(runner.STRUCTURES))
+        codeinfo = CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.stdout_name = "tace-label.out"
+        codeinfo.stderr_name = "tace-label.err"
+        calcinfo = CalcInfo()
+        calcinfo.codes_info = [codeinfo]
+        calcinfo.retrieve_list = [runner.LABELLED, runner.REPORT, "tace-label.out", "tace-label.err", ".tace_dask_job.json"]
+        return calcinfo

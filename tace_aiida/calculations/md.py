@@ -1,0 +1,77 @@
+"""``tace.md``: exploration MD with an ensemble of potentials (``tace-md``), recording its uncertainty."""
+
+from __future__ import annotations
+
+import json
+
+from aiida import orm
+from aiida.common.datastructures import CalcInfo, CodeInfo
+from aiida.common.folders import Folder
+from aiida.engine import CalcJob
+
+from tace_aiida.data import PotentialData
+from tace_aiida.model import md
+
+MANAGED_SETTINGS = {"checkpoints"}
+
+
+def validate_parameters(value: orm.Dict, _) -> str | None:
+    settings = value.get_dict()
+    if MANAGED_SETTINGS & set(settings):
+        return "parameters must not set `checkpoints`: they come from the `potentials` inputs"
+    try:
+        md.MDSettings.from_dict(settings)
+    except (ValueError, TypeError) as error:
+        return f"invalid MD parameters: {error}"
+    return None
+
+
+def validate_potentials(value: dict, _) -> str | None:
+    if not value:
+        return "at least one potential is needed"
+    elements = {tuple(sorted(p.elements)) for p in value.values()}
+    if len(elements) > 1:
+        return f"the potentials know different elements: {sorted(elements)}"
+    return None
+
+
+class MDCalculation(CalcJob):
+    """Run MD with the mean forces of an ensemble; stop when it becomes too uncertain or unphysical."""
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input_namespace("potentials", valid_type=PotentialData, dynamic=True, validator=validate_potentials,
+                             help="The ensemble members (at least one; the deviation needs two or more).")
+        spec.input("structure", valid_type=orm.StructureData, help="The starting structure.")
+        spec.input("parameters", valid_type=orm.Dict, validator=validate_parameters,
+                   help="MD settings of `tace-md`: ensemble (nve/nvt/npt), thermostat, temperature (K), pressure (GPa), "
+                        "timestep (fs), steps, save_interval, max_force_std (eV/Å stop threshold), seed, device.")
+        spec.inputs["metadata"]["options"]["parser_name"].default = "tace.md"
+        spec.inputs["metadata"]["options"]["resources"].default = {"num_machines": 1, "num_mpiprocs_per_machine": 1}
+        spec.output("trajectory", valid_type=orm.TrajectoryData,
+                    help="Saved frames: positions and cells, and arrays energies, forces, energy_std, forces_std, "
+                         "max_force_std, descriptors, temperatures (eV, eV/Å, K).")
+        spec.output("result", valid_type=orm.Dict, help="Why the run stopped (completed, uncertainty, unphysical), steps done.")
+        spec.exit_code(300, "ERROR_OUTPUT_MISSING", message="No trajectory was written: the MD crashed or was killed.")
+        spec.exit_code(301, "ERROR_JOB_LOST", message="The job was lost by the scheduler (its worker died).")
+        spec.exit_code(302, "ERROR_INVALID_SETTINGS", message="tace-md refused its settings: {message}")
+
+    def prepare_for_submission(self, folder: Folder) -> CalcInfo:
+        checkpoints = []
+        for index, label in enumerate(sorted(self.inputs.potentials)):
+            name = f"member{index}.pt"
+            self.inputs.potentials[label].write_checkpoint(folder.get_abs_path(name))
+            checkpoints.append(name)
+        settings = {**self.inputs.parameters.get_dict(), "checkpoints": checkpoints}
+        with folder.open(md.SETTINGS, "w") as handle:
+            json.dump(settings, handle, indent=1)
+        self.inputs.structure.get_ase().write(folder.get_abs_path(md.STRUCTURE), format="extxyz")
+        codeinfo = CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.stdout_name = "tace-md.out"
+        codeinfo.stderr_name = "tace-md.err"
+        calcinfo = CalcInfo()
+        calcinfo.codes_info = [codeinfo]
+        calcinfo.retrieve_list = [md.TRAJECTORY, md.RESULT, "tace-md.out", "tace-md.err"]
+        return calcinfo

@@ -1,0 +1,91 @@
+"""``tace.train``: train one potential (one ensemble member) by running ``tace-train`` in the job folder."""
+
+from __future__ import annotations
+
+import yaml
+from aiida import orm
+from aiida.common.datastructures import CalcInfo, CodeInfo
+from aiida.common.folders import Folder
+from aiida.engine import CalcJob
+
+from tace_aiida.data import PotentialData, TrainingSetData
+from tace_aiida.model.config import TrainingConfig
+
+#: Settings the CalcJob fills in itself from its inputs.
+MANAGED_SETTINGS = {"train_file", "valid_file", "test_file", "init_checkpoint", "output_dir", "seed", "progress_bar",
+                    "checkpoint_name", "metrics_name"}
+TRAIN_FILE, VALID_FILE, TEST_FILE = "train.extxyz", "valid.extxyz", "test.extxyz"
+PARENT_FILE, CONFIG_FILE = "parent.pt", "config.yaml"
+CHECKPOINT_FILE, METRICS_FILE, LOG_FILE, SUMMARY_FILE = "model.pt", "metrics.jsonl", "tace-train.log", "tace-train.out"
+
+
+def validate_parameters(value: orm.Dict, _) -> str | None:
+    settings = value.get_dict()
+    managed = sorted(MANAGED_SETTINGS & set(settings))
+    if managed:
+        return f"parameters must not set {managed}: the calculation sets them from its inputs"
+    try:
+        TrainingConfig.from_dict({**settings, "train_file": TRAIN_FILE})
+    except (ValueError, TypeError) as error:
+        return f"invalid training parameters: {error}"
+    return None
+
+
+class TrainCalculation(CalcJob):
+    """Train a Cartesian-tensor potential; everything it reads and writes stays in its working directory."""
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input("dataset", valid_type=TrainingSetData, help="Labelled training structures.")
+        spec.input("validation_dataset", valid_type=TrainingSetData, required=False,
+                   help="Validation structures; without it `valid_fraction` of the training set is held out.")
+        spec.input("test_dataset", valid_type=TrainingSetData, required=False,
+                   help="Test structures: the saved model's errors on them are reported under `test` in `metrics`.")
+        spec.input("parameters", valid_type=orm.Dict, validator=validate_parameters,
+                   help="Training settings of `tace-train` (see TrainingConfig): model, loss weights, optimiser, "
+                        "epochs, time budget, dtype, device ...")
+        spec.input("seed", valid_type=orm.Int, default=lambda: orm.Int(1),
+                   help="Random seed: ensemble members differ in it (and with `bootstrap`, in their data).")
+        spec.input("parent_potential", valid_type=PotentialData, required=False,
+                   help="Fine-tune this potential instead of starting from random weights.")
+        spec.inputs["metadata"]["options"]["parser_name"].default = "tace.train"
+        spec.inputs["metadata"]["options"]["resources"].default = {"num_machines": 1, "num_mpiprocs_per_machine": 1}
+        spec.output("potential", valid_type=PotentialData, help="The trained potential (best validation epoch).")
+        spec.output("metrics", valid_type=orm.Dict, help="Training summary and the metrics of every epoch.")
+        spec.output("log", valid_type=orm.SinglefileData, help="The training log.")
+        spec.exit_code(300, "ERROR_OUTPUT_MISSING", message="No checkpoint was written: training crashed or was killed.")
+        spec.exit_code(301, "ERROR_JOB_LOST", message="The job was lost by the scheduler (its worker died).")
+        spec.exit_code(302, "ERROR_INVALID_SETTINGS", message="tace-train refused its settings: {message}")
+        spec.exit_code(310, "ERROR_NAN_LOSS", message="The loss became NaN or infinite: {message}")
+        spec.exit_code(311, "ERROR_INVALID_CHECKPOINT", message="The checkpoint cannot be read: {message}")
+
+    def prepare_for_submission(self, folder: Folder) -> CalcInfo:
+        settings = {
+            **self.inputs.parameters.get_dict(),
+            "train_file": TRAIN_FILE,
+            "output_dir": ".",
+            "seed": self.inputs.seed.value,
+            "progress_bar": False,
+        }
+        self.inputs.dataset.write_extxyz(folder.get_abs_path(TRAIN_FILE))
+        if "validation_dataset" in self.inputs:
+            self.inputs.validation_dataset.write_extxyz(folder.get_abs_path(VALID_FILE))
+            settings["valid_file"] = VALID_FILE
+        if "test_dataset" in self.inputs:
+            self.inputs.test_dataset.write_extxyz(folder.get_abs_path(TEST_FILE))
+            settings["test_file"] = TEST_FILE
+        if "parent_potential" in self.inputs:
+            self.inputs.parent_potential.write_checkpoint(folder.get_abs_path(PARENT_FILE))
+            settings["init_checkpoint"] = PARENT_FILE
+        with folder.open(CONFIG_FILE, "w") as handle:
+            yaml.safe_dump(settings, handle)
+        codeinfo = CodeInfo()
+        codeinfo.code_uuid = self.inputs.code.uuid
+        codeinfo.cmdline_params = [CONFIG_FILE]
+        codeinfo.stdout_name = SUMMARY_FILE
+        codeinfo.stderr_name = LOG_FILE
+        calcinfo = CalcInfo()
+        calcinfo.codes_info = [codeinfo]
+        calcinfo.retrieve_list = [CHECKPOINT_FILE, METRICS_FILE, LOG_FILE, SUMMARY_FILE]
+        return calcinfo

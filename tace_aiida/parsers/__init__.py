@@ -1,0 +1,1 @@
+"""Parsers of tace-aiida's CalcJobs."""

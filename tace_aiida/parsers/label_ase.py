@@ -1,0 +1,42 @@
+"""Parser of ``tace.label_ase``: the labelled structures and a per-structure report."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from aiida import orm
+from aiida.parsers import Parser
+from ase.io import read
+
+from tace_aiida.data import TrainingSetData
+from tace_aiida.labelling import runner
+
+
+class AseLabelParser(Parser):
+    def parse(self, **kwargs):
+        retrieved = self.retrieved
+        names = retrieved.base.repository.list_object_names()
+        if runner.REPORT not in names:
+            error = retrieved.base.repository.get_object_content("tace-label.err") if "tace-label.err" in names else ""
+            if "tace-label:" in error:
+                return self.exit_codes.ERROR_INVALID_SETTINGS.format(message=error.strip().splitlines()[-1])
+            return self.exit_codes.ERROR_OUTPUT_MISSING
+        report = json.loads(retrieved.base.repository.get_object_content(runner.REPORT))
+        failures = [entry for entry in report if entry["status"] == "failed"]
+        self.out("report", orm.Dict({
+            "num_structures": len(report),
+            "num_labelled": len(report) - len(failures),
+            "num_failed": len(failures),
+            "failures": [{"index": f["index"], "error": f["error"]} for f in failures],
+            "seconds": sum(entry["seconds"] for entry in report),
+        }))
+        text = retrieved.base.repository.get_object_content(runner.LABELLED)
+        frames = read(io.StringIO(text), index=":", format="extxyz") if text.strip() else []
+        if frames:
+            for atoms in frames:
+                atoms.info["label_uuid"] = self.node.uuid
+            self.out("dataset", TrainingSetData(frames))
+        if report and not frames:
+            return self.exit_codes.ERROR_ALL_STRUCTURES_FAILED
+        return None

@@ -1,0 +1,40 @@
+"""Parser of ``tace.md``: the trajectory with its per-frame uncertainty, and why the run stopped."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+from aiida import orm
+from aiida.parsers import Parser
+from ase.data import chemical_symbols
+
+from tace_aiida.model import md
+
+PER_FRAME_ARRAYS = ("energies", "forces", "energy_std", "forces_std", "max_force_std", "descriptors", "temperatures")
+
+
+class MDParser(Parser):
+    def parse(self, **kwargs):
+        repository = self.retrieved.base.repository
+        names = repository.list_object_names()
+        if md.TRAJECTORY not in names or md.RESULT not in names:
+            error = repository.get_object_content("tace-md.err") if "tace-md.err" in names else ""
+            if "tace-md:" in error:
+                return self.exit_codes.ERROR_INVALID_SETTINGS.format(message=error.strip().splitlines()[-1])
+            return self.exit_codes.ERROR_OUTPUT_MISSING
+        arrays = np.load(io.BytesIO(repository.get_object_content(md.TRAJECTORY, mode="rb")))
+        trajectory = orm.TrajectoryData()
+        trajectory.set_trajectory(
+            symbols=[chemical_symbols[z] for z in arrays["numbers"]],
+            positions=arrays["positions"],
+            stepids=arrays["steps"],
+            cells=arrays["cells"],
+        )
+        trajectory.base.attributes.set("pbc", [bool(x) for x in arrays["pbc"]])
+        for name in PER_FRAME_ARRAYS:
+            trajectory.set_array(name, arrays[name])
+        self.out("trajectory", trajectory)
+        self.out("result", orm.Dict(json.loads(repository.get_object_content(md.RESULT))))
+        return None

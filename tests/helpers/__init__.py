@@ -1,0 +1,1 @@
+"""Programs and calculators used by the tests to provoke failures."""

@@ -1,0 +1,152 @@
+"""End-to-end active learning with EMT: iterations, provenance, report, stopping and failure rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from aiida import orm
+from aiida.engine import run_get_node
+from ase.build import bulk
+
+from tace_aiida.calculations.label_ase import AseLabelCalculation
+from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
+
+pytestmark = pytest.mark.slow
+
+HELPERS = Path(__file__).parent / "helpers"
+TRAINING = {"model": {"channels": 4, "max_edge_rank": 1, "max_hidden_rank": 0, "correlation": 2, "r_max": 4.0,
+                      "radial_mlp": [8]},
+            "max_epochs": 2, "batch_size": 2, "valid_fraction": 0.0, "dtype": "float32", "device": "cpu"}
+STAGE = {"temperatures": [500], "steps": 20, "timestep": 2.0, "save_interval": 4}
+
+
+@pytest.fixture
+def fast_polling(aiida_profile, aiida_localhost):
+    """Test profiles poll processes without delay; let the computer be polled without delay too."""
+    aiida_localhost.set_minimum_job_poll_interval(0.0)
+    aiida_localhost.configure(safe_interval=0.0)
+
+
+def copper(strain: float = 0.0) -> orm.StructureData:
+    atoms = bulk("Cu", "fcc", a=3.61 * (1 + strain), cubic=True)
+    atoms.rattle(0.02, seed=int(strain * 100))
+    return orm.StructureData(ase=atoms)
+
+
+def builder_for(installed_code, *, selection=None, stopping=None, stages=None, ensemble_size=2, calculator=None):
+    builder = ActiveLearningWorkChain.get_builder()
+    builder.structures = {"cu0": copper(0.0), "cu1": copper(0.02)}
+    builder.label_ase.code = installed_code("tace-label")
+    builder.label_ase.calculator = orm.Str(calculator or "ase.calculators.emt.EMT")
+    builder.train.code = installed_code("tace-train")
+    builder.train.parameters = orm.Dict(TRAINING)
+    builder.ensemble_size = orm.Int(ensemble_size)
+    builder.md.code = installed_code("tace-md")
+    builder.exploration = orm.List(stages or [STAGE])
+    builder.selection = orm.Dict(selection or {"trust_low": 0.0, "trust_high": 100.0, "max_selected": 3})
+    builder.stopping = orm.Dict(stopping or {"max_iterations": 2})
+    return builder
+
+
+def called(node, process_type_suffix: str) -> list:
+    return [n for n in node.called_descendants if (n.process_type or "").endswith(process_type_suffix)]
+
+
+def test_two_iterations_grow_the_dataset_with_full_provenance(fast_polling, installed_code):
+    results, node = run_get_node(builder_for(installed_code))
+    assert node.exit_status == ActiveLearningWorkChain.exit_codes.ERROR_MAX_ITERATIONS.status
+    report = results["report"].get_dict()
+    iterations = report["iterations"]
+    assert report["stop_reason"] == "max_iterations" and len(iterations) == 2
+    for entry in iterations:
+        assert entry["accurate_fraction"] + entry["candidate_fraction"] + entry["failed_fraction"] == pytest.approx(1.0)
+        assert entry["frames"] == 2 * (STAGE["steps"] // STAGE["save_interval"] + 1)
+        assert entry["selected"] == 3
+        assert entry["members"] == 2
+        assert len(entry["calibration"]["predicted_max_force_std"]) == 3
+    assert iterations[1]["dataset_size"] == 2 + 3
+    final = results["dataset"]
+    assert final.num_structures == 2 + 3 + 3, "the dataset grows by exactly the selected structures"
+    assert len(results["ensemble"]) == 2
+
+    label_calcs = {n.uuid for n in called(node, "tace.label_ase")}
+    md_trajectories = {n.outputs.trajectory.uuid: n for n in called(node, "tace.md")}
+    from_md = 0
+    for atoms in final.get_atoms():
+        assert atoms.info["label_uuid"] in label_calcs
+        if "source_frame" in atoms.info:
+            from_md += 1
+            md_node = md_trajectories[atoms.info["source_uuid"]]
+            assert atoms.info["md_step"] in list(md_node.outputs.trajectory.get_stepids())
+    assert from_md == 6
+
+    second = builder_for(installed_code, stopping={"max_iterations": 1})
+    second.dataset = final
+    second.initial_ensemble = dict(results["ensemble"])
+    continued, continued_node = run_get_node(second)
+    first_training = called(continued_node, "tace.train")[0]
+    assert first_training.inputs.parent_potential.uuid in {p.uuid for p in results["ensemble"].values()}
+    assert continued["report"]["iterations"][0]["dataset_size"] == final.num_structures + 2
+
+
+def test_converged_stages_advance_then_stop(fast_polling, installed_code):
+    stages = [{**STAGE, "name": "cold"}, {**STAGE, "name": "hot", "temperatures": [900]}]
+    results, node = run_get_node(builder_for(
+        installed_code, stages=stages, selection={"trust_low": 50.0, "trust_high": 100.0}, stopping={"max_iterations": 5},
+    ))
+    assert node.is_finished_ok, node.exit_message
+    report = results["report"].get_dict()
+    assert report["stop_reason"] == "converged"
+    assert [entry["stage"] for entry in report["iterations"]] == [0, 1]
+    assert all(entry["accurate_fraction"] == 1.0 and entry["selected"] == 0 for entry in report["iterations"])
+
+
+def test_no_candidates_stops_the_loop(fast_polling, installed_code):
+    results, node = run_get_node(builder_for(
+        installed_code, selection={"trust_low": 0.0, "trust_high": 1e-9}, stopping={"max_iterations": 5},
+    ))
+    assert node.is_finished_ok
+    report = results["report"].get_dict()
+    assert report["stop_reason"] == "no_candidates" and len(report["iterations"]) == 1
+    assert report["iterations"][0]["failed_fraction"] == 1.0
+
+
+def test_too_many_failed_labels_stop_with_an_exit_code(fast_polling, installed_code, aiida_localhost):
+    code = orm.InstalledCode(label="tace-label-flaky", computer=aiida_localhost, filepath_executable=str(installed_code("tace-label").filepath_executable))
+    code.prepend_text = f"export PYTHONPATH={HELPERS.parent.parent}:$PYTHONPATH"
+    code.store()
+    builder = builder_for(installed_code, calculator="tests.helpers.flaky_emt.EMTFailingOnSelectedFrames")
+    builder.label_ase.code = code
+    _, node = run_get_node(builder)
+    assert node.exit_status == ActiveLearningWorkChain.exit_codes.ERROR_TOO_MANY_LABEL_FAILURES.status
+    assert "100%" in node.exit_message
+
+
+def test_a_failing_member_is_retried_once_then_left_out(fast_polling, installed_code, aiida_localhost):
+    code = orm.InstalledCode(label="tace-train-flaky", computer=aiida_localhost,
+                             filepath_executable=str(HELPERS / "train_failing_for_seed_3"))
+    code.store()
+    builder = builder_for(installed_code, ensemble_size=3, stopping={"max_iterations": 1})
+    builder.train.code = code
+    results, node = run_get_node(builder)
+    assert node.exit_status in (0, ActiveLearningWorkChain.exit_codes.ERROR_MAX_ITERATIONS.status)
+    assert len(results["ensemble"]) == 2
+    member_3 = [n for n in called(node, "tace.train_base") if n.inputs.train.seed.value == 3]
+    assert len(member_3) == 1 and not member_3[0].is_finished_ok
+    assert len(called(member_3[0], "tace.train")) == 2, "the failed member is retried exactly once"
+
+
+def test_caching_skips_identical_labelling(fast_polling, installed_code):
+    from aiida.manage.caching import enable_caching
+
+    from tace_aiida.data import TrainingSetData
+
+    structures = [bulk("Cu", "fcc", a=3.6 + 0.01 * i) for i in range(2)]
+    inputs = {"code": installed_code("tace-label"), "calculator": orm.Str("ase.calculators.emt.EMT")}
+    with enable_caching(identifier="aiida.calculations:tace.label_ase"):
+        _, first = run_get_node(AseLabelCalculation, structures=TrainingSetData(structures), **inputs)
+        _, second = run_get_node(AseLabelCalculation, structures=TrainingSetData(structures), **inputs)
+    assert first.is_finished_ok and second.is_finished_ok
+    assert second.base.caching.is_created_from_cache
+    assert second.base.caching.get_cache_source() == first.uuid

@@ -1,0 +1,63 @@
+"""Selection: trust window, relative deviation, diversity, rank correlation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tace_aiida.selection import (
+    ACCURATE, CANDIDATE, FAILED, SelectionSettings, TrustWindow, classify, farthest_point_sampling,
+    frame_deviation, pick_diverse, spearman_correlation,
+)
+
+
+def test_trust_window_classes():
+    window = TrustWindow(trust_low=0.1, trust_high=0.3)
+    labels = classify(np.array([0.05, 0.1, 0.2, 0.3, 0.31]), window)
+    assert labels.tolist() == [ACCURATE, CANDIDATE, CANDIDATE, CANDIDATE, FAILED]
+    with pytest.raises(ValueError, match="trust_low < trust_high"):
+        TrustWindow(trust_low=0.3, trust_high=0.1)
+
+
+def test_absolute_and_relative_deviation():
+    forces = np.array([[[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]]])
+    forces_std = np.array([[0.6, 0.2]])
+    assert frame_deviation(forces, forces_std, TrustWindow()) == pytest.approx([0.6])
+    relative = TrustWindow(trust_low=0.05, trust_high=0.5, relative=True, relative_epsilon=1.0)
+    assert frame_deviation(forces, forces_std, relative) == pytest.approx([max(0.6 / 6.0, 0.2 / 1.0)])
+
+
+def test_diversity_prefers_distinct_clusters_and_high_uncertainty():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    descriptors = np.concatenate([c + 0.1 * rng.normal(size=(20, 2)) for c in centres])
+    deviation = rng.random(60)
+    for method in ("kmeans", "fps"):
+        chosen = pick_diverse(descriptors, deviation, SelectionSettings(max_selected=3, diversity=method))
+        assert sorted(i // 20 for i in chosen) == [0, 1, 2], method
+    chosen = pick_diverse(descriptors, deviation, SelectionSettings(max_selected=3, diversity="kmeans"))
+    for index in chosen:
+        cluster = index // 20
+        assert deviation[index] == deviation[20 * cluster : 20 * (cluster + 1)].max()
+    assert pick_diverse(descriptors, deviation, SelectionSettings(max_selected=2, diversity="none")) == list(np.argsort(-deviation)[:2])
+    assert pick_diverse(np.zeros((0, 0)), np.zeros(0), SelectionSettings()) == []
+
+
+def test_farthest_point_sampling_spreads_out():
+    points = np.array([[0.0], [1.0], [2.0], [10.0]])
+    assert farthest_point_sampling(points, 3, first=0) == [0, 3, 2]
+
+
+def test_settings_from_dict_and_families():
+    settings = SelectionSettings.from_dict({"trust_low": 0.02, "trust_high": 0.2, "max_selected": 5,
+                                            "families": {"hot": {"trust_low": 0.1, "trust_high": 0.4}}})
+    assert settings.window_for(None).trust_low == 0.02
+    assert settings.window_for("hot").trust_high == 0.4
+    assert settings.window_for("cold").trust_high == 0.2
+    with pytest.raises(ValueError, match="diversity must be"):
+        SelectionSettings(diversity="random")
+
+
+def test_spearman():
+    assert spearman_correlation(np.array([1.0, 2.0, 3.0, 4.0]), np.array([10.0, 20.0, 25.0, 40.0])) == pytest.approx(1.0)
+    assert spearman_correlation(np.array([1.0, 2.0]), np.array([1.0, 2.0])) is None
