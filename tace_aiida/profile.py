@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiida import load_profile, orm
 from aiida.common.exceptions import NotExistent
-from aiida.manage.configuration import get_config
+from aiida.manage.configuration import get_config, reset_config
 
 DEFAULT_PROFILE = "tace"
 LOCAL_COMPUTER = "localhost"
@@ -30,6 +30,7 @@ def ensure_profile(name: str = DEFAULT_PROFILE) -> None:
     if name not in config.profile_names:
         verdi = Path(sys.executable).with_name("verdi")
         subprocess.run([str(verdi), "presto", "--profile-name", name, "--use-zeromq"], check=True)
+        reset_config()
         config = get_config()
     config.set_option("runner.poll.interval", 1, scope=name)
     config.set_default_profile(name, overwrite=True)
@@ -53,7 +54,7 @@ def ensure_computer(label: str, scheduler: str, workdir: Path) -> orm.Computer:
     ).store()
     computer.set_minimum_job_poll_interval(1.0)
     computer.set_default_mpiprocs_per_machine(1)
-    computer.configure(safe_interval=0.0)
+    computer.configure(safe_interval=0.0, use_login_shell=False)
     return computer
 
 

@@ -11,6 +11,7 @@ from aiida.engine import CalcJob
 
 from tace_aiida.data import TrainingSetData
 from tace_aiida.labelling import runner
+from tace_aiida.schedulers import STATE_FILENAME
 
 
 def validate_calculator(value: orm.Str, _) -> str | None:
@@ -59,5 +60,5 @@ class AseLabelCalculation(CalcJob):
         codeinfo.stderr_name = "tace-label.err"
         calcinfo = CalcInfo()
         calcinfo.codes_info = [codeinfo]
-        calcinfo.retrieve_list = [runner.LABELLED, runner.REPORT, "tace-label.out", "tace-label.err", ".tace_dask_job.json"]
+        calcinfo.retrieve_list = [runner.LABELLED, runner.REPORT, "tace-label.out", "tace-label.err", STATE_FILENAME]
         return calcinfo

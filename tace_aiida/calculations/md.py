@@ -11,6 +11,7 @@ from aiida.engine import CalcJob
 
 from tace_aiida.data import PotentialData
 from tace_aiida.model import md
+from tace_aiida.schedulers import STATE_FILENAME
 
 MANAGED_SETTINGS = {"checkpoints"}
 
@@ -73,5 +74,5 @@ class MDCalculation(CalcJob):
         codeinfo.stderr_name = "tace-md.err"
         calcinfo = CalcInfo()
         calcinfo.codes_info = [codeinfo]
-        calcinfo.retrieve_list = [md.TRAJECTORY, md.RESULT, "tace-md.out", "tace-md.err"]
+        calcinfo.retrieve_list = [md.TRAJECTORY, md.RESULT, "tace-md.out", "tace-md.err", STATE_FILENAME]
         return calcinfo

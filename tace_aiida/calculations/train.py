@@ -10,6 +10,7 @@ from aiida.engine import CalcJob
 
 from tace_aiida.data import PotentialData, TrainingSetData
 from tace_aiida.model.config import TrainingConfig
+from tace_aiida.schedulers import STATE_FILENAME
 
 #: Settings the CalcJob fills in itself from its inputs.
 MANAGED_SETTINGS = {"train_file", "valid_file", "test_file", "init_checkpoint", "output_dir", "seed", "progress_bar",
@@ -87,5 +88,5 @@ class TrainCalculation(CalcJob):
         codeinfo.stderr_name = LOG_FILE
         calcinfo = CalcInfo()
         calcinfo.codes_info = [codeinfo]
-        calcinfo.retrieve_list = [CHECKPOINT_FILE, METRICS_FILE, LOG_FILE, SUMMARY_FILE]
+        calcinfo.retrieve_list = [CHECKPOINT_FILE, METRICS_FILE, LOG_FILE, SUMMARY_FILE, STATE_FILENAME]
         return calcinfo

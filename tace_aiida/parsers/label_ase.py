@@ -6,15 +6,17 @@ import io
 import json
 
 from aiida import orm
-from aiida.parsers import Parser
 from ase.io import read
 
 from tace_aiida.data import TrainingSetData
 from tace_aiida.labelling import runner
+from tace_aiida.parsers.base import TaceParser
 
 
-class AseLabelParser(Parser):
+class AseLabelParser(TaceParser):
     def parse(self, **kwargs):
+        if self.job_was_lost():
+            return self.exit_codes.ERROR_JOB_LOST
         retrieved = self.retrieved
         names = retrieved.base.repository.list_object_names()
         if runner.REPORT not in names:

@@ -7,16 +7,18 @@ import json
 
 import numpy as np
 from aiida import orm
-from aiida.parsers import Parser
 from ase.data import chemical_symbols
 
 from tace_aiida.model import md
+from tace_aiida.parsers.base import TaceParser
 
 PER_FRAME_ARRAYS = ("energies", "forces", "energy_std", "forces_std", "max_force_std", "descriptors", "temperatures")
 
 
-class MDParser(Parser):
+class MDParser(TaceParser):
     def parse(self, **kwargs):
+        if self.job_was_lost():
+            return self.exit_codes.ERROR_JOB_LOST
         repository = self.retrieved.base.repository
         names = repository.list_object_names()
         if md.TRAJECTORY not in names or md.RESULT not in names:

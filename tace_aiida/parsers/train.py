@@ -7,15 +7,17 @@ import tempfile
 from pathlib import Path
 
 from aiida import orm
-from aiida.parsers import Parser
 
 from tace_aiida.calculations.train import CHECKPOINT_FILE, LOG_FILE, METRICS_FILE, SUMMARY_FILE
 from tace_aiida.data import PotentialData
 from tace_aiida.model.checkpoint import CheckpointError
+from tace_aiida.parsers.base import TaceParser
 
 
-class TrainParser(Parser):
+class TrainParser(TaceParser):
     def parse(self, **kwargs):
+        if self.job_was_lost():
+            return self.exit_codes.ERROR_JOB_LOST
         repository = self.retrieved.base.repository
         names = repository.list_object_names()
         log = repository.get_object_content(LOG_FILE) if LOG_FILE in names else ""
