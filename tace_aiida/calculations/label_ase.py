@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 from aiida import orm
-from aiida.common.datastructures import CalcInfo, CodeInfo
+from aiida.common.datastructures import CalcInfo
 from aiida.common.folders import Folder
 from aiida.engine import CalcJob
 
+from tace_aiida.calculations.base import single_code_calcinfo
 from tace_aiida.data import TrainingSetData
 from tace_aiida.labelling import runner
-from tace_aiida.schedulers import STATE_FILENAME
 
 
 def validate_calculator(value: orm.Str, _) -> str | None:
@@ -54,11 +54,6 @@ class AseLabelCalculation(CalcJob):
         with folder.open(runner.SETTINGS, "w") as handle:
             json.dump(settings, handle, indent=1)
         self.inputs.structures.write_extxyz(folder.get_abs_path(runner.STRUCTURES))
-        codeinfo = CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.stdout_name = "tace-label.out"
-        codeinfo.stderr_name = "tace-label.err"
-        calcinfo = CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.retrieve_list = [runner.LABELLED, runner.REPORT, "tace-label.out", "tace-label.err", STATE_FILENAME]
-        return calcinfo
+        return single_code_calcinfo(
+            self.inputs.code.uuid, "tace-label.out", "tace-label.err", [runner.LABELLED, runner.REPORT]
+        )

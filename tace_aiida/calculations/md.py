@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 from aiida import orm
-from aiida.common.datastructures import CalcInfo, CodeInfo
+from aiida.common.datastructures import CalcInfo
 from aiida.common.folders import Folder
 from aiida.engine import CalcJob
 
+from tace_aiida.calculations.base import single_code_calcinfo
 from tace_aiida.data import PotentialData
 from tace_aiida.model import md
-from tace_aiida.schedulers import STATE_FILENAME
 
 MANAGED_SETTINGS = {"checkpoints"}
 
@@ -68,11 +68,4 @@ class MDCalculation(CalcJob):
         with folder.open(md.SETTINGS, "w") as handle:
             json.dump(settings, handle, indent=1)
         self.inputs.structure.get_ase().write(folder.get_abs_path(md.STRUCTURE), format="extxyz")
-        codeinfo = CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.stdout_name = "tace-md.out"
-        codeinfo.stderr_name = "tace-md.err"
-        calcinfo = CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.retrieve_list = [md.TRAJECTORY, md.RESULT, "tace-md.out", "tace-md.err", STATE_FILENAME]
-        return calcinfo
+        return single_code_calcinfo(self.inputs.code.uuid, "tace-md.out", "tace-md.err", [md.TRAJECTORY, md.RESULT])

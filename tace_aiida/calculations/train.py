@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import yaml
 from aiida import orm
-from aiida.common.datastructures import CalcInfo, CodeInfo
+from aiida.common.datastructures import CalcInfo
 from aiida.common.folders import Folder
 from aiida.engine import CalcJob
 
+from tace_aiida.calculations.base import single_code_calcinfo
 from tace_aiida.data import PotentialData, TrainingSetData
 from tace_aiida.model.config import TrainingConfig
-from tace_aiida.schedulers import STATE_FILENAME
 
 #: Settings the CalcJob fills in itself from its inputs.
 MANAGED_SETTINGS = {"train_file", "valid_file", "test_file", "init_checkpoint", "output_dir", "seed", "progress_bar",
@@ -81,12 +81,6 @@ class TrainCalculation(CalcJob):
             settings["init_checkpoint"] = PARENT_FILE
         with folder.open(CONFIG_FILE, "w") as handle:
             yaml.safe_dump(settings, handle)
-        codeinfo = CodeInfo()
-        codeinfo.code_uuid = self.inputs.code.uuid
-        codeinfo.cmdline_params = [CONFIG_FILE]
-        codeinfo.stdout_name = SUMMARY_FILE
-        codeinfo.stderr_name = LOG_FILE
-        calcinfo = CalcInfo()
-        calcinfo.codes_info = [codeinfo]
-        calcinfo.retrieve_list = [CHECKPOINT_FILE, METRICS_FILE, LOG_FILE, SUMMARY_FILE, STATE_FILENAME]
-        return calcinfo
+        return single_code_calcinfo(
+            self.inputs.code.uuid, SUMMARY_FILE, LOG_FILE, [CHECKPOINT_FILE, METRICS_FILE], cmdline_params=[CONFIG_FILE]
+        )

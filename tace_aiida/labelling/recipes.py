@@ -1,0 +1,107 @@
+"""Ready-made ``calculator``/``parameters`` settings of ``tace.label_ase`` for common labellers.
+
+Each function returns ``{"calculator": import path, "parameters": keyword arguments}``;
+:func:`as_inputs` turns one into the CalcJob's ``calculator`` (Str) and ``parameters`` (Dict) inputs::
+
+    builder = AseLabelCalculation.get_builder()
+    builder.update(as_inputs(cp2k_pbe(kpoints=(3, 3, 3))))
+
+The values behind them, for use without these helpers:
+
+- EMT (tests only): ``calculator='ase.calculators.emt.EMT'``, no parameters.
+- GFN2-xTB (``pip install tblite``): ``calculator='tblite.ase.TBLite'``,
+  ``parameters={'method': 'GFN2-xTB', 'accuracy': 1.0, 'electronic_temperature': 300.0, 'verbosity': 0}``
+  (molecules and periodic cells; stress for periodic cells).
+- CP2K PBE (Debian ``cp2k cp2k-data``; ASE's ``CP2K`` calculator drives ``cp2k_shell.psmp``):
+  ``calculator='ase.calculators.cp2k.CP2K'``, ``parameters={'command': 'cp2k_shell.psmp', 'xc': 'PBE',
+  'basis_set': 'DZVP-MOLOPT-SR-GTH', 'basis_set_file': 'BASIS_MOLOPT', 'pseudo_potential': 'GTH-PBE',
+  'potential_file': 'GTH_POTENTIALS', 'cutoff': <eV>, 'max_scf': 100, 'stress_tensor': True,
+  'inp': <&FORCE_EVAL &DFT &KPOINTS ... template>}``; a small cell needs the k-point mesh of the
+  template (ASE's calculator alone samples only Γ). ``cutoff`` is in eV in ASE (CP2K's ``CUTOFF``).
+  CP2K does not symmetrise its results: take odd (Γ-centred) meshes. An even Monkhorst-Pack mesh
+  can break the cell's symmetry (Si2 with 2x2x2: forces of 0.03 eV/Å on the perfect crystal and a
+  shear stress of 0.04 eV/Å^3; with 3x3x3: zero forces, isotropic stress).
+- PySCF (``pip install pyscf``; molecules only):
+  ``calculator='tace_aiida.labelling.pyscf_calculator.PySCFCalculator'``,
+  ``parameters={'xc': 'PBE', 'basis': 'def2-SVP', 'charge': 0, 'spin': 0}``.
+
+All labels come out in eV, eV/Å and eV/Å^3 (ASE's units).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiida import orm
+from ase.units import Rydberg
+
+Recipe = dict[str, Any]
+
+
+def as_inputs(recipe: Recipe) -> dict[str, orm.Data]:
+    """The ``calculator`` and ``parameters`` inputs of ``tace.label_ase`` for ``recipe``."""
+    return {"calculator": orm.Str(recipe["calculator"]), "parameters": orm.Dict(recipe["parameters"])}
+
+
+def emt() -> Recipe:
+    """ASE's effective-medium theory (Al, Cu, Ag, Au, Ni, Pd, Pt; for tests)."""
+    return {"calculator": "ase.calculators.emt.EMT", "parameters": {}}
+
+
+def gfn2_xtb(accuracy: float = 1.0, electronic_temperature: float = 300.0, charge: int | None = None,
+             multiplicity: int | None = None) -> Recipe:
+    """GFN2-xTB tight binding from tblite; ``electronic_temperature`` in K."""
+    parameters: dict[str, Any] = {"method": "GFN2-xTB", "accuracy": accuracy,
+                                  "electronic_temperature": electronic_temperature, "verbosity": 0}
+    if charge is not None:
+        parameters["charge"] = charge
+    if multiplicity is not None:
+        parameters["multiplicity"] = multiplicity
+    return {"calculator": "tblite.ase.TBLite", "parameters": parameters}
+
+
+def cp2k_kpoints_template(kpoints: tuple[int, int, int]) -> str:
+    """A CP2K input template with a Monkhorst-Pack mesh of ``kpoints`` points."""
+    if len(kpoints) != 3 or any(int(n) != n or n < 1 for n in kpoints):
+        raise ValueError(f"kpoints must be three positive integers, not {kpoints!r}")
+    mesh = " ".join(str(int(n)) for n in kpoints)
+    return (
+        "&FORCE_EVAL\n  &DFT\n    &KPOINTS\n"
+        f"      SCHEME MONKHORST-PACK {mesh}\n"
+        "    &END KPOINTS\n  &END DFT\n&END FORCE_EVAL\n"
+    )
+
+
+def cp2k_pbe(kpoints: tuple[int, int, int] | None = (3, 3, 3), cutoff_ry: float = 300.0, max_scf: int = 100,
+             basis_set: str = "DZVP-MOLOPT-SR-GTH", command: str = "cp2k_shell.psmp",
+             threads: int | None = None) -> Recipe:
+    """CP2K PBE with GTH pseudopotentials and MOLOPT basis sets (small periodic cells).
+
+    ``kpoints``: Monkhorst-Pack mesh, odd (see the module docstring); ``None`` samples Γ only (large
+    cells, molecules). ``cutoff_ry``: plane-wave cutoff of the finest grid in Ry. ``threads``:
+    ``OMP_NUM_THREADS`` of CP2K (default: inherited; one thread is faster on a busy machine).
+    """
+    if threads is not None and (int(threads) != threads or threads < 1):
+        raise ValueError(f"threads must be a positive integer, not {threads!r}")
+    parameters: dict[str, Any] = {
+        "command": command if threads is None else f"env OMP_NUM_THREADS={int(threads)} {command}",
+        "xc": "PBE",
+        "basis_set": basis_set,
+        "basis_set_file": "BASIS_MOLOPT",
+        "pseudo_potential": "GTH-PBE",
+        "potential_file": "GTH_POTENTIALS",
+        "cutoff": cutoff_ry * Rydberg,
+        "max_scf": max_scf,
+        "stress_tensor": True,
+    }
+    if kpoints is not None:
+        parameters["inp"] = cp2k_kpoints_template(kpoints)
+    return {"calculator": "ase.calculators.cp2k.CP2K", "parameters": parameters}
+
+
+def pyscf_dft(xc: str = "PBE", basis: str = "def2-SVP", charge: int = 0, spin: int = 0) -> Recipe:
+    """Kohn-Sham DFT of molecules with PySCF (RKS when ``spin`` = 2S = 0, else UKS)."""
+    return {
+        "calculator": "tace_aiida.labelling.pyscf_calculator.PySCFCalculator",
+        "parameters": {"xc": xc, "basis": basis, "charge": charge, "spin": spin},
+    }

@@ -1,0 +1,1 @@
+"""Workchains that label training structures with first-principles codes (same interface as ``tace.label_ase``)."""
