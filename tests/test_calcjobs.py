@@ -3,6 +3,9 @@ their parsers' exit codes on broken outputs."""
 
 from __future__ import annotations
 
+import io
+import json
+
 import numpy as np
 import pytest
 from aiida import orm
@@ -77,6 +80,8 @@ def test_unknown_calculator_is_an_exit_code(aiida_profile, installed_code):
 def test_label_parser_without_report_fails(aiida_profile, parse_retrieved):
     results, call = parse_retrieved("tace.label_ase", {"tace-label.err": b"Killed\n"})
     assert call.exit_status == AseLabelCalculation.exit_codes.ERROR_OUTPUT_MISSING.status
+    _, call = parse_retrieved("tace.label_ase", {"label_report.json": b'[{"index": 0, "sta', "labelled.extxyz": b""})
+    assert call.exit_status == AseLabelCalculation.exit_codes.ERROR_OUTPUT_CORRUPT.status
 
 
 TRAINING = {"model": {"channels": 8, "radial_mlp": [16, 16]}, "max_epochs": 2, "batch_size": 4, "dtype": "float32",
@@ -187,6 +192,26 @@ def test_md_parameters_and_parser_exit_codes(aiida_profile, installed_code, pars
     assert call.exit_status == MDCalculation.exit_codes.ERROR_OUTPUT_MISSING.status
     _, call = parse_retrieved("tace.md", {"tace-md.err": b"tace-md: NPT needs a cell periodic in all three directions\n"})
     assert call.exit_status == MDCalculation.exit_codes.ERROR_INVALID_SETTINGS.status
+    _, call = parse_retrieved("tace.md", {"trajectory.npz": b"PK\x03\x04truncated", "md_result.json": b"{}"})
+    assert call.exit_status == MDCalculation.exit_codes.ERROR_OUTPUT_CORRUPT.status
+
+
+def test_md_blow_up_is_an_exit_code_that_keeps_the_frames(aiida_profile, parse_retrieved):
+    frames, atoms = 2, 3
+    arrays = {
+        "positions": np.zeros((frames, atoms, 3)), "cells": np.tile(np.eye(3) * 10, (frames, 1, 1)),
+        "energies": np.zeros(frames), "forces": np.zeros((frames, atoms, 3)), "energy_std": np.zeros(frames),
+        "forces_std": np.zeros((frames, atoms)), "max_force_std": np.zeros(frames), "descriptors": np.zeros((frames, 4)),
+        "temperatures": np.full(frames, 300.0), "steps": np.array([0, 10]), "numbers": np.array([29, 29, 29]),
+        "pbc": np.array([True, True, True]),
+    }
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    result = {"stop_reason": "unphysical", "steps_done": 13, "frames": 2}
+    outputs, call = parse_retrieved("tace.md", {"trajectory.npz": buffer.getvalue(), "md_result.json": json.dumps(result).encode()})
+    assert call.exit_status == MDCalculation.exit_codes.ERROR_UNPHYSICAL.status
+    assert "after 13 steps" in call.exit_message
+    assert outputs["trajectory"].numsteps == 2
 
 
 @pytest.mark.slow

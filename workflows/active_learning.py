@@ -273,7 +273,8 @@ class ActiveLearningWorkChain(WorkChain):
 
     def inspect_exploration(self):
         runs = self._iteration_children("md")
-        finished = [node for node in runs if node.is_finished_ok]
+        blown_up = MDCalculation.exit_codes.ERROR_UNPHYSICAL.status
+        finished = [node for node in runs if node.is_finished_ok or node.exit_status == blown_up]
         if not finished:
             return self.exit_codes.ERROR_EXPLORATION_FAILED
         self.ctx.trajectories = {f"run_{i:03d}": node.outputs.trajectory for i, node in enumerate(finished)}

@@ -43,6 +43,7 @@ class AseLabelCalculation(CalcJob):
         spec.exit_code(300, "ERROR_OUTPUT_MISSING", message="The labeller wrote no report: it crashed or was killed.")
         spec.exit_code(301, "ERROR_JOB_LOST", message="The job was lost by the scheduler (its worker died).")
         spec.exit_code(302, "ERROR_INVALID_SETTINGS", message="The labeller refused its settings: {message}")
+        spec.exit_code(303, "ERROR_OUTPUT_CORRUPT", message="The labeller's output files are truncated or damaged: {message}")
         spec.exit_code(310, "ERROR_ALL_STRUCTURES_FAILED", message="No structure could be labelled; see the report.")
 
     def prepare_for_submission(self, folder: Folder) -> CalcInfo:

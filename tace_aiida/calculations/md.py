@@ -57,6 +57,9 @@ class MDCalculation(CalcJob):
         spec.exit_code(300, "ERROR_OUTPUT_MISSING", message="No trajectory was written: the MD crashed or was killed.")
         spec.exit_code(301, "ERROR_JOB_LOST", message="The job was lost by the scheduler (its worker died).")
         spec.exit_code(302, "ERROR_INVALID_SETTINGS", message="tace-md refused its settings: {message}")
+        spec.exit_code(303, "ERROR_OUTPUT_CORRUPT", message="The MD output files are truncated or damaged: {message}")
+        spec.exit_code(310, "ERROR_UNPHYSICAL", message="The MD blew up after {steps} steps (atoms too close or a "
+                       "non-finite energy); the frames before it are in the outputs.")
 
     def prepare_for_submission(self, folder: Folder) -> CalcInfo:
         checkpoints = []

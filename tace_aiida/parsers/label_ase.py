@@ -24,7 +24,12 @@ class AseLabelParser(TaceParser):
             if "tace-label:" in error:
                 return self.exit_codes.ERROR_INVALID_SETTINGS.format(message=error.strip().splitlines()[-1])
             return self.exit_codes.ERROR_OUTPUT_MISSING
-        report = json.loads(retrieved.base.repository.get_object_content(runner.REPORT))
+        try:
+            report = json.loads(retrieved.base.repository.get_object_content(runner.REPORT))
+            text = retrieved.base.repository.get_object_content(runner.LABELLED)
+            frames = read(io.StringIO(text), index=":", format="extxyz") if text.strip() else []
+        except (ValueError, OSError, KeyError, IndexError, FileNotFoundError) as error:
+            return self.exit_codes.ERROR_OUTPUT_CORRUPT.format(message=f"{type(error).__name__}: {error}")
         failures = [entry for entry in report if entry["status"] == "failed"]
         self.out("report", orm.Dict({
             "num_structures": len(report),
@@ -33,8 +38,6 @@ class AseLabelParser(TaceParser):
             "failures": [{"index": f["index"], "error": f["error"]} for f in failures],
             "seconds": sum(entry["seconds"] for entry in report),
         }))
-        text = retrieved.base.repository.get_object_content(runner.LABELLED)
-        frames = read(io.StringIO(text), index=":", format="extxyz") if text.strip() else []
         if frames:
             for atoms in frames:
                 atoms.info["label_uuid"] = self.node.uuid

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 
 import numpy as np
 from aiida import orm
@@ -26,7 +27,11 @@ class MDParser(TaceParser):
             if "tace-md:" in error:
                 return self.exit_codes.ERROR_INVALID_SETTINGS.format(message=error.strip().splitlines()[-1])
             return self.exit_codes.ERROR_OUTPUT_MISSING
-        arrays = np.load(io.BytesIO(repository.get_object_content(md.TRAJECTORY, mode="rb")))
+        try:
+            arrays = dict(np.load(io.BytesIO(repository.get_object_content(md.TRAJECTORY, mode="rb"))))
+            result = json.loads(repository.get_object_content(md.RESULT))
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+            return self.exit_codes.ERROR_OUTPUT_CORRUPT.format(message=f"{type(error).__name__}: {error}")
         trajectory = orm.TrajectoryData()
         trajectory.set_trajectory(
             symbols=[chemical_symbols[z] for z in arrays["numbers"]],
@@ -38,5 +43,7 @@ class MDParser(TaceParser):
         for name in PER_FRAME_ARRAYS:
             trajectory.set_array(name, arrays[name])
         self.out("trajectory", trajectory)
-        self.out("result", orm.Dict(json.loads(repository.get_object_content(md.RESULT))))
+        self.out("result", orm.Dict(result))
+        if result["stop_reason"] == "unphysical":
+            return self.exit_codes.ERROR_UNPHYSICAL.format(steps=result["steps_done"])
         return None
