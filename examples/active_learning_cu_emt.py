@@ -50,15 +50,15 @@ def main() -> None:
     builder.train.parameters = orm.Dict({
         "model": {"channels": 16, "max_edge_rank": 2, "max_hidden_rank": 1, "correlation": 2, "r_max": 4.5,
                   "radial_mlp": [32, 32]},
-        "max_epochs": 100, "time_budget": 40, "patience": 20, "batch_size": 2, "valid_fraction": 0.1,
+        "max_epochs": 100, "time_budget": 30, "patience": 20, "batch_size": 2, "valid_fraction": 0.1,
         "forces_weight": 10.0, "stress_weight": 10.0, "dtype": "float32",
     })
     builder.ensemble_size = orm.Int(4)
     builder.md.code = orm.load_code(f"tace-md@{DASK_COMPUTER}")
     builder.exploration = orm.List([
-        {"name": "300 K", "temperatures": [300], "steps": 200, "timestep": 2.0, "save_interval": 10},
-        {"name": "600 K", "temperatures": [600], "steps": 200, "timestep": 2.0, "save_interval": 10},
-        {"name": "900 K", "temperatures": [900], "steps": 200, "timestep": 2.0, "save_interval": 10},
+        {"name": "300 K", "temperatures": [300], "steps": 200, "timestep": 2.0, "save_interval": 10, "max_starts": 3},
+        {"name": "600 K", "temperatures": [600], "steps": 200, "timestep": 2.0, "save_interval": 10, "max_starts": 3},
+        {"name": "900 K", "temperatures": [900], "steps": 200, "timestep": 2.0, "save_interval": 10, "max_starts": 3},
     ])
     builder.selection = orm.Dict({"trust_low": 0.1, "trust_high": 0.6, "max_selected": 8})
     builder.stopping = orm.Dict({"accurate_fraction": 0.9, "max_iterations": 4})

@@ -100,6 +100,7 @@ def test_converged_stages_advance_then_stop(fast_polling, installed_code):
     assert report["stop_reason"] == "converged"
     assert [entry["stage"] for entry in report["iterations"]] == [0, 1]
     assert all(entry["accurate_fraction"] == 1.0 and entry["selected"] == 0 for entry in report["iterations"])
+    assert len(called(node, "tace.train_base")) == 2, "no new data in iteration 2: the ensemble is kept, not retrained"
 
 
 def test_no_candidates_stops_the_loop(fast_polling, installed_code):

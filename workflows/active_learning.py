@@ -39,6 +39,7 @@ STAGE_DEFAULTS = {
     "save_interval": 10,
     "runs": 1,
     "start_from": "initial",
+    "max_starts": None,
     "max_force_std": None,
     "thermostat": "langevin",
 }
@@ -216,6 +217,10 @@ class ActiveLearningWorkChain(WorkChain):
 
     def train_ensemble(self):
         self.ctx.iteration += 1
+        if self.ctx.ensemble and self.ctx.get("trained_dataset") == self.ctx.dataset.uuid:
+            self.report(f"iteration {self.ctx.iteration}: the dataset did not change; keeping the ensemble")
+            return None
+        self.ctx.trained_dataset = self.ctx.dataset.uuid
         inputs = self.exposed_inputs(TrainCalculation, "train")
         previous = self.ctx.ensemble if self.inputs.warm_start.value else []
         futures = {}
@@ -237,7 +242,10 @@ class ActiveLearningWorkChain(WorkChain):
         return [self.ctx[key] for key in sorted(self.ctx.keys()) if key.startswith(prefix)]
 
     def inspect_ensemble(self):
-        trained = [node for node in self._iteration_children("train") if node.is_finished_ok]
+        children = self._iteration_children("train")
+        if not children:
+            return None
+        trained = [node for node in children if node.is_finished_ok]
         minimum = min(self.ctx.stopping["min_members"], self.inputs.ensemble_size.value)
         if len(trained) < minimum:
             return self.exit_codes.ERROR_ENSEMBLE_FAILED.format(count=len(trained), minimum=minimum)
@@ -248,6 +256,10 @@ class ActiveLearningWorkChain(WorkChain):
     def explore(self):
         stage = self.ctx.stages[self.ctx.stage]
         starts = self.ctx.starts if stage["start_from"] == "initial" else extract_structures(self.ctx.dataset, orm.Int(4))
+        if stage["max_starts"] is not None:
+            labels = sorted(starts)
+            picks = np.unique(np.linspace(0, len(labels) - 1, num=min(stage["max_starts"], len(labels))).round().astype(int))
+            starts = {labels[i]: starts[labels[i]] for i in picks}
         inputs = self.exposed_inputs(MDCalculation, "md")
         potentials = {f"member_{i}": p for i, p in enumerate(self.ctx.ensemble)}
         threshold = stage["max_force_std"] or 2.0 * self.ctx.selection.window.trust_high
