@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from .cartesian import double_factorial, is_allowed_path, packed_coupling, rank_of_component, rank_slices
+from .cartesian import is_allowed_path, packed_coupling, rank_of_component, rank_slices
 from .radial import RadialMLP
 
 Tensor = torch.Tensor
@@ -25,19 +25,14 @@ def _coupling(l1: int, l2: int, l3: int) -> Tensor:
 class EdgeHarmonics(nn.Module):
     """Packed Cartesian harmonics ``T^l(r)`` of unit edge vectors, ranks 0..max_rank.
 
-    Uses ``T^(l+1)(r) = (T^l(r) x T^1(r)) -> l+1``, exact for the normalised product. With
-    ``unit_components`` each rank is scaled by ``sqrt((2l+1) l! / (2l-1)!!)`` so that every packed
-    component has unit mean square over directions (as "component"-normalised spherical harmonics).
+    Uses ``T^(l+1)(r) = (T^l(r) x T^1(r)) -> l+1``, exact for the normalised product.
     """
 
-    def __init__(self, max_rank: int, unit_components: bool = False) -> None:
+    def __init__(self, max_rank: int) -> None:
         super().__init__()
         self.max_rank = max_rank
         for l in range(1, max_rank):
             self.register_buffer(f"raise_{l}", _coupling(l, 1, l + 1))
-        scales = [math.sqrt((2 * l + 1) * math.factorial(l) / double_factorial(2 * l - 1)) if unit_components else 1.0
-                  for l in range(max_rank + 1)]
-        self.register_buffer("scale", torch.cat([torch.full((2 * l + 1,), s) for l, s in enumerate(scales)]))
 
     def forward(self, unit_vectors: Tensor) -> Tensor:
         """``unit_vectors`` [n_edges, 3] -> ``[n_edges, (max_rank+1)**2]``."""
@@ -47,7 +42,7 @@ class EdgeHarmonics(nn.Module):
         for l in range(1, self.max_rank):
             coupling = getattr(self, f"raise_{l}")
             ranks.append(torch.einsum("ea,eb,abm->em", ranks[-1], unit_vectors, coupling))
-        return torch.cat(ranks, dim=-1) * self.scale
+        return torch.cat(ranks, dim=-1)
 
 
 class RankwiseLinear(nn.Module):

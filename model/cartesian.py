@@ -30,7 +30,7 @@ import torch
 Tensor = torch.Tensor
 
 
-def double_factorial(n: int) -> int:
+def _double_factorial(n: int) -> int:
     """n!! with the convention (-1)!! = 0!! = 1."""
     return math.prod(range(n, 0, -2)) if n > 0 else 1
 
@@ -66,7 +66,7 @@ def detrace(tensor: Tensor, rank: int) -> Tensor:
     traced = tensor
     for k in range(1, rank // 2 + 1):
         traced = trace_last_pair(traced)
-        coefficient = (-1) ** k * double_factorial(2 * rank - 2 * k - 1) / double_factorial(2 * rank - 1)
+        coefficient = (-1) ** k * _double_factorial(2 * rank - 2 * k - 1) / _double_factorial(2 * rank - 1)
         placements = math.factorial(rank) // (2**k * math.factorial(k) * math.factorial(rank - 2 * k))
         with_deltas = traced
         for _ in range(k):

@@ -30,17 +30,13 @@ class PolynomialEnvelope(nn.Module):
 
 
 class BesselBasis(nn.Module):
-    """``sqrt(2/r_c) sin(n pi r / r_c) / r`` for n = 1 .. num_basis, frequencies trainable.
-
-    Multiplied by ``sqrt(r_c^3 / 3)``, which gives each function unit second moment over neighbours
-    spread uniformly in the cutoff sphere, so the radial MLP starts with O(1) inputs.
-    """
+    """``sqrt(2/r_c) sin(n pi r / r_c) / r`` for n = 1 .. num_basis, frequencies trainable."""
 
     def __init__(self, r_max: float, num_basis: int = 8) -> None:
         super().__init__()
         self.r_max = r_max
         self.frequencies = nn.Parameter(math.pi / r_max * torch.arange(1, num_basis + 1, dtype=torch.get_default_dtype()))
-        self.prefactor = math.sqrt(2.0 / r_max) * math.sqrt(r_max**3 / 3.0)
+        self.prefactor = math.sqrt(2.0 / r_max)
 
     def forward(self, lengths: Tensor) -> Tensor:
         """``lengths`` [n_edges] in Å -> basis [n_edges, num_basis]."""
