@@ -77,12 +77,11 @@ def test_unknown_element_is_a_clear_error(trained):
 
 
 def test_nve_md_conserves_energy(trained, frames_300K):
-    """1000 velocity-Verlet steps of 0.25 fs from 100 K (the 8-epoch test model is too immature to
-    hold the molecule together at 300 K): the total energy stays within 1 % of 3/2 N k T."""
-    temperature = 100.0
+    """1000 velocity-Verlet steps of 0.25 fs from 300 K: the total energy drifts by less than
+    1 meV/atom (an energy/force inconsistency gives eV), and the molecule stays together."""
     atoms = frames_300K[0].copy()
     atoms.calc = TACECalculator(trained["checkpoint"])
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(0))
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
     Stationary(atoms)
     ZeroRotation(atoms)
     dynamics = VelocityVerlet(atoms, timestep=0.25 * units.fs)
@@ -90,8 +89,7 @@ def test_nve_md_conserves_energy(trained, frames_300K):
     dynamics.attach(lambda: totals.append(atoms.get_total_energy()), interval=10)
     dynamics.run(1000)
     totals = np.array(totals)
-    kinetic_scale = 1.5 * units.kB * temperature * len(atoms)
     drift = np.abs(totals - totals[0]).max()
     assert len(totals) == 101
     assert atoms.get_temperature() < 2000, "the molecule flew apart: the test measures nothing"
-    assert drift < 0.01 * kinetic_scale, f"total energy drifted by {drift:.2e} eV over 1000 steps"
+    assert drift < 1e-3 * len(atoms), f"total energy drifted by {drift:.2e} eV over 1000 steps"
