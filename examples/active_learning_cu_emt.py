@@ -1,7 +1,7 @@
 """Active learning of a copper potential labelled by EMT, on the embedded default set-up.
 
     tace-aiida setup                                  # once: profile, computers, codes
-    verdi run examples/active_learning_cu_emt.py      # 10-15 minutes on 2 CPU cores
+    verdi run examples/active_learning_cu_emt.py      # about 12 minutes on 2 CPU cores
 
 Starts from pymatgen-generated supercells of fcc Cu (perfect, with a vacancy, strained; two
 randomly displaced copies of each) labelled by ASE's EMT, then loops: trains an ensemble of 4
