@@ -96,7 +96,7 @@ def read_e0s(path: Path = DATA_DIR / "iso_atoms.xyz") -> dict[int, float]:
     return {int(a.numbers[0]): float(a.get_potential_energy()) for a in read(path, ":")}
 
 
-def _frame_key(atoms: Atoms) -> bytes:
+def frame_key(atoms: Atoms) -> bytes:
     """Identity of a frame: species and positions rounded to 1e-5 Å."""
     return atoms.numbers.tobytes() + np.round(atoms.positions, 5).tobytes()
 
@@ -150,9 +150,9 @@ def load_3bpa_split(
     frames_300 = read(data_dir / "train_300K.xyz", ":")
     mixed = read(data_dir / "train_mixedT.xyz", ":")
     labels = mixed_temperature_labels(mixed, frames_300)
-    seen = {_frame_key(a) for a in frames_300}
+    seen = {frame_key(a) for a in frames_300}
     test = {
-        f"{t}K": [a for a, label in zip(mixed, labels) if label == t and _frame_key(a) not in seen]
+        f"{t}K": [a for a, label in zip(mixed, labels) if label == t and frame_key(a) not in seen]
         for t in TEMPERATURES_K
     }
     train, valid = _split(frames_300, valid_fraction, seed)

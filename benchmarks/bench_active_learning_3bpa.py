@@ -1,0 +1,208 @@
+"""Pool-based active learning on 3BPA: the loop's uncertainty selection against random selection.
+
+Both strategies start from the same ``--initial`` frames of ``train_300K`` and grow their training
+set by ``--step`` labels per round, taken from one pool of unlabelled frames: the rest of
+``train_300K`` plus a random ``--pool-mixed-fraction`` of the ``train_mixedT`` frames that are not in
+``train_300K`` (300, 600 and 1200 K MD). The remaining mixed-temperature frames are the test set.
+Labels come from :class:`LookupLabeller`, which reads the stored DFT labels of the frames asked for.
+
+* ``random``: picks uniformly among the unlabelled pool frames.
+* ``active``: trains an ensemble of ``--members`` potentials, computes every unlabelled pool frame's
+  model deviation (max over atoms of the ensemble's force standard deviation, eV/Å) and picks with
+  the loop's own selection (:mod:`tace_aiida.selection`: k-means on the invariant descriptors, the
+  most uncertain frame of each cluster).
+
+Both are scored the same way: the test force RMSE (meV/Å) of the first member (seed 1), trained
+from scratch on the labels of that round with identical settings; ``active`` also reports its
+ensemble mean. The table ends with the number of labels ``active`` needed to reach ``random``'s
+final error.
+
+    python -m benchmarks.bench_active_learning_3bpa            # full run (about an hour on 2 cores)
+    python -m benchmarks.bench_active_learning_3bpa --quick    # a few minutes: checks the script works
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.io import read, write
+
+from benchmarks.common import DATA_DIR, MatchedSettings, frame_key, energy_force_rmse
+from benchmarks.tace_peer import tace_config
+from tace_aiida.model.calculator import TACECalculator
+from tace_aiida.model.training import train
+from tace_aiida.selection import SelectionSettings, TrustWindow, frame_deviation, pick_diverse
+
+#: Smaller than the side-by-side benchmark's model so that a whole run fits in about an hour.
+SETTINGS = MatchedSettings(channels=16, max_edge_rank=2, radial_mlp=(32, 32), epochs=60)
+
+
+@dataclass
+class PoolSplit:
+    """Labelled start, unlabelled pool (labels kept apart in the labeller) and test frames."""
+
+    initial: list[Atoms]
+    pool: list[Atoms]
+    test: list[Atoms]
+
+
+class LookupLabeller:
+    """Hands out the stored DFT labels (eV, eV/Å) of pool frames and counts how many it gave."""
+
+    def __init__(self, labelled_pool: list[Atoms]) -> None:
+        self._frames = labelled_pool
+        self.calls = 0
+
+    def label(self, indices: list[int]) -> list[Atoms]:
+        self.calls += len(indices)
+        return [self._frames[i] for i in indices]
+
+
+def unlabelled(atoms: Atoms) -> Atoms:
+    """A copy of ``atoms`` with species, positions and cell only: what a strategy may look at."""
+    return Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+
+
+def pool_split(initial_size: int, pool_mixed_fraction: float, seed: int, data_dir: Path = DATA_DIR) -> PoolSplit:
+    """The start, pool and test frames described in the module docstring (deterministic for ``seed``)."""
+    rng = np.random.default_rng(seed)
+    frames_300 = read(data_dir / "train_300K.xyz", ":")
+    seen = {frame_key(a) for a in frames_300}
+    mixed_only = [a for a in read(data_dir / "train_mixedT.xyz", ":") if frame_key(a) not in seen]
+    order_300 = rng.permutation(len(frames_300))
+    order_mixed = rng.permutation(len(mixed_only))
+    n_pool_mixed = round(pool_mixed_fraction * len(mixed_only))
+    return PoolSplit(
+        initial=[frames_300[i] for i in order_300[:initial_size]],
+        pool=[frames_300[i] for i in order_300[initial_size:]] + [mixed_only[i] for i in order_mixed[:n_pool_mixed]],
+        test=[mixed_only[i] for i in order_mixed[n_pool_mixed:]],
+    )
+
+
+def train_ensemble(frames: list[Atoms], members: int, settings: MatchedSettings, workdir: Path) -> list[Path]:
+    """Checkpoints of ``members`` potentials trained on ``frames`` with seeds 1, 2, ...
+
+    Each member holds out its own random 10 % of ``frames`` for validation, as in the loop.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    write(workdir / "train.xyz", frames, format="extxyz")
+    checkpoints = []
+    for seed in range(1, members + 1):
+        config = replace(tace_config(settings, workdir / f"member_{seed}"), train_file=str(workdir / "train.xyz"),
+                         valid_file=None, valid_fraction=settings.valid_fraction, seed=seed)
+        checkpoints.append(Path(train(config)["checkpoint"]))
+    return checkpoints
+
+
+def most_informative(calc: TACECalculator, candidates: list[Atoms], count: int, seed: int) -> tuple[list[int], np.ndarray]:
+    """Positions in ``candidates`` the loop's selection would label, and every candidate's deviation (eV/Å)."""
+    window = TrustWindow(trust_low=0.0, trust_high=np.inf)
+    forces, forces_std, descriptors = [], [], []
+    for atoms in candidates:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        forces.append(atoms.get_forces())
+        forces_std.append(calc.results["forces_std"])
+        descriptors.append(calc.results["descriptors"])
+    deviation = frame_deviation(np.stack(forces), np.stack(forces_std), window)
+    settings = SelectionSettings(window=window, max_selected=count, diversity="kmeans", seed=seed)
+    return pick_diverse(np.array(descriptors), deviation, settings), deviation
+
+
+def run_strategy(strategy: str, split: PoolSplit, args: argparse.Namespace, settings: MatchedSettings,
+                 scratch: Path) -> list[dict]:
+    """One row per round: labels used, test errors (meV, meV/Å) and, for ``active``, the picked deviations."""
+    labeller = LookupLabeller(split.pool)
+    pool_view = [unlabelled(a) for a in split.pool]
+    remaining = list(range(len(split.pool)))
+    training = list(split.initial)
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for round_index in range(args.rounds + 1):
+        start = time.perf_counter()
+        members = args.members if strategy == "active" else 1
+        checkpoints = train_ensemble(training, members, settings, scratch / f"{strategy}_{round_index}")
+        first = energy_force_rmse(TACECalculator(checkpoints[0], device="cpu"), split.test)
+        row = {"labels": len(training), "forces_rmse": first["forces_rmse_meV_per_A"],
+               "energy_rmse_per_atom": first["energy_rmse_meV_per_atom"]}
+        if strategy == "active":
+            ensemble = TACECalculator(checkpoints, device="cpu")
+            row["ensemble_forces_rmse"] = energy_force_rmse(ensemble, split.test)["forces_rmse_meV_per_A"]
+        if round_index < args.rounds:
+            if strategy == "active":
+                picks, deviation = most_informative(ensemble, [pool_view[i] for i in remaining], args.step, args.seed)
+                row["picked_deviation_mean"] = float(deviation[picks].mean())
+                row["pool_deviation_mean"] = float(deviation.mean())
+            else:
+                picks = rng.choice(len(remaining), size=args.step, replace=False).tolist()
+            chosen = [remaining[i] for i in picks]
+            training += labeller.label(chosen)
+            remaining = [i for i in remaining if i not in set(chosen)]
+        row["seconds"] = time.perf_counter() - start
+        rows.append(row)
+        print(f"{strategy:>6} labels {row['labels']:4d}  test F RMSE {row['forces_rmse']:6.1f} meV/Å  "
+              f"({row['seconds']:.0f} s)", flush=True)
+    assert labeller.calls == len(training) - len(split.initial)
+    return rows
+
+
+def labels_to_reach(rows: list[dict], target: float) -> int | None:
+    """Fewest labels at which a round's test force RMSE is at or below ``target`` (meV/Å)."""
+    return next((row["labels"] for row in rows if row["forces_rmse"] <= target), None)
+
+
+def format_table(random_rows: list[dict], active_rows: list[dict]) -> str:
+    """Markdown table of test force RMSE against labels, with the half-the-labels verdict."""
+    lines = ["| labels | random F RMSE (meV/Å) | active F RMSE (meV/Å) | active / random | active ensemble F RMSE (meV/Å) |",
+             "|---|---|---|---|---|"]
+    for rnd, act in zip(random_rows, active_rows):
+        lines.append(f"| {rnd['labels']} | {rnd['forces_rmse']:.1f} | {act['forces_rmse']:.1f} | "
+                     f"{act['forces_rmse'] / rnd['forces_rmse']:.2f}× | {act['ensemble_forces_rmse']:.1f} |")
+    final = random_rows[-1]
+    needed = labels_to_reach(active_rows, final["forces_rmse"])
+    reached = (f"with {needed} labels ({needed / final['labels']:.2f} of random's {final['labels']})"
+               if needed is not None else "not within this run")
+    lines.append(f"\nactive learning reaches random selection's final error ({final['forces_rmse']:.1f} meV/Å) {reached}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--initial", type=int, default=50, help="labelled train_300K frames to start from")
+    parser.add_argument("--step", type=int, default=25, help="labels added per round")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--members", type=int, default=3, help="ensemble size of the active strategy")
+    parser.add_argument("--pool-mixed-fraction", type=float, default=0.5)
+    parser.add_argument("--epochs", type=int, default=SETTINGS.epochs)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="tiny run that only checks the script works")
+    parser.add_argument("--output", type=Path, default=Path("bench_active_learning_3bpa.json"))
+    args = parser.parse_args()
+
+    settings = replace(SETTINGS, epochs=args.epochs)
+    split = pool_split(args.initial, args.pool_mixed_fraction, args.seed)
+    if args.quick:
+        settings = replace(settings, epochs=2, channels=8)
+        args.initial, args.step, args.rounds, args.members = 10, 5, 1, 2
+        split = PoolSplit(initial=split.initial[:10], pool=split.pool[-40:], test=split.test[:20])
+    print(f"start {len(split.initial)}, pool {len(split.pool)}, test {len(split.test)} frames; "
+          f"{args.rounds} rounds of {args.step} labels; {torch.get_num_threads()} threads", flush=True)
+    with tempfile.TemporaryDirectory(prefix="bench_al_3bpa_") as scratch:
+        rows = {strategy: run_strategy(strategy, split, args, settings, Path(scratch))
+                for strategy in ("random", "active")}
+    table = format_table(rows["random"], rows["active"])
+    print("\n" + table)
+    args.output.write_text(json.dumps({"settings": asdict(settings), "arguments": vars(args) | {"output": str(args.output)},
+                                       "rows": rows, "table": table}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
