@@ -4,7 +4,8 @@ Exploration stages advance as in dpgen2: once the accurate fraction of a stage's
 target for ``converged_iterations`` iterations in a row, the next stage (hotter, larger, under
 pressure) begins; the run has converged when the last stage has. Every step is a process in the
 provenance graph, so each training structure leads back to the labelling process that made it and
-to the MD frame it was selected from.
+to the MD frame it was selected from. Labels come from an ASE calculator (``label_ase``) or from
+Quantum ESPRESSO's pw.x (``label_qe``), both in eV, eV/Å and eV/Å^3.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from tace_aiida.calculations.train import TrainCalculation
 from tace_aiida.data import PotentialData, TrainingSetData
 from tace_aiida.selection import SelectionSettings, spearman_correlation
 
+from .labelling.qe import QeLabelWorkChain
 from .train import TrainBaseWorkChain
+
+LABELLERS = {"label_ase": AseLabelCalculation, "label_qe": QeLabelWorkChain}
 
 STOPPING_DEFAULTS = {
     "accurate_fraction": 0.9,
@@ -74,10 +78,18 @@ def validate_selection(value: orm.Dict, _) -> str | None:
 
 
 def validate_inputs(inputs: dict, _) -> str | None:
+    """Initial data, exactly one labeller, and periodic initial structures for ``label_qe``."""
     if "structures" not in inputs and "dataset" not in inputs:
         return "give initial `structures`, an initial `dataset`, or both"
-    if "label_ase" not in inputs:
-        return "a labeller is needed: fill the `label_ase` namespace (code, calculator, parameters)"
+    given = [namespace for namespace in LABELLERS if namespace in inputs]
+    if not given:
+        return ("no labeller given: fill exactly one of `label_ase` (code, calculator, parameters) or "
+                "`label_qe` (pw.x code, pseudo_family, protocol, overrides)")
+    if len(given) > 1:
+        return "both `label_ase` and `label_qe` were given: fill exactly one labeller namespace"
+    molecules = sorted(label for label, structure in inputs.get("structures", {}).items() if not all(structure.pbc))
+    if "label_qe" in inputs and molecules:
+        return f"`label_qe` labels periodic cells only: structures {molecules} are not periodic in all three directions"
     return None
 
 
@@ -123,6 +135,10 @@ class ActiveLearningWorkChain(WorkChain):
         spec.expose_inputs(AseLabelCalculation, namespace="label_ase", exclude=("structures",),
                            namespace_options={"required": False, "populate_defaults": False,
                                               "help": "Label with an ASE calculator (tace.label_ase)."})
+        spec.expose_inputs(QeLabelWorkChain, namespace="label_qe", exclude=("structures",),
+                           namespace_options={"required": False, "populate_defaults": False,
+                                              "help": "Label with Quantum ESPRESSO's pw.x, one PwBaseWorkChain "
+                                                      "per structure (tace.label_qe); periodic cells only."})
         spec.expose_inputs(TrainCalculation, namespace="train",
                            exclude=("dataset", "validation_dataset", "test_dataset", "seed", "parent_potential"),
                            namespace_options={"help": "Code, training parameters and options of every member."})
@@ -186,9 +202,12 @@ class ActiveLearningWorkChain(WorkChain):
         return "structures" in self.inputs
 
     def _label(self, structures: TrainingSetData, link_label: str):
-        inputs = {**self.exposed_inputs(AseLabelCalculation, "label_ase"), "structures": structures}
+        """Submit the labeller that was given (``label_ase`` or ``label_qe``) on ``structures``."""
+        namespace = next(namespace for namespace in LABELLERS if namespace in self.inputs)
+        process = LABELLERS[namespace]
+        inputs = {**self.exposed_inputs(process, namespace), "structures": structures}
         inputs["metadata"] = {**inputs.get("metadata", {}), "call_link_label": link_label}
-        return self.submit(AseLabelCalculation, **inputs)
+        return self.submit(process, **inputs)
 
     def label_initial(self):
         unlabelled = structures_to_dataset(**self.inputs.structures)
