@@ -1,0 +1,109 @@
+"""Active learning of a silicon potential labelled by Quantum ESPRESSO (pw.x, PBE), on the embedded default set-up.
+
+    apt-get install -y quantum-espresso               # once: pw.x and UPF files in /usr/share/espresso/pseudo
+    tace-aiida setup                                  # once: profile, computers, codes
+    verdi run examples/active_learning_si_qe.py       # about 14 minutes on 2 CPU cores
+
+Starts from pymatgen-generated 8-atom cubic cells of diamond Si (at the equilibrium lattice constant,
+compressed and stretched by 3 %; atoms displaced by up to 0.1 Å), labelled by pw.x through one
+PwBaseWorkChain per structure (aiida-quantumespresso's `fast` protocol, Debian's Si.pbe-rrkj.UPF in a
+pseudopotential family made here, 20 Ry wavefunction cutoff, k-points 0.5/Å apart: cheap settings for
+a demonstration, not for production). Then loops: trains an ensemble of 4 Cartesian-tensor potentials
+on the local dask cluster, explores with MD at 300 K, then 900 K, selects the frames the ensemble is
+unsure about and labels them with pw.x, until 90 % of the frames of the last stage are accurate or 4
+iterations have run. Watch it with `verdi process list` and `verdi process report <PK>`.
+"""
+
+import shutil
+from pathlib import Path
+
+from aiida import orm
+from aiida.common.exceptions import NotExistent
+from aiida.engine import run_get_node
+from pymatgen.core import Lattice, Structure
+
+from tace_aiida.dask_cluster import ensure_local_cluster
+from tace_aiida.plotting import plot_run
+from tace_aiida.profile import DASK_COMPUTER, LOCAL_COMPUTER
+from tace_aiida.pseudos import ensure_pseudo_family
+from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
+
+PSEUDO_FAMILY = "tace/Si.pbe-rrkj"
+CUTOFFS_RY = (20.0, 80.0)  # ecutwfc, ecutrho of the norm-conserving Si.pbe-rrkj.UPF
+
+
+def pw_code() -> orm.InstalledCode:
+    """The code ``pw@localhost`` (Quantum ESPRESSO's pw.x), created on first use."""
+    try:
+        return orm.load_code(f"pw@{LOCAL_COMPUTER}")
+    except NotExistent:
+        pass
+    executable = shutil.which("pw.x")
+    if executable is None:
+        raise SystemExit("pw.x is not on PATH: install Quantum ESPRESSO (apt-get install -y quantum-espresso)")
+    return orm.InstalledCode(label="pw", computer=orm.load_computer(LOCAL_COMPUTER), filepath_executable=executable,
+                             default_calc_job_plugin="quantumespresso.pw", description="Quantum ESPRESSO pw.x").store()
+
+
+def silicon_cells(seed: int = 3) -> dict[str, orm.StructureData]:
+    """Cubic diamond Si cells (8 atoms, a = 5.43 Å) strained by -3 %, 0 and +3 %, each in two copies with
+    atoms displaced by up to 0.1 Å so that the first labels carry forces."""
+    perfect = Structure.from_spacegroup("Fd-3m", Lattice.cubic(5.43), ["Si"], [[0, 0, 0]])
+    structures = {}
+    for name, strain in (("compressed", -0.03), ("equilibrium", 0.0), ("stretched", 0.03)):
+        for copy in range(2):
+            cell = perfect.copy()
+            cell.apply_strain(strain)
+            cell.perturb(0.1, min_distance=0.03, seed=seed + copy)
+            structures[f"{name}_{copy}"] = orm.StructureData(pymatgen=cell)
+    return structures
+
+
+def main() -> None:
+    ensure_local_cluster()
+    ensure_pseudo_family(PSEUDO_FAMILY, {"Si": "Si.pbe-rrkj.UPF"}, cutoffs={"Si": CUTOFFS_RY})
+    builder = ActiveLearningWorkChain.get_builder()
+    builder.structures = silicon_cells()
+    builder.label_qe.code = pw_code()
+    builder.label_qe.pseudo_family = orm.Str(PSEUDO_FAMILY)
+    builder.label_qe.protocol = orm.Str("fast")
+    builder.label_qe.kpoints_distance = orm.Float(0.5)
+    builder.label_qe.options = orm.Dict({"withmpi": False, "max_wallclock_seconds": 1800})
+    builder.train.code = orm.load_code(f"tace-train@{DASK_COMPUTER}")
+    builder.train.parameters = orm.Dict({
+        "model": {"channels": 16, "max_edge_rank": 2, "max_hidden_rank": 1, "correlation": 2, "r_max": 4.0,
+                  "radial_mlp": [32, 32]},
+        "max_epochs": 100, "time_budget": 30, "patience": 20, "batch_size": 2, "valid_fraction": 0.1,
+        "forces_weight": 10.0, "stress_weight": 10.0, "dtype": "float32",
+    })
+    builder.ensemble_size = orm.Int(4)
+    builder.md.code = orm.load_code(f"tace-md@{DASK_COMPUTER}")
+    builder.exploration = orm.List([
+        {"name": "300 K", "temperatures": [300], "steps": 200, "timestep": 2.0, "save_interval": 10, "max_starts": 3},
+        {"name": "900 K", "temperatures": [900], "steps": 200, "timestep": 2.0, "save_interval": 10, "max_starts": 3},
+    ])
+    builder.selection = orm.Dict({"trust_low": 0.1, "trust_high": 0.6, "max_selected": 6})
+    builder.stopping = orm.Dict({"accurate_fraction": 0.9, "max_iterations": 4})
+    builder.metadata.label = "Si pw.x active learning"
+
+    results, node = run_get_node(builder)
+    report = results["report"].get_dict()
+    pw_runs = [n for n in node.called_descendants if n.process_label == "PwBaseWorkChain"]
+    print(f"ActiveLearningWorkChain<{node.pk}> {node.process_state.value}, exit status {node.exit_status}: "
+          f"{report['stop_reason']} after {len(report['iterations'])} iterations, "
+          f"{results['dataset'].num_structures} structures labelled by {len(pw_runs)} PwBaseWorkChains")
+    for entry in report["iterations"]:
+        rmse = entry["valid_forces_rmse"]
+        error = f"{rmse * 1000:.0f} meV/Å" if rmse is not None else "-"
+        print(f"  iteration {entry['iteration']}: {entry['dataset_size']} structures, accurate "
+              f"{entry['accurate_fraction']:.2f}, selected {entry['selected']}, label failures "
+              f"{entry['label_failures']}, validation force RMSE {error}")
+    folder = Path("al_si_qe")
+    folder.mkdir(exist_ok=True)
+    for index, potential in enumerate(results["ensemble"].values()):
+        print(f"member {index}: PotentialData<{potential.pk}> -> {potential.write_checkpoint(folder / f'member{index}.pt')}")
+    for path in plot_run(node, folder):
+        print(f"plot: {path}")
+
+
+main()
