@@ -18,8 +18,8 @@ from aiida.engine import run_get_node
 from pymatgen.core import Lattice, Structure
 
 from tace_aiida.dask_cluster import ensure_local_cluster
-from tace_aiida.plotting import plot_run
 from tace_aiida.profile import DASK_COMPUTER, LOCAL_COMPUTER
+from tace_aiida.run_summary import export_run, summarise
 from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
 
 
@@ -64,21 +64,10 @@ def main() -> None:
     builder.stopping = orm.Dict({"accurate_fraction": 0.9, "max_iterations": 4})
     builder.metadata.label = "Cu EMT active learning"
 
-    results, node = run_get_node(builder)
-    report = results["report"].get_dict()
-    print(f"ActiveLearningWorkChain<{node.pk}> {node.process_state.value}, exit status {node.exit_status}: "
-          f"{report['stop_reason']} after {len(report['iterations'])} iterations")
-    for entry in report["iterations"]:
-        rmse = entry["valid_forces_rmse"]
-        print(f"  iteration {entry['iteration']}: {entry['dataset_size']} structures, accurate "
-              f"{entry['accurate_fraction']:.2f}, selected {entry['selected']}, "
-              f"validation force RMSE {rmse * 1000:.0f} meV/Å" if rmse is not None else "")
-    folder = Path("al_cu_emt")
-    folder.mkdir(exist_ok=True)
-    for index, potential in enumerate(results["ensemble"].values()):
-        print(f"member {index}: PotentialData<{potential.pk}> -> {potential.write_checkpoint(folder / f'member{index}.pt')}")
-    for path in plot_run(node, folder):
-        print(f"plot: {path}")
+    _, node = run_get_node(builder)
+    print("\n".join(summarise(node)))
+    for path in export_run(node, Path("al_cu_emt")):
+        print(f"written: {path}")
 
 
 main()

@@ -23,9 +23,9 @@ from aiida.engine import run_get_node
 from pymatgen.core import Lattice, Structure
 
 from tace_aiida.dask_cluster import ensure_local_cluster
-from tace_aiida.plotting import plot_run
 from tace_aiida.profile import DASK_COMPUTER, LOCAL_COMPUTER
 from tace_aiida.pseudos import ensure_pseudo_family
+from tace_aiida.run_summary import export_run, summarise
 from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
 
 PSEUDO_FAMILY = "tace/Si.pbe-rrkj"
@@ -86,24 +86,10 @@ def main() -> None:
     builder.stopping = orm.Dict({"accurate_fraction": 0.9, "max_iterations": 4})
     builder.metadata.label = "Si pw.x active learning"
 
-    results, node = run_get_node(builder)
-    report = results["report"].get_dict()
-    pw_runs = [n for n in node.called_descendants if n.process_label == "PwBaseWorkChain"]
-    print(f"ActiveLearningWorkChain<{node.pk}> {node.process_state.value}, exit status {node.exit_status}: "
-          f"{report['stop_reason']} after {len(report['iterations'])} iterations, "
-          f"{results['dataset'].num_structures} structures labelled by {len(pw_runs)} PwBaseWorkChains")
-    for entry in report["iterations"]:
-        rmse = entry["valid_forces_rmse"]
-        error = f"{rmse * 1000:.0f} meV/Å" if rmse is not None else "-"
-        print(f"  iteration {entry['iteration']}: {entry['dataset_size']} structures, accurate "
-              f"{entry['accurate_fraction']:.2f}, selected {entry['selected']}, label failures "
-              f"{entry['label_failures']}, validation force RMSE {error}")
-    folder = Path("al_si_qe")
-    folder.mkdir(exist_ok=True)
-    for index, potential in enumerate(results["ensemble"].values()):
-        print(f"member {index}: PotentialData<{potential.pk}> -> {potential.write_checkpoint(folder / f'member{index}.pt')}")
-    for path in plot_run(node, folder):
-        print(f"plot: {path}")
+    _, node = run_get_node(builder)
+    print("\n".join(summarise(node)))
+    for path in export_run(node, Path("al_si_qe")):
+        print(f"written: {path}")
 
 
 main()

@@ -10,6 +10,7 @@ from aiida.engine import run_get_node
 from ase.build import bulk
 
 from tace_aiida.calculations.label_ase import AseLabelCalculation
+from tace_aiida.run_summary import export_run, summarise
 from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,7 @@ def called(node, process_type_suffix: str) -> list:
     return [n for n in node.called_descendants if (n.process_type or "").endswith(process_type_suffix)]
 
 
-def test_two_iterations_grow_the_dataset_with_full_provenance(fast_polling, installed_code):
+def test_two_iterations_grow_the_dataset_with_full_provenance(fast_polling, installed_code, tmp_path):
     results, node = run_get_node(builder_for(installed_code))
     assert node.exit_status == ActiveLearningWorkChain.exit_codes.ERROR_MAX_ITERATIONS.status
     report = results["report"].get_dict()
@@ -80,6 +81,14 @@ def test_two_iterations_grow_the_dataset_with_full_provenance(fast_polling, inst
             md_node = md_trajectories[atoms.info["source_uuid"]]
             assert atoms.info["md_step"] in list(md_node.outputs.trajectory.get_stepids())
     assert from_md == 6
+
+    summary = summarise(node)
+    assert summary[0].endswith("max_iterations after 2 iterations, 8 structures in the final dataset")
+    assert summary[2].startswith("  iteration 2: 5 structures, accurate")
+    written = export_run(node, tmp_path / "run")
+    assert sorted(p.name for p in written) == ["calibration.png", "learning_curve.png", "member0.pt", "member1.pt",
+                                               "uncertainty.png"]
+    assert all(p.stat().st_size > 0 for p in written)
 
     second = builder_for(installed_code, stopping={"max_iterations": 1})
     second.dataset = final

@@ -1,0 +1,35 @@
+"""What a finished ``tace.active_learning`` run produced: a few lines of text and its files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiida import orm
+
+from .plotting import plot_run
+
+
+def iteration_line(entry: dict) -> str:
+    """One iteration of the run's report in words (validation force RMSE in meV/Å)."""
+    rmse = entry.get("valid_forces_rmse")
+    error = f"{rmse * 1000:.0f} meV/Å" if rmse is not None else "-"
+    return (f"iteration {entry['iteration']}: {entry['dataset_size']} structures, accurate "
+            f"{entry['accurate_fraction']:.2f}, selected {entry['selected']}, label failures "
+            f"{entry['label_failures']}, validation force RMSE {error}")
+
+
+def summarise(node: orm.WorkflowNode) -> list[str]:
+    """How the run ended, then one line per iteration; for a run with a ``report`` output."""
+    report = node.outputs.report.get_dict()
+    dataset = f", {node.outputs.dataset.num_structures} structures in the final dataset" if "dataset" in node.outputs else ""
+    header = (f"{node.process_label}<{node.pk}> {node.process_state.value}, exit status {node.exit_status}: "
+              f"{report['stop_reason']} after {len(report['iterations'])} iterations{dataset}")
+    return [header] + [f"  {iteration_line(entry)}" for entry in report["iterations"]]
+
+
+def export_run(node: orm.WorkflowNode, folder: Path) -> list[Path]:
+    """Write the final ensemble's checkpoints (``member<i>.pt``) and the run's plots into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    members = [potential.write_checkpoint(folder / f"member{index}.pt")
+               for index, potential in enumerate(node.outputs.ensemble.values())]
+    return members + plot_run(node, folder)
