@@ -21,7 +21,11 @@ def plot_learning_curve(iterations: list[dict], path: Path) -> Path:
         if any(v is not None for v in values):
             errors.plot(sizes, [1000 * v if v is not None else np.nan for v in values], "o-", label=label)
     errors.set(xlabel="training structures", ylabel="force RMSE (meV/Å)", title="learning curve")
-    errors.legend()
+    if errors.lines:
+        errors.legend()
+    else:
+        errors.text(0.5, 0.5, "no validation or test errors\n(valid_fraction 0, no test_dataset)",
+                    ha="center", va="center", transform=errors.transAxes)
     steps = [entry["iteration"] for entry in iterations]
     for key, colour in (("accurate_fraction", "tab:green"), ("candidate_fraction", "tab:orange"), ("failed_fraction", "tab:red")):
         fractions.plot(steps, [entry[key] for entry in iterations], "o-", color=colour, label=key.removesuffix("_fraction"))
