@@ -14,7 +14,7 @@ from tace_aiida.selection import ACCURATE, CANDIDATE, FAILED, SelectionSettings,
 def trajectory_frame(trajectory: orm.TrajectoryData, index: int) -> Atoms:
     """Frame ``index`` of a ``tace.md`` trajectory as ASE Atoms, with the ensemble's predictions attached."""
     _, _, cell, symbols, positions, _ = trajectory.get_step_data(index)
-    atoms = Atoms(symbols=symbols, positions=positions, cell=cell, pbc=trajectory.base.attributes.get("pbc"))
+    atoms = Atoms(symbols=symbols, positions=positions, cell=cell, pbc=trajectory.pbc)
     atoms.new_array("predicted_forces", trajectory.get_array("forces")[index])
     atoms.new_array("predicted_forces_std", trajectory.get_array("forces_std")[index])
     atoms.info.update(

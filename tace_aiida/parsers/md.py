@@ -38,8 +38,8 @@ class MDParser(TaceParser):
             positions=arrays["positions"],
             stepids=arrays["steps"],
             cells=arrays["cells"],
+            pbc=[bool(x) for x in arrays["pbc"]],
         )
-        trajectory.base.attributes.set("pbc", [bool(x) for x in arrays["pbc"]])
         for name in PER_FRAME_ARRAYS:
             trajectory.set_array(name, arrays[name])
         self.out("trajectory", trajectory)
