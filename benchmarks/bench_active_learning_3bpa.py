@@ -9,13 +9,15 @@ Labels come from :class:`LookupLabeller`, which reads the stored DFT labels of t
 * ``random``: picks uniformly among the unlabelled pool frames.
 * ``active``: trains an ensemble of ``--members`` potentials, computes every unlabelled pool frame's
   model deviation (max over atoms of the ensemble's force standard deviation, eV/Å) and picks with
-  the loop's own selection (:mod:`tace_aiida.selection`: k-means on the invariant descriptors, the
-  most uncertain frame of each cluster).
+  the loop's own selection (:mod:`tace_aiida.selection`): the trust window's lower bound is set at the
+  deviation of the ``--candidates × --step``-th most uncertain frame, and k-means on the invariant
+  descriptors of those candidates takes the most uncertain frame of each cluster.
 
 Both are scored the same way: the test force RMSE (meV/Å) of the first member (seed 1), trained
 from scratch on the labels of that round with identical settings; ``active`` also reports its
 ensemble mean. The table ends with the number of labels ``active`` needed to reach ``random``'s
-final error.
+final error. Each strategy's rows are written to ``--output`` as soon as it finishes; a later run
+with the same settings and ``--strategies active`` (say) keeps the other strategy's rows.
 
     python -m benchmarks.bench_active_learning_3bpa            # full run (about an hour on 2 cores)
     python -m benchmarks.bench_active_learning_3bpa --quick    # a few minutes: checks the script works
@@ -39,10 +41,11 @@ from benchmarks.common import DATA_DIR, MatchedSettings, frame_key, energy_force
 from benchmarks.tace_peer import tace_config
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.training import train
-from tace_aiida.selection import SelectionSettings, TrustWindow, frame_deviation, pick_diverse
+from tace_aiida.selection import CANDIDATE, SelectionSettings, TrustWindow, classify, frame_deviation, pick_diverse
 
 #: Smaller than the side-by-side benchmark's model so that a whole run fits in about an hour.
 SETTINGS = MatchedSettings(channels=16, max_edge_rank=2, radial_mlp=(32, 32), epochs=60)
+STRATEGIES = ("random", "active")
 
 
 @dataclass
@@ -102,19 +105,26 @@ def train_ensemble(frames: list[Atoms], members: int, settings: MatchedSettings,
     return checkpoints
 
 
-def most_informative(calc: TACECalculator, candidates: list[Atoms], count: int, seed: int) -> tuple[list[int], np.ndarray]:
-    """Positions in ``candidates`` the loop's selection would label, and every candidate's deviation (eV/Å)."""
-    window = TrustWindow(trust_low=0.0, trust_high=np.inf)
+def most_informative(calc: TACECalculator, frames: list[Atoms], count: int, candidates: int,
+                     seed: int) -> tuple[list[int], np.ndarray]:
+    """Positions in ``frames`` the loop's selection would label, and every frame's deviation (eV/Å).
+
+    The trust window opens at the deviation of the ``candidates``-th most uncertain frame (none is
+    unphysical: every pool frame has a DFT label); ``count`` of those are picked by k-means.
+    """
     forces, forces_std, descriptors = [], [], []
-    for atoms in candidates:
+    for atoms in frames:
         atoms = atoms.copy()
         atoms.calc = calc
         forces.append(atoms.get_forces())
         forces_std.append(calc.results["forces_std"])
         descriptors.append(calc.results["descriptors"])
-    deviation = frame_deviation(np.stack(forces), np.stack(forces_std), window)
+    deviation = frame_deviation(np.stack(forces), np.stack(forces_std), TrustWindow(0.0, np.inf))
+    window = TrustWindow(trust_low=float(np.sort(deviation)[::-1][min(candidates, len(deviation)) - 1]), trust_high=np.inf)
+    candidate = np.flatnonzero(classify(deviation, window) == CANDIDATE)
     settings = SelectionSettings(window=window, max_selected=count, diversity="kmeans", seed=seed)
-    return pick_diverse(np.array(descriptors), deviation, settings), deviation
+    picks = pick_diverse(np.array(descriptors)[candidate], deviation[candidate], settings)
+    return [int(candidate[i]) for i in picks], deviation
 
 
 def run_strategy(strategy: str, split: PoolSplit, args: argparse.Namespace, settings: MatchedSettings,
@@ -138,7 +148,8 @@ def run_strategy(strategy: str, split: PoolSplit, args: argparse.Namespace, sett
             row["ensemble_forces_rmse"] = energy_force_rmse(ensemble, split.test)["forces_rmse_meV_per_A"]
         if round_index < args.rounds:
             if strategy == "active":
-                picks, deviation = most_informative(ensemble, [pool_view[i] for i in remaining], args.step, args.seed)
+                picks, deviation = most_informative(ensemble, [pool_view[i] for i in remaining], args.step,
+                                                    args.candidates * args.step, args.seed)
                 row["picked_deviation_mean"] = float(deviation[picks].mean())
                 row["pool_deviation_mean"] = float(deviation.mean())
             else:
@@ -174,12 +185,24 @@ def format_table(random_rows: list[dict], active_rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def previous_rows(path: Path, configuration: dict) -> dict[str, list[dict]]:
+    """Rows of an earlier run written to ``path`` with the same settings and arguments, else none."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    same = {key: earlier.get(key) for key in configuration} == json.loads(json.dumps(configuration))
+    return earlier["rows"] if same else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--initial", type=int, default=50, help="labelled train_300K frames to start from")
     parser.add_argument("--step", type=int, default=25, help="labels added per round")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--members", type=int, default=3, help="ensemble size of the active strategy")
+    parser.add_argument("--candidates", type=int, default=4,
+                        help="the candidates are the CANDIDATES x STEP most uncertain pool frames")
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--pool-mixed-fraction", type=float, default=0.5)
     parser.add_argument("--epochs", type=int, default=SETTINGS.epochs)
     parser.add_argument("--seed", type=int, default=1)
@@ -195,13 +218,17 @@ def main() -> None:
         split = PoolSplit(initial=split.initial[:10], pool=split.pool[-40:], test=split.test[:20])
     print(f"start {len(split.initial)}, pool {len(split.pool)}, test {len(split.test)} frames; "
           f"{args.rounds} rounds of {args.step} labels; {torch.get_num_threads()} threads", flush=True)
+    configuration = {"settings": asdict(settings), "arguments": {k: v for k, v in vars(args).items()
+                                                                 if k not in ("output", "strategies")}}
+    rows = previous_rows(args.output, configuration)
     with tempfile.TemporaryDirectory(prefix="bench_al_3bpa_") as scratch:
-        rows = {strategy: run_strategy(strategy, split, args, settings, Path(scratch))
-                for strategy in ("random", "active")}
-    table = format_table(rows["random"], rows["active"])
-    print("\n" + table)
-    args.output.write_text(json.dumps({"settings": asdict(settings), "arguments": vars(args) | {"output": str(args.output)},
-                                       "rows": rows, "table": table}, indent=1))
+        for strategy in args.strategies:
+            rows[strategy] = run_strategy(strategy, split, args, settings, Path(scratch))
+            args.output.write_text(json.dumps({**configuration, "rows": rows}, indent=1))
+    if set(rows) == set(STRATEGIES):
+        table = format_table(rows["random"], rows["active"])
+        print("\n" + table)
+        args.output.write_text(json.dumps({**configuration, "rows": rows, "table": table}, indent=1))
 
 
 if __name__ == "__main__":
