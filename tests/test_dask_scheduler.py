@@ -311,6 +311,25 @@ def test_job_unknown_to_dask_is_reported_lost(dask_scheduler, tmp_path):
 
 
 @pytest.mark.slow
+def test_job_finishing_while_polled_is_not_lost(dask_scheduler, tmp_path, monkeypatch):
+    """The state file still said running, but the runner wrote its end before dask forgot the finished task."""
+    running = DaskJobState(str(tmp_path), JobStatus.RUNNING, gpus=0, attempts=1)
+    write_job_state(tmp_path, running)
+    ask_dask = dask_scheduler._task_states
+
+    def runner_finishes_meanwhile(client, address, job_ids):
+        write_job_state(tmp_path, running.replace(status=JobStatus.DONE, exit_code=0, ending=Ending.EXITED))
+        return ask_dask(client, address, job_ids)
+
+    monkeypatch.setattr(dask_scheduler, "_task_states", runner_finishes_meanwhile)
+    info = dask_scheduler.get_jobs(jobs=[str(tmp_path)], as_dict=True)[str(tmp_path)]
+    assert info.job_state.value == "done"
+    state = read_job_state(tmp_path)
+    assert (state.ending, state.exit_code) == (Ending.EXITED, 0)
+    assert not (tmp_path / CANCEL_FILENAME).exists()
+
+
+@pytest.mark.slow
 def test_walltime_kills_job(dask_scheduler, tmp_path):
     (tmp_path / "job.sh").write_text(f"#!/bin/bash\n#DASK gpus=0 walltime=1\n{ORPHAN_SCRIPT}")
     job_id = dask_scheduler.submit_job(str(tmp_path), "job.sh")

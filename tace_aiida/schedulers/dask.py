@@ -270,10 +270,12 @@ class DaskScheduler(Scheduler):
         if pending or not job_ids:
             address, client = self._client()
             task_states = self._task_states(client, address, pending) if pending else {}
-            for job_id in pending:
-                state = states[job_id]
-                if state is not None and task_states[job_id] in FORGOTTEN_TASK_STATES:
-                    states[job_id] = self._mark_lost(state, address, task_states[job_id])
+            gone = [job_id for job_id in pending if states[job_id] is not None and task_states[job_id] in FORGOTTEN_TASK_STATES]
+            # The runner writes the final state before its task ends: read again what may have finished meanwhile.
+            states.update(self._read_states(gone) if gone else {})
+            for job_id in gone:
+                if states[job_id].status is not JobStatus.DONE:
+                    states[job_id] = self._mark_lost(states[job_id], address, task_states[job_id])
         job_infos = {job_id: self._job_info(job_id, states[job_id], task_states.get(job_id)) for job_id in job_ids}
         return job_infos if as_dict else list(job_infos.values())
 
