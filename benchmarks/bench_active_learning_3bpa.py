@@ -156,7 +156,8 @@ def run_strategy(strategy: str, split: PoolSplit, args: argparse.Namespace, sett
                 picks = rng.choice(len(remaining), size=args.step, replace=False).tolist()
             chosen = [remaining[i] for i in picks]
             training += labeller.label(chosen)
-            remaining = [i for i in remaining if i not in set(chosen)]
+            picked = set(chosen)
+            remaining = [i for i in remaining if i not in picked]
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
         print(f"{strategy:>6} labels {row['labels']:4d}  test F RMSE {row['forces_rmse']:6.1f} meV/Å  "
