@@ -13,16 +13,13 @@ import torch
 from torch import nn
 
 from .cartesian import is_allowed_path, packed_coupling, rank_of_component, rank_slices
+from .constants import ConstantsModule
 from .radial import RadialMLP
 
 Tensor = torch.Tensor
 
 
-def _coupling(l1: int, l2: int, l3: int) -> Tensor:
-    return packed_coupling(l1, l2, l3).to(torch.get_default_dtype())
-
-
-class EdgeHarmonics(nn.Module):
+class EdgeHarmonics(ConstantsModule):
     """Packed Cartesian harmonics ``T^l(r)`` of unit edge vectors, ranks 0..max_rank.
 
     Uses ``T^(l+1)(r) = (T^l(r) x T^1(r)) -> l+1``, exact for the normalised product.
@@ -32,7 +29,7 @@ class EdgeHarmonics(nn.Module):
         super().__init__()
         self.max_rank = max_rank
         for l in range(1, max_rank):
-            self.register_buffer(f"raise_{l}", _coupling(l, 1, l + 1))
+            self.register_constant(f"raise_{l}", packed_coupling(l, 1, l + 1))
 
     def forward(self, unit_vectors: Tensor) -> Tensor:
         """``unit_vectors`` [n_edges, 3] -> ``[n_edges, (max_rank+1)**2]``."""
@@ -45,7 +42,7 @@ class EdgeHarmonics(nn.Module):
         return torch.cat(ranks, dim=-1)
 
 
-class RankwiseLinear(nn.Module):
+class RankwiseLinear(ConstantsModule):
     """Channel mixing with one weight matrix per rank: ``[n, c_in, D] -> [n, c_out, D]``.
 
     Mixing channels of the same rank commutes with rotations, so equivariance is kept.
@@ -54,7 +51,7 @@ class RankwiseLinear(nn.Module):
     def __init__(self, max_rank: int, channels_in: int, channels_out: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(max_rank + 1, channels_in, channels_out))
-        self.register_buffer("component_rank", rank_of_component(max_rank))
+        self.register_constant("component_rank", rank_of_component(max_rank))
         self.norm = 1.0 / math.sqrt(channels_in)
 
     def forward(self, features: Tensor) -> Tensor:
@@ -78,7 +75,7 @@ class SpeciesLinear(nn.Module):
         return self.linear(expanded.reshape(n, self.num_species * channels, components))
 
 
-class InteractionBlock(nn.Module):
+class InteractionBlock(ConstantsModule):
     """Equivariant message passing: ``A_i = sum_j sum_paths w_p(r_ij) (h_j (x) T(r_ij)) -> l3 / <n_nbr>``.
 
     Paths: node rank l1 <= ``max_node_rank``, edge rank l2 <= ``max_edge_rank``, output rank
@@ -107,19 +104,19 @@ class InteractionBlock(nn.Module):
             if is_allowed_path(l1, l2, l3)
         ]
         width = sum(2 * l3 + 1 for _, _, l3 in paths)
-        coupling = torch.zeros((max_node_rank + 1) ** 2, (max_edge_rank + 1) ** 2, width)
-        spread = torch.zeros(len(paths), width)
-        target = torch.zeros(width, (max_edge_rank + 1) ** 2)
+        coupling = torch.zeros((max_node_rank + 1) ** 2, (max_edge_rank + 1) ** 2, width, dtype=torch.float64)
+        spread = torch.zeros(len(paths), width, dtype=torch.float64)
+        target = torch.zeros(width, (max_edge_rank + 1) ** 2, dtype=torch.float64)
         column = 0
         for index, (l1, l2, l3) in enumerate(paths):
             columns = slice(column, column + 2 * l3 + 1)
-            coupling[node_slices[l1], edge_slices[l2], columns] = _coupling(l1, l2, l3)
+            coupling[node_slices[l1], edge_slices[l2], columns] = packed_coupling(l1, l2, l3)
             spread[index, columns] = 1.0
             target[columns, rank_slices(l3)[l3]] = torch.eye(2 * l3 + 1)
             column += 2 * l3 + 1
-        self.register_buffer("coupling", coupling)
-        self.register_buffer("spread", spread)
-        self.register_buffer("target", target)
+        self.register_constant("coupling", coupling)
+        self.register_constant("spread", spread)
+        self.register_constant("target", target)
         self.radial = RadialMLP(num_radial, radial_mlp, len(paths), channels)
         self.linear = RankwiseLinear(max_edge_rank, channels, channels)
         self.avg_num_neighbors = avg_num_neighbors
@@ -140,7 +137,7 @@ class InteractionBlock(nn.Module):
         return self.linear(aggregated)
 
 
-class ProductBasisBlock(nn.Module):
+class ProductBasisBlock(ConstantsModule):
     """ACE-style many-body features from ``A``: ``B^(1) = A``, ``B^(nu+1) = B^(nu) (x) A``.
 
     Every parity-even path is kept (intermediate ranks up to ``max_in_rank``; at nu = 2 only
@@ -179,17 +176,19 @@ class ProductBasisBlock(nn.Module):
             sort_keys = []
             for l_prev, paths in groups:
                 width_prev = 2 * l_prev + 1
-                matrix = torch.zeros(paths_per_rank[l_prev] * width_prev, in_dim, sum(2 * lo + 1 for _, _, lo in paths))
+                matrix = torch.zeros(
+                    paths_per_rank[l_prev] * width_prev, in_dim, sum(2 * lo + 1 for _, _, lo in paths), dtype=torch.float64
+                )
                 column = 0
                 for p, l_new, l_out in paths:
                     rows = slice(p * width_prev, (p + 1) * width_prev)
-                    matrix[rows, in_slices[l_new], column : column + 2 * l_out + 1] = _coupling(l_prev, l_new, l_out)
+                    matrix[rows, in_slices[l_new], column : column + 2 * l_out + 1] = packed_coupling(l_prev, l_new, l_out)
                     sort_keys += [(l_out, next_counts.get(l_out, 0), m) for m in range(2 * l_out + 1)]
                     next_counts[l_out] = next_counts.get(l_out, 0) + 1
                     column += 2 * l_out + 1
-                self.register_buffer(f"coupling_{nu}_{l_prev}", matrix.reshape(-1, column))
+                self.register_constant(f"coupling_{nu}_{l_prev}", matrix.reshape(-1, column))
             order = sorted(range(len(sort_keys)), key=sort_keys.__getitem__)
-            self.register_buffer(f"sort_{nu}", torch.tensor(order, dtype=torch.long))
+            self.register_constant(f"sort_{nu}", torch.tensor(order, dtype=torch.long))
             self.group_ranks.append([l_prev for l_prev, _ in groups])
             paths_per_rank = dict(sorted(next_counts.items()))
             self.layouts.append(paths_per_rank)

@@ -62,6 +62,17 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
+def weights_only(model: CartesianTensorPotential, state_dict: dict) -> dict:
+    """``state_dict`` without the model's constants (coupling tensors, index maps, E0s).
+
+    Checkpoints written before the constants became non-persistent carry them at training
+    precision; they are dropped so that the model keeps its own exact ones.
+    """
+    persistent = model.state_dict().keys()
+    constants = {name for name, _ in model.named_buffers()} - persistent
+    return {key: value for key, value in state_dict.items() if key not in constants}
+
+
 def load_model(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> tuple[CartesianTensorPotential, dict]:
@@ -75,7 +86,7 @@ def load_model(
     finally:
         torch.set_default_dtype(previous)
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(weights_only(model, payload["state_dict"]))
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not fit the stored model settings: {error}") from error
     return model.to(device=device, dtype=dtype).eval(), payload["metadata"]

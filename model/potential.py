@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .blocks import EdgeHarmonics, InteractionBlock, LinearReadout, MLPReadout, ProductBasisBlock, SpeciesLinear
+from .constants import ConstantsModule
 from .radial import RadialEmbedding
 
 Tensor = torch.Tensor
@@ -78,7 +79,7 @@ class Outputs:
     descriptors: Tensor | None = None
 
 
-class CartesianTensorPotential(nn.Module):
+class CartesianTensorPotential(ConstantsModule):
     """E(3)-equivariant message-passing potential on irreducible Cartesian tensors.
 
     Input is a batch dict (see :mod:`tace_aiida.model.data`): ``positions`` [n_atoms, 3] Å,
@@ -92,8 +93,8 @@ class CartesianTensorPotential(nn.Module):
         self.config = config
         num_species = len(config.atomic_numbers)
         channels = config.channels
-        self.register_buffer("atomic_energies", torch.tensor(config.atomic_energies, dtype=torch.get_default_dtype()))
-        self.register_buffer("atomic_numbers", torch.tensor(config.atomic_numbers, dtype=torch.long))
+        self.register_constant("atomic_energies", torch.tensor(config.atomic_energies, dtype=torch.float64))
+        self.register_constant("atomic_numbers", torch.tensor(config.atomic_numbers, dtype=torch.long))
         self.embedding = nn.Linear(num_species, channels, bias=False)
         self.radial_embedding = RadialEmbedding(config.r_max, config.num_bessel, config.envelope_p)
         self.harmonics = EdgeHarmonics(config.max_edge_rank)
