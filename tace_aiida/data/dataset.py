@@ -15,24 +15,12 @@ from aiida import orm
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
-from ase.stress import full_3x3_to_voigt_6_stress, voigt_6_to_full_3x3_stress
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from tace_aiida.model.frames import frame_labels
 
 FILENAME = "dataset.extxyz"
 LABELS = ("energy", "forces", "stress")
-
-
-def _labels(atoms: Atoms) -> dict[str, np.ndarray | float]:
-    """The labels of a frame (from its calculator's results or its info/arrays)."""
-    found: dict[str, np.ndarray | float] = {}
-    results = atoms.calc.results if atoms.calc is not None else {}
-    for key in LABELS:
-        value = results.get(key, atoms.arrays.get(key) if key == "forces" else atoms.info.get(key))
-        if value is not None:
-            found[key] = value
-    if "stress" in found:
-        stress = np.asarray(found["stress"], dtype=float)
-        found["stress"] = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress.reshape(3, 3)
-    return found
 
 
 def normalise_frame(atoms: Atoms) -> Atoms:
@@ -40,7 +28,7 @@ def normalise_frame(atoms: Atoms) -> Atoms:
 
     Other per-atom arrays (e.g. an ensemble's ``predicted_forces``) and info entries are kept.
     """
-    labels = _labels(atoms)
+    labels = frame_labels(atoms)
     frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     frame.info = {k: v for k, v in atoms.info.items() if k not in LABELS}
     for name, values in atoms.arrays.items():
@@ -76,7 +64,7 @@ class TrainingSetData(orm.Data):
         if normalised:
             write(handle, normalised, format="extxyz")
         self.base.repository.put_object_from_bytes(handle.getvalue().encode(), FILENAME)
-        counts = Counter(key for atoms in normalised for key in _labels(atoms))
+        counts = Counter(key for atoms in normalised for key in frame_labels(atoms))
         self.base.attributes.set_many(
             {
                 "num_structures": len(normalised),
