@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 
 from .checkpoint import CheckpointError, load_model
 from .data import LabelKeys, atoms_to_graph, resolve_device
@@ -25,19 +26,15 @@ def train_main(argv: list[str] | None = None) -> int:
     from .config import TrainingConfig
     from .training import train
 
+    overrides = {"seed": args.seed, "device": args.device, "progress_bar": False if args.no_progress else None}
     try:
         config = TrainingConfig.from_yaml(args.config)
+        config = replace(config, **{key: value for key, value in overrides.items() if value is not None})
     except ValueError as error:
         parser.exit(2, f"tace-train: {error}\n")
-    if args.seed is not None:
-        config.seed = args.seed
-    if args.device is not None:
-        config.device = args.device
-    if args.no_progress:
-        config.progress_bar = False
     try:
         summary = train(config)
-    except (ValueError, CheckpointError, FloatingPointError) as error:
+    except (ValueError, FloatingPointError, OSError) as error:
         parser.exit(1, f"tace-train: {error}\n")
     print(json.dumps(summary))
     return 0

@@ -2,18 +2,70 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import get_type_hints
 
+import torch
 import yaml
 
 from .potential import ModelConfig
+from .validation import (
+    NON_EMPTY, Rule, at_least, check_dataclass, check_settings, each_at_least, greater_than, one_of, within,
+)
 
 #: Model settings a user may set; the rest (species, E0s, scale, shift, neighbours) come from data.
 USER_MODEL_SETTINGS = {f.name for f in fields(ModelConfig)} - {
     "atomic_numbers", "atomic_energies", "avg_num_neighbors", "scale", "shift"
 }
+
+#: Ranges of the user model settings (r_max in Å).
+MODEL_RULES: dict[str, Rule] = {
+    "r_max": greater_than(0.0), "num_bessel": at_least(1), "envelope_p": at_least(1), "radial_mlp": each_at_least(1),
+    "channels": at_least(1), "max_edge_rank": at_least(0), "max_hidden_rank": at_least(0), "correlation": at_least(1),
+    "num_interactions": at_least(1), "readout_mlp": each_at_least(1),
+}
+
+
+def _is_device(name: str) -> bool:
+    if name == "auto":
+        return True
+    try:
+        torch.device(name)
+    except RuntimeError:
+        return False
+    return True
+
+
+#: Ranges of the training settings (lr in the optimiser's units, time_budget in s).
+TRAINING_RULES: dict[str, Rule] = {
+    "train_file": NON_EMPTY, "energy_key": NON_EMPTY, "forces_key": NON_EMPTY, "stress_key": NON_EMPTY,
+    "valid_fraction": within(0.0, 1.0),
+    "atomic_energies": (lambda table: all(1 <= z <= 118 and math.isfinite(e) for z, e in table.items()),
+                        "a mapping of atomic numbers (1-118) to finite energies in eV"),
+    "energy_weight": at_least(0.0), "forces_weight": at_least(0.0), "stress_weight": at_least(0.0),
+    "optimizer": one_of("adam", "adamw"), "lr": greater_than(0.0), "weight_decay": at_least(0.0),
+    "ema_decay": within(0.0, 1.0), "scheduler_factor": (lambda value: 0 < value < 1, "in (0, 1)"),
+    "scheduler_patience": at_least(0), "batch_size": at_least(1), "valid_batch_size": at_least(1),
+    "max_epochs": at_least(1), "time_budget": greater_than(0.0), "patience": at_least(1), "seed": at_least(0),
+    "device": (_is_device, "'auto' or a torch device such as 'cpu', 'cuda' or 'cuda:1'"),
+    "dtype": one_of("float32", "float64"),
+    "output_dir": NON_EMPTY, "checkpoint_name": NON_EMPTY, "metrics_name": NON_EMPTY,
+}
+
+
+class _YAMLLoader(yaml.SafeLoader):
+    """Safe loader that reads ``1e-3`` as a number, as YAML 1.2 does (PyYAML's YAML 1.1 reads a string)."""
+
+
+_YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 @dataclass
@@ -21,6 +73,8 @@ class TrainingConfig:
     """Everything one training run needs. Paths are relative to the YAML file's folder.
 
     With ``test_file`` the saved model is evaluated on it at the end (``test`` in the summary).
+    Every setting is checked by type and range when the config is made (``TRAINING_RULES``,
+    ``MODEL_RULES``); ``ema_decay`` 0 or null trains without an averaged model.
 
     Energies in eV, forces in eV/Å, stress in eV/Å^3; ``time_budget`` in seconds of wall clock.
     ``atomic_energies`` maps atomic number -> E0 (eV); without it ``e0s_file`` (an extxyz of
@@ -63,17 +117,21 @@ class TrainingConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.atomic_energies, dict):
+            self.atomic_energies = {_atomic_number(z): e for z, e in self.atomic_energies.items()}
+        check_dataclass(self, TRAINING_RULES, "training setting")
+        if self.energy_weight == 0 and self.forces_weight == 0:
+            raise ValueError("training settings energy_weight and forces_weight are both 0: there is nothing to learn")
+        if self.atomic_energies is not None:
+            self.atomic_energies = {z: float(e) for z, e in self.atomic_energies.items()}
         unknown = set(self.model) - USER_MODEL_SETTINGS
         if unknown:
             raise ValueError(f"unknown model settings {sorted(unknown)}; allowed are {sorted(USER_MODEL_SETTINGS)}")
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"optimizer must be 'adam' or 'adamw', not {self.optimizer!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', not {self.dtype!r}")
-        if not 0.0 <= self.valid_fraction < 1.0:
-            raise ValueError(f"valid_fraction must lie in [0, 1), not {self.valid_fraction}")
-        if self.atomic_energies is not None:
-            self.atomic_energies = {int(z): float(e) for z, e in self.atomic_energies.items()}
+        check_settings(self.model, get_type_hints(ModelConfig), MODEL_RULES, "model setting")
+        try:
+            ModelConfig(atomic_numbers=[1], atomic_energies=[0.0], **self.model)  # its own consistency checks
+        except ValueError as error:
+            raise ValueError(f"model settings: {error}") from None
 
     @classmethod
     def from_dict(cls, data: dict, base_dir: str | Path = ".") -> "TrainingConfig":
@@ -96,12 +154,24 @@ class TrainingConfig:
     def from_yaml(cls, path: str | Path) -> "TrainingConfig":
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.load(path.read_text(), Loader=_YAMLLoader)
         except (OSError, yaml.YAMLError) as error:
             raise ValueError(f"cannot read training settings from {path}: {error}") from error
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a mapping of training settings, found {type(data).__name__}")
-        return cls.from_dict(data, base_dir=path.parent)
+        try:
+            return cls.from_dict(data, base_dir=path.parent)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _atomic_number(key: object) -> int:
+    """An ``atomic_energies`` key as int (JSON and AiiDA Dict keys are strings such as ``"29"``)."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key
+    if isinstance(key, str) and key.strip().isdigit():
+        return int(key)
+    raise ValueError(f"training setting atomic_energies: key {key!r} is not an atomic number")
