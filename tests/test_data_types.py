@@ -97,3 +97,93 @@ def test_potential_refuses_a_foreign_file(aiida_profile, tmp_path):
     path.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="weights.pt"):
         PotentialData(path)
+
+
+def labelled_copper(count: int, start: int = 0) -> list:
+    """``count`` rattled Cu cells labelled with EMT, each with a ``label_uuid`` and ``source_frame``."""
+    from ase.calculators.emt import EMT
+
+    frames = []
+    for index in range(start, start + count):
+        atoms = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)
+        atoms.rattle(0.05, seed=index)
+        atoms.calc = EMT()
+        atoms.get_forces(), atoms.get_stress()
+        atoms.info.update(label_uuid=f"label-{index}", source_frame=index)
+        frames.append(atoms)
+    return frames
+
+
+def legacy_dataset(frames) -> TrainingSetData:
+    """A dataset stored as before the frame store: one extxyz file, attributes without ``format``."""
+    import io
+
+    from ase.io import write
+
+    node = TrainingSetData()
+    node.base.repository.delete_object("frames.h5")
+    handle = io.StringIO()
+    write(handle, frames, format="extxyz")
+    node.base.repository.put_object_from_bytes(handle.getvalue().encode(), "dataset.extxyz")
+    node.base.attributes.delete("format")
+    node.base.attributes.set_many({"num_structures": len(frames), "num_atoms": sum(len(a) for a in frames),
+                                   "elements": ["Cu"], "label_counts": {"energy": len(frames), "forces": len(frames), "stress": len(frames)}})
+    return node.store()
+
+
+def same_frames(first, second) -> bool:
+    return len(first) == len(second) and all(
+        np.allclose(a.positions, b.positions, atol=1e-12) and a.info == b.info
+        and np.allclose(a.get_forces(), b.get_forces(), atol=1e-12) and a.get_potential_energy() == pytest.approx(b.get_potential_energy())
+        for a, b in zip(first, second)
+    )
+
+
+def test_new_datasets_hold_one_frame_store(aiida_profile):
+    stored = TrainingSetData(labelled_copper(3)).store()
+    assert stored.format == "tace-frames" and stored.base.repository.list_object_names() == ["frames.h5"]
+    assert stored.shard_uuids == [stored.uuid]
+
+
+def test_a_chain_of_merges_refers_to_its_shards_without_copying(aiida_profile):
+    batches = [TrainingSetData(labelled_copper(2, start=2 * i)).store() for i in range(4)]
+    merged = batches[0]
+    for batch in batches[1:]:
+        merged = merge_datasets(previous=merged, new=batch)
+    # sorted link labels put ``new`` before ``previous``, as the merge always has
+    order = [batches[3], batches[2], batches[1], batches[0]]
+    assert merged.shard_uuids == [b.uuid for b in order]
+    assert merged.base.repository.list_object_names() == []
+    assert merged.num_structures == 8 and merged.base.attributes.get("num_atoms") == 16 and merged.elements == ["Cu"]
+    assert merged.label_counts == {"energy": 8, "forces": 8, "stress": 8}
+    assert same_frames(merged.get_atoms(), [a for b in order for a in b.get_atoms()])
+    ancestors = orm.QueryBuilder().append(orm.Node, filters={"id": merged.pk}, tag="merged").append(
+        TrainingSetData, with_descendants="merged", project="uuid").all(flat=True)
+    assert set(merged.shard_uuids) <= set(ancestors)
+
+
+def test_old_extxyz_datasets_load_and_merge(aiida_profile, tmp_path):
+    frames = labelled_copper(3)
+    old = legacy_dataset(frames)
+    loaded = orm.load_node(old.pk)
+    assert loaded.format == "extxyz" and len(loaded) == 3 and loaded.label_counts["stress"] == 3
+    assert same_frames(loaded.get_atoms(), frames)
+    new = TrainingSetData(labelled_copper(2, start=3)).store()
+    merged = merge_datasets(initial=old, labelled=new)
+    assert merged.shard_uuids == [old.uuid, new.uuid]
+    assert same_frames(merged.get_atoms(), labelled_copper(5))
+    merged.write_extxyz(tmp_path / "merged.extxyz")
+    from ase.io import read
+
+    assert same_frames(read(tmp_path / "merged.extxyz", ":"), labelled_copper(5))
+    old.write_extxyz(tmp_path / "old.extxyz")
+    assert (tmp_path / "old.extxyz").read_bytes() == old.base.repository.get_object_content("dataset.extxyz", mode="rb")
+
+
+def test_a_dataset_with_a_missing_shard_names_it(aiida_profile):
+    merged = TrainingSetData(shards=[TrainingSetData(labelled_copper(1)).store()])
+    merged.base.attributes.set("shards", ["00000000-0000-4000-8000-000000000000"])
+    with pytest.raises(ValueError, match="00000000-0000-4000-8000-000000000000.* not in this profile"):
+        merged.get_atoms()
+    with pytest.raises(ValueError, match="only stored datasets"):
+        TrainingSetData(shards=[TrainingSetData()])

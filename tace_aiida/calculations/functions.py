@@ -10,12 +10,13 @@ from tace_aiida.data import TrainingSetData
 
 @calcfunction
 def merge_datasets(**datasets: TrainingSetData) -> TrainingSetData:
-    """One training set holding the frames of all inputs, in the order of their (sorted) link labels.
+    """One training set of the frames of all inputs, in the order of their (sorted) link labels.
 
-    Each frame keeps its metadata (``label_uuid`` of the process that labelled it, ``source_uuid``).
+    No frame is copied: the result is made of the inputs' shards (a merged input contributes its
+    shards, so a chain of merges refers to its labelled batches, not to nested merges). Each frame
+    keeps its metadata (``label_uuid`` of the process that labelled it, ``source_uuid``).
     """
-    frames = [atoms for label in sorted(datasets) for atoms in datasets[label].get_atoms()]
-    return TrainingSetData(frames)
+    return TrainingSetData(shards=[datasets[label] for label in sorted(datasets)])
 
 
 @calcfunction
