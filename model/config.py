@@ -73,6 +73,8 @@ class TrainingConfig:
     """Everything one training run needs. Paths are relative to the YAML file's folder.
 
     With ``test_file`` the saved model is evaluated on it at the end (``test`` in the summary).
+    ``train_file``, ``valid_file`` and ``test_file`` are each an extxyz file, an HDF5 frame store
+    (``.h5``, :mod:`.frames`) or a list of such files.
     Every setting is checked by type and range when the config is made (``TRAINING_RULES``,
     ``MODEL_RULES``); ``ema_decay`` 0 or null trains without an averaged model.
 
@@ -81,10 +83,10 @@ class TrainingConfig:
     isolated atoms) is used, else E0s are fitted by least squares.
     """
 
-    train_file: str
-    valid_file: str | None = None
+    train_file: str | list[str]
+    valid_file: str | list[str] | None = None
     valid_fraction: float = 0.1
-    test_file: str | None = None
+    test_file: str | list[str] | None = None
     energy_key: str = "energy"
     forces_key: str = "forces"
     stress_key: str = "stress"
@@ -141,12 +143,14 @@ class TrainingConfig:
         if unknown:
             raise ValueError(f"unknown training settings {sorted(unknown)}; known are {sorted(known)}")
         if "train_file" not in data:
-            raise ValueError("the training settings need 'train_file' (an extxyz file of labelled structures)")
+            raise ValueError("the training settings need 'train_file' (an extxyz or .h5 file of labelled structures, or a list of them)")
         config = cls(**data)
         base = Path(base_dir)
         for name in ("train_file", "valid_file", "test_file", "e0s_file", "init_checkpoint", "output_dir"):
             value = getattr(config, name)
-            if value is not None:
+            if isinstance(value, list):
+                setattr(config, name, [os.path.normpath(base / Path(item).expanduser()) for item in value])
+            elif value is not None:
                 setattr(config, name, os.path.normpath(base / Path(value).expanduser()))
         return config
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from .checkpoint import load_model, save_checkpoint
 from .config import TrainingConfig
 from .data import LabelKeys, atoms_to_graph, collate, resolve_device, to_device
+from .frames import is_frame_file, read_frames
 from .evaluation import evaluate
 from .potential import CartesianTensorPotential, ModelConfig
 from .statistics import average_num_neighbors, fit_atomic_energies, interaction_energy_statistics
@@ -45,6 +46,15 @@ def read_structures(path: str | Path) -> list[Atoms]:
         frames = read(path, index=":")
     except (OSError, ValueError, StopIteration) as error:
         raise ValueError(f"cannot read structures from {path}: {error}") from error
+    if not frames:
+        raise ValueError(f"{path} holds no structures")
+    return frames
+
+
+def read_training_files(path: str | Path | Sequence[str | Path]) -> list[Atoms]:
+    """The frames of an extxyz file, an HDF5 frame store (``.h5``, :mod:`.frames`) or a list of such files, in order."""
+    paths = [path] if isinstance(path, (str, Path)) else path
+    frames = [atoms for item in paths for atoms in (read_frames(item) if is_frame_file(item) else read_structures(item))]
     if not frames:
         raise ValueError(f"{path} holds no structures")
     return frames
@@ -98,9 +108,9 @@ class PreparedData:
 
 def prepare_data(config: TrainingConfig, base_model: ModelConfig | None = None) -> PreparedData:
     """Read, split and convert the data; derive species, E0s and statistics (or reuse a base model's)."""
-    frames = read_structures(config.train_file)
+    frames = read_training_files(config.train_file)
     if config.valid_file is not None:
-        train_frames, valid_frames = frames, read_structures(config.valid_file)
+        train_frames, valid_frames = frames, read_training_files(config.valid_file)
     else:
         train_frames, valid_frames = split_train_valid(frames, config.valid_fraction, config.seed)
     if config.bootstrap:
@@ -253,7 +263,7 @@ def _train(config: TrainingConfig) -> dict:
     if config.test_file is not None:
         keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key)
         best_model, _ = load_model(checkpoint_path, device=device, dtype=dtype)
-        test = [atoms_to_graph(a, best_model.config.atomic_numbers, best_model.config.r_max, keys) for a in read_structures(config.test_file)]
+        test = [atoms_to_graph(a, best_model.config.atomic_numbers, best_model.config.r_max, keys) for a in read_training_files(config.test_file)]
         test_metrics = evaluate(best_model, test, config.valid_batch_size, device)
     return {
         "test": test_metrics,

@@ -187,3 +187,21 @@ def test_a_dataset_with_a_missing_shard_names_it(aiida_profile):
         merged.get_atoms()
     with pytest.raises(ValueError, match="only stored datasets"):
         TrainingSetData(shards=[TrainingSetData()])
+
+
+def test_train_calcjob_puts_the_shard_files_in_the_job_folder(aiida_profile, installed_code, tmp_path):
+    import yaml
+    from aiida.common.folders import Folder
+
+    from tace_aiida.calculations.train import TrainCalculation
+
+    old, new = legacy_dataset(labelled_copper(2)), TrainingSetData(labelled_copper(3, start=2)).store()
+    empty = TrainingSetData().store()
+    merged = merge_datasets(a=old, b=empty, c=new)
+    inputs = {"code": installed_code("tace-train"), "dataset": merged, "validation_dataset": new,
+              "parameters": orm.Dict({"max_epochs": 1})}
+    calcinfo = TrainCalculation(inputs=inputs).prepare_for_submission(Folder(str(tmp_path)))
+    assert calcinfo.local_copy_list == [(old.uuid, "dataset.extxyz", "train_0000.extxyz"),
+                                        (new.uuid, "frames.h5", "train_0002.h5"), (new.uuid, "frames.h5", "valid_0000.h5")]
+    settings = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert settings["train_file"] == ["train_0000.extxyz", "train_0002.h5"] and settings["valid_file"] == ["valid_0000.h5"]

@@ -123,3 +123,21 @@ def test_a_foreign_file_is_refused(tmp_path):
         handle.create_dataset("x", data=[1])
     with pytest.raises(FrameFormatError, match=f"expected '{FORMAT}'"):
         read_columns(tmp_path / "other.h5")
+
+
+def test_training_reads_frame_stores_and_lists_of_files(tmp_path, frames_300K):
+    from ase.io import write
+
+    from tace_aiida.model.config import TrainingConfig
+    from tace_aiida.model.training import read_training_files
+
+    write_frames(tmp_path / "a.h5", frames_300K[:3])
+    write(tmp_path / "b.extxyz", frames_300K[3:5])
+    config = TrainingConfig.from_dict({"train_file": ["a.h5", "b.extxyz"], "test_file": "a.h5"}, base_dir=tmp_path)
+    assert config.train_file == [str(tmp_path / "a.h5"), str(tmp_path / "b.extxyz")]
+    frames = read_training_files(config.train_file)
+    assert [a.get_potential_energy() for a in frames] == [a.get_potential_energy() for a in frames_300K[:5]]
+    assert len(read_training_files(config.test_file)) == 3
+    write_frames(tmp_path / "empty.h5", [])
+    with pytest.raises(ValueError, match="holds no structures"):
+        read_training_files([str(tmp_path / "empty.h5")])

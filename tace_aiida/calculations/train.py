@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import yaml
 from aiida import orm
 from aiida.common.datastructures import CalcInfo
@@ -15,9 +17,21 @@ from tace_aiida.model.config import TrainingConfig
 #: Settings the CalcJob fills in itself from its inputs.
 MANAGED_SETTINGS = {"train_file", "valid_file", "test_file", "init_checkpoint", "output_dir", "seed", "progress_bar",
                     "checkpoint_name", "metrics_name"}
-TRAIN_FILE, VALID_FILE, TEST_FILE = "train.extxyz", "valid.extxyz", "test.extxyz"
+#: Job-folder name prefixes of the shard files of each dataset input.
+DATASET_FILES = {"dataset": ("train_file", "train"), "validation_dataset": ("valid_file", "valid"),
+                 "test_dataset": ("test_file", "test")}
 PARENT_FILE, CONFIG_FILE = "parent.pt", "config.yaml"
 CHECKPOINT_FILE, METRICS_FILE, LOG_FILE, SUMMARY_FILE = "model.pt", "metrics.jsonl", "tace-train.log", "tace-train.out"
+
+
+def shard_copies(dataset: TrainingSetData, prefix: str) -> list[tuple[str, str, str]]:
+    """``local_copy_list`` entries that put the files of the dataset's (non-empty) shards in the job
+    folder as ``<prefix>_0000.h5``, ``<prefix>_0001.extxyz`` ... in order; frames are not rewritten."""
+    return [
+        (shard.uuid, shard.filename, f"{prefix}_{index:04d}{Path(shard.filename).suffix}")
+        for index, shard in enumerate(dataset.shards)
+        if shard.num_structures
+    ]
 
 
 def validate_parameters(value: orm.Dict, _) -> str | None:
@@ -26,7 +40,7 @@ def validate_parameters(value: orm.Dict, _) -> str | None:
     if managed:
         return f"parameters must not set {managed}: the calculation sets them from its inputs"
     try:
-        TrainingConfig.from_dict({**settings, "train_file": TRAIN_FILE})
+        TrainingConfig.from_dict({**settings, "train_file": ["train_0000.h5"]})
     except (ValueError, TypeError) as error:
         return f"invalid training parameters: {error}"
     return None
@@ -64,23 +78,23 @@ class TrainCalculation(CalcJob):
     def prepare_for_submission(self, folder: Folder) -> CalcInfo:
         settings = {
             **self.inputs.parameters.get_dict(),
-            "train_file": TRAIN_FILE,
             "output_dir": ".",
             "seed": self.inputs.seed.value,
             "progress_bar": False,
         }
-        self.inputs.dataset.write_extxyz(folder.get_abs_path(TRAIN_FILE))
-        if "validation_dataset" in self.inputs:
-            self.inputs.validation_dataset.write_extxyz(folder.get_abs_path(VALID_FILE))
-            settings["valid_file"] = VALID_FILE
-        if "test_dataset" in self.inputs:
-            self.inputs.test_dataset.write_extxyz(folder.get_abs_path(TEST_FILE))
-            settings["test_file"] = TEST_FILE
+        local_copy_list = []
+        for name, (setting, prefix) in DATASET_FILES.items():
+            if name in self.inputs:
+                copies = shard_copies(self.inputs[name], prefix)
+                local_copy_list += copies
+                settings[setting] = [target for _, _, target in copies]
         if "parent_potential" in self.inputs:
             self.inputs.parent_potential.write_checkpoint(folder.get_abs_path(PARENT_FILE))
             settings["init_checkpoint"] = PARENT_FILE
         with folder.open(CONFIG_FILE, "w") as handle:
             yaml.safe_dump(settings, handle)
-        return single_code_calcinfo(
+        calcinfo = single_code_calcinfo(
             self.inputs.code.uuid, SUMMARY_FILE, LOG_FILE, [CHECKPOINT_FILE, METRICS_FILE], cmdline_params=[CONFIG_FILE]
         )
+        calcinfo.local_copy_list = local_copy_list
+        return calcinfo
