@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from pathlib import Path
 
@@ -90,6 +91,62 @@ def periodic_cell(seed: int = 0, n_atoms: int = 12, length: float = 6.0) -> Atom
         if len(atoms) == 0 or merged.get_distances(len(atoms), range(len(atoms)), mic=True).min() > 0.9:
             atoms = merged
     return atoms
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    """One model configuration of the physics suite (``tests/test_model_physics.py``).
+
+    ``settings`` override :func:`small_model`'s. Small E0s keep energy differences precise and a
+    large scale gives O(0.1-1) eV/Å forces. Tolerances are relative to the largest |E|, |F| or
+    |virial| (at least 1): 1e-10 in float64, 1e-5 in float32.
+    """
+
+    settings: tuple[tuple[str, object], ...]
+    dtype: torch.dtype = torch.float64
+
+    @property
+    def tolerance(self) -> float:
+        return 1e-10 if self.dtype == torch.float64 else 1e-5
+
+    def build(self, seed: int = 3) -> CartesianTensorPotential:
+        with default_dtype(self.dtype):
+            return small_model(seed=seed, atomic_energies=[0.1, -0.2, 0.3, 0.05], scale=20.0, **dict(self.settings))
+
+
+def model_case(dtype: torch.dtype = torch.float64, slow: bool = False, **settings):
+    """``pytest.param`` of a :class:`ModelCase`, named after its settings, marked ``slow`` if asked."""
+    name = "-".join(f"{key}={value}" for key, value in settings.items()) + f"-{str(dtype).removeprefix('torch.')}"
+    case = ModelCase(tuple(settings.items()), dtype)
+    return pytest.param(case, id=name, marks=[pytest.mark.slow] if slow else [])
+
+
+#: The configurations every physics test runs on; a new model option is one more line here.
+MODEL_CASES = [
+    model_case(max_edge_rank=3, correlation=3, max_hidden_rank=2),
+    model_case(max_edge_rank=2, correlation=1, max_hidden_rank=0),
+    model_case(max_edge_rank=2, correlation=2, max_hidden_rank=1, num_interactions=3),
+    model_case(max_edge_rank=4, correlation=2, max_hidden_rank=1),
+    model_case(max_edge_rank=3, correlation=2, max_hidden_rank=0, num_interactions=1),
+    model_case(max_edge_rank=3, correlation=3, max_hidden_rank=1, dtype=torch.float32),
+    model_case(max_edge_rank=4, correlation=3, max_hidden_rank=2, slow=True),
+    model_case(max_edge_rank=4, correlation=1, max_hidden_rank=4, slow=True),
+    model_case(max_edge_rank=2, correlation=3, max_hidden_rank=2, channels=4, slow=True),
+    model_case(max_edge_rank=4, correlation=3, max_hidden_rank=2, dtype=torch.float32, slow=True),
+    model_case(max_edge_rank=2, correlation=1, max_hidden_rank=1, dtype=torch.float32, slow=True),
+]
+
+
+@pytest.fixture(params=MODEL_CASES)
+def physics_case(request) -> ModelCase:
+    """Each of :data:`MODEL_CASES` in turn."""
+    return request.param
+
+
+@pytest.fixture
+def physics_model(physics_case) -> CartesianTensorPotential:
+    """The random-weight model of the current :data:`MODEL_CASES` entry, in its dtype."""
+    return physics_case.build()
 
 
 def training_settings(output_dir: Path, **overrides) -> dict:
