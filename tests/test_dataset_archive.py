@@ -1,0 +1,84 @@
+"""``verdi data tace.dataset`` and the export of merged datasets through ``verdi archive``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.common.exceptions import NotExistent
+from aiida.cmdline.commands.cmd_verdi import verdi
+from aiida.engine import run_get_node
+from ase.io import read
+from click.testing import CliRunner
+
+from tace_aiida.calculations.functions import merge_datasets
+from tace_aiida.data import TrainingSetData
+
+from .test_data_types import labelled_copper, legacy_dataset
+
+
+def verdi_ok(*arguments: str) -> str:
+    result = CliRunner().invoke(verdi, list(arguments), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_verdi_data_shows_and_exports_a_merged_dataset(aiida_profile, tmp_path):
+    merged = merge_datasets(initial=legacy_dataset(labelled_copper(2)),
+                            labelled=TrainingSetData(labelled_copper(3, start=2)).store())
+    shown = verdi_ok("data", "tace.dataset", "show", str(merged.pk))
+    assert "structures: 5" in shown and "storage: shards" in shown and "shards: 2" in shown
+    assert "labels: energy 5, forces 5, stress 5" in shown
+    printed = verdi_ok("data", "tace.dataset", "export", "--format", "extxyz", str(merged.pk))
+    assert printed.count("Lattice=") == 5
+    verdi_ok("data", "tace.dataset", "export", str(merged.pk), "-o", str(tmp_path / "merged.extxyz"))
+    frames = read(tmp_path / "merged.extxyz", ":")
+    expected = labelled_copper(5)
+    assert [a.info["label_uuid"] for a in frames] == [a.info["label_uuid"] for a in expected]
+    assert np.allclose([a.get_forces() for a in frames], [a.get_forces() for a in expected], atol=1e-12)
+
+
+def content(dataset: TrainingSetData) -> dict:
+    """The frames of a dataset as plain arrays, to compare across profiles."""
+    frames = dataset.get_atoms()
+    return {
+        "positions": [a.positions for a in frames],
+        "forces": [a.get_forces() for a in frames],
+        "energy": [a.get_potential_energy() for a in frames],
+        "stress": [a.get_stress() for a in frames],
+        "info": [a.info for a in frames],
+    }
+
+
+@pytest.mark.slow
+def test_archive_of_merged_datasets_and_a_training_imports_into_a_fresh_profile(
+    aiida_config, aiida_profile, aiida_profile_factory, installed_code, tmp_path
+):
+    from tace_aiida.calculations.train import TrainCalculation
+
+    shards = [legacy_dataset(labelled_copper(4))] + [TrainingSetData(labelled_copper(4, start=4 * i)).store() for i in range(1, 4)]
+    merged = [merge_datasets(initial=shards[0], labelled=shards[1])]
+    for shard in shards[2:]:
+        merged.append(merge_datasets(previous=merged[-1], new=shard))
+    parameters = {"model": {"channels": 4, "radial_mlp": [8]}, "max_epochs": 1, "batch_size": 4, "dtype": "float32",
+                  "valid_fraction": 0.25}
+    _, training = run_get_node(TrainCalculation, code=installed_code("tace-train"), dataset=merged[-1],
+                               parameters=orm.Dict(parameters))
+    assert training.is_finished_ok, training.exit_message
+    assert training.outputs.metrics["num_train"] + training.outputs.metrics["num_valid"] == 16
+    expected = {dataset.uuid: content(dataset) for dataset in shards + merged}
+    training_uuid, final_uuid = training.uuid, merged[-1].uuid
+    archive = tmp_path / "campaign.aiida"
+    verdi_ok("archive", "create", "--nodes", str(merged[-1].pk), str(training.pk), "--", str(archive))
+
+    with aiida_profile_factory(aiida_config) as fresh:
+        with pytest.raises(NotExistent):
+            orm.load_node(final_uuid)
+        verdi_ok("--profile", fresh.name, "archive", "import", str(archive))
+        for uuid, frames in expected.items():
+            imported = content(orm.load_node(uuid))
+            for key in ("positions", "forces", "stress"):
+                assert np.array_equal(imported[key], frames[key]), (uuid, key)
+            assert imported["energy"] == frames["energy"] and imported["info"] == frames["info"]
+        trained_on = orm.load_node(training_uuid).inputs.dataset
+        assert trained_on.uuid == final_uuid and trained_on.num_structures == 16
