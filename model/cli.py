@@ -8,9 +8,10 @@ import logging
 import sys
 from dataclasses import replace
 
-from .checkpoint import CheckpointError, load_model
-from .data import LabelKeys, atoms_to_graph, resolve_device
+from .checkpoint import load_model
+from .data import LabelKeys, frames_to_graphs, resolve_device
 from .evaluation import evaluate
+from .validation import read_structures
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -40,6 +41,13 @@ def train_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
 def eval_main(argv: list[str] | None = None) -> int:
     """Print energy/force/stress MAE and RMSE of a checkpoint on an extxyz file."""
     parser = argparse.ArgumentParser(prog="tace-eval", description="Errors of a potential on labelled structures.")
@@ -48,21 +56,23 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--energy-key", default="energy")
     parser.add_argument("--forces-key", default="forces")
     parser.add_argument("--stress-key", default="stress")
-    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--batch-size", type=_positive_int, default=10)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     args = parser.parse_args(argv)
 
-    from .training import read_structures
-
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except RuntimeError as error:
+        parser.error(f"--device {args.device!r}: {error}")
     try:
         model, _ = load_model(args.checkpoint, device=device)
-        frames = read_structures(args.data)
         keys = LabelKeys(args.energy_key, args.forces_key, args.stress_key)
         dtype = next(model.parameters()).dtype
-        graphs = [atoms_to_graph(a, model.config.atomic_numbers, model.config.r_max, keys, dtype) for a in frames]
-    except (ValueError, CheckpointError) as error:
+        graphs = frames_to_graphs(read_structures(args.data), args.data, model.config.atomic_numbers, model.config.r_max, keys, dtype)
+        if not any(bool(g[f"has_{name}"]) for g in graphs for name in ("energy", "forces", "stress")):
+            raise ValueError(f"{args.data} has no labels under {keys.energy!r}, {keys.forces!r} or {keys.stress!r}")
+    except ValueError as error:
         parser.exit(1, f"tace-eval: {error}\n")
     metrics = evaluate(model, graphs, args.batch_size, device)
     if args.json:

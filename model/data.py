@@ -20,7 +20,9 @@ import torch
 from ase import Atoms
 from ase.data import chemical_symbols
 from ase.stress import voigt_6_to_full_3x3_stress
-from matscipy.neighbours import neighbour_list
+
+from .neighbours import neighbour_pairs
+from .validation import check_structure
 
 Tensor = torch.Tensor
 
@@ -35,27 +37,8 @@ class LabelKeys:
 
 
 def edges_within_cutoff(atoms: Atoms, r_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(senders, receivers, integer shifts) of all pairs closer than ``r_max`` Å, self-pairs excluded.
-
-    Molecules (no periodic direction) get a bounding box so that a zero or too small cell works.
-    """
-    if atoms.pbc.any():
-        if abs(atoms.cell.volume) < 1e-9:
-            raise ValueError(f"{atoms.get_chemical_formula()}: periodic structure with a singular cell {atoms.cell[:].tolist()}")
-        receivers, senders, shifts = neighbour_list("ijS", atoms, r_max)
-    else:
-        positions = atoms.positions
-        lower = positions.min(axis=0) - r_max
-        extent = np.ptp(positions, axis=0) + 2 * r_max
-        receivers, senders, shifts = neighbour_list(
-            "ijS",
-            positions=positions,
-            cell=np.diag(extent),
-            pbc=[False, False, False],
-            numbers=atoms.numbers.astype(np.int32),
-            cell_origin=lower,
-            cutoff=r_max,
-        )
+    """(senders, receivers, integer shifts) of all pairs closer than ``r_max`` Å, self-pairs excluded."""
+    receivers, senders, shifts = neighbour_pairs("ijS", atoms, r_max)
     return senders, receivers, shifts
 
 
@@ -68,6 +51,18 @@ def read_label(atoms: Atoms, key: str, per_atom: bool) -> np.ndarray | None:
     if key in results:
         return np.asarray(results[key], dtype=float)
     return None
+
+
+def checked_label(value: np.ndarray, key: str, shapes: Sequence[tuple[int, ...]], per_atom: bool = False) -> np.ndarray:
+    """``value`` if it has one of ``shapes`` and is finite; else an error naming ``key`` and the entry."""
+    if value.shape not in shapes:
+        raise ValueError(f"its {key!r} label has shape {value.shape}, expected {' or '.join(map(str, shapes))}")
+    bad = np.argwhere(~np.isfinite(value))
+    if len(bad):
+        if per_atom:
+            raise ValueError(f"its {key!r} label is not finite at atom {bad[0][0]}: {value[bad[0][0]].tolist()}")
+        raise ValueError(f"its {key!r} label is not finite: {value.tolist()}")
+    return value
 
 
 def species_indices(atoms: Atoms, atomic_numbers: Sequence[int]) -> np.ndarray:
@@ -105,15 +100,40 @@ def atoms_to_graph(
     energy = read_label(atoms, keys.energy, per_atom=False)
     forces = read_label(atoms, keys.forces, per_atom=True)
     stress = read_label(atoms, keys.stress, per_atom=False)
-    if stress is not None and stress.shape == (6,):
-        stress = voigt_6_to_full_3x3_stress(stress)
-    graph["energy"] = torch.tensor([0.0 if energy is None else float(energy)], dtype=dtype)
+    if energy is not None:
+        energy = checked_label(energy, keys.energy, [(), (1,)])
+    if forces is not None:
+        forces = checked_label(forces, keys.forces, [(n_atoms, 3)], per_atom=True)
+    if stress is not None:
+        stress = checked_label(stress, keys.stress, [(6,), (3, 3)])
+        stress = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress
+    graph["energy"] = torch.tensor([0.0 if energy is None else energy.item()], dtype=dtype)
     graph["forces"] = torch.tensor(np.zeros((n_atoms, 3)) if forces is None else forces, dtype=dtype)
     graph["stress"] = torch.tensor(np.zeros((3, 3)) if stress is None else stress, dtype=dtype).unsqueeze(0)
     graph["has_energy"] = torch.tensor([energy is not None], dtype=dtype)
     graph["has_forces"] = torch.tensor([forces is not None], dtype=dtype)
     graph["has_stress"] = torch.tensor([stress is not None], dtype=dtype)
     return graph
+
+
+def frames_to_graphs(
+    frames: Sequence[Atoms],
+    source: str,
+    atomic_numbers: Sequence[int],
+    r_max: float,
+    keys: LabelKeys | None = None,
+    dtype: torch.dtype | None = None,
+) -> list[dict[str, Tensor]]:
+    """:func:`atoms_to_graph` of every frame after :func:`check_structure`; an error names ``source``
+    (the file), the frame's index and its formula."""
+    graphs = []
+    for index, atoms in enumerate(frames):
+        try:
+            check_structure(atoms)
+            graphs.append(atoms_to_graph(atoms, atomic_numbers, r_max, keys, dtype))
+        except ValueError as error:
+            raise ValueError(f"{source}, frame {index} ({atoms.get_chemical_formula()}): {error}") from None
+    return graphs
 
 
 _PER_GRAPH = ("cell", "energy", "stress", "has_energy", "has_forces", "has_stress")

@@ -13,42 +13,32 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import numpy as np
 import torch
 from ase import Atoms
-from ase.io import read
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from .checkpoint import load_model, save_checkpoint
 from .config import TrainingConfig
-from .data import LabelKeys, atoms_to_graph, collate, resolve_device, to_device
-from .frames import is_frame_file, read_frames
+from .data import LabelKeys, collate, frames_to_graphs, resolve_device, to_device
 from .evaluation import evaluate
 from .potential import CartesianTensorPotential, ModelConfig
 from .statistics import average_num_neighbors, fit_atomic_energies, interaction_energy_statistics
+from .validation import read_structures
+from .frames import is_frame_file, read_frames
 
 logger = logging.getLogger(__name__)
 Tensor = torch.Tensor
+T = TypeVar("T")
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def read_structures(path: str | Path) -> list[Atoms]:
-    """All frames of an extxyz (or any ASE-readable) file, with a clear error for a bad file."""
-    try:
-        frames = read(path, index=":")
-    except (OSError, ValueError, StopIteration) as error:
-        raise ValueError(f"cannot read structures from {path}: {error}") from error
-    if not frames:
-        raise ValueError(f"{path} holds no structures")
-    return frames
 
 
 def read_training_files(path: str | Path | Sequence[str | Path]) -> list[Atoms]:
@@ -60,21 +50,19 @@ def read_training_files(path: str | Path | Sequence[str | Path]) -> list[Atoms]:
     return frames
 
 
-def split_train_valid(
-    frames: Sequence[Atoms], valid_fraction: float, seed: int
-) -> tuple[list[Atoms], list[Atoms]]:
-    """Random split with a fixed seed; at least one validation frame when the fraction is > 0."""
-    order = np.random.default_rng(seed).permutation(len(frames))
-    n_valid = max(1, round(valid_fraction * len(frames))) if valid_fraction > 0 else 0
-    if n_valid >= len(frames):
-        raise ValueError(f"valid_fraction={valid_fraction} leaves no training structure out of {len(frames)}")
-    return [frames[i] for i in order[n_valid:]], [frames[i] for i in order[:n_valid]]
+def split_train_valid(items: Sequence[T], valid_fraction: float, seed: int) -> tuple[list[T], list[T]]:
+    """Random split with a fixed seed; at least one validation item when the fraction is > 0."""
+    order = np.random.default_rng(seed).permutation(len(items))
+    n_valid = max(1, round(valid_fraction * len(items))) if valid_fraction > 0 else 0
+    if n_valid >= len(items):
+        raise ValueError(f"valid_fraction={valid_fraction} leaves no training structure out of {len(items)}")
+    return [items[i] for i in order[n_valid:]], [items[i] for i in order[:n_valid]]
 
 
-def bootstrap_sample(frames: Sequence[Atoms], seed: int) -> list[Atoms]:
-    """As many frames as given, drawn with replacement (ensemble members differ in data too)."""
-    picks = np.random.default_rng(seed).integers(0, len(frames), size=len(frames))
-    return [frames[i] for i in picks]
+def bootstrap_sample(items: Sequence[T], seed: int) -> list[T]:
+    """As many items as given, drawn with replacement (ensemble members differ in data too)."""
+    picks = np.random.default_rng(seed).integers(0, len(items), size=len(items))
+    return [items[i] for i in picks]
 
 
 def reference_energies(config: TrainingConfig, atomic_numbers: Sequence[int], graphs: Sequence[dict]) -> list[float]:
@@ -83,12 +71,16 @@ def reference_energies(config: TrainingConfig, atomic_numbers: Sequence[int], gr
         table = config.atomic_energies
         source = "the 'atomic_energies' setting"
     elif config.e0s_file is not None:
-        keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key)
+        frames = read_structures(config.e0s_file)
+        species = sorted({int(z) for atoms in frames for z in atoms.numbers})
+        isolated = frames_to_graphs(frames, config.e0s_file, species, 1.0, LabelKeys(config.energy_key))
         table = {}
-        for atoms in read_structures(config.e0s_file):
+        for index, (atoms, graph) in enumerate(zip(frames, isolated)):
             if len(atoms) != 1:
-                raise ValueError(f"{config.e0s_file}: isolated-atom file holds a structure of {len(atoms)} atoms")
-            graph = atoms_to_graph(atoms, [int(atoms.numbers[0])], 1.0, keys)
+                raise ValueError(f"{config.e0s_file}, frame {index}: {atoms.get_chemical_formula()} is no isolated atom "
+                                 f"(an E0 file holds one atom per frame)")
+            if not bool(graph["has_energy"]):
+                raise ValueError(f"{config.e0s_file}, frame {index}: no energy label under {config.energy_key!r}")
             table[int(atoms.numbers[0])] = float(graph["energy"])
         source = config.e0s_file
     else:
@@ -99,31 +91,51 @@ def reference_energies(config: TrainingConfig, atomic_numbers: Sequence[int], gr
     return [table[z] for z in atomic_numbers]
 
 
+def check_label_coverage(graphs: Sequence[dict[str, Tensor]], source: str, config: TrainingConfig) -> None:
+    """Every frame has the energy and forces that the loss weighs (weight > 0); stress is optional."""
+    for name, key, weight in (("energy", config.energy_key, config.energy_weight),
+                              ("forces", config.forces_key, config.forces_weight)):
+        missing = [index for index, graph in enumerate(graphs) if weight > 0 and not bool(graph[f"has_{name}"])]
+        if missing:
+            raise ValueError(f"{source}, frame {missing[0]}: no {name} label under {key!r} ({len(missing)} of "
+                             f"{len(graphs)} frames lack one; {name}_weight: 0 trains without {name})")
+
+
 @dataclass
 class PreparedData:
     train: list[dict[str, Tensor]]
     valid: list[dict[str, Tensor]]
+    test: list[dict[str, Tensor]]
     model_config: ModelConfig
 
 
 def prepare_data(config: TrainingConfig, base_model: ModelConfig | None = None) -> PreparedData:
-    """Read, split and convert the data; derive species, E0s and statistics (or reuse a base model's)."""
-    frames = read_training_files(config.train_file)
-    if config.valid_file is not None:
-        train_frames, valid_frames = frames, read_training_files(config.valid_file)
-    else:
-        train_frames, valid_frames = split_train_valid(frames, config.valid_fraction, config.seed)
-    if config.bootstrap:
-        train_frames = bootstrap_sample(train_frames, config.seed)
+    """Read, check, convert and split the data; derive species, E0s and statistics (or reuse a base model's).
+
+    Every file is read and every structure and label checked (:func:`frames_to_graphs`,
+    :func:`check_label_coverage`) before anything is trained or written. The species are those of
+    the training and validation files (all ensemble members get the same, bootstrapped or not).
+    """
+    keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key)
+    files = {"train": config.train_file, "valid": config.valid_file, "test": config.test_file}
+    frames = {name: read_training_files(path) for name, path in files.items() if path is not None}
     settings = base_model.to_dict() if base_model is not None else dict(config.model)
     r_max = settings.get("r_max", ModelConfig.r_max)
     if base_model is not None:
         atomic_numbers = base_model.atomic_numbers
     else:
-        atomic_numbers = sorted({int(z) for atoms in train_frames + valid_frames for z in atoms.numbers})
-    keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key)
-    train = [atoms_to_graph(a, atomic_numbers, r_max, keys) for a in train_frames]
-    valid = [atoms_to_graph(a, atomic_numbers, r_max, keys) for a in valid_frames]
+        fitted = frames["train"] + frames.get("valid", [])
+        atomic_numbers = sorted({int(z) for atoms in fitted for z in atoms.numbers})
+    graphs = {name: frames_to_graphs(frames[name], files[name], atomic_numbers, r_max, keys) for name in frames}
+    for name in ("train", "valid"):
+        if name in graphs:
+            check_label_coverage(graphs[name], files[name], config)
+    if "valid" in graphs:
+        train, valid = graphs["train"], graphs["valid"]
+    else:
+        train, valid = split_train_valid(graphs["train"], config.valid_fraction, config.seed)
+    if config.bootstrap:
+        train = bootstrap_sample(train, config.seed)
     if base_model is None:
         e0s = reference_energies(config, atomic_numbers, train)
         shift, scale = interaction_energy_statistics(train, e0s)
@@ -134,7 +146,7 @@ def prepare_data(config: TrainingConfig, base_model: ModelConfig | None = None) 
             scale=scale,
             shift=shift,
         )
-    return PreparedData(train, valid, ModelConfig.from_dict(settings))
+    return PreparedData(train, valid, graphs.get("test", []), ModelConfig.from_dict(settings))
 
 
 def ema_with_warmup(decay: float):
@@ -188,13 +200,12 @@ def _train(config: TrainingConfig) -> dict:
     seed_everything(config.seed)
     device = resolve_device(config.device)
     dtype = torch.get_default_dtype()
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-
     base_model, base_metadata = (None, {})
     if config.init_checkpoint is not None:
         base_model, base_metadata = load_model(config.init_checkpoint, device=device, dtype=dtype)
     data = prepare_data(config, base_model.config if base_model is not None else None)
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     model = base_model if base_model is not None else CartesianTensorPotential(data.model_config).to(device)
     model.train()
     logger.info("model with %d parameters, species %s", sum(p.numel() for p in model.parameters()), data.model_config.atomic_numbers)
@@ -260,11 +271,9 @@ def _train(config: TrainingConfig) -> dict:
             break
     progress.close()
     test_metrics = {}
-    if config.test_file is not None:
-        keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key)
+    if data.test:
         best_model, _ = load_model(checkpoint_path, device=device, dtype=dtype)
-        test = [atoms_to_graph(a, best_model.config.atomic_numbers, best_model.config.r_max, keys) for a in read_training_files(config.test_file)]
-        test_metrics = evaluate(best_model, test, config.valid_batch_size, device)
+        test_metrics = evaluate(best_model, data.test, config.valid_batch_size, device)
     return {
         "test": test_metrics,
         "checkpoint": str(checkpoint_path),

@@ -7,8 +7,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
+from pathlib import Path
 from types import UnionType
 from typing import Any, Callable, Mapping, Union, get_args, get_origin, get_type_hints
+
+import numpy as np
+from ase import Atoms
+from ase.data import chemical_symbols, covalent_radii
+from ase.io import iread
+
+from .neighbours import neighbour_pairs
+
+#: Atoms nearer than this fraction of the sum of their covalent radii overlap. The shortest bond
+#: known, H2's 0.74 Å, is 1.2 times the H-H sum (0.62 Å) and even megabar compression shortens
+#: bonds by far less than half, so such a pair is a duplicated atom or a unit or coordinate mix-up,
+#: not chemistry (H-H 0.31 Å, C-C 0.76 Å, Cu-Cu 1.32 Å).
+OVERLAP_FRACTION = 0.5
+
+#: Least volume (Å^3) per atom of a periodic cell: the densest solid, diamond, has 5.7 Å^3/atom.
+MIN_VOLUME_PER_ATOM = 1.0
 
 #: A range rule of a setting: (test, what the test requires, for the message).
 Rule = tuple[Callable[[Any], bool], str]
@@ -94,3 +111,59 @@ def check_dataclass(instance: Any, rules: Mapping[str, Rule], what: str) -> None
     """:func:`check_settings` on every field of a dataclass instance."""
     values = {f.name: getattr(instance, f.name) for f in fields(instance)}
     check_settings(values, get_type_hints(type(instance)), rules, what)
+
+
+def read_structures(path: str | Path) -> list[Atoms]:
+    """All frames of an extxyz (or other ASE-readable) file; a malformed file's error names the file,
+    the frame and, for (ext)xyz, the line where that frame starts."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"structure file {path} does not exist")
+    frames: list[Atoms] = []
+    if path.stat().st_size > 0:
+        try:
+            frames.extend(iread(path, index=":"))
+        except Exception as error:  # ASE raises many kinds of error (OSError, ValueError, KeyError ...) on bad files
+            line = f" (from line {1 + sum(len(atoms) + 2 for atoms in frames)})" if path.suffix in (".xyz", ".extxyz") else ""
+            raise ValueError(f"{path}: cannot read frame {len(frames)}{line}: {type(error).__name__}: {error}") from error
+    if not frames:
+        raise ValueError(f"{path} holds no structures")
+    return frames
+
+
+def overlapping_pair(atoms: Atoms) -> tuple[int, int, float, float] | None:
+    """The nearest pair ``(i, j, distance, threshold)`` (Å) of overlapping atoms, periodic images
+    included (``i == j`` for an atom and its own image); None when no atoms overlap."""
+    radii = OVERLAP_FRACTION * covalent_radii[atoms.numbers]
+    first, second, distances = neighbour_pairs("ijd", atoms, radii)
+    if len(distances) == 0:
+        return None
+    nearest = int(distances.argmin())
+    i, j = int(first[nearest]), int(second[nearest])
+    return i, j, float(distances[nearest]), float(radii[i] + radii[j])
+
+
+def check_structure(atoms: Atoms) -> None:
+    """Refuse a structure without atoms, with non-finite positions, a periodic cell of (near) zero
+    volume, or overlapping atoms (:data:`OVERLAP_FRACTION`); the message says what is wrong."""
+    if len(atoms) == 0:
+        raise ValueError("it has no atoms")
+    not_finite = np.flatnonzero(~np.isfinite(atoms.positions).all(axis=1))
+    if len(not_finite):
+        raise ValueError(f"atom {not_finite[0]} has position {atoms.positions[not_finite[0]].tolist()} Å")
+    if atoms.pbc.any():
+        volume = abs(atoms.cell.volume)
+        if not volume >= MIN_VOLUME_PER_ATOM * len(atoms):
+            raise ValueError(
+                f"its periodic cell (pbc {atoms.pbc.tolist()}) has a volume of {volume:.3g} Å^3 for {len(atoms)} atoms, "
+                f"less than {MIN_VOLUME_PER_ATOM} Å^3 per atom: cell {np.round(atoms.cell[:], 4).tolist()} Å"
+            )
+    pair = overlapping_pair(atoms)
+    if pair is not None:
+        i, j, distance, threshold = pair
+        symbols = atoms.get_chemical_symbols()
+        which = f"atom {i} ({symbols[i]}) and its periodic image" if i == j else f"atoms {i} ({symbols[i]}) and {j} ({symbols[j]})"
+        raise ValueError(
+            f"{which} are {distance:.3g} Å apart, less than {threshold:.3g} Å "
+            f"({OVERLAP_FRACTION} times the sum of their covalent radii): overlapping atoms"
+        )

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import write
 
-from tace_aiida.model.cli import train_main
+from tace_aiida.model.checkpoint import save_checkpoint
+from tace_aiida.model.cli import eval_main, train_main
 from tace_aiida.model.config import TrainingConfig
+from tace_aiida.model.training import prepare_data, train
+
+from .conftest import small_model
 
 
 @pytest.mark.parametrize("settings,message", [
@@ -59,3 +67,115 @@ def test_tace_train_prints_one_line_and_exits_non_zero(tmp_path, capsys, line, m
         train_main([str(config)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.splitlines() == [f"tace-train: {tmp_path}/{message}"]
+
+
+def labelled_copies(frames, count: int = 10) -> list[Atoms]:
+    """Independent copies of the first ``count`` frames with their energy and forces labels."""
+    copies = []
+    for atoms in frames[:count]:
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, energy=atoms.get_potential_energy(), forces=atoms.get_forces().copy())
+        copies.append(copy)
+    return copies
+
+
+def train_on(tmp_path, frames, **settings) -> dict:
+    path = tmp_path / "train.xyz"
+    write(path, frames, format="extxyz")
+    return train(TrainingConfig.from_dict({"train_file": str(path), "output_dir": str(tmp_path / "out"),
+                                           "max_epochs": 1, "progress_bar": False, **settings}))
+
+
+def break_positions(frames):
+    frames[4].positions[5] = frames[4].positions[2] + [0.01, 0.0, 0.0]
+
+
+def break_cell(frames):
+    frames[2].pbc = True
+    frames[2].cell = [[10.0, 0.0, 0.0], [0.0, 10.0, 0.0], [10.0, 10.0, 0.0]]
+
+
+def break_forces(frames):
+    frames[7].calc.results["forces"][3, 1] = np.nan
+
+
+def drop_forces(frames):
+    frames[6].calc = SinglePointCalculator(frames[6], energy=frames[6].get_potential_energy())
+
+
+def break_energy(frames):
+    frames[1].calc.results["energy"] = np.inf
+
+
+@pytest.mark.parametrize("damage,message", [
+    (break_positions, "train.xyz, frame 4 \\(C12H12N2O\\): atoms 2 \\(C\\) and 5 \\(O\\) are 0.01 Å apart, less than "
+                      "0.71 Å \\(0.5 times the sum of their covalent radii\\): overlapping atoms"),
+    (break_cell, "train.xyz, frame 2 \\(C12H12N2O\\): its periodic cell \\(pbc \\[True, True, True\\]\\) has a volume of "
+                 "0 Å\\^3 for 27 atoms, less than 1.0 Å\\^3 per atom"),
+    (break_forces, "train.xyz, frame 7 \\(C12H12N2O\\): its 'forces' label is not finite at atom 3: \\[-0.94055\\d*, nan, 0.7214"),
+    (drop_forces, "train.xyz, frame 6: no forces label under 'forces' \\(1 of 10 frames lack one; forces_weight: 0"),
+    (break_energy, "train.xyz, frame 1 \\(C12H12N2O\\): its 'energy' label is not finite: inf"),
+])
+def test_bad_structures_and_labels_name_the_frame_and_change_nothing(tmp_path, frames_300K, damage, message):
+    frames = labelled_copies(frames_300K)
+    damage(frames)
+    stored = tmp_path / "out" / "model.pt"
+    stored.parent.mkdir()
+    stored.write_bytes(b"the model of an earlier run")
+    with pytest.raises(ValueError, match=message):
+        train_on(tmp_path, frames)
+    assert stored.read_bytes() == b"the model of an earlier run"
+    assert sorted(p.name for p in stored.parent.iterdir()) == ["model.pt"]
+
+
+def test_frames_without_forces_train_when_forces_are_not_weighed(tmp_path, frames_300K):
+    frames = labelled_copies(frames_300K, 4)
+    drop_forces_everywhere = [SinglePointCalculator(a, energy=a.get_potential_energy()) for a in frames]
+    for atoms, calc in zip(frames, drop_forces_everywhere):
+        atoms.calc = calc
+    path = tmp_path / "train.xyz"
+    write(path, frames, format="extxyz")
+    config = TrainingConfig.from_dict({"train_file": str(path), "forces_weight": 0, "valid_fraction": 0.25})
+    data = prepare_data(config)
+    assert not any(bool(g["has_forces"]) for g in data.train + data.valid)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("", "train.xyz holds no structures"),
+    ("\n\n", "train.xyz holds no structures"),
+    ("2\nProperties=species:S:1:pos:R:3\nH 0 0 0\nH 0.7 0 0\n2\nProperties=species:S:1:pos:R:3\nH 0 0 0\nH 1 0\n",
+     "train.xyz: cannot read frame 1 \\(from line 5\\): ValueError: "),
+    ("3\nProperties=species:S:1:pos:R:3\nH 0 0 0\nH 1 0 0\n", "train.xyz: cannot read frame 0 \\(from line 1\\): XYZError: "),
+    ("two\n\nH 0 0 0\nH 1 0 0\n", "train.xyz: cannot read frame 0 \\(from line 1\\): XYZError: .*'two"),
+    ("0\n\n", "train.xyz, frame 0 \\(\\): it has no atoms"),
+])
+def test_empty_and_malformed_files_are_named(tmp_path, text, message):
+    path = tmp_path / "train.xyz"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        prepare_data(TrainingConfig.from_dict({"train_file": str(path)}))
+    with pytest.raises(ValueError, match="absent.xyz does not exist"):
+        prepare_data(TrainingConfig.from_dict({"train_file": str(tmp_path / "absent.xyz")}))
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> str:
+    """A small untrained H, C, N, O model saved as a checkpoint."""
+    return str(save_checkpoint(tmp_path / "model.pt", small_model()))
+
+
+def test_tace_eval_names_an_unknown_element_and_unlabelled_data(tmp_path, capsys, checkpoint, frames_300K):
+    frames = labelled_copies(frames_300K, 3)
+    frames[2].numbers[0] = 29
+    path = tmp_path / "test.xyz"
+    write(path, frames, format="extxyz")
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main(["--checkpoint", checkpoint, "--data", str(path)])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"tace-eval: {path}, frame 2 (C11H12CuN2O): C11H12CuN2O contains Cu, which the model was not trained on "
+        "(it knows H, C, N, O)"]
+    write(path, [Atoms(a.numbers, a.positions) for a in frames_300K[:2]], format="extxyz")
+    with pytest.raises(SystemExit):
+        eval_main(["--checkpoint", checkpoint, "--data", str(path)])
+    assert "has no labels under 'energy', 'forces' or 'stress'" in capsys.readouterr().err
