@@ -23,6 +23,7 @@ from tace_aiida.data import PotentialData, TrainingSetData
 from tace_aiida.selection import SelectionSettings, spearman_correlation
 
 from .labelling.qe import QeLabelWorkChain
+from .resubmission import submit_once
 from .train import TrainBaseWorkChain
 
 LABELLERS = {"label_ase": AseLabelCalculation, "label_qe": QeLabelWorkChain}
@@ -187,7 +188,6 @@ class ActiveLearningWorkChain(WorkChain):
     def setup(self):
         self.ctx.stopping = {**STOPPING_DEFAULTS, **self.inputs.stopping.get_dict()}
         self.ctx.stages = [{**STAGE_DEFAULTS, **stage} for stage in self.inputs.exploration.get_list()]
-        self.ctx.selection = SelectionSettings.from_dict(self.inputs.selection.get_dict())
         self.ctx.stage = 0
         self.ctx.converged_count = 0
         self.ctx.iteration = 0
@@ -205,9 +205,7 @@ class ActiveLearningWorkChain(WorkChain):
         """Submit the labeller that was given (``label_ase`` or ``label_qe``) on ``structures``."""
         namespace = next(namespace for namespace in LABELLERS if namespace in self.inputs)
         process = LABELLERS[namespace]
-        inputs = {**self.exposed_inputs(process, namespace), "structures": structures}
-        inputs["metadata"] = {**inputs.get("metadata", {}), "call_link_label": link_label}
-        return self.submit(process, **inputs)
+        return submit_once(self, process, link_label, **self.exposed_inputs(process, namespace), structures=structures)
 
     def label_initial(self):
         unlabelled = structures_to_dataset(**self.inputs.structures)
@@ -250,7 +248,7 @@ class ActiveLearningWorkChain(WorkChain):
             if member < len(previous):
                 member_inputs["parent_potential"] = previous[member]
             label = f"iteration_{self.ctx.iteration:02d}_train_{member}"
-            futures[label] = self.submit(TrainBaseWorkChain, train=member_inputs, metadata={"call_link_label": label})
+            futures[label] = submit_once(self, TrainBaseWorkChain, label, train=member_inputs)
         self.ctx.trained_on = self.ctx.dataset.num_structures
         self.report(f"iteration {self.ctx.iteration}: training {len(futures)} members on "
                     f"{self.ctx.dataset.num_structures} structures")
@@ -281,7 +279,8 @@ class ActiveLearningWorkChain(WorkChain):
             starts = {labels[i]: starts[labels[i]] for i in picks}
         inputs = self.exposed_inputs(MDCalculation, "md")
         potentials = {f"member_{i}": p for i, p in enumerate(self.ctx.ensemble)}
-        threshold = stage["max_force_std"] or 2.0 * self.ctx.selection.window.trust_high
+        trust_high = SelectionSettings.from_dict(self.inputs.selection.get_dict()).window.trust_high
+        threshold = stage["max_force_std"] or 2.0 * trust_high
         futures = {}
         for start_label in sorted(starts):
             for temperature in stage["temperatures"]:
@@ -296,8 +295,7 @@ class ActiveLearningWorkChain(WorkChain):
                     label = f"iteration_{self.ctx.iteration:02d}_md_{len(futures):03d}"
                     run_inputs = {**inputs, "potentials": potentials, "structure": starts[start_label],
                                   "parameters": orm.Dict(parameters)}
-                    run_inputs["metadata"] = {**inputs.get("metadata", {}), "call_link_label": label}
-                    futures[label] = self.submit(MDCalculation, **run_inputs)
+                    futures[label] = submit_once(self, MDCalculation, label, **run_inputs)
         self.report(f"iteration {self.ctx.iteration}: stage {self.ctx.stage} ({stage['name'] or 'unnamed'}), "
                     f"{len(futures)} MD runs")
         return ToContext(**futures)

@@ -27,6 +27,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from tace_aiida.data import TrainingSetData
+from tace_aiida.workflows.resubmission import submit_once
 
 PwBaseWorkChain = WorkflowFactory("quantumespresso.pw.base")
 PseudoPotentialFamily = GroupFactory("pseudo.family")
@@ -230,10 +231,9 @@ class QeLabelWorkChain(WorkChain):
                 )
             except (ValueError, NotImplementedError) as error:
                 return self.exit_codes.ERROR_INVALID_SETTINGS.format(message=f"structure {index}: {error}")
-            builder.metadata.call_link_label = f"pw_{index}"
             builders[index] = builder
         for index, builder in builders.items():
-            self.to_context(**{f"pw_{index}": self.submit(builder)})
+            self.to_context(**{f"pw_{index}": submit_once(self, builder, f"pw_{index}")})
         self.report(f"launched {len(builders)} PwBaseWorkChains")
         return None
 
