@@ -11,15 +11,15 @@ the last stage are accurate or 4 iterations have run. Watch it with `verdi proce
 `verdi process report <PK>`.
 """
 
+import sys
 from pathlib import Path
 
 from aiida import orm
-from aiida.engine import run_get_node
 from pymatgen.core import Lattice, Structure
 
 from tace_aiida.dask_cluster import ensure_local_cluster
 from tace_aiida.profile import DASK_COMPUTER, LOCAL_COMPUTER
-from tace_aiida.run_summary import export_run, summarise
+from tace_aiida.run_summary import run_or_submit
 from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
 
 
@@ -64,10 +64,7 @@ def main() -> None:
     builder.stopping = orm.Dict({"accurate_fraction": 0.9, "max_iterations": 4})
     builder.metadata.label = "Cu EMT active learning"
 
-    _, node = run_get_node(builder)
-    print("\n".join(summarise(node)))
-    for path in export_run(node, Path("al_cu_emt")):
-        print(f"written: {path}")
+    run_or_submit(builder, Path("al_cu_emt"), sys.argv[1:])
 
 
 main()

@@ -33,3 +33,26 @@ def export_run(node: orm.WorkflowNode, folder: Path) -> list[Path]:
     members = [potential.write_checkpoint(folder / f"member{index}.pt")
                for index, potential in enumerate(node.outputs.ensemble.values())]
     return members + plot_run(node, folder)
+
+
+def run_or_submit(builder, folder: Path, arguments: list[str]) -> None:
+    """What the examples do with their builder: run it here, or submit it to the daemon with ``--submit``.
+
+    Run: wait, then print :func:`summarise` and write :func:`export_run` into ``folder``. Submitted:
+    print the PK and how to follow the run; ``tace-aiida summary PK`` does the rest once it has ended.
+    """
+    from aiida.engine import run_get_node, submit
+
+    unknown = [argument for argument in arguments if argument != "--submit"]
+    if unknown:
+        raise SystemExit(f"unknown arguments {unknown}; the only option is --submit (run on the daemon)")
+    if "--submit" in arguments:
+        node = submit(builder)
+        print(f"submitted {node.process_label}<{node.pk}> to the daemon (start it with `verdi daemon start 2`)")
+        print(f"  follow it:   verdi process status {node.pk}  |  verdi process report {node.pk}")
+        print(f"  when ended:  tace-aiida summary {node.pk} --output {folder}")
+        return
+    _, node = run_get_node(builder)
+    print("\n".join(summarise(node)))
+    for path in export_run(node, folder):
+        print(f"written: {path}")
