@@ -83,7 +83,11 @@ def atoms_to_graph(
     keys: LabelKeys | None = None,
     dtype: torch.dtype | None = None,
 ) -> dict[str, Tensor]:
-    """One structure as a graph dict; labels are read when ``keys`` is given."""
+    """One structure as a graph dict; labels are read when ``keys`` is given.
+
+    A stress label is read only for cells periodic in all three directions: the stress of a
+    molecule or a slab (periodic in one or two) depends on its arbitrary vacuum, so is no label.
+    """
     dtype = dtype or torch.get_default_dtype()
     senders, receivers, shifts = edges_within_cutoff(atoms, r_max)
     n_atoms = len(atoms)
@@ -99,7 +103,7 @@ def atoms_to_graph(
         return graph
     energy = read_label(atoms, keys.energy, per_atom=False)
     forces = read_label(atoms, keys.forces, per_atom=True)
-    stress = read_label(atoms, keys.stress, per_atom=False)
+    stress = read_label(atoms, keys.stress, per_atom=False) if atoms.pbc.all() else None
     if energy is not None:
         energy = checked_label(energy, keys.energy, [(), (1,)])
     if forces is not None:

@@ -164,15 +164,26 @@ def ema_with_warmup(decay: float):
 
 
 def loss_function(out, batch: dict[str, Tensor], config: TrainingConfig) -> Tensor:
-    """Weighted mean squared errors of energy per atom, force components and stress components."""
+    """Weighted mean squared errors of energy per atom, force components and stress components.
+
+    Unlabelled entries are masked with ``torch.where`` (never multiplied by a zero mask), and the
+    predicted stress is the virial over the volume of the labelled cells only: a molecule's zero
+    volume would give ``0 * inf = nan`` in the loss or its gradient.
+    """
     energy_error = (out.energy - batch["energy"]) / batch["num_atoms"]
-    loss = config.energy_weight * (batch["has_energy"] * energy_error**2).mean()
+    loss = config.energy_weight * masked_mean(energy_error**2, batch["has_energy"])
     force_mask = batch["has_forces"][batch["batch"]][:, None]
-    loss = loss + config.forces_weight * (force_mask * (out.forces - batch["forces"]) ** 2).mean()
-    if out.stress is not None:
-        stress_mask = batch["has_stress"][:, None, None]
-        loss = loss + config.stress_weight * (stress_mask * (out.stress - batch["stress"]) ** 2).mean()
+    loss = loss + config.forces_weight * masked_mean((out.forces - batch["forces"]) ** 2, force_mask)
+    if out.virial is not None:
+        has_stress = batch["has_stress"].bool()[:, None, None]
+        volume = torch.where(has_stress, torch.linalg.det(batch["cell"]).abs()[:, None, None], 1.0)
+        loss = loss + config.stress_weight * masked_mean((-out.virial / volume - batch["stress"]) ** 2, has_stress)
     return loss
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` with the entries where ``mask`` is false (or 0) counted as zero."""
+    return torch.where(mask.bool(), values, torch.zeros_like(values)).mean()
 
 
 def _epoch_batches(graphs: Sequence[dict[str, Tensor]], batch_size: int, generator: torch.Generator) -> list[dict]:
