@@ -9,9 +9,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import get_type_hints
 
-import torch
 import yaml
 
+from .data import is_device
 from .potential import ModelConfig
 from .validation import (
     NON_EMPTY, Rule, at_least, check_dataclass, check_settings, each_at_least, greater_than, one_of, within,
@@ -30,16 +30,6 @@ MODEL_RULES: dict[str, Rule] = {
 }
 
 
-def _is_device(name: str) -> bool:
-    if name == "auto":
-        return True
-    try:
-        torch.device(name)
-    except RuntimeError:
-        return False
-    return True
-
-
 #: Ranges of the training settings (lr in the optimiser's units, time_budget in s).
 TRAINING_RULES: dict[str, Rule] = {
     "train_file": NON_EMPTY, "energy_key": NON_EMPTY, "forces_key": NON_EMPTY, "stress_key": NON_EMPTY,
@@ -51,7 +41,7 @@ TRAINING_RULES: dict[str, Rule] = {
     "ema_decay": within(0.0, 1.0), "scheduler_factor": (lambda value: 0 < value < 1, "in (0, 1)"),
     "scheduler_patience": at_least(0), "batch_size": at_least(1), "valid_batch_size": at_least(1),
     "max_epochs": at_least(1), "time_budget": greater_than(0.0), "patience": at_least(1), "seed": at_least(0),
-    "device": (_is_device, "'auto' or a torch device such as 'cpu', 'cuda' or 'cuda:1'"),
+    "device": (is_device, "'auto' or a torch device such as 'cpu', 'cuda' or 'cuda:1'"),
     "dtype": one_of("float32", "float64"),
     "output_dir": NON_EMPTY, "checkpoint_name": NON_EMPTY, "metrics_name": NON_EMPTY,
 }

@@ -164,6 +164,17 @@ def to_device(batch: dict[str, Tensor], device: torch.device | str) -> dict[str,
     return {key: value.to(device) for key, value in batch.items()}
 
 
+def is_device(name: str) -> bool:
+    """Whether ``name`` is ``auto`` or a device name torch parses (``cpu``, ``cuda:1`` ...), present or not."""
+    if name == "auto":
+        return True
+    try:
+        torch.device(name)
+    except RuntimeError:
+        return False
+    return True
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; any other name as given."""
     if name == "auto":

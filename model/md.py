@@ -3,8 +3,11 @@
 Runs in a job's working directory with no database. Reads ``md.json`` (settings, below),
 ``structure.extxyz`` and the checkpoints named in the settings; writes ``trajectory.npz`` and
 ``md_result.json`` (``stop_reason``: ``completed``, ``uncertainty`` when the max force deviation
-passed ``max_force_std``, or ``unphysical`` when atoms came closer than ``min_distance`` or the
-energy stopped being finite).
+passed ``max_force_std``, or ``unphysical`` when atoms came closer than ``min_distance``, overlapped
+as :func:`~tace_aiida.model.validation.check_structure` refuses for training, or the energy
+stopped being finite). Before any step the settings (types and ranges), the checkpoints (readable,
+one species and cutoff) and the start structure (no overlap, a cell with volume, only the
+ensemble's elements) are checked; a refused run writes nothing.
 
 Settings (units: K, GPa, fs, eV/Å, Å, 1/fs):
 
@@ -23,13 +26,13 @@ Settings (units: K, GPa, fs, eV/Å, Å, 1/fs):
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 from ase import Atoms, units
-from ase.io import read
 from ase.md.bussi import Bussi
 from ase.md.langevin import Langevin
 from ase.md.md import MolecularDynamics
@@ -38,11 +41,25 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 
 from .calculator import TACECalculator
+from .checkpoint import read_checkpoint
+from .data import is_device, species_indices
+from .validation import (
+    Rule, at_least, check_dataclass, check_ensemble, check_structure, greater_than, overlapping_pair, read_structures,
+)
 
 SETTINGS = "md.json"
 STRUCTURE = "structure.extxyz"
 TRAJECTORY = "trajectory.npz"
 RESULT = "md_result.json"
+
+#: Ranges of the settings (K, GPa, fs, eV/Å, Å, 1/fs).
+MD_RULES: dict[str, Rule] = {
+    "temperature": at_least(0.0), "pressure": (math.isfinite, "finite"), "timestep": greater_than(0.0),
+    "steps": at_least(1), "save_interval": at_least(1), "friction": at_least(0.0),
+    "thermostat_time": greater_than(0.0), "barostat_time": greater_than(0.0), "max_force_std": greater_than(0.0),
+    "min_distance": at_least(0.0), "seed": at_least(0),
+    "device": (is_device, "'auto' or a torch device such as 'cpu', 'cuda' or 'cuda:1'"),
+}
 
 
 @dataclass
@@ -66,12 +83,11 @@ class MDSettings:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        check_dataclass(self, MD_RULES, "MD setting")
         if self.ensemble not in ("nve", "nvt", "npt"):
             raise ValueError(f"ensemble must be nve, nvt or npt, not {self.ensemble!r}")
         if self.ensemble == "nvt" and self.thermostat not in ("langevin", "bussi"):
             raise ValueError(f"NVT thermostat must be langevin or bussi, not {self.thermostat!r}")
-        if self.steps < 1 or self.save_interval < 1 or self.timestep <= 0:
-            raise ValueError(f"steps={self.steps}, save_interval={self.save_interval} and timestep={self.timestep} must be positive")
 
     @classmethod
     def from_dict(cls, data: dict) -> "MDSettings":
@@ -125,7 +141,8 @@ class FrameRecorder:
     def record(self, step: int) -> None:
         results = self.atoms.calc.results
         energy = results["energy"]
-        if not np.isfinite(energy) or closest_distance(self.atoms) < self.settings.min_distance:
+        too_close = closest_distance(self.atoms) < self.settings.min_distance or overlapping_pair(self.atoms) is not None
+        if not np.isfinite(energy) or too_close:
             self.stop_reason = "unphysical"
             return
         values = {
@@ -168,12 +185,39 @@ def run_md(atoms: Atoms, settings: MDSettings, calculator: TACECalculator) -> tu
     return recorder.arrays(), summary
 
 
+def read_settings(path: Path) -> MDSettings:
+    """The settings in the JSON file ``path``; an error names the file."""
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a {type(data).__name__}, not a mapping of settings")
+        return MDSettings.from_dict(data)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def check_start(atoms: Atoms, checkpoints: list[Path]) -> None:
+    """The checkpoints are readable and share species and cutoff, and ``atoms`` is a sound structure
+    of the ensemble's elements; errors name the file."""
+    if not checkpoints:
+        raise ValueError(f"{SETTINGS} names no checkpoints")
+    members = {str(path): read_checkpoint(path)["model_config"] for path in checkpoints}
+    check_ensemble(members)
+    try:
+        check_structure(atoms)
+        species_indices(atoms, members[str(checkpoints[0])]["atomic_numbers"])
+    except ValueError as error:
+        raise ValueError(f"{STRUCTURE} ({atoms.get_chemical_formula()}): {error}") from None
+
+
 def main(folder: Path | None = None) -> int:
     folder = folder or Path.cwd()
     try:
-        settings = MDSettings.from_dict(json.loads((folder / SETTINGS).read_text()))
-        atoms = read(folder / STRUCTURE)
-        calculator = TACECalculator([folder / path for path in settings.checkpoints], device=settings.device)
+        settings = read_settings(folder / SETTINGS)
+        atoms = read_structures(folder / STRUCTURE)[-1]
+        checkpoints = [folder / path for path in settings.checkpoints]
+        check_start(atoms, checkpoints)
+        calculator = TACECalculator(checkpoints, device=settings.device)
         arrays, summary = run_md(atoms, settings, calculator)
     except (ValueError, OSError) as error:
         print(f"tace-md: {error}", file=sys.stderr)

@@ -52,7 +52,7 @@ def each_at_least(low: int) -> Rule:
     return (lambda values: all(v >= low for v in values), f"a list of integers >= {low}")
 
 
-NON_EMPTY: Rule = (lambda value: value != "", "a non-empty string")
+NON_EMPTY: Rule = (lambda value: len(value) > 0, "non-empty")
 
 
 def matches_type(value: Any, hint: Any) -> bool:
@@ -167,3 +167,17 @@ def check_structure(atoms: Atoms) -> None:
             f"{which} are {distance:.3g} Å apart, less than {threshold:.3g} Å "
             f"({OVERLAP_FRACTION} times the sum of their covalent radii): overlapping atoms"
         )
+
+
+#: Model settings every member of one ensemble must share: its species and its cutoff (Å).
+ENSEMBLE_SHARED = ("atomic_numbers", "r_max")
+
+
+def check_ensemble(members: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse an ensemble (checkpoint file -> its model settings) whose members differ in
+    :data:`ENSEMBLE_SHARED`; the message names the two files and the difference."""
+    (first, reference), *others = members.items()
+    for path, settings in others:
+        for key in ENSEMBLE_SHARED:
+            if settings[key] != reference[key]:
+                raise ValueError(f"ensemble members {first} and {path} differ in {key}: {reference[key]} and {settings[key]}")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +18,15 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.cluster import Octahedron
 from ase.io import write
 
+from tace_aiida.model import md
 from tace_aiida.model.checkpoint import save_checkpoint
 from tace_aiida.model.cli import eval_main, train_main
 from tace_aiida.model.config import TrainingConfig
 from tace_aiida.model.data import LabelKeys, atoms_to_graph, collate
+from tace_aiida.model.potential import CartesianTensorPotential
 from tace_aiida.model.training import loss_function, prepare_data, train
 
-from .conftest import small_model
+from .conftest import periodic_cell, small_model
 
 
 @pytest.mark.parametrize("settings,message", [
@@ -246,3 +250,64 @@ def test_a_set_of_molecules_slabs_and_cells_trains_and_learns_stress(tmp_path):
     stress_rmse = [r["valid_stress_rmse"] for r in records]
     print("validation stress RMSE (eV/Å^3) per epoch:", stress_rmse)
     assert min(stress_rmse[-3:]) < 0.5 * stress_rmse[0]
+
+
+def md_folder(folder: Path, atoms: Atoms, members: dict[str, CartesianTensorPotential], **settings) -> Path:
+    """A tace-md job folder: the members as checkpoints, ``atoms`` as the start, a 2-step NVE run."""
+    for name, model in members.items():
+        save_checkpoint(folder / name, model)
+    (folder / md.SETTINGS).write_text(json.dumps({"checkpoints": list(members), "ensemble": "nve", "steps": 2,
+                                                  "save_interval": 1, "device": "cpu", **settings}))
+    write(folder / md.STRUCTURE, atoms, format="extxyz")
+    (folder / md.TRAJECTORY).write_bytes(b"an earlier trajectory")
+    return folder
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:3000])
+
+
+def overlapping(atoms: Atoms) -> Atoms:
+    atoms = atoms.copy()
+    atoms.positions[3] = atoms.positions[0] + [0.0, 0.02, 0.0]
+    return atoms
+
+
+def with_copper(atoms: Atoms) -> Atoms:
+    atoms = atoms.copy()
+    atoms.numbers[1] = 29
+    return atoms
+
+
+@pytest.mark.parametrize("start,second,settings,damage,message", [
+    (with_copper, {}, {}, None, "structure.extxyz \\(\\w*Cu\\w*\\): \\w*Cu\\w* contains Cu, which the model was not "
+                                "trained on \\(it knows H, C, N, O\\)"),
+    (overlapping, {}, {}, None, "structure.extxyz \\(\\w+\\): atoms 0 \\(\\w\\) and 3 \\(\\w\\) are 0.02 Å apart"),
+    (None, {"r_max": 4.0}, {}, None, "ensemble members {folder}/m0.pt and {folder}/m1.pt differ in r_max: 5.0 and 4.0"),
+    (None, {"atomic_numbers": [1, 6, 8], "atomic_energies": [0.0, 0.0, 0.0]}, {}, None,
+     "ensemble members {folder}/m0.pt and {folder}/m1.pt differ in atomic_numbers: \\[1, 6, 7, 8\\] and \\[1, 6, 8\\]"),
+    (None, {}, {}, truncate, "{folder}/m1.pt is not a readable tace-aiida checkpoint"),
+    (None, {}, {"temperature": -10}, None, "{folder}/md.json: MD setting temperature=-10 must be >= 0.0"),
+    (None, {}, {"steps": 0}, None, "{folder}/md.json: MD setting steps=0 must be >= 1"),
+    (None, {}, {"timestep": -0.5}, None, "{folder}/md.json: MD setting timestep=-0.5 must be > 0.0"),
+    (None, {}, {"steps": "many"}, None, "{folder}/md.json: MD setting steps: 'many' is not an integer"),
+])
+def test_tace_md_refuses_bad_starts_ensembles_and_settings(tmp_path, capsys, start, second, settings, damage, message):
+    atoms = periodic_cell(seed=2)
+    folder = md_folder(tmp_path, start(atoms) if start else atoms, {"m0.pt": small_model(), "m1.pt": small_model(1, **second)},
+                       **settings)
+    if damage:
+        damage(folder / "m1.pt")
+    assert md.main(folder) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and re.match("tace-md: " + message.format(folder=folder), lines[0]), lines
+    assert (folder / md.TRAJECTORY).read_bytes() == b"an earlier trajectory"
+    assert not (folder / md.RESULT).exists()
+
+
+def test_md_stops_where_the_trainer_would_refuse_the_frame():
+    atoms = Atoms("H2", positions=[[0.0, 0.0, 0.0], [0.0, 0.0, 0.2]])
+    atoms.calc = SinglePointCalculator(atoms, energy=0.0)
+    recorder = md.FrameRecorder(atoms, md.MDSettings(min_distance=0.0))
+    recorder.record(0)
+    assert recorder.stop_reason == "unphysical" and not recorder.frames["steps"]
