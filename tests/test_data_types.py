@@ -11,6 +11,8 @@ from tace_aiida.calculations.functions import merge_datasets, structures_to_data
 from tace_aiida.data import PotentialData, TrainingSetData
 from tace_aiida.model.checkpoint import CheckpointError
 
+from .helpers.legacy_dataset import extxyz_dataset
+
 
 def test_dataset_round_trip_keeps_labels_and_metadata(aiida_profile, frames_300K):
     frames = [a.copy() for a in frames_300K[:5]]
@@ -115,20 +117,8 @@ def labelled_copper(count: int, start: int = 0) -> list:
 
 
 def legacy_dataset(frames) -> TrainingSetData:
-    """A dataset stored as before the frame store: one extxyz file, attributes without ``format``."""
-    import io
-
-    from ase.io import write
-
-    node = TrainingSetData()
-    node.base.repository.delete_object("frames.h5")
-    handle = io.StringIO()
-    write(handle, frames, format="extxyz")
-    node.base.repository.put_object_from_bytes(handle.getvalue().encode(), "dataset.extxyz")
-    node.base.attributes.delete("format")
-    node.base.attributes.set_many({"num_structures": len(frames), "num_atoms": sum(len(a) for a in frames),
-                                   "elements": ["Cu"], "label_counts": {"energy": len(frames), "forces": len(frames), "stress": len(frames)}})
-    return node.store()
+    """A stored dataset made the old way (one extxyz file, no ``format`` attribute)."""
+    return extxyz_dataset(frames).store()
 
 
 def same_frames(first, second) -> bool:

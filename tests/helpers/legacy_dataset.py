@@ -1,0 +1,30 @@
+"""A ``tace.dataset`` as stored before the frame store: one extxyz file, attributes without ``format``."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+from ase import Atoms
+from ase.io import write
+
+from tace_aiida.data import TrainingSetData
+from tace_aiida.model.frames import LABELS, frame_labels
+
+
+def extxyz_dataset(frames: Sequence[Atoms]) -> TrainingSetData:
+    """An unstored dataset holding ``frames`` in ``dataset.extxyz``, as the code before the frame store wrote it."""
+    node = TrainingSetData()
+    node.base.repository.delete_object("frames.h5")
+    handle = io.StringIO()
+    write(handle, list(frames), format="extxyz")
+    node.base.repository.put_object_from_bytes(handle.getvalue().encode(), "dataset.extxyz")
+    node.base.attributes.delete("format")
+    labels = [frame_labels(atoms) for atoms in frames]
+    node.base.attributes.set_many({
+        "num_structures": len(frames),
+        "num_atoms": sum(len(atoms) for atoms in frames),
+        "elements": sorted({symbol for atoms in frames for symbol in atoms.get_chemical_symbols()}),
+        "label_counts": {key: sum(key in found for found in labels) for key in LABELS},
+    })
+    return node
