@@ -12,14 +12,22 @@ With ``relative=True`` each atom's deviation is divided by its mean force magnit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 from scipy.stats import spearmanr
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 
+from tace_aiida.model.validation import Rule, at_least, check_dataclass, greater_than, one_of
+
 ACCURATE, CANDIDATE, FAILED = "accurate", "candidate", "failed"
+
+#: Ranges of the settings (eV/Å, or dimensionless when ``relative``); trust_high may be inf.
+RULES: dict[str, Rule] = {
+    "trust_low": at_least(0.0), "trust_high": greater_than(0.0), "relative_epsilon": greater_than(0.0),
+    "max_selected": at_least(0), "diversity": one_of("kmeans", "fps", "none"), "seed": at_least(0),
+}
 
 
 @dataclass
@@ -32,8 +40,9 @@ class TrustWindow:
     relative_epsilon: float = 1.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.trust_low < self.trust_high:
-            raise ValueError(f"need 0 <= trust_low < trust_high, got {self.trust_low} and {self.trust_high}")
+        check_dataclass(self, RULES, "selection setting")
+        if not self.trust_low < self.trust_high:
+            raise ValueError(f"selection setting trust_low={self.trust_low} must be < trust_high={self.trust_high}")
 
 
 @dataclass
@@ -47,20 +56,36 @@ class SelectionSettings:
     seed: int = 1
 
     def __post_init__(self) -> None:
-        if self.diversity not in ("kmeans", "fps", "none"):
-            raise ValueError(f"diversity must be kmeans, fps or none, not {self.diversity!r}")
-        if self.max_selected < 0:
-            raise ValueError(f"max_selected must be >= 0, not {self.max_selected}")
+        check_dataclass(self, RULES, "selection setting")
 
     @classmethod
     def from_dict(cls, data: dict) -> "SelectionSettings":
+        """From a flat mapping: the window's settings, ``families`` (name -> window settings) and the rest."""
         data = dict(data)
-        window = TrustWindow(**{k: data.pop(k) for k in list(data) if k in TrustWindow.__dataclass_fields__})
-        families = {name: TrustWindow(**values) for name, values in data.pop("families", {}).items()}
-        return cls(window=window, family_windows=families, **data)
+        window_keys = {f.name for f in fields(TrustWindow)}
+        known = window_keys | {"families", "max_selected", "diversity", "seed"}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown selection settings {sorted(unknown)}; known are {sorted(known)}")
+        window = TrustWindow(**{k: data.pop(k) for k in list(data) if k in window_keys})
+        families = data.pop("families", {})
+        if not isinstance(families, dict):
+            raise ValueError(f"selection setting families: {families!r} is not a mapping of family name to trust window")
+        windows = {name: family_window(name, values, window_keys) for name, values in families.items()}
+        return cls(window=window, family_windows=windows, **data)
 
     def window_for(self, family: str | None) -> TrustWindow:
         return self.family_windows.get(family, self.window) if family else self.window
+
+
+def family_window(name: str, values: object, window_keys: set[str]) -> TrustWindow:
+    """The trust window of family ``name``; errors name the family."""
+    if not isinstance(values, dict) or set(values) - window_keys:
+        raise ValueError(f"selection family {name!r}: {values!r} is not a mapping of {sorted(window_keys)}")
+    try:
+        return TrustWindow(**values)
+    except ValueError as error:
+        raise ValueError(f"selection family {name!r}: {error}") from None
 
 
 def frame_deviation(forces: np.ndarray, forces_std: np.ndarray, window: TrustWindow) -> np.ndarray:

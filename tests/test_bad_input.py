@@ -18,6 +18,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.cluster import Octahedron
 from ase.io import write
 
+from tace_aiida.labelling import runner
 from tace_aiida.model import md
 from tace_aiida.model.checkpoint import save_checkpoint
 from tace_aiida.model.cli import eval_main, train_main
@@ -311,3 +312,61 @@ def test_md_stops_where_the_trainer_would_refuse_the_frame():
     recorder = md.FrameRecorder(atoms, md.MDSettings(min_distance=0.0))
     recorder.record(0)
     assert recorder.stop_reason == "unphysical" and not recorder.frames["steps"]
+
+
+def label_folder(folder: Path, settings: dict, structures: list[Atoms] | str) -> Path:
+    (folder / runner.SETTINGS).write_text(json.dumps(settings))
+    if isinstance(structures, str):
+        (folder / runner.STRUCTURES).write_text(structures)
+    else:
+        write(folder / runner.STRUCTURES, structures, format="extxyz")
+    return folder
+
+
+@pytest.mark.parametrize("path,message", [
+    ("ase.calculators.emtx.EMT", "cannot import the ASE calculator 'ase.calculators.emtx.EMT': "
+                                 "module 'ase.calculators.emtx' was not found"),
+    ("nopackage.Calc", "cannot import the ASE calculator 'nopackage.Calc': module 'nopackage' was not found"),
+    ("ase.calculators.emt.EMTX", "cannot import the ASE calculator 'ase.calculators.emt.EMTX': "
+                                 "module 'ase.calculators.emt' has no 'EMTX'"),
+    ("needs_absent.Calc", "cannot import the ASE calculator 'needs_absent.Calc': module 'needs_absent' needs "
+                          "module 'absent_dependency', which was not found"),
+    ("broken_module.Calc", "cannot import the ASE calculator 'broken_module.Calc': importing module 'broken_module' "
+                           "failed: ZeroDivisionError: division by zero"),
+    ("EMT", "the ASE calculator 'EMT' is no import path such as 'ase.calculators.emt.EMT'"),
+])
+def test_labeller_import_path_names_the_part_that_failed(tmp_path, monkeypatch, path, message):
+    (tmp_path / "needs_absent.py").write_text("import absent_dependency\n")
+    (tmp_path / "broken_module.py").write_text("1 / 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError) as error:
+        runner.calculator_class(path)
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("settings,structures,message", [
+    ({"calculator": "ase.calculators.emt.EMT"}, "", "structures.extxyz holds no structures"),
+    ({"calculator": "ase.calculators.emt.EMT"}, "2\nProperties=species:S:1:pos:R:3\nCu 0 0 0\nCu 2 x 0\n",
+     "structures.extxyz: cannot read frame 0 \\(from line 1\\): ValueError: could not convert string to float: 'x'"),
+    ({"calculator": "ase.calculators.emt.EMT", "properties": ["energy", "charges"]}, None,
+     "label.json setting properties=\\['energy', 'charges'\\] must be a non-empty list of \\('energy', 'forces', 'stress'\\)"),
+    ({"calculator": "ase.calculators.emt.EMT", "parameters": [1]}, None, "label.json setting parameters: \\[1\\] is not a mapping"),
+    ({"calculator": "ase.calculators.emt.EMT", "params": {}}, None, "label.json must map 'calculator'"),
+    ({"calculator": "nopackage.Calc"}, None, "module 'nopackage' was not found"),
+])
+def test_tace_label_refuses_bad_settings_and_files_before_labelling(tmp_path, monkeypatch, capsys, settings, structures, message):
+    label_folder(tmp_path, settings, [bulk("Cu")] if structures is None else structures)
+    monkeypatch.chdir(tmp_path)
+    assert runner.main() == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), lines
+    assert not (tmp_path / runner.LABELLED).exists() and not (tmp_path / runner.REPORT).exists()
+
+
+def test_labeller_reports_an_overlapping_structure_as_failed_and_labels_the_rest(tmp_path):
+    overlapping = bulk("Cu", cubic=True)
+    overlapping.positions[1] = overlapping.positions[0] + [0.05, 0.0, 0.0]
+    label_folder(tmp_path, {"calculator": "ase.calculators.emt.EMT"}, [bulk("Cu"), overlapping])
+    report = runner.label_all(tmp_path)
+    assert [entry["status"] for entry in report] == ["ok", "failed"]
+    assert "atoms 0 (Cu) and 1 (Cu) are 0.05 Å apart" in report[1]["error"]

@@ -15,7 +15,7 @@ def test_trust_window_classes():
     window = TrustWindow(trust_low=0.1, trust_high=0.3)
     labels = classify(np.array([0.05, 0.1, 0.2, 0.3, 0.31]), window)
     assert labels.tolist() == [ACCURATE, CANDIDATE, CANDIDATE, CANDIDATE, FAILED]
-    with pytest.raises(ValueError, match="trust_low < trust_high"):
+    with pytest.raises(ValueError, match="selection setting trust_low=0.3 must be < trust_high=0.1"):
         TrustWindow(trust_low=0.3, trust_high=0.1)
 
 
@@ -54,8 +54,29 @@ def test_settings_from_dict_and_families():
     assert settings.window_for(None).trust_low == 0.02
     assert settings.window_for("hot").trust_high == 0.4
     assert settings.window_for("cold").trust_high == 0.2
-    with pytest.raises(ValueError, match="diversity must be"):
+    with pytest.raises(ValueError, match="selection setting diversity='random' must be one of 'kmeans', 'fps', 'none'"):
         SelectionSettings(diversity="random")
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"trust_low": 0.3, "trust_high": 0.3}, "selection setting trust_low=0.3 must be < trust_high=0.3"),
+    ({"trust_low": -0.1}, "selection setting trust_low=-0.1 must be >= 0.0"),
+    ({"trust_high": "high"}, "selection setting trust_high: 'high' is not a number"),
+    ({"relative_epsilon": 0.0}, "selection setting relative_epsilon=0.0 must be > 0.0"),
+    ({"relative": "yes"}, "selection setting relative: 'yes' is not true or false"),
+    ({"max_selected": -1}, "selection setting max_selected=-1 must be >= 0"),
+    ({"max_selected": 2.5}, "selection setting max_selected: 2.5 is not an integer"),
+    ({"seed": -2}, "selection setting seed=-2 must be >= 0"),
+    ({"trsut_low": 0.1}, "unknown selection settings \\['trsut_low'\\]"),
+    ({"families": {"hot": {"trust_low": 0.5, "trust_high": 0.4}}},
+     "selection family 'hot': selection setting trust_low=0.5 must be < trust_high=0.4"),
+    ({"families": {"hot": {"trust_lo": 0.5}}}, "selection family 'hot': \\{'trust_lo': 0.5\\} is not a mapping of"),
+    ({"families": ["hot"]}, "selection setting families: \\['hot'\\] is not a mapping"),
+])
+def test_out_of_range_settings_are_named(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SelectionSettings.from_dict(settings)
+    assert TrustWindow(0.0, np.inf).trust_high == np.inf
 
 
 def test_spearman():

@@ -8,8 +8,10 @@ database. Reads ``label.json``::
 and writes ``labelled.extxyz`` (the structures that succeeded, labels in eV, eV/Å, eV/Å^3, each
 frame's info keeping ``input_index``) and ``label_report.json`` (one entry per input structure:
 ``{"index": i, "status": "ok" | "failed", "error": "...", "seconds": t}``). One structure's
-failure (no SCF convergence, a crash, a missing or non-finite force) never stops the others and
-never becomes a label.
+failure (overlapping atoms or a collapsed cell as the trainer refuses them, no SCF convergence, a
+crash, a missing or non-finite force) never stops the others and never becomes a label. Bad
+settings, an import path that does not import, and an empty or malformed structure file stop the
+job before any labelling, with one line that names the value.
 """
 
 from __future__ import annotations
@@ -25,21 +27,53 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.io import read, write
+from ase.io import write
+
+from tace_aiida.model.validation import check_settings, check_structure, read_structures
 
 SETTINGS = "label.json"
 STRUCTURES = "structures.extxyz"
 LABELLED = "labelled.extxyz"
 REPORT = "label_report.json"
+PROPERTIES = ("energy", "forces", "stress")
+SETTING_TYPES = {"calculator": str, "parameters": dict, "properties": list[str]}
 
 
 def calculator_class(path: str) -> type[Calculator]:
-    """The class named by ``package.module.Class`` or ``package.module:Class``."""
+    """The class named by ``package.module.Class`` or ``package.module:Class``; an error names the
+    path and the part of it that did not import."""
     module_name, _, class_name = path.replace(":", ".").rpartition(".")
+    if not module_name or not class_name:
+        raise ValueError(f"the ASE calculator {path!r} is no import path such as 'ase.calculators.emt.EMT'")
     try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"cannot import the ASE calculator {path!r}: {error}") from error
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        missing = error.name or module_name
+        if module_name == missing or module_name.startswith(missing + "."):
+            reason = f"module {missing!r} was not found"
+        else:
+            reason = f"module {module_name!r} needs module {missing!r}, which was not found"
+        raise ValueError(f"cannot import the ASE calculator {path!r}: {reason}") from error
+    except Exception as error:  # importing runs the module's code, which may fail in any way
+        raise ValueError(f"cannot import the ASE calculator {path!r}: importing module {module_name!r} failed: "
+                         f"{type(error).__name__}: {error}") from error
+    if not hasattr(module, class_name):
+        raise ValueError(f"cannot import the ASE calculator {path!r}: module {module_name!r} has no {class_name!r}")
+    return getattr(module, class_name)
+
+
+def read_settings(folder: Path) -> dict:
+    """``label.json`` checked: a calculator import path, its keyword arguments, the properties."""
+    path = folder / SETTINGS
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+    if not isinstance(settings, dict) or "calculator" not in settings or set(settings) - set(SETTING_TYPES):
+        raise ValueError(f"{path} must map 'calculator' (and optionally 'parameters', 'properties') to values, not {settings!r}")
+    rules = {"properties": (lambda names: 0 < len(names) and set(names) <= set(PROPERTIES), f"a non-empty list of {PROPERTIES}")}
+    check_settings(settings, SETTING_TYPES, rules, f"{path} setting")
+    return settings
 
 
 def label_structure(atoms: Atoms, calculator: Calculator, properties: list[str]) -> Atoms:
@@ -61,14 +95,15 @@ def label_structure(atoms: Atoms, calculator: Calculator, properties: list[str])
 
 def label_all(folder: Path) -> list[dict]:
     """Label every structure in ``folder``; returns the per-structure report."""
-    settings = json.loads((folder / SETTINGS).read_text())
+    settings = read_settings(folder)
     calculator_type = calculator_class(settings["calculator"])
-    properties = settings.get("properties", ["energy", "forces", "stress"])
-    structures = read(folder / STRUCTURES, index=":")
+    properties = settings.get("properties", list(PROPERTIES))
+    structures = read_structures(folder / STRUCTURES)
     report, labelled = [], []
     for index, atoms in enumerate(structures):
         started = time.monotonic()
         try:
+            check_structure(atoms)
             calculator = calculator_type(**settings.get("parameters", {}))
             frame = label_structure(atoms, calculator, properties)
         except Exception as error:  # a labeller may fail in any way; record it and go on
@@ -86,7 +121,7 @@ def label_all(folder: Path) -> list[dict]:
 def main() -> int:
     try:
         report = label_all(Path.cwd())
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         print(f"tace-label: {error}", file=sys.stderr)
         return 2
     failed = sum(entry["status"] == "failed" for entry in report)
