@@ -45,12 +45,14 @@ def edges_within_cutoff(atoms: Atoms, r_max: float) -> tuple[np.ndarray, np.ndar
 def read_label(atoms: Atoms, key: str, per_atom: bool) -> np.ndarray | None:
     """A label from ``atoms.arrays``/``atoms.info``, else from the attached calculator's results."""
     store = atoms.arrays if per_atom else atoms.info
-    if key in store:
-        return np.asarray(store[key], dtype=float)
     results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
-    if key in results:
-        return np.asarray(results[key], dtype=float)
-    return None
+    value = store[key] if key in store else results.get(key)
+    if value is None:
+        return None
+    try:
+        return np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"its {key!r} label is not numeric: {value!r}") from None
 
 
 def checked_label(value: np.ndarray, key: str, shapes: Sequence[tuple[int, ...]], per_atom: bool = False) -> np.ndarray:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import pickle
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -20,12 +22,13 @@ from ase.io import write
 
 from tace_aiida.labelling import runner
 from tace_aiida.model import md
-from tace_aiida.model.checkpoint import save_checkpoint
+from tace_aiida.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from tace_aiida.model.cli import eval_main, train_main
 from tace_aiida.model.config import TrainingConfig
-from tace_aiida.model.data import LabelKeys, atoms_to_graph, collate
+from tace_aiida.model.data import LabelKeys, atoms_to_graph, collate, frames_to_graphs
 from tace_aiida.model.potential import CartesianTensorPotential
 from tace_aiida.model.training import loss_function, prepare_data, train
+from tace_aiida.model.validation import read_structures
 
 from .conftest import periodic_cell, small_model
 
@@ -370,3 +373,57 @@ def test_labeller_reports_an_overlapping_structure_as_failed_and_labels_the_rest
     report = runner.label_all(tmp_path)
     assert [entry["status"] for entry in report] == ["ok", "failed"]
     assert "atoms 0 (Cu) and 1 (Cu) are 0.05 Å apart" in report[1]["error"]
+
+
+class WritesMarker:
+    """Unpickling this runs ``touch <marker>``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("save,unsafe_load", [
+    (pickle.dump, pickle.load), (torch.save, lambda handle: torch.load(handle, weights_only=False)),
+], ids=["pickle", "torch.save"])
+def test_a_checkpoint_whose_pickle_runs_code_is_refused_without_running_it(tmp_path, save, unsafe_load):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "malicious.pt"
+    with open(path, "wb") as handle:
+        save({"format": "tace-aiida-potential", "format_version": 1, "payload": WritesMarker(marker)}, handle)
+    with pytest.raises(CheckpointError, match="malicious.pt is not a readable tace-aiida checkpoint"):
+        read_checkpoint(path)
+    assert not marker.exists()
+    with open(path, "rb") as handle:
+        unsafe_load(handle)
+    assert marker.exists(), "the payload is live: an unsafe loader would have run it"
+
+
+def test_extxyz_fields_that_look_like_code_load_as_plain_data(tmp_path):
+    marker = tmp_path / "code-ran"
+    code = f"__import__('os').system('touch {marker}')"
+    path = tmp_path / "train.xyz"
+    path.write_text(
+        f'2\nProperties=species:S:1:pos:R:3:note:S:1 energy=-1.0 comment="{code}" '
+        f'meta="_JSON {{\\"x\\": \\"{code}\\"}}" pbc="F F F"\n'
+        f"H 0 0 0 {code.replace(' ', '')}\nH 0.74 0 0 plain\n"
+    )
+    (atoms,) = read_structures(path)
+    assert atoms.info["comment"] == code
+    assert atoms.info["meta"] == {"x": code}
+    assert atoms.arrays["note"][0] == code.replace(" ", "")
+    path.write_text(f'2\nProperties=species:S:1:pos:R:3 energy="{code}" pbc="F F F"\nH 0 0 0\nH 0.74 0 0\n')
+    with pytest.raises(ValueError, match="train.xyz, frame 0 \\(H2\\): its 'energy' label is not numeric: \"__import__"):
+        frames_to_graphs(read_structures(path), str(path), [1], 3.0, LabelKeys())
+    assert not marker.exists()
+
+
+def test_yaml_settings_cannot_construct_python_objects(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "train.yaml"
+    path.write_text(f"train_file: t.xyz\nlr: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ValueError, match="cannot read training settings from .*train.yaml: could not determine a constructor"):
+        TrainingConfig.from_yaml(path)
+    assert not marker.exists()
