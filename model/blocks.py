@@ -3,6 +3,10 @@
 Feature layout: node and edge features are stacks of packed ICTs of ranks 0..L, so a feature
 array is ``[n, channels, (L+1)**2]`` with rank l in components ``l*l .. (l+1)**2 - 1``
 (see :mod:`tace_aiida.model.cartesian`).
+
+Member axes: every block also accepts weights and inputs with leading axes ``[..., n, ...]``
+and broadcasts over them, so the weights of an ensemble stacked as ``[members, ...]`` evaluate
+all members in one pass (see :mod:`tace_aiida.model.ensemble`).
 """
 
 from __future__ import annotations
@@ -32,13 +36,13 @@ class EdgeHarmonics(ConstantsModule):
             self.register_constant(f"raise_{l}", packed_coupling(l, 1, l + 1))
 
     def forward(self, unit_vectors: Tensor) -> Tensor:
-        """``unit_vectors`` [n_edges, 3] -> ``[n_edges, (max_rank+1)**2]``."""
-        ranks = [torch.ones_like(unit_vectors[:, :1])]
+        """``unit_vectors`` [..., n_edges, 3] -> ``[..., n_edges, (max_rank+1)**2]``."""
+        ranks = [torch.ones_like(unit_vectors[..., :1])]
         if self.max_rank >= 1:
             ranks.append(unit_vectors)
         for l in range(1, self.max_rank):
             coupling = getattr(self, f"raise_{l}")
-            ranks.append(torch.einsum("ea,eb,abm->em", ranks[-1], unit_vectors, coupling))
+            ranks.append(torch.einsum("...a,...b,abm->...m", ranks[-1], unit_vectors, coupling))
         return torch.cat(ranks, dim=-1)
 
 
@@ -55,8 +59,8 @@ class RankwiseLinear(ConstantsModule):
         self.norm = 1.0 / math.sqrt(channels_in)
 
     def forward(self, features: Tensor) -> Tensor:
-        weight = self.weight[self.component_rank] * self.norm
-        return torch.einsum("ncm,mcd->ndm", features, weight)
+        weight = self.weight[..., self.component_rank, :, :] * self.norm
+        return torch.einsum("...ncm,...mcd->...ndm", features, weight)
 
 
 class SpeciesLinear(nn.Module):
@@ -69,10 +73,9 @@ class SpeciesLinear(nn.Module):
         self.linear.norm = 1.0 / math.sqrt(channels_in)
 
     def forward(self, features: Tensor, species_one_hot: Tensor) -> Tensor:
-        """``features`` [n, c, D], ``species_one_hot`` [n, n_species] -> [n, c_out, D]."""
-        n, channels, components = features.shape
-        expanded = species_one_hot[:, :, None, None] * features[:, None]
-        return self.linear(expanded.reshape(n, self.num_species * channels, components))
+        """``features`` [..., n, c, D], ``species_one_hot`` [n, n_species] -> [..., n, c_out, D]."""
+        expanded = species_one_hot[:, :, None, None] * features[..., :, None, :, :]
+        return self.linear(expanded.flatten(-3, -2))
 
 
 class InteractionBlock(ConstantsModule):
@@ -119,21 +122,20 @@ class InteractionBlock(ConstantsModule):
         self.register_constant("target", target)
         self.radial = RadialMLP(num_radial, radial_mlp, len(paths), channels)
         self.linear = RankwiseLinear(max_edge_rank, channels, channels)
-        self.avg_num_neighbors = avg_num_neighbors
+        self.register_constant("avg_num_neighbors", torch.tensor(float(avg_num_neighbors), dtype=torch.float64))
 
     def forward(self, node_features: Tensor, harmonics: Tensor, radial: Tensor, edge_index: Tensor) -> Tensor:
-        """``node_features`` [n_nodes, C, D_node], ``harmonics`` [n_edges, D_edge],
-        ``radial`` [n_edges, n_radial], ``edge_index`` [2, n_edges] (sender, receiver)
-        -> ``[n_nodes, C, D_edge]``."""
-        sender, receiver = edge_index
+        """``node_features`` [..., n_nodes, C, D_node], ``harmonics`` [..., n_edges, D_edge],
+        ``radial`` [..., n_edges, n_radial], ``edge_index`` [2, n_edges] (sender, receiver)
+        -> ``[..., n_nodes, C, D_edge]``."""
+        sender, receiver = edge_index[0], edge_index[1]
         up = self.linear_up(node_features)
-        edge_coupling = torch.einsum("ej,ijq->eiq", harmonics, self.coupling)
-        messages = torch.bmm(up[sender], edge_coupling)
+        edge_coupling = torch.einsum("...ej,ijq->...eiq", harmonics, self.coupling)
+        messages = torch.matmul(up[..., sender, :, :], edge_coupling)
         messages = messages * (self.radial(radial) @ self.spread)
-        summed = torch.zeros(
-            node_features.shape[0], *messages.shape[1:], dtype=messages.dtype, device=messages.device
-        ).index_add_(0, receiver, messages)
-        aggregated = summed @ self.target / self.avg_num_neighbors
+        shape = (*messages.shape[:-3], node_features.shape[-3], *messages.shape[-2:])
+        summed = messages.new_zeros(shape).index_add(-3, receiver, messages)
+        aggregated = summed @ self.target / self.avg_num_neighbors[..., None, None, None]
         return self.linear(aggregated)
 
 
@@ -208,8 +210,7 @@ class ProductBasisBlock(ConstantsModule):
         return blocks
 
     def forward(self, features: Tensor, species: Tensor) -> Tensor:
-        """``features`` [n, C, (max_in_rank+1)**2], ``species`` [n] (indices) -> [n, C, (max_out_rank+1)**2]."""
-        n, channels, in_dim = features.shape
+        """``features`` [..., n, C, (max_in_rank+1)**2], ``species`` [n] (indices) -> [..., n, C, (max_out_rank+1)**2]."""
         current = features
         per_order = [self._blocks(features, self.layouts[0])]
         for nu, ranks in enumerate(self.group_ranks, start=2):
@@ -222,24 +223,30 @@ class ProductBasisBlock(ConstantsModule):
             per_order.append(self._blocks(current, self.layouts[nu - 1]))
         result = []
         for l, weights in enumerate(self.weights):
-            basis = torch.cat([blocks[l] for blocks in per_order if l in blocks], dim=2)
-            result.append(torch.einsum("ncpm,npc->ncm", basis, weights[species]))
+            basis = torch.cat([blocks[l] for blocks in per_order if l in blocks], dim=-2)
+            result.append(torch.einsum("...ncpm,...npc->...ncm", basis, weights[..., species, :, :]))
         return torch.cat(result, dim=-1)
 
 
+def linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)`` that also broadcasts over leading member axes of the layer's weights."""
+    y = x @ layer.weight.mT
+    return y if layer.bias is None else y + layer.bias.unsqueeze(-2)
+
+
 class LinearReadout(nn.Module):
-    """Per-atom energy from the rank-0 channels: ``[n, C, D] -> [n]``."""
+    """Per-atom energy from the rank-0 channels: ``[..., n, C, D] -> [..., n]``."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.linear = nn.Linear(channels, 1, bias=False)
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.linear(features[..., 0]).squeeze(-1)
+        return linear(self.linear, features[..., 0]).squeeze(-1)
 
 
 class MLPReadout(nn.Module):
-    """Per-atom energy from the rank-0 channels through a SiLU MLP: ``[n, C, D] -> [n]``."""
+    """Per-atom energy from the rank-0 channels through a SiLU MLP: ``[..., n, C, D] -> [..., n]``."""
 
     def __init__(self, channels: int, hidden: tuple[int, ...]) -> None:
         super().__init__()
@@ -251,4 +258,7 @@ class MLPReadout(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.net(features[..., 0]).squeeze(-1)
+        x = features[..., 0]
+        for layer in self.net:
+            x = linear(layer, x) if isinstance(layer, nn.Linear) else layer(x)
+        return x.squeeze(-1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
@@ -13,6 +15,17 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .checkpoint import load_model
 from .data import atoms_to_graph, collate, resolve_device, to_device
+from .ensemble import StackedEnsemble, stacking_obstacle
+from .potential import CartesianTensorPotential, Outputs
+
+
+def stack_outputs(outputs: Sequence[Outputs]) -> Outputs:
+    """Outputs of single models -> one :class:`Outputs` with a leading member axis."""
+    values = {}
+    for field in fields(Outputs):
+        parts = [getattr(out, field.name) for out in outputs]
+        values[field.name] = None if parts[0] is None else torch.stack(parts)
+    return Outputs(**values)
 
 
 class TACECalculator(Calculator):
@@ -28,6 +41,13 @@ class TACECalculator(Calculator):
 
     ``descriptors`` (always computed) are the first member's per-structure means of the invariant
     node features, a fingerprint for diversity selection.
+
+    With ``batched=True`` an ensemble whose members share architecture, species, cutoff and dtype
+    is evaluated in one forward pass (:class:`~tace_aiida.model.ensemble.StackedEnsemble`, one
+    neighbour list); other ensembles are evaluated member by member, with a warning that says why.
+    Both give the same results. The default, ``None``, batches on GPUs only: on a CPU the model is
+    bound by memory traffic, which batching does not reduce, and one by one measured faster
+    (``benchmarks/bench_ensemble.py``).
     """
 
     implemented_properties = [
@@ -40,6 +60,7 @@ class TACECalculator(Calculator):
         checkpoints: str | Path | Sequence[str | Path],
         device: str = "auto",
         dtype: str | None = None,
+        batched: bool | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -53,42 +74,46 @@ class TACECalculator(Calculator):
             for parameter in model.parameters():
                 parameter.requires_grad_(False)
         self.checkpoints = [str(p) for p in paths]
+        self.ensemble: StackedEnsemble | None = None
+        if batched is None:
+            batched = self.device.type != "cpu"
+        if batched and len(self.models) > 1:
+            obstacle = stacking_obstacle(self.models)
+            if obstacle is None:
+                self.ensemble = StackedEnsemble(self.models)
+            else:
+                warnings.warn(f"the ensemble's members are evaluated one by one (slower): {obstacle}", stacklevel=2)
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         periodic = bool(self.atoms.pbc.all())
-        members = [self._member_results(model, self.atoms, periodic) for model in self.models]
-        energies = np.array([m["energy"] for m in members])
-        forces = np.stack([m["forces"] for m in members])
+        if self.ensemble is not None:
+            members = self._evaluate(self.ensemble, self.atoms, periodic)
+        else:
+            members = stack_outputs([self._evaluate(model, self.atoms, periodic) for model in self.models])
+        energies = members.energy[:, 0].detach().cpu().double().numpy()
+        forces = members.forces.detach().cpu().double().numpy()
         mean_forces = forces.mean(axis=0)
         forces_std = np.sqrt(((forces - mean_forces) ** 2).sum(axis=-1).mean(axis=0))
         self.results = {
             "energy": float(energies.mean()),
             "free_energy": float(energies.mean()),
-            "energies": np.mean([m["energies"] for m in members], axis=0),
+            "energies": members.node_energy.detach().cpu().double().numpy().mean(axis=0),
             "forces": mean_forces,
             "energy_std": float(energies.std()),
             "energy_std_per_atom": float(energies.std()) / len(self.atoms),
             "forces_std": forces_std,
             "max_force_std": float(forces_std.max()),
-            "descriptors": members[0]["descriptors"],
+            "descriptors": members.descriptors[0, 0].detach().cpu().double().numpy(),
         }
         if periodic:
-            stresses = np.stack([m["stress"] for m in members])
+            stresses = members.stress[:, 0].detach().cpu().double().numpy()
             self.results["stress"] = full_3x3_to_voigt_6_stress(stresses.mean(axis=0))
             self.results["stress_std"] = float(stresses.std(axis=0).max())
 
-    def _member_results(self, model, atoms: Atoms, periodic: bool) -> dict[str, np.ndarray]:
+    def _evaluate(self, model: CartesianTensorPotential | StackedEnsemble, atoms: Atoms, periodic: bool) -> Outputs:
+        """Forces, descriptors (and stress of periodic cells) of ``atoms`` from one model or a stack."""
         dtype = next(model.parameters()).dtype
         graph = atoms_to_graph(atoms, model.config.atomic_numbers, model.config.r_max, dtype=dtype)
         batch = to_device(collate([graph]), self.device)
-        out = model(batch, compute_forces=True, compute_stress=periodic, compute_descriptors=True)
-        result = {
-            "energy": out.energy.item(),
-            "energies": out.node_energy.detach().cpu().numpy(),
-            "forces": out.forces.detach().cpu().numpy(),
-            "descriptors": out.descriptors[0].detach().cpu().numpy(),
-        }
-        if periodic:
-            result["stress"] = out.stress[0].detach().cpu().numpy()
-        return result
+        return model(batch, compute_stress=periodic, compute_descriptors=True)

@@ -67,6 +67,14 @@ class ModelConfig:
         return cls(**data)
 
 
+def apply_strain(positions: Tensor, cell: Tensor, graph_of_atom: Tensor, strain: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions ``[..., n_atoms, 3]`` and cells ``[..., n_graphs, 3, 3]`` deformed by the symmetric
+    part of ``strain`` ``[..., n_graphs, 3, 3]``: the variable whose energy derivative is the virial."""
+    symmetric = 0.5 * (strain + strain.transpose(-1, -2))
+    positions = positions + torch.einsum("...ni,...nij->...nj", positions, symmetric.index_select(-3, graph_of_atom))
+    return positions, cell + cell @ symmetric
+
+
 @dataclass
 class Outputs:
     """What :class:`CartesianTensorPotential` returns for a batch of ``n_graphs`` structures."""
@@ -95,6 +103,8 @@ class CartesianTensorPotential(ConstantsModule):
         channels = config.channels
         self.register_constant("atomic_energies", torch.tensor(config.atomic_energies, dtype=torch.float64))
         self.register_constant("atomic_numbers", torch.tensor(config.atomic_numbers, dtype=torch.long))
+        self.register_constant("scale", torch.tensor(config.scale, dtype=torch.float64))
+        self.register_constant("shift", torch.tensor(config.shift, dtype=torch.float64))
         self.embedding = nn.Linear(num_species, channels, bias=False)
         self.radial_embedding = RadialEmbedding(config.r_max, config.num_bessel, config.envelope_p)
         self.harmonics = EdgeHarmonics(config.max_edge_rank)
@@ -119,6 +129,35 @@ class CartesianTensorPotential(ConstantsModule):
             self.readouts.append(MLPReadout(channels, config.readout_mlp) if last else LinearReadout(channels))
             node_rank = out_rank
 
+    def node_energies(
+        self, positions: Tensor, cell: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, graph_of_atom: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Per-atom energies ``[..., n_atoms]`` (eV, E0s included) and the rank-0 node features of
+        every layer ``[..., n_atoms, channels * num_interactions]``; inputs as in the batch dict."""
+        sender, receiver = edge_index[0], edge_index[1]
+        offsets = torch.einsum("ei,...eij->...ej", shifts, cell[..., graph_of_atom[receiver], :, :])
+        vectors = positions[..., sender, :] - positions[..., receiver, :] + offsets
+        lengths = vectors.norm(dim=-1)
+        harmonics = self.harmonics(vectors / lengths[..., None])
+        radial = self.radial_embedding(lengths)
+
+        one_hot = nn.functional.one_hot(species, len(self.config.atomic_numbers)).to(positions.dtype)
+        features = (one_hot @ self.embedding.weight.mT)[..., None]
+        node_energy = torch.zeros_like(positions[..., 0])
+        invariants = []
+        for interaction, product, mixer, residual, readout in zip(
+            self.interactions, self.products, self.mixers, self.residuals, self.readouts
+        ):
+            aggregated = interaction(features, harmonics, radial, edge_index)
+            updated = mixer(product(aggregated, species), one_hot)
+            shared = residual.linear.component_rank.shape[0]
+            skip = residual(features[..., :shared], one_hot)
+            features = torch.cat([updated[..., :shared] + skip, updated[..., shared:]], dim=-1)
+            node_energy = node_energy + readout(features)
+            invariants.append(features[..., 0])
+        node_energy = self.scale[..., None] * node_energy + self.shift[..., None] + self.atomic_energies[..., species]
+        return node_energy, torch.cat(invariants, dim=-1)
+
     def forward(
         self,
         batch: dict[str, Tensor],
@@ -132,53 +171,31 @@ class CartesianTensorPotential(ConstantsModule):
         ``training=True`` keeps the graph of the derivatives so a force loss can be backpropagated.
         ``compute_descriptors`` adds per-structure means of the rank-0 node features of every layer,
         ``[n_graphs, channels * num_interactions]``: invariant fingerprints for selection.
+
+        Positions ``[..., n_atoms, 3]`` with leading member axes (one copy per ensemble member,
+        matching weights stacked as ``[members, ...]``) give every output those leading axes.
         """
         leaf_positions = batch["positions"]
         if compute_forces and not leaf_positions.requires_grad:
             leaf_positions = leaf_positions.detach().requires_grad_(True)
         positions, cell = leaf_positions, batch["cell"]
+        members = positions.shape[:-2]
         graph_of_atom = batch["batch"]
         num_graphs = cell.shape[0]
         strain = None
         if compute_stress:
-            strain = torch.zeros_like(cell, requires_grad=True)
-            symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            positions = positions + torch.einsum("ni,nij->nj", positions, symmetric[graph_of_atom])
-            cell = cell + torch.bmm(cell, symmetric)
+            strain = torch.zeros(*members, *cell.shape, dtype=cell.dtype, device=cell.device, requires_grad=True)
+            positions, cell = apply_strain(positions, cell, graph_of_atom, strain)
 
-        sender, receiver = batch["edge_index"]
-        offsets = torch.einsum("ei,eij->ej", batch["shifts"], cell[graph_of_atom[receiver]])
-        vectors = positions[sender] - positions[receiver] + offsets
-        lengths = vectors.norm(dim=-1)
-        harmonics = self.harmonics(vectors / lengths[:, None])
-        radial = self.radial_embedding(lengths)
-
-        species = batch["species"]
-        one_hot = nn.functional.one_hot(species, len(self.config.atomic_numbers)).to(positions.dtype)
-        features = self.embedding(one_hot)[:, :, None]
-        node_energy = torch.zeros_like(positions[:, 0])
-        invariants = []
-        for interaction, product, mixer, residual, readout in zip(
-            self.interactions, self.products, self.mixers, self.residuals, self.readouts
-        ):
-            aggregated = interaction(features, harmonics, radial, batch["edge_index"])
-            updated = mixer(product(aggregated, species), one_hot)
-            shared = residual.linear.component_rank.shape[0]
-            skip = residual(features[..., :shared], one_hot)
-            features = torch.cat([updated[..., :shared] + skip, updated[..., shared:]], dim=-1)
-            node_energy = node_energy + readout(features)
-            invariants.append(features[..., 0])
-
-        node_energy = self.config.scale * node_energy + self.config.shift + self.atomic_energies[species]
-        energy = torch.zeros(num_graphs, dtype=node_energy.dtype, device=node_energy.device).index_add_(
-            0, graph_of_atom, node_energy
+        node_energy, invariants = self.node_energies(
+            positions, cell, batch["species"], batch["edge_index"], batch["shifts"], graph_of_atom
         )
+        energy = node_energy.new_zeros((*members, num_graphs)).index_add(-1, graph_of_atom, node_energy)
         outputs = Outputs(energy=energy, node_energy=node_energy)
         if compute_descriptors:
             counts = torch.bincount(graph_of_atom, minlength=num_graphs).to(energy.dtype)
-            stacked = torch.cat(invariants, dim=-1)
-            summed = torch.zeros(num_graphs, stacked.shape[1], dtype=stacked.dtype, device=stacked.device)
-            outputs.descriptors = summed.index_add_(0, graph_of_atom, stacked) / counts[:, None]
+            summed = invariants.new_zeros((*members, num_graphs, invariants.shape[-1])).index_add(-2, graph_of_atom, invariants)
+            outputs.descriptors = summed / counts[:, None]
         if compute_forces or compute_stress:
             wrt = ([leaf_positions] if compute_forces else []) + ([strain] if strain is not None else [])
             gradients = torch.autograd.grad(outputs.energy.sum(), wrt, create_graph=training)

@@ -22,7 +22,7 @@ class PolynomialEnvelope(nn.Module):
         self.p = p
 
     def forward(self, lengths: Tensor) -> Tensor:
-        """``lengths`` [n_edges] in Å -> envelope [n_edges]."""
+        """``lengths`` [..., n_edges] in Å -> envelope [..., n_edges]."""
         p = self.p
         x = lengths / self.r_max
         value = 1.0 - (p + 1) * (p + 2) / 2 * x**p + p * (p + 2) * x ** (p + 1) - p * (p + 1) / 2 * x ** (p + 2)
@@ -39,9 +39,9 @@ class BesselBasis(nn.Module):
         self.prefactor = math.sqrt(2.0 / r_max)
 
     def forward(self, lengths: Tensor) -> Tensor:
-        """``lengths`` [n_edges] in Å -> basis [n_edges, num_basis]."""
-        r = lengths[:, None]
-        return self.prefactor * torch.sin(self.frequencies * r) / r
+        """``lengths`` [..., n_edges] in Å -> basis [..., n_edges, num_basis]."""
+        r = lengths[..., None]
+        return self.prefactor * torch.sin(self.frequencies.unsqueeze(-2) * r) / r
 
 
 class RadialEmbedding(nn.Module):
@@ -53,8 +53,8 @@ class RadialEmbedding(nn.Module):
         self.envelope = PolynomialEnvelope(r_max, envelope_p)
 
     def forward(self, lengths: Tensor) -> Tensor:
-        """``lengths`` [n_edges] in Å -> [n_edges, num_basis]."""
-        return self.basis(lengths) * self.envelope(lengths)[:, None]
+        """``lengths`` [..., n_edges] in Å -> [..., n_edges, num_basis]."""
+        return self.basis(lengths) * self.envelope(lengths)[..., None]
 
 
 class ScaledSiLU(nn.Module):
@@ -67,7 +67,7 @@ class ScaledSiLU(nn.Module):
 
 
 class RadialMLP(nn.Module):
-    """MLP from radial features to one weight per (channel, path): ``[n_edges, channels, n_paths]``.
+    """MLP from radial features to one weight per (channel, path): ``[..., n_edges, channels, n_paths]``.
 
     No biases: zero radial features (at the cutoff) give zero weights, so messages vanish smoothly.
     Weights start unit-normal and are divided by sqrt(fan-in), which keeps activations O(1).
@@ -77,14 +77,15 @@ class RadialMLP(nn.Module):
         super().__init__()
         sizes = (num_basis, *hidden, channels * num_paths)
         self.weights = nn.ParameterList([nn.Parameter(torch.randn(a, b)) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.norms = [1.0 / math.sqrt(a) for a in sizes[:-1]]
         self.activation = ScaledSiLU()
         self.num_paths = num_paths
         self.channels = channels
 
     def forward(self, radial: Tensor) -> Tensor:
         x = radial
-        for index, weight in enumerate(self.weights):
-            x = x @ (weight / math.sqrt(weight.shape[0]))
+        for index, (weight, norm) in enumerate(zip(self.weights, self.norms)):
+            x = x @ (weight * norm)
             if index < len(self.weights) - 1:
                 x = self.activation(x)
-        return x.view(-1, self.channels, self.num_paths)
+        return x.unflatten(-1, (self.channels, self.num_paths))

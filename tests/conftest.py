@@ -149,6 +149,23 @@ def physics_model(physics_case) -> CartesianTensorPotential:
     return physics_case.build()
 
 
+@pytest.fixture
+def ensemble_checkpoints(tmp_path) -> list[str]:
+    """Three float64 random-weight checkpoints of one architecture with different seeds and data
+    statistics (E0s, scale, shift, mean neighbour count), as a bootstrap ensemble has."""
+    from tace_aiida.model.checkpoint import save_checkpoint
+
+    paths = []
+    with default_dtype(torch.float64):
+        for member in range(3):
+            model = small_model(
+                seed=10 + member, max_hidden_rank=2, scale=20.0 + member, shift=0.1 * member,
+                atomic_energies=[0.1 * member, -0.2, 0.3, 0.05], avg_num_neighbors=15.0 + member,
+            )
+            paths.append(str(save_checkpoint(tmp_path / f"member_{member}.pt", model)))
+    return paths
+
+
 def training_settings(output_dir: Path, **overrides) -> dict:
     """A short, real training run on the 3BPA slice: 30 training frames, 10 validation frames."""
     settings = dict(

@@ -1,0 +1,125 @@
+"""MD steps per second of an ensemble: 1 member, 4 members one by one, 4 members batched.
+
+Members are random-weight potentials of the default architecture (2 layers, 32 channels, edge
+rank 3, hidden rank 1, correlation 3, radial MLP [64, 64, 64], cutoff 5 Å) with different seeds,
+saved as checkpoints and run through :class:`TACECalculator` under Langevin dynamics (300 K,
+0.5 fs) on two systems: a 27-atom 3BPA molecule (tests/data) and a 216-atom rattled fcc Cu cell
+(6x6x6 primitive cells, periodic, stress computed). Each configuration runs ``--steps`` timed
+steps after one warm-up step, configurations alternate over ``--rounds`` rounds and the best
+round counts (the machine may be shared). Wall-clock times, ``--threads`` torch threads.
+
+    python benchmarks/bench_ensemble.py            # about 3 minutes on one CPU core
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms, units
+from ase.build import bulk
+from ase.io import read
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import thermalize_momenta
+
+from tace_aiida.model.calculator import TACECalculator
+from tace_aiida.model.checkpoint import save_checkpoint
+from tace_aiida.model.data import edges_within_cutoff
+from tace_aiida.model.potential import CartesianTensorPotential, ModelConfig
+
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+MEMBERS = 4
+
+
+def systems() -> dict[str, Atoms]:
+    molecule = read(DATA / "3bpa_300K_40.xyz", "0")
+    copper = bulk("Cu", "fcc", a=3.61) * (6, 6, 6)
+    copper.rattle(0.05, seed=0)
+    return {"3BPA, 27 atoms": molecule, "Cu fcc, 216 atoms (periodic)": copper}
+
+
+def member_checkpoints(atoms: Atoms, folder: Path, dtype: torch.dtype) -> list[Path]:
+    """``MEMBERS`` checkpoints of the default architecture with seeds 0, 1, ... for ``atoms``' species."""
+    species = sorted(set(int(z) for z in atoms.numbers))
+    neighbours = len(edges_within_cutoff(atoms, 5.0)[0]) / len(atoms)
+    paths = []
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        for seed in range(MEMBERS):
+            torch.manual_seed(seed)
+            config = ModelConfig(atomic_numbers=species, atomic_energies=[0.0] * len(species), avg_num_neighbors=neighbours)
+            paths.append(save_checkpoint(folder / f"member_{seed}.pt", CartesianTensorPotential(config).eval()))
+    finally:
+        torch.set_default_dtype(previous)
+    return paths
+
+
+def steps_per_second(atoms: Atoms, calculator: TACECalculator, steps: int) -> float:
+    """Wall-clock Langevin MD steps per second, after one untimed warm-up step."""
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dynamics = Langevin(atoms, 0.5 * units.fs, temperature_K=300, friction=0.01, fixcm=False,
+                        rng=np.random.default_rng(1))
+    dynamics.run(1)
+    start = time.perf_counter()
+    dynamics.run(steps)
+    return steps / (time.perf_counter() - start)
+
+
+def max_difference(atoms: Atoms, first: TACECalculator, second: TACECalculator) -> float:
+    """Largest difference of energy, forces and their spreads between two calculators (eV, eV/Å)."""
+    results = []
+    for calculator in (first, second):
+        calculator.calculate(atoms.copy(), ["energy"])
+        results.append(calculator.results)
+    names = ("energy", "forces", "energy_std", "forces_std") + (("stress", "stress_std") if atoms.pbc.all() else ())
+    return max(float(np.abs(np.asarray(results[0][n]) - np.asarray(results[1][n])).max()) for n in names)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
+    parser.add_argument("--steps", type=int, nargs=2, default=[20, 3], metavar=("MOLECULE", "CELL"),
+                        help="timed MD steps per configuration for the molecule and the cell")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for (name, atoms), steps in zip(systems().items(), args.steps):
+            workdir = Path(folder) / str(len(rows))
+            workdir.mkdir()
+            paths = member_checkpoints(atoms, workdir, dtype)
+            calculators = {
+                "1 member": TACECalculator(paths[:1], device="cpu"),
+                "4 one by one": TACECalculator(paths, device="cpu", batched=False),
+                "4 batched": TACECalculator(paths, device="cpu", batched=True),
+            }
+            difference = max_difference(atoms, calculators["4 one by one"], calculators["4 batched"])
+            best = {key: 0.0 for key in calculators}
+            for _ in range(args.rounds):
+                for key, calculator in calculators.items():
+                    best[key] = max(best[key], steps_per_second(atoms, calculator, steps))
+            rows.append((name, best, difference))
+            print(f"{name}: {best} (batched - one by one: {difference:.1e})", flush=True)
+    print(f"\nMD steps/s, Langevin 0.5 fs, {args.dtype}, {args.threads} thread(s), best of {args.rounds} rounds")
+    print(f"{'system':30} {'1 member':>9} {'4 one by one':>13} {'4 batched':>10} {'cost 4 1-by-1':>14} {'cost 4 batched':>15} {'max |diff|':>11}")
+    for name, best, difference in rows:
+        one = best["1 member"]
+        print(
+            f"{name:30} {one:9.2f} {best['4 one by one']:13.2f} {best['4 batched']:10.2f} "
+            f"{one / best['4 one by one']:13.2f}x {one / best['4 batched']:14.2f}x {difference:11.1e}"
+        )
+    print("cost = time per MD step relative to 1 member (goal for 4 members: at most 2x)")
+
+
+if __name__ == "__main__":
+    main()
