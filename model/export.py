@@ -1,0 +1,174 @@
+"""Deployable potentials: one TorchScript file that runs with PyTorch alone, and its ASE calculator.
+
+The energy graph of a :class:`CartesianTensorPotential` is traced (its loops over layers, ranks
+and paths are unrolled, all shapes stay dynamic) and wrapped in a scripted module that applies
+the strain and takes the derivatives, so the file gives energies (eV), forces (eV/Å), virials
+(eV) and stresses (eV/Å^3) without the Python model code. Load it with ``torch.jit.load``; inputs
+are the graph tensors of :mod:`tace_aiida.model.data` in the file's dtype::
+
+    out = torch.jit.load("model.ts")(positions, cell, species, edge_index, shifts, batch, True)
+
+``species`` are indices into the file's ``atomic_numbers`` attribute, ``edge_index`` [2, n_edges]
+(sender, receiver) lists every pair closer than its ``r_max`` attribute (Å), ``shifts`` [n_edges, 3]
+are the integer cell shifts of the sender's image. :class:`DeployedCalculator` does this for ASE.
+
+For LAMMPS: the file is TorchScript, which libtorch (C++) loads, as ``pair_style mace`` does
+for MACE. No LAMMPS interface is provided yet: ML-IAP's unified interface hands over pair
+vectors r_ij and wants dE/dr_ij per pair, which needs a graph whose input is the edge vectors
+(``node_energies`` builds them from positions and shifts); a pair style in C++ would build the
+inputs above from the LAMMPS neighbour list (ghost atoms as senders, zero shifts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.neighborlist import neighbor_list
+from ase.stress import full_3x3_to_voigt_6_stress
+from torch import nn
+
+from .checkpoint import load_model
+from .potential import CartesianTensorPotential, apply_strain
+
+Tensor = torch.Tensor
+
+
+class _NodeEnergies(nn.Module):
+    """``model.node_energies`` with plain tensor inputs and one output, for tracing."""
+
+    def __init__(self, model: CartesianTensorPotential) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, positions: Tensor, cell: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, batch: Tensor
+    ) -> Tensor:
+        return self.model.node_energies(positions, cell, species, edge_index, shifts, batch)[0]
+
+
+class DeployedPotential(nn.Module):
+    """Energy, forces, virial and (with ``compute_stress``) stress from a traced energy graph."""
+
+    def __init__(self, node_energies: torch.jit.ScriptModule, atomic_numbers: list[int], r_max: float) -> None:
+        super().__init__()
+        self.node_energies = node_energies
+        self.atomic_numbers = atomic_numbers
+        self.r_max = r_max
+
+    def forward(
+        self,
+        positions: Tensor,
+        cell: Tensor,
+        species: Tensor,
+        edge_index: Tensor,
+        shifts: Tensor,
+        batch: Tensor,
+        compute_stress: bool,
+    ) -> dict[str, Tensor]:
+        """``energy`` [n_graphs], ``node_energy`` [n_atoms], ``forces`` [n_atoms, 3], ``virial`` and
+        (periodic cells only) ``stress`` [n_graphs, 3, 3]."""
+        positions = positions.detach().requires_grad_(True)
+        strain = torch.zeros_like(cell).requires_grad_(True)
+        strained_positions, strained_cell = apply_strain(positions, cell, batch, strain)
+        node_energy = self.node_energies(strained_positions, strained_cell, species, edge_index, shifts, batch)
+        energy = torch.zeros(cell.shape[0], dtype=node_energy.dtype, device=node_energy.device).index_add(
+            0, batch, node_energy
+        )
+        gradients = torch.autograd.grad([energy.sum()], [positions, strain])
+        position_gradient, strain_gradient = gradients[0], gradients[1]
+        assert position_gradient is not None and strain_gradient is not None
+        out = {
+            "energy": energy.detach(),
+            "node_energy": node_energy.detach(),
+            "forces": -position_gradient,
+            "virial": -strain_gradient,
+        }
+        if compute_stress:
+            out["stress"] = strain_gradient / torch.linalg.det(cell).abs()[:, None, None]
+        return out
+
+
+def graph_inputs(atoms: Atoms, atomic_numbers: list[int], r_max: float, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """(positions, cell, species, edge_index, shifts, batch) of one structure, with ASE only."""
+    lookup = {z: i for i, z in enumerate(atomic_numbers)}
+    unknown = sorted(set(int(z) for z in atoms.numbers) - set(lookup))
+    if unknown:
+        raise ValueError(f"{atoms.get_chemical_formula()} has atomic numbers {unknown} the model does not know")
+    if atoms.pbc.any():
+        receivers, senders, shifts = neighbor_list("ijS", atoms, r_max)
+    else:
+        receivers, senders, shifts = neighbor_list("ijS", Atoms(atoms.numbers, atoms.positions), r_max)
+    return (
+        torch.tensor(atoms.positions, dtype=dtype),
+        torch.tensor(atoms.cell[:], dtype=dtype).unsqueeze(0),
+        torch.tensor([lookup[int(z)] for z in atoms.numbers], dtype=torch.long),
+        torch.from_numpy(np.stack([senders, receivers]).astype(np.int64)),
+        torch.tensor(shifts, dtype=dtype),
+        torch.zeros(len(atoms), dtype=torch.long),
+    )
+
+
+def export_model(model: CartesianTensorPotential, path: str | Path) -> Path:
+    """Write ``model`` (in its dtype) as a TorchScript file that needs only PyTorch to run."""
+    model = model.eval()
+    dtype = next(model.parameters()).dtype
+    example = Atoms("HCNO", positions=[[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.9, 1.0, 1.1]])
+    example.numbers = [model.config.atomic_numbers[i % len(model.config.atomic_numbers)] for i in range(4)]
+    inputs = graph_inputs(example, model.config.atomic_numbers, model.config.r_max, dtype)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    traced = torch.jit.trace(_NodeEnergies(model), inputs, check_trace=False)
+    scripted = torch.jit.script(DeployedPotential(traced, list(model.config.atomic_numbers), model.config.r_max))
+    path = Path(path)
+    scripted.save(str(path))
+    return path
+
+
+class DeployedCalculator(Calculator):
+    """ASE calculator of an exported file: energy (eV), forces (eV/Å), stress (eV/Å^3, periodic)."""
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(self, path: str | Path, device: str = "cpu", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.module = torch.jit.load(str(path), map_location=device)
+        self.device = torch.device(device)
+        self.dtype = next(self.module.parameters()).dtype
+
+    def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        periodic = bool(self.atoms.pbc.all())
+        inputs = graph_inputs(self.atoms, self.module.atomic_numbers, self.module.r_max, self.dtype)
+        out = self.module(*[tensor.to(self.device) for tensor in inputs], periodic)
+        energy = float(out["energy"][0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": out["node_energy"].detach().cpu().double().numpy(),
+            "forces": out["forces"].detach().cpu().double().numpy(),
+        }
+        if periodic:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].detach().cpu().double().numpy())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tace-export CHECKPOINT OUTPUT [--dtype float64]``: write a deployable TorchScript file."""
+    parser = argparse.ArgumentParser(prog="tace-export", description=main.__doc__)
+    parser.add_argument("checkpoint", help="a tace-aiida checkpoint (tace-train output)")
+    parser.add_argument("output", help="the TorchScript file to write")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: the checkpoint's")
+    args = parser.parse_args(argv)
+    model, _ = load_model(args.checkpoint, dtype=getattr(torch, args.dtype) if args.dtype else None)
+    path = export_model(model, args.output)
+    print(f"wrote {path} ({next(model.parameters()).dtype}, species {model.config.atomic_numbers}, r_max {model.config.r_max} Å)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The exported TorchScript potential equals the Python model and runs with PyTorch alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tace_aiida.model.calculator import TACECalculator
+from tace_aiida.model.checkpoint import save_checkpoint
+from tace_aiida.model.export import DeployedCalculator, export_model, graph_inputs, main
+
+from .conftest import SPECIES_3BPA, default_dtype, periodic_cell, small_model
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> str:
+    """A float32 random-weight checkpoint, as float32 training leaves it."""
+    with default_dtype(torch.float32):
+        model = small_model(seed=3, max_hidden_rank=2, scale=20.0, atomic_energies=[0.1, -0.2, 0.3, 0.05])
+    return str(save_checkpoint(tmp_path / "model.pt", model))
+
+
+def test_exported_file_equals_the_python_model(checkpoint, tmp_path, frames_300K):
+    assert main([checkpoint, str(tmp_path / "model.ts"), "--dtype", "float64"]) == 0
+    for atoms in (frames_300K[3], periodic_cell(seed=2)):
+        results = []
+        for calculator in (TACECalculator(checkpoint, device="cpu", dtype="float64"), DeployedCalculator(tmp_path / "model.ts")):
+            calculator.calculate(atoms.copy(), ["energy"])
+            results.append(calculator.results)
+        assert np.abs(results[1]["forces"]).max() > 1e-2
+        for name in ["energy", "energies", "forces"] + (["stress"] if atoms.pbc.all() else []):
+            assert np.abs(np.asarray(results[0][name]) - np.asarray(results[1][name])).max() < 1e-10, name
+
+
+@pytest.mark.slow
+def test_exported_file_runs_without_tace_aiida(tmp_path, frames_300K):
+    """A fresh interpreter that cannot import tace_aiida loads the file and gets the same forces."""
+    with default_dtype(torch.float64):
+        model = small_model(seed=3)
+    export_model(model, tmp_path / "model.ts")
+    inputs = graph_inputs(frames_300K[0], SPECIES_3BPA, 5.0, torch.float64)
+    torch.save(inputs, tmp_path / "inputs.pt")
+    expected = model.eval()(dict(zip(["positions", "cell", "species", "edge_index", "shifts", "batch"], inputs)))
+    script = (
+        "import sys; sys.modules['tace_aiida'] = None\n"
+        "import torch\n"
+        f"module = torch.jit.load({str(tmp_path / 'model.ts')!r})\n"
+        f"out = module(*torch.load({str(tmp_path / 'inputs.pt')!r}), False)\n"
+        f"torch.save(out, {str(tmp_path / 'out.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    out = torch.load(tmp_path / "out.pt")
+    assert abs(out["energy"].item() - expected.energy.item()) < 1e-10
+    assert (out["forces"] - expected.forces).abs().max() < 1e-10
