@@ -13,6 +13,8 @@ from tace_aiida.model.ensemble import StackedEnsemble, stacking_obstacle
 
 from .conftest import SPECIES_3BPA, default_dtype, periodic_cell, small_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 RESULTS = ["energy", "energies", "forces", "energy_std", "energy_std_per_atom", "forces_std", "max_force_std", "descriptors"]
 
 

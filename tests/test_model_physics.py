@@ -18,6 +18,8 @@ from tace_aiida.model.potential import Outputs
 
 from .conftest import SPECIES_3BPA, periodic_cell, random_orthogonal
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def evaluate(model, structures: list[Atoms], stress: bool = False, forces: bool = True) -> Outputs:
     """One batched evaluation of ``structures`` in the model's dtype (with descriptors)."""

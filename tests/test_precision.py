@@ -12,6 +12,8 @@ from tace_aiida.model.data import atoms_to_graph, collate
 
 from .conftest import SPECIES_3BPA, default_dtype, random_orthogonal, small_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture
 def float32_checkpoint(tmp_path) -> str:
