@@ -427,3 +427,27 @@ def test_yaml_settings_cannot_construct_python_objects(tmp_path):
     with pytest.raises(ValueError, match="cannot read training settings from .*train.yaml: could not determine a constructor"):
         TrainingConfig.from_yaml(path)
     assert not marker.exists()
+
+
+def test_truncated_checkpoints_are_named_by_tace_eval_and_tace_train(tmp_path, capsys, checkpoint, frames_300K):
+    truncate(Path(checkpoint))
+    data = tmp_path / "data.xyz"
+    write(data, labelled_copies(frames_300K, 3), format="extxyz")
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main(["--checkpoint", checkpoint, "--data", str(data)])
+    assert exit_info.value.code == 1
+    assert re.fullmatch(f"tace-eval: {checkpoint} is not a readable tace-aiida checkpoint .*\n", capsys.readouterr().err)
+    config = tmp_path / "train.yaml"
+    config.write_text(f"train_file: {data}\ninit_checkpoint: {checkpoint}\noutput_dir: out\n")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([str(config)])
+    assert exit_info.value.code == 1
+    assert re.fullmatch(f"tace-train: {checkpoint} is not a readable tace-aiida checkpoint .*\n", capsys.readouterr().err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_tace_md_refuses_an_empty_start_file(tmp_path, capsys):
+    folder = md_folder(tmp_path, periodic_cell(), {"m0.pt": small_model()})
+    (folder / md.STRUCTURE).write_text("")
+    assert md.main(folder) == 2
+    assert capsys.readouterr().err == f"tace-md: {folder}/structure.extxyz holds no structures\n"
