@@ -20,10 +20,15 @@ from .potential import CartesianTensorPotential, Outputs
 
 
 def stack_outputs(outputs: Sequence[Outputs]) -> Outputs:
-    """Outputs of single models -> one :class:`Outputs` with a leading member axis."""
+    """Outputs of single models -> one :class:`Outputs` with a leading member axis.
+
+    Descriptors are the first member's only: members of other widths may not stack.
+    """
     values = {}
     for field in fields(Outputs):
         parts = [getattr(out, field.name) for out in outputs]
+        if field.name == "descriptors":
+            parts = parts[:1]
         values[field.name] = None if parts[0] is None else torch.stack(parts)
     return Outputs(**values)
 
