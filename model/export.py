@@ -131,7 +131,11 @@ def export_model(model: CartesianTensorPotential, path: str | Path) -> Path:
 
 
 class DeployedCalculator(Calculator):
-    """ASE calculator of an exported file: energy (eV), forces (eV/Å), stress (eV/Å^3, periodic)."""
+    """ASE calculator of an exported file: energy (eV), forces (eV/Å), stress (eV/Å^3, periodic).
+
+    Load only files you trust: unlike a checkpoint (read with ``weights_only``), an exported
+    file carries the model as TorchScript code, which ``torch.jit.load`` runs.
+    """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
