@@ -21,12 +21,11 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from ase.io import read, write
 
-from tace_aiida.model.frames import FORMAT, read_columns, read_frames, write_frames
+from tace_aiida.model.frames import FORMAT, LABELS, read_columns, read_frames, write_frames
 
 FILENAME = "frames.h5"
 EXTXYZ_FILENAME = "dataset.extxyz"
 SHARDS = "shards"
-LABELS = ("energy", "forces", "stress")
 
 
 class TrainingSetData(orm.Data):
