@@ -152,6 +152,16 @@ def test_a_chain_of_merges_refers_to_its_shards_without_copying(aiida_profile):
     assert set(merged.shard_uuids) <= set(ancestors)
 
 
+@pytest.mark.slow
+def test_fifty_merges_refer_to_fifty_one_shards(aiida_profile):
+    batches = [TrainingSetData(labelled_copper(1, start=i)).store() for i in range(51)]
+    merged = batches[0]
+    for batch in batches[1:]:
+        merged = merge_datasets(previous=merged, new=batch)
+    assert len(merged.shard_uuids) == 51 and set(merged.shard_uuids) == {b.uuid for b in batches}
+    assert sorted(a.info["source_frame"] for a in merged.get_atoms()) == list(range(51))
+
+
 def test_old_extxyz_datasets_load_and_merge(aiida_profile, tmp_path):
     frames = labelled_copper(3)
     old = legacy_dataset(frames)
