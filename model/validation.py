@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping, Union, get_args, get_origin, get_type
 
 import numpy as np
 from ase import Atoms
-from ase.data import chemical_symbols, covalent_radii
+from ase.data import covalent_radii
 from ase.io import iread
 
 from .neighbours import neighbour_pairs
