@@ -14,6 +14,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from .checkpoint import load_model
+from .validation import check_ensemble
 from .data import atoms_to_graph, collate, resolve_device, to_device
 from .ensemble import StackedEnsemble, stacking_obstacle
 from .potential import CartesianTensorPotential, Outputs
@@ -75,6 +76,7 @@ class TACECalculator(Calculator):
         self.device = resolve_device(device)
         torch_dtype = getattr(torch, dtype) if dtype else None
         self.models = [load_model(path, self.device, torch_dtype)[0] for path in paths]
+        check_ensemble({str(path): model.config.to_dict() for path, model in zip(paths, self.models, strict=True)})
         for model in self.models:
             for parameter in model.parameters():
                 parameter.requires_grad_(False)

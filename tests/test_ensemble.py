@@ -49,18 +49,26 @@ def test_batched_calculator_equals_one_by_one(ensemble_checkpoints, frames_300K,
 
 def test_members_that_cannot_be_stacked_fall_back_with_a_warning(ensemble_checkpoints, tmp_path, frames_300K):
     with default_dtype(torch.float64):
-        other = save_checkpoint(tmp_path / "other_cutoff.pt", small_model(seed=4, r_max=4.0, channels=4))
+        other = save_checkpoint(tmp_path / "narrower.pt", small_model(seed=4, channels=4))
     models = [load_model(path)[0] for path in (ensemble_checkpoints[0], other)]
-    assert stacking_obstacle(models) == "member 1 has r_max=4.0, member 0 has 5.0"
-    with pytest.raises(ValueError, match="cannot be stacked.*r_max"):
+    obstacle = stacking_obstacle(models)
+    assert obstacle is not None and "channels=4" in obstacle
+    with pytest.raises(ValueError, match="cannot be stacked.*channels"):
         StackedEnsemble(models)
-    with pytest.warns(UserWarning, match="one by one.*r_max=4.0"):
+    with pytest.warns(UserWarning, match="one by one.*channels=4"):
         calculator = TACECalculator([ensemble_checkpoints[0], other], device="cpu", batched=True)
     assert calculator.ensemble is None
     atoms = frames_300K[0].copy()
     atoms.calc = calculator
     assert np.isfinite(atoms.get_forces()).all() and atoms.calc.results["max_force_std"] > 0
     assert atoms.calc.results["descriptors"].shape == (16,)
+
+
+def test_members_of_another_cutoff_are_refused_naming_both_files(ensemble_checkpoints, tmp_path):
+    with default_dtype(torch.float64):
+        other = save_checkpoint(tmp_path / "other_cutoff.pt", small_model(seed=4, r_max=4.0))
+    with pytest.raises(ValueError, match=f"{ensemble_checkpoints[0]} and {other} differ in r_max: 5.0 and 4.0"):
+        TACECalculator([ensemble_checkpoints[0], other], device="cpu")
 
 
 def test_batching_by_default_on_gpus_only(ensemble_checkpoints):
