@@ -1,72 +1,51 @@
 """``tace.active_learning``: label -> train an ensemble -> explore with MD -> select -> label ... until converged.
 
-Exploration stages advance as in dpgen2: once the accurate fraction of a stage's frames reaches the
-target for ``converged_iterations`` iterations in a row, the next stage (hotter, larger, under
-pressure) begins; the run has converged when the last stage has. Every step is a process in the
-provenance graph, so each training structure leads back to the labelling process that made it and
-to the MD frame it was selected from. Labels come from an ASE calculator (``label_ase``) or from
-Quantum ESPRESSO's pw.x (``label_qe``), both in eV, eV/Å and eV/Å^3.
+Every step is a process in the provenance graph, so each training structure leads back to the
+labelling process that made it and to the MD frame it was selected from. Labels come from an ASE
+calculator (``label_ase``) or from Quantum ESPRESSO's pw.x (``label_qe``), both in eV, eV/Å and
+eV/Å^3. The settings are read by :mod:`.settings`, the decisions after each iteration are made by
+:mod:`.decisions`, the report is written by :mod:`.report`; the context holds plain values and
+nodes only, so a run continues from any checkpoint after a daemon restart, and :func:`.submit_once`
+keeps a restarted step from launching its children twice.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from aiida import orm
-from aiida.engine import ToContext, WorkChain, calcfunction, if_, while_
+from aiida.engine import ExitCode, ToContext, WorkChain, calcfunction, if_, while_
 
 from tace_aiida.calculations.functions import merge_datasets, structures_to_dataset
-from tace_aiida.calculations.label_ase import AseLabelCalculation
 from tace_aiida.calculations.md import MDCalculation
 from tace_aiida.calculations.selection import select_frames
 from tace_aiida.calculations.train import TrainCalculation
 from tace_aiida.data import PotentialData, TrainingSetData
-from tace_aiida.selection import SelectionSettings, spearman_correlation
+from tace_aiida.selection import SelectionSettings
 
+from .decisions import advance, label_failure_fraction, over_failure_budget, required_members
+from .labelling.ase_batches import AseLabelBatchesWorkChain
 from .labelling.qe import QeLabelWorkChain
+from .report import calibration, iteration_entry
 from .resubmission import submit_once
+from .settings import StageSettings, StoppingSettings, read_stages
 from .train import TrainBaseWorkChain
 
-LABELLERS = {"label_ase": AseLabelCalculation, "label_qe": QeLabelWorkChain}
-
-STOPPING_DEFAULTS = {
-    "accurate_fraction": 0.9,
-    "converged_iterations": 1,
-    "max_iterations": 10,
-    "max_label_failure_fraction": 0.2,
-    "min_members": 2,
-}
-STAGE_DEFAULTS = {
-    "name": None,
-    "temperatures": [300.0],
-    "pressure": None,
-    "steps": 1000,
-    "timestep": 1.0,
-    "save_interval": 10,
-    "runs": 1,
-    "start_from": "initial",
-    "max_starts": None,
-    "max_force_std": None,
-    "thermostat": "langevin",
-}
+LABELLERS = {"label_ase": AseLabelBatchesWorkChain, "label_qe": QeLabelWorkChain}
 
 
 def validate_stages(value: orm.List, _) -> str | None:
-    stages = value.get_list()
-    if not stages:
-        return "exploration needs at least one stage"
-    for index, stage in enumerate(stages):
-        unknown = set(stage) - set(STAGE_DEFAULTS)
-        if unknown:
-            return f"exploration stage {index} has unknown settings {sorted(unknown)}; known are {sorted(STAGE_DEFAULTS)}"
-        if stage.get("start_from", "initial") not in ("initial", "dataset"):
-            return f"exploration stage {index}: start_from must be 'initial' or 'dataset', not {stage['start_from']!r}"
+    try:
+        read_stages(value.get_list())
+    except (TypeError, ValueError) as error:
+        return str(error)
     return None
 
 
 def validate_stopping(value: orm.Dict, _) -> str | None:
-    unknown = set(value.get_dict()) - set(STOPPING_DEFAULTS)
-    if unknown:
-        return f"unknown stopping settings {sorted(unknown)}; known are {sorted(STOPPING_DEFAULTS)}"
+    try:
+        StoppingSettings.from_dict(value.get_dict(), owner="stopping")
+    except (TypeError, ValueError) as error:
+        return str(error)
     return None
 
 
@@ -78,10 +57,18 @@ def validate_selection(value: orm.Dict, _) -> str | None:
     return None
 
 
+def validate_ensemble_size(value: orm.Int, _) -> str | None:
+    return None if value.value >= 1 else f"ensemble_size must be >= 1, not {value.value}"
+
+
 def validate_inputs(inputs: dict, _) -> str | None:
-    """Initial data, exactly one labeller, and periodic initial structures for ``label_qe``."""
+    """Initial data that is not empty, exactly one labeller, and periodic initial structures for ``label_qe``."""
     if "structures" not in inputs and "dataset" not in inputs:
         return "give initial `structures`, an initial `dataset`, or both"
+    if "structures" in inputs and not inputs["structures"]:
+        return "the `structures` namespace is empty: give at least one structure, or leave it out and give a `dataset`"
+    if "dataset" in inputs and inputs["dataset"].num_structures == 0:
+        return f"the initial `dataset` {inputs['dataset'].pk or ''} holds no structure"
     given = [namespace for namespace in LABELLERS if namespace in inputs]
     if not given:
         return ("no labeller given: fill exactly one of `label_ase` (code, calculator, parameters) or "
@@ -108,17 +95,11 @@ def freeze_report(report: orm.Dict) -> orm.Dict:
     return orm.Dict(report.get_dict())
 
 
-def calibration(labelled: TrainingSetData) -> dict:
-    """Predicted max force deviation against the actual max force error of each new label (eV/Å)."""
-    predicted, actual = [], []
-    for atoms in labelled.get_atoms():
-        if "predicted_forces" not in atoms.arrays:
-            continue
-        error = np.linalg.norm(atoms.arrays["predicted_forces"] - atoms.get_forces(), axis=1).max()
-        predicted.append(float(atoms.info["predicted_max_force_std"]))
-        actual.append(float(error))
-    return {"predicted_max_force_std": predicted, "actual_max_force_error": actual,
-            "spearman": spearman_correlation(np.array(predicted), np.array(actual))}
+def evenly_spread(labels: list[str], count: int) -> list[str]:
+    """At most ``count`` of the sorted ``labels``, evenly spread over them."""
+    labels = sorted(labels)
+    picks = np.unique(np.linspace(0, len(labels) - 1, num=min(count, len(labels))).round().astype(int))
+    return [labels[i] for i in picks]
 
 
 class ActiveLearningWorkChain(WorkChain):
@@ -133,9 +114,10 @@ class ActiveLearningWorkChain(WorkChain):
                    help="An initial labelled training set, e.g. the `dataset` output of a previous run.")
         spec.input_namespace("initial_ensemble", valid_type=PotentialData, dynamic=True, required=False,
                              help="Potentials to warm-start the first training from (continuing a previous run).")
-        spec.expose_inputs(AseLabelCalculation, namespace="label_ase", exclude=("structures",),
+        spec.expose_inputs(AseLabelBatchesWorkChain, namespace="label_ase", exclude=("structures",),
                            namespace_options={"required": False, "populate_defaults": False,
-                                              "help": "Label with an ASE calculator (tace.label_ase)."})
+                                              "help": "Label with an ASE calculator: tace.label_ase jobs of "
+                                                      "`structures_per_job`, at most `max_concurrent` at once."})
         spec.expose_inputs(QeLabelWorkChain, namespace="label_qe", exclude=("structures",),
                            namespace_options={"required": False, "populate_defaults": False,
                                               "help": "Label with Quantum ESPRESSO's pw.x, one PwBaseWorkChain "
@@ -143,19 +125,19 @@ class ActiveLearningWorkChain(WorkChain):
         spec.expose_inputs(TrainCalculation, namespace="train",
                            exclude=("dataset", "validation_dataset", "test_dataset", "seed", "parent_potential"),
                            namespace_options={"help": "Code, training parameters and options of every member."})
-        spec.input("ensemble_size", valid_type=orm.Int, default=lambda: orm.Int(4),
+        spec.input("ensemble_size", valid_type=orm.Int, default=lambda: orm.Int(4), validator=validate_ensemble_size,
                    help="Number of ensemble members, trained in parallel with different seeds.")
         spec.input("warm_start", valid_type=orm.Bool, default=lambda: orm.Bool(True),
                    help="Start each member's training from the same member of the previous iteration.")
         spec.expose_inputs(MDCalculation, namespace="md", exclude=("potentials", "structure", "parameters"),
                            namespace_options={"help": "Code and options of the exploration MD runs."})
         spec.input("exploration", valid_type=orm.List, validator=validate_stages,
-                   help=f"Exploration stages, run in order; each a dict with keys {sorted(STAGE_DEFAULTS)} "
-                        "(temperatures in K, pressure in GPa for NPT, timestep in fs).")
+                   help="Exploration stages, run in order; each a dict of StageSettings (temperatures in K, "
+                        "pressure in GPa for NPT, timestep in fs, steps, save_interval, runs, start_from, ...).")
         spec.input("selection", valid_type=orm.Dict, default=lambda: orm.Dict({}), validator=validate_selection,
                    help="Trust window (trust_low, trust_high in eV/Å, relative), max_selected, diversity, families.")
         spec.input("stopping", valid_type=orm.Dict, default=lambda: orm.Dict({}), validator=validate_stopping,
-                   help=f"Stopping and failure rules; defaults {STOPPING_DEFAULTS}.")
+                   help=f"Stopping and failure rules (StoppingSettings); defaults {StoppingSettings().to_dict()}.")
         spec.input("test_dataset", valid_type=TrainingSetData, required=False,
                    help="Labelled test structures: every member's errors on them go into the report.")
         spec.inputs.validator = validate_inputs
@@ -170,12 +152,14 @@ class ActiveLearningWorkChain(WorkChain):
                 cls.inspect_exploration,
                 cls.select,
                 if_(cls.has_selection)(cls.label_selection, cls.merge_selection),
-                cls.advance,
+                cls.decide,
             ),
             cls.finalize,
         )
-        spec.output_namespace("ensemble", valid_type=PotentialData, dynamic=True, help="The final ensemble.")
-        spec.output("dataset", valid_type=TrainingSetData, help="The final training set, all labels merged.")
+        spec.output_namespace("ensemble", valid_type=PotentialData, dynamic=True,
+                              help="The final ensemble (the last one trained, also when the run stopped early).")
+        spec.output("dataset", valid_type=TrainingSetData, required=False,
+                    help="The final training set, all labels merged (also when the run stopped early).")
         spec.output("report", valid_type=orm.Dict, help="One entry per iteration: sizes, errors, fractions, times.")
         spec.exit_code(401, "ERROR_MAX_ITERATIONS", message="Not converged after the maximum number of iterations.")
         spec.exit_code(402, "ERROR_TOO_MANY_LABEL_FAILURES", message="Labelling failed for {fraction:.0%} of the structures.")
@@ -183,11 +167,24 @@ class ActiveLearningWorkChain(WorkChain):
         spec.exit_code(404, "ERROR_EXPLORATION_FAILED", message="Every exploration MD run failed.")
         spec.exit_code(405, "ERROR_NO_TRAINING_DATA", message="No structure of the initial set could be labelled.")
 
-    # ---------------------------------------------------------------------------------- set-up
+    # ----------------------------------------------------------------------------- settings
 
-    def setup(self):
-        self.ctx.stopping = {**STOPPING_DEFAULTS, **self.inputs.stopping.get_dict()}
-        self.ctx.stages = [{**STAGE_DEFAULTS, **stage} for stage in self.inputs.exploration.get_list()]
+    @property
+    def stopping(self) -> StoppingSettings:
+        return StoppingSettings.from_dict(self.inputs.stopping.get_dict(), owner="stopping")
+
+    @property
+    def stages(self) -> list[StageSettings]:
+        return read_stages(self.inputs.exploration.get_list())
+
+    @property
+    def selection_settings(self) -> SelectionSettings:
+        return SelectionSettings.from_dict(self.inputs.selection.get_dict())
+
+    # -------------------------------------------------------------------------------- set-up
+
+    def setup(self) -> None:
+        """Start at stage 0 with the initial dataset and ensemble (when given)."""
         self.ctx.stage = 0
         self.ctx.converged_count = 0
         self.ctx.iteration = 0
@@ -198,41 +195,45 @@ class ActiveLearningWorkChain(WorkChain):
         self.ctx.dataset = self.inputs.get("dataset")
         self.ctx.ensemble = list(self.inputs.get("initial_ensemble", {}).values())
 
-    def has_initial_structures(self):
+    def has_initial_structures(self) -> bool:
         return "structures" in self.inputs
 
-    def _label(self, structures: TrainingSetData, link_label: str):
+    def _label(self, structures: TrainingSetData, link_label: str) -> orm.ProcessNode:
         """Submit the labeller that was given (``label_ase`` or ``label_qe``) on ``structures``."""
         namespace = next(namespace for namespace in LABELLERS if namespace in self.inputs)
         process = LABELLERS[namespace]
         return submit_once(self, process, link_label, **self.exposed_inputs(process, namespace), structures=structures)
 
-    def label_initial(self):
+    def label_initial(self) -> ToContext:
+        """Label the initial structures."""
         unlabelled = structures_to_dataset(**self.inputs.structures)
         self.report(f"labelling {unlabelled.num_structures} initial structures")
         return ToContext(initial_labels=self._label(unlabelled, "label_initial"))
 
-    def collect_initial(self):
+    def collect_initial(self) -> ExitCode | None:
+        """Merge the initial labels into the initial dataset; stop (405) when none could be made."""
         node = self.ctx.initial_labels
         if "dataset" not in node.outputs:
             self.report(f"labelling the initial structures failed: {node.exit_message}")
-            return self.exit_codes.ERROR_NO_TRAINING_DATA
+            return self._stop_with(self.exit_codes.ERROR_NO_TRAINING_DATA)
         labelled = node.outputs.dataset
         self.ctx.dataset = merge_datasets(initial=self.ctx.dataset, labelled=labelled) if self.ctx.dataset else labelled
         return None
 
-    def prepare_exploration_starts(self):
+    def prepare_exploration_starts(self) -> None:
+        """The initial structures, or frames spread over the initial dataset, start the exploration."""
         if "structures" in self.inputs:
             self.ctx.starts = dict(self.inputs.structures)
         else:
-            self.ctx.starts = extract_structures(self.ctx.dataset, orm.Int(4))
+            self.ctx.starts = extract_structures(self.ctx.dataset, orm.Int(self.stages[0].dataset_starts))
 
-    # ----------------------------------------------------------------------------------- loop
+    # ---------------------------------------------------------------------------------- loop
 
-    def should_iterate(self):
+    def should_iterate(self) -> bool:
         return self.ctx.stop_reason is None
 
-    def train_ensemble(self):
+    def train_ensemble(self) -> ToContext | None:
+        """Train every member on the current dataset (warm-started), unless the dataset did not change."""
         self.ctx.iteration += 1
         if self.ctx.ensemble and self.ctx.get("trained_dataset") == self.ctx.dataset.uuid:
             self.report(f"iteration {self.ctx.iteration}: the dataset did not change; keeping the ensemble")
@@ -254,65 +255,67 @@ class ActiveLearningWorkChain(WorkChain):
                     f"{self.ctx.dataset.num_structures} structures")
         return ToContext(**futures)
 
-    def _iteration_children(self, kind: str) -> list:
+    def _iteration_children(self, kind: str) -> list[orm.ProcessNode]:
         prefix = f"iteration_{self.ctx.iteration:02d}_{kind}_"
         return [self.ctx[key] for key in sorted(self.ctx.keys()) if key.startswith(prefix)]
 
-    def inspect_ensemble(self):
+    def inspect_ensemble(self) -> ExitCode | None:
+        """Keep the members that trained; stop (403) with fewer than ``min_members``."""
         children = self._iteration_children("train")
         if not children:
             return None
         trained = [node for node in children if node.is_finished_ok]
-        minimum = min(self.ctx.stopping["min_members"], self.inputs.ensemble_size.value)
+        minimum = required_members(self.stopping, self.inputs.ensemble_size.value)
         if len(trained) < minimum:
-            return self.exit_codes.ERROR_ENSEMBLE_FAILED.format(count=len(trained), minimum=minimum)
+            return self._stop_with(self.exit_codes.ERROR_ENSEMBLE_FAILED.format(count=len(trained), minimum=minimum))
         self.ctx.ensemble = [node.outputs.potential for node in trained]
         self.ctx.training_metrics = [node.outputs.metrics.get_dict() for node in trained]
         return None
 
-    def explore(self):
-        stage = self.ctx.stages[self.ctx.stage]
-        starts = self.ctx.starts if stage["start_from"] == "initial" else extract_structures(self.ctx.dataset, orm.Int(4))
-        if stage["max_starts"] is not None:
-            labels = sorted(starts)
-            picks = np.unique(np.linspace(0, len(labels) - 1, num=min(stage["max_starts"], len(labels))).round().astype(int))
-            starts = {labels[i]: starts[labels[i]] for i in picks}
+    def explore(self) -> ToContext:
+        """MD with the ensemble from every start, at every temperature of the stage, ``runs`` times each."""
+        stage = self.stages[self.ctx.stage]
+        starts = self.ctx.starts
+        if stage.start_from == "dataset":
+            starts = extract_structures(self.ctx.dataset, orm.Int(stage.dataset_starts))
+        if stage.max_starts is not None:
+            starts = {label: starts[label] for label in evenly_spread(list(starts), stage.max_starts)}
         inputs = self.exposed_inputs(MDCalculation, "md")
         potentials = {f"member_{i}": p for i, p in enumerate(self.ctx.ensemble)}
-        trust_high = SelectionSettings.from_dict(self.inputs.selection.get_dict()).window.trust_high
-        threshold = stage["max_force_std"] or 2.0 * trust_high
+        threshold = stage.max_force_std or stage.stop_factor * self.selection_settings.window.trust_high
         futures = {}
         for start_label in sorted(starts):
-            for temperature in stage["temperatures"]:
-                for run in range(stage["runs"]):
+            for temperature in stage.temperatures:
+                for run in range(stage.runs):
                     parameters = {
-                        "ensemble": "npt" if stage["pressure"] is not None else "nvt",
-                        "thermostat": stage["thermostat"], "temperature": float(temperature),
-                        "pressure": float(stage["pressure"] or 0.0), "timestep": stage["timestep"],
-                        "steps": stage["steps"], "save_interval": stage["save_interval"],
+                        "ensemble": "npt" if stage.pressure is not None else "nvt",
+                        "thermostat": stage.thermostat, "temperature": float(temperature),
+                        "pressure": float(stage.pressure or 0.0), "timestep": stage.timestep,
+                        "steps": stage.steps, "save_interval": stage.save_interval,
                         "max_force_std": threshold, "seed": 1000 * self.ctx.iteration + run,
                     }
                     label = f"iteration_{self.ctx.iteration:02d}_md_{len(futures):03d}"
-                    run_inputs = {**inputs, "potentials": potentials, "structure": starts[start_label],
-                                  "parameters": orm.Dict(parameters)}
-                    futures[label] = submit_once(self, MDCalculation, label, **run_inputs)
-        self.report(f"iteration {self.ctx.iteration}: stage {self.ctx.stage} ({stage['name'] or 'unnamed'}), "
+                    futures[label] = submit_once(self, MDCalculation, label, **inputs, potentials=potentials,
+                                                 structure=starts[start_label], parameters=orm.Dict(parameters))
+        self.report(f"iteration {self.ctx.iteration}: stage {self.ctx.stage} ({stage.name or 'unnamed'}), "
                     f"{len(futures)} MD runs")
         return ToContext(**futures)
 
-    def inspect_exploration(self):
+    def inspect_exploration(self) -> ExitCode | None:
+        """Keep the trajectories (also of runs stopped as unphysical); stop (404) when every run failed."""
         runs = self._iteration_children("md")
         blown_up = MDCalculation.exit_codes.ERROR_UNPHYSICAL.status
         finished = [node for node in runs if node.is_finished_ok or node.exit_status == blown_up]
         if not finished:
-            return self.exit_codes.ERROR_EXPLORATION_FAILED
+            return self._stop_with(self.exit_codes.ERROR_EXPLORATION_FAILED)
         self.ctx.trajectories = {f"run_{i:03d}": node.outputs.trajectory for i, node in enumerate(finished)}
         self.ctx.md_failures = len(runs) - len(finished)
         self.ctx.stop_reasons = [node.outputs.result["stop_reason"] for node in finished]
         return None
 
-    def select(self):
-        name = self.ctx.stages[self.ctx.stage]["name"]
+    def select(self) -> None:
+        """Classify the frames by the trust window and pick diverse candidates (``tace.select_frames``)."""
+        name = self.stages[self.ctx.stage].name
         families = orm.Dict({label: name for label in self.ctx.trajectories}) if name else None
         outputs = select_frames(parameters=self.inputs.selection, families=families, **self.ctx.trajectories)
         self.ctx.selected = outputs["selected"]
@@ -321,84 +324,75 @@ class ActiveLearningWorkChain(WorkChain):
         self.report(f"iteration {self.ctx.iteration}: {report['accurate']} accurate, {report['candidate']} candidate, "
                     f"{report['failed']} failed frames; {report['selected']} selected")
 
-    def has_selection(self):
+    def has_selection(self) -> bool:
         return self.ctx.selected.num_structures > 0
 
-    def label_selection(self):
+    def label_selection(self) -> ToContext:
+        """Label the selected frames."""
         return ToContext(new_labels=self._label(self.ctx.selected, f"iteration_{self.ctx.iteration:02d}_label"))
 
-    def merge_selection(self):
+    def merge_selection(self) -> ExitCode | None:
+        """Merge the new labels into the dataset; stop (402) when more than the failure budget failed.
+
+        What was labelled is merged even then: no finished label is thrown away.
+        """
         node = self.ctx.new_labels
-        report = node.outputs.report.get_dict() if "report" in node.outputs else {"num_failed": self.ctx.selected.num_structures}
-        fraction = report["num_failed"] / self.ctx.selected.num_structures
-        self.ctx.label_failures = report["num_failed"]
-        if fraction > self.ctx.stopping["max_label_failure_fraction"]:
-            return self.exit_codes.ERROR_TOO_MANY_LABEL_FAILURES.format(fraction=fraction)
-        labelled = node.outputs.dataset
-        self.ctx.calibration = calibration(labelled)
-        self.ctx.dataset = merge_datasets(previous=self.ctx.dataset, new=labelled)
+        selected = self.ctx.selected.num_structures
+        num_failed = node.outputs.report.get_dict()["num_failed"] if "report" in node.outputs else None
+        fraction = label_failure_fraction(num_failed, selected)
+        self.ctx.label_failures = selected if num_failed is None else num_failed
+        if "dataset" in node.outputs:
+            labelled = node.outputs.dataset
+            self.ctx.calibration = calibration(labelled)
+            self.ctx.dataset = merge_datasets(previous=self.ctx.dataset, new=labelled)
+        if over_failure_budget(fraction, self.stopping):
+            self.report(f"iteration {self.ctx.iteration}: {self.ctx.label_failures} of {selected} labels failed")
+            return self._stop_with(self.exit_codes.ERROR_TOO_MANY_LABEL_FAILURES.format(fraction=fraction))
         return None
 
-    def advance(self):
-        selection = self.ctx.selection_report
+    def decide(self) -> None:
+        """Record the iteration, then advance the stage or stop (:func:`.decisions.advance`)."""
         self.ctx.iterations.append(self._iteration_entry())
         self.ctx.calibration = None
         self.ctx.label_failures = 0
-        if selection["accurate_fraction"] >= self.ctx.stopping["accurate_fraction"]:
-            self.ctx.converged_count += 1
-        else:
-            self.ctx.converged_count = 0
-        if self.ctx.converged_count >= self.ctx.stopping["converged_iterations"]:
-            if self.ctx.stage + 1 < len(self.ctx.stages):
-                self.ctx.stage += 1
-                self.ctx.converged_count = 0
-                self.report(f"stage converged; moving on to stage {self.ctx.stage}")
-            else:
-                self.ctx.stop_reason = "converged"
-        elif selection["candidate"] == 0:
-            self.ctx.stop_reason = "no_candidates"
-        if self.ctx.stop_reason is None and self.ctx.iteration >= self.ctx.stopping["max_iterations"]:
-            self.ctx.stop_reason = "max_iterations"
+        selection = self.ctx.selection_report
+        decision = advance(self.ctx.stage, self.ctx.converged_count, self.ctx.iteration,
+                           selection["accurate_fraction"], selection["candidate"], self.stopping, len(self.stages))
+        self.ctx.stage, self.ctx.converged_count, self.ctx.stop_reason = (
+            decision.stage, decision.converged_count, decision.stop_reason)
+        if decision.message:
+            self.report(decision.message)
 
     def _iteration_entry(self) -> dict:
-        def mean(key: str, source: str = "best") -> float | None:
-            values = [m.get(source, {}).get(key) for m in self.ctx.training_metrics]
-            values = [v for v in values if v is not None]
-            return float(np.mean(values)) if values else None
+        return iteration_entry(
+            iteration=self.ctx.iteration, stage=self.ctx.stage, dataset_size=self.ctx.trained_on,
+            dataset_size_after=self.ctx.dataset.num_structures, members=len(self.ctx.ensemble),
+            training_metrics=self.ctx.training_metrics, selection=self.ctx.selection_report,
+            label_failures=self.ctx.label_failures, md_failures=self.ctx.md_failures,
+            md_stop_reasons=self.ctx.stop_reasons, calibration_data=self.ctx.calibration,
+            steps={"train": self._iteration_children("train"), "md": self._iteration_children("md")},
+        )
 
-        steps = {"train": self._iteration_children("train"), "md": self._iteration_children("md")}
-        seconds = {kind: max((n.mtime - n.ctime).total_seconds() for n in nodes) if nodes else 0.0
-                   for kind, nodes in steps.items()}
-        calibration_data = self.ctx.calibration or {}
-        return {
-            "iteration": self.ctx.iteration,
-            "stage": self.ctx.stage,
-            "dataset_size": self.ctx.trained_on,
-            "dataset_size_after": self.ctx.dataset.num_structures,
-            "members": len(self.ctx.ensemble),
-            "valid_forces_rmse": mean("valid_forces_rmse"),
-            "valid_energy_per_atom_rmse": mean("valid_energy_per_atom_rmse"),
-            "test_forces_rmse": mean("forces_rmse", "test"),
-            "test_energy_per_atom_rmse": mean("energy_per_atom_rmse", "test"),
-            "frames": self.ctx.selection_report["frames"],
-            "accurate_fraction": self.ctx.selection_report["accurate_fraction"],
-            "candidate_fraction": self.ctx.selection_report["candidate_fraction"],
-            "failed_fraction": self.ctx.selection_report["failed_fraction"],
-            "selected": self.ctx.selection_report["selected"],
-            "label_failures": self.ctx.label_failures,
-            "md_failures": self.ctx.md_failures,
-            "md_stop_reasons": self.ctx.stop_reasons,
-            "calibration": calibration_data,
-            "wall_seconds": seconds,
-        }
+    # ------------------------------------------------------------------------------- results
 
-    # ---------------------------------------------------------------------------------- results
-
-    def finalize(self):
+    def _attach_outputs(self) -> None:
+        """The ensemble, the dataset and the report as they stand (at the end, or when the run stops early)."""
         for index, potential in enumerate(self.ctx.ensemble):
             self.out(f"ensemble.member_{index}", potential)
-        self.out("dataset", self.ctx.dataset)
-        self.out("report", freeze_report(orm.Dict({"stop_reason": self.ctx.stop_reason, "iterations": self.ctx.iterations})))
+        if self.ctx.dataset is not None:
+            self.out("dataset", self.ctx.dataset)
+        report = {"stop_reason": self.ctx.stop_reason, "iterations": self.ctx.iterations}
+        self.out("report", freeze_report(orm.Dict(report)))
+
+    def _stop_with(self, exit_code: ExitCode) -> ExitCode:
+        """Stop the run with ``exit_code``, keeping every output made so far."""
+        self.ctx.stop_reason = exit_code.message
+        self._attach_outputs()
+        return exit_code
+
+    def finalize(self) -> ExitCode | None:
+        """Attach the outputs; exit 401 when the cap on iterations ended the run."""
+        self._attach_outputs()
         self.report(f"finished after {self.ctx.iteration} iterations: {self.ctx.stop_reason}")
         if self.ctx.stop_reason == "max_iterations":
             return self.exit_codes.ERROR_MAX_ITERATIONS

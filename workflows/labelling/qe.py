@@ -1,8 +1,9 @@
 """``tace.label_qe``: label periodic structures with Quantum ESPRESSO's pw.x through aiida-quantumespresso.
 
-One ``PwBaseWorkChain`` (protocol inputs, restart handlers) runs per structure, all at the same time,
-as an SCF with forces and stress. The finished ones become frames of one ``dataset`` in a
-calcfunction whose inputs are their outputs, so each frame's provenance leads to its
+One ``PwBaseWorkChain`` (protocol inputs, restart handlers) runs per structure, as an SCF with forces
+and stress, at most ``max_concurrent`` at a time: a selection of 500 structures is launched in
+batches, the next batch once the previous one has finished. The finished ones become frames of one
+``dataset`` in a calcfunction whose inputs are their outputs, so each frame's provenance leads to its
 ``PwBaseWorkChain`` (also named by the frame's ``label_uuid``). The failed ones are listed in the
 ``report`` with their exit status and message and never become labels; the outputs are those of
 ``tace.label_ase``.
@@ -20,14 +21,14 @@ from typing import Any
 
 import numpy as np
 from aiida import orm
-from aiida.engine import WorkChain, calcfunction
+from aiida.engine import ToContext, WorkChain, calcfunction, while_
 from aiida.plugins import GroupFactory, WorkflowFactory
 from ase import units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
+from tace_aiida.workflows.resubmission import submit_once
 
 from tace_aiida.data import TrainingSetData
-from tace_aiida.workflows.resubmission import submit_once
 
 PwBaseWorkChain = WorkflowFactory("quantumespresso.pw.base")
 PseudoPotentialFamily = GroupFactory("pseudo.family")
@@ -70,6 +71,10 @@ def validate_pseudo_family(value: orm.Str, _) -> str | None:
         return (f"no pseudopotential family {value.value!r} is installed; install one with "
                 "`tace_aiida.pseudos.ensure_pseudo_family` or `aiida-pseudo install`")
     return None
+
+
+def validate_max_concurrent(value: orm.Int, _) -> str | None:
+    return None if value.value >= 1 else f"max_concurrent must be >= 1, not {value.value}"
 
 
 def validate_overrides(value: orm.Dict, _) -> str | None:
@@ -169,7 +174,13 @@ class QeLabelWorkChain(WorkChain):
                    help="Largest spacing between k-points in 1/Å. Default: the protocol's.")
         spec.input("options", valid_type=orm.Dict, required=False,
                    help="`metadata.options` of every PwCalculation (resources, max_wallclock_seconds, withmpi ...).")
-        spec.outline(cls.run_calculations, cls.collect_results)
+        spec.input("max_concurrent", valid_type=orm.Int, default=lambda: orm.Int(20), validator=validate_max_concurrent,
+                   help="At most this many PwBaseWorkChains alive at once; the others wait for the next batch.")
+        spec.outline(
+            cls.setup,
+            while_(cls.has_structures_to_launch)(cls.launch_batch),
+            cls.collect_results,
+        )
         spec.output("dataset", valid_type=TrainingSetData, required=False,
                     help="The structures that were labelled (eV, eV/Å, eV/Å^3); each frame's info has `input_index` "
                          "and `label_uuid` (its PwBaseWorkChain).")
@@ -216,26 +227,47 @@ class QeLabelWorkChain(WorkChain):
             overrides["kpoints_distance"] = self.inputs.kpoints_distance.value
         return overrides
 
-    def run_calculations(self):
-        """Build every structure's PwBaseWorkChain from the protocol, then launch them all."""
-        structures = split_structures(self.inputs.structures, metadata={"call_link_label": "split_structures"})
-        overrides = self._protocol_overrides()
+    def _builder(self, structure: orm.StructureData, overrides: dict):
+        """The PwBaseWorkChain builder of one structure from the protocol; ValueError for settings it refuses."""
         options = self.inputs.options.get_dict() if "options" in self.inputs else None
-        builders = {}
-        for label in sorted(structures, key=lambda name: int(name.rpartition("_")[2])):
-            index = int(label.rpartition("_")[2])
-            try:
-                builder = PwBaseWorkChain.get_builder_from_protocol(
-                    self.inputs.code, structures[label], protocol=self.inputs.protocol.value,
-                    overrides=copy.deepcopy(overrides), options=options,
-                )
-            except (ValueError, NotImplementedError) as error:
-                return self.exit_codes.ERROR_INVALID_SETTINGS.format(message=f"structure {index}: {error}")
-            builders[index] = builder
-        for index, builder in builders.items():
-            self.to_context(**{f"pw_{index}": submit_once(self, builder, f"pw_{index}")})
-        self.report(f"launched {len(builders)} PwBaseWorkChains")
+        try:
+            return PwBaseWorkChain.get_builder_from_protocol(
+                self.inputs.code, structure, protocol=self.inputs.protocol.value,
+                overrides=copy.deepcopy(overrides), options=options,
+            )
+        except (ValueError, NotImplementedError) as error:
+            raise ValueError(str(error)) from error
+
+    def setup(self):
+        """One StructureData per frame; the first structure's builder is made here, so bad settings stop the run
+        before any job starts."""
+        self.ctx.structures = split_structures(self.inputs.structures, metadata={"call_link_label": "split_structures"})
+        self.ctx.next_index = 0
+        try:
+            self._builder(self.ctx.structures["structure_0"], self._protocol_overrides())
+        except ValueError as error:
+            return self.exit_codes.ERROR_INVALID_SETTINGS.format(message=f"structure 0: {error}")
         return None
+
+    def has_structures_to_launch(self) -> bool:
+        return self.ctx.next_index < self.inputs.structures.num_structures
+
+    def launch_batch(self):
+        """Launch the next ``max_concurrent`` PwBaseWorkChains and wait for them."""
+        first = self.ctx.next_index
+        last = min(first + self.inputs.max_concurrent.value, self.inputs.structures.num_structures)
+        overrides = self._protocol_overrides()
+        futures = {}
+        for index in range(first, last):
+            try:
+                builder = self._builder(self.ctx.structures[f"structure_{index}"], overrides)
+            except ValueError as error:
+                return self.exit_codes.ERROR_INVALID_SETTINGS.format(message=f"structure {index}: {error}")
+            futures[f"pw_{index}"] = submit_once(self, builder, f"pw_{index}")
+        self.ctx.next_index = last
+        self.report(f"launched PwBaseWorkChains for structures {first} to {last - 1} "
+                    f"of {self.inputs.structures.num_structures}")
+        return ToContext(**futures)
 
     def collect_results(self):
         """Turn the finished PwBaseWorkChains into frames; list the failed ones in the report."""
