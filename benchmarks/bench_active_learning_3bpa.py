@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.io import read, write
-
-from benchmarks.common import DATA_DIR, MatchedSettings, frame_key, energy_force_rmse
-from benchmarks.tace_peer import tace_config
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.training import train
+
+from benchmarks.common import DATA_DIR, MatchedSettings, energy_force_rmse, frame_key
+from benchmarks.tace_peer import tace_config
 from tace_aiida.selection import CANDIDATE, SelectionSettings, TrustWindow, classify, frame_deviation, pick_diverse
 
 #: Smaller than the side-by-side benchmark's model so that a whole run fits in about an hour.
@@ -175,7 +175,7 @@ def format_table(random_rows: list[dict], active_rows: list[dict]) -> str:
     """Markdown table of test force RMSE against labels, with the half-the-labels verdict."""
     lines = ["| labels | random F RMSE (meV/Å) | active F RMSE (meV/Å) | active / random | active ensemble F RMSE (meV/Å) |",
              "|---|---|---|---|---|"]
-    for rnd, act in zip(random_rows, active_rows):
+    for rnd, act in zip(random_rows, active_rows, strict=True):
         lines.append(f"| {rnd['labels']} | {rnd['forces_rmse']:.1f} | {act['forces_rmse']:.1f} | "
                      f"{act['forces_rmse'] / rnd['forces_rmse']:.2f}× | {act['ensemble_forces_rmse']:.1f} |")
     final = random_rows[-1]

@@ -34,12 +34,12 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
-
-from tace_aiida.calculations.functions import merge_datasets
-from tace_aiida.data import TrainingSetData
 from tace_aiida.model.data import LabelKeys, frames_to_graphs
 from tace_aiida.model.frames import read_columns, read_frames, write_frames
 from tace_aiida.model.potential import ModelConfig
+
+from tace_aiida.calculations.functions import merge_datasets
+from tace_aiida.data import TrainingSetData
 from tests.helpers.legacy_dataset import extxyz_dataset
 
 CELL = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)

@@ -25,7 +25,6 @@ from ase.build import bulk
 from ase.io import read
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
-
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.checkpoint import save_checkpoint
 from tace_aiida.model.data import edges_within_cutoff
@@ -94,7 +93,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        for (name, atoms), steps in zip(systems().items(), args.steps):
+        for (name, atoms), steps in zip(systems().items(), args.steps, strict=True):
             workdir = Path(folder) / str(len(rows))
             workdir.mkdir()
             paths = member_checkpoints(atoms, workdir, dtype)

@@ -132,7 +132,7 @@ def mixed_temperature_labels(mixed: Sequence[Atoms], reference_300K: Sequence[At
     blocks = np.array_split(np.arange(len(mixed)), len(TEMPERATURES_K))
     estimate = equipartition_temperature(mixed, reference_300K)
     labels = np.empty(len(mixed), dtype=int)
-    for temperature, block in zip(TEMPERATURES_K, blocks):
+    for temperature, block in zip(TEMPERATURES_K, blocks, strict=True):
         if abs(estimate[block].mean() / temperature - 1.0) > 0.15:
             raise ValueError(f"frames {block[0]}-{block[-1]} do not look like {temperature} K MD")
         labels[block] = temperature
@@ -152,7 +152,7 @@ def load_3bpa_split(
     labels = mixed_temperature_labels(mixed, frames_300)
     seen = {frame_key(a) for a in frames_300}
     test = {
-        f"{t}K": [a for a, label in zip(mixed, labels) if label == t and frame_key(a) not in seen]
+        f"{t}K": [a for a, label in zip(mixed, labels, strict=True) if label == t and frame_key(a) not in seen]
         for t in TEMPERATURES_K
     }
     train, valid = _split(frames_300, valid_fraction, seed)
@@ -170,7 +170,7 @@ def periodic_test_cell(data_dir: Path = DATA_DIR, per_side: int = 2, gap: float 
     centred = [m.positions - m.positions.mean(axis=0) for m in molecules]
     spacing = 2.0 * max(np.linalg.norm(p, axis=1).max() for p in centred) + gap
     grid = np.array(np.meshgrid(*[np.arange(per_side)] * 3, indexing="ij")).reshape(3, -1).T
-    positions = np.concatenate([p + (g + 0.5) * spacing for p, g in zip(centred, grid)])
+    positions = np.concatenate([p + (g + 0.5) * spacing for p, g in zip(centred, grid, strict=True)])
     numbers = np.concatenate([m.numbers for m in molecules])
     return Atoms(numbers=numbers, positions=positions, cell=[per_side * spacing] * 3, pbc=True)
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from ase import Atoms
 from ase.io import write
-
-from benchmarks.common import MatchedSettings, TrainedModel, read_e0s
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.config import TrainingConfig
 from tace_aiida.model.training import train
+
+from benchmarks.common import MatchedSettings, TrainedModel, read_e0s
 
 NAME = "tace-aiida"
 

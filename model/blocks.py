@@ -12,6 +12,7 @@ all members in one pass (see :mod:`tace_aiida.model.ensemble`).
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -252,7 +253,7 @@ class MLPReadout(nn.Module):
         super().__init__()
         sizes = (channels, *hidden)
         layers: list[nn.Module] = []
-        for size_in, size_out in zip(sizes[:-1], sizes[1:]):
+        for size_in, size_out in pairwise(sizes):
             layers += [nn.Linear(size_in, size_out), nn.SiLU()]
         layers.append(nn.Linear(sizes[-1], 1))
         self.net = nn.Sequential(*layers)

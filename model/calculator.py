@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -14,10 +14,10 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from .checkpoint import load_model
-from .validation import check_ensemble
 from .data import atoms_to_graph, collate, resolve_device, to_device
 from .ensemble import StackedEnsemble, stacking_obstacle
 from .potential import CartesianTensorPotential, Outputs
+from .validation import check_ensemble
 
 
 def stack_outputs(outputs: Sequence[Outputs]) -> Outputs:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -120,7 +120,7 @@ def irreducible_product(first: Tensor, l1: int, second: Tensor, l2: int, l3: int
     return detrace(symmetrise(contracted, l3), l3)
 
 
-@lru_cache(maxsize=None)
+@cache
 def packed_basis(rank: int) -> Tensor:
     """Orthonormal basis ``U_l`` of rank-l ICTs, ``[3**l, 2l+1]``, float64.
 
@@ -166,7 +166,7 @@ def unpack(packed: Tensor, rank: int) -> Tensor:
 _REFERENCE_DIRECTION = torch.tensor([0.3, -0.5, 0.8], dtype=torch.float64)
 
 
-@lru_cache(maxsize=None)
+@cache
 def path_normalisation(l1: int, l2: int, l3: int) -> float:
     """Factor making ``(T^l1(r) x T^l2(r)) -> l3 = T^l3(r)`` for the averaging convention."""
     unit = _REFERENCE_DIRECTION / _REFERENCE_DIRECTION.norm()
@@ -175,7 +175,7 @@ def path_normalisation(l1: int, l2: int, l3: int) -> float:
     return float((target * target).sum() / (target * raw).sum())
 
 
-@lru_cache(maxsize=None)
+@cache
 def packed_coupling(l1: int, l2: int, l3: int) -> Tensor:
     """Coupling ``C[a, b, m]`` of the normalised product on packed ICTs, ``[2l1+1, 2l2+1, 2l3+1]``.
 

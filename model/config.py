@@ -14,7 +14,15 @@ import yaml
 from .data import is_device
 from .potential import ModelConfig
 from .validation import (
-    NON_EMPTY, Rule, at_least, check_dataclass, check_settings, each_at_least, greater_than, one_of, within,
+    NON_EMPTY,
+    Rule,
+    at_least,
+    check_dataclass,
+    check_settings,
+    each_at_least,
+    greater_than,
+    one_of,
+    within,
 )
 
 #: Model settings a user may set; the rest (species, E0s, scale, shift, neighbours) come from data.
@@ -126,7 +134,7 @@ class TrainingConfig:
             raise ValueError(f"model settings: {error}") from None
 
     @classmethod
-    def from_dict(cls, data: dict, base_dir: str | Path = ".") -> "TrainingConfig":
+    def from_dict(cls, data: dict, base_dir: str | Path = ".") -> TrainingConfig:
         """Build from a plain mapping; relative paths are resolved against ``base_dir``."""
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
@@ -145,7 +153,7 @@ class TrainingConfig:
         return config
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "TrainingConfig":
+    def from_yaml(cls, path: str | Path) -> TrainingConfig:
         path = Path(path)
         try:
             data = yaml.load(path.read_text(), Loader=_YAMLLoader)

@@ -12,8 +12,8 @@ A graph is a dict of tensors:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -151,7 +151,7 @@ def collate(graphs: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
     atom_counts = torch.tensor([len(g["positions"]) for g in graphs])
     offsets = torch.cumsum(atom_counts, 0) - atom_counts
     batch = {
-        "edge_index": torch.cat([g["edge_index"] + offset for g, offset in zip(graphs, offsets)], dim=1),
+        "edge_index": torch.cat([g["edge_index"] + offset for g, offset in zip(graphs, offsets, strict=True)], dim=1),
         "shifts": torch.cat([g["shifts"] for g in graphs]),
         "batch": torch.repeat_interleave(torch.arange(len(graphs)), atom_counts),
         "num_atoms": atom_counts,

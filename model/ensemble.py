@@ -11,8 +11,8 @@ may differ and are stacked too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import fields
-from typing import Sequence
 
 import torch
 from torch import nn

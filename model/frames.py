@@ -20,9 +20,10 @@ accepted, JSON is parsed with :func:`json.loads`, and any other HDF5 type is ref
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any
 
 import h5py
 import numpy as np
@@ -200,7 +201,7 @@ def write_frames(target: Source, frames: Sequence[Atoms], metadata: dict | None 
         if any("energy" in found for found in labels):
             handle.create_dataset("energy", data=[float(found.get("energy", np.nan)) for found in labels])
         if any("forces" in found for found in labels):
-            forces = [np.asarray(found.get("forces", np.full((n, 3), np.nan)), dtype=float) for found, n in zip(labels, sizes)]
+            forces = [np.asarray(found.get("forces", np.full((n, 3), np.nan)), dtype=float) for found, n in zip(labels, sizes, strict=True)]
             handle.create_dataset("forces", data=np.concatenate(forces))
         if any("stress" in found for found in labels):
             handle.create_dataset("stress", data=np.array([found.get("stress", np.full((3, 3), np.nan)) for found in labels], dtype=float))

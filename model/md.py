@@ -44,7 +44,14 @@ from .calculator import TACECalculator
 from .checkpoint import read_checkpoint
 from .data import is_device, species_indices
 from .validation import (
-    Rule, at_least, check_dataclass, check_ensemble, check_structure, greater_than, overlapping_pair, read_structures,
+    Rule,
+    at_least,
+    check_dataclass,
+    check_ensemble,
+    check_structure,
+    greater_than,
+    overlapping_pair,
+    read_structures,
 )
 
 SETTINGS = "md.json"
@@ -90,7 +97,7 @@ class MDSettings:
             raise ValueError(f"NVT thermostat must be langevin or bussi, not {self.thermostat!r}")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "MDSettings":
+    def from_dict(cls, data: dict) -> MDSettings:
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown MD settings {sorted(unknown)}")

@@ -59,7 +59,7 @@ class ModelConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -146,7 +146,7 @@ class CartesianTensorPotential(ConstantsModule):
         node_energy = torch.zeros_like(positions[..., 0])
         invariants = []
         for interaction, product, mixer, residual, readout in zip(
-            self.interactions, self.products, self.mixers, self.residuals, self.readouts
+            self.interactions, self.products, self.mixers, self.residuals, self.readouts, strict=True
         ):
             aggregated = interaction(features, harmonics, radial, edge_index)
             updated = mixer(product(aggregated, species), one_hot)

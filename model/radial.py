@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -76,7 +77,7 @@ class RadialMLP(nn.Module):
     def __init__(self, num_basis: int, hidden: tuple[int, ...], num_paths: int, channels: int) -> None:
         super().__init__()
         sizes = (num_basis, *hidden, channels * num_paths)
-        self.weights = nn.ParameterList([nn.Parameter(torch.randn(a, b)) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.weights = nn.ParameterList([nn.Parameter(torch.randn(a, b)) for a, b in pairwise(sizes)])
         self.norms = [1.0 / math.sqrt(a) for a in sizes[:-1]]
         self.activation = ScaledSiLU()
         self.num_paths = num_paths
@@ -84,7 +85,7 @@ class RadialMLP(nn.Module):
 
     def forward(self, radial: Tensor) -> Tensor:
         x = radial
-        for index, (weight, norm) in enumerate(zip(self.weights, self.norms)):
+        for index, (weight, norm) in enumerate(zip(self.weights, self.norms, strict=True)):
             x = x @ (weight * norm)
             if index < len(self.weights) - 1:
                 x = self.activation(x)

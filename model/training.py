@@ -11,9 +11,10 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -25,10 +26,10 @@ from .checkpoint import load_model, save_checkpoint
 from .config import TrainingConfig
 from .data import LabelKeys, collate, frames_to_graphs, resolve_device, to_device
 from .evaluation import evaluate
+from .frames import is_frame_file, read_frames
 from .potential import CartesianTensorPotential, ModelConfig
 from .statistics import average_num_neighbors, fit_atomic_energies, interaction_energy_statistics
 from .validation import read_structures
-from .frames import is_frame_file, read_frames
 
 logger = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -75,7 +76,7 @@ def reference_energies(config: TrainingConfig, atomic_numbers: Sequence[int], gr
         species = sorted({int(z) for atoms in frames for z in atoms.numbers})
         isolated = frames_to_graphs(frames, config.e0s_file, species, 1.0, LabelKeys(config.energy_key))
         table = {}
-        for index, (atoms, graph) in enumerate(zip(frames, isolated)):
+        for index, (atoms, graph) in enumerate(zip(frames, isolated, strict=True)):
             if len(atoms) != 1:
                 raise ValueError(f"{config.e0s_file}, frame {index}: {atoms.get_chemical_formula()} is no isolated atom "
                                  f"(an E0 file holds one atom per frame)")

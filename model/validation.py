@@ -6,10 +6,11 @@ Torch-free, so that the labeller and the AiiDA plugin can use it cheaply.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from pathlib import Path
 from types import UnionType
-from typing import Any, Callable, Mapping, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 from ase import Atoms

@@ -10,8 +10,8 @@ installs an aiida-pseudo family once and returns the same family on every later 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from aiida import orm
 from aiida_pseudo.data.pseudo import UpfData

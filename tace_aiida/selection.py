@@ -59,7 +59,7 @@ class SelectionSettings:
         check_dataclass(self, RULES, "selection setting")
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SelectionSettings":
+    def from_dict(cls, data: dict) -> SelectionSettings:
         """From a flat mapping: the window's settings, ``families`` (name -> window settings) and the rest."""
         data = dict(data)
         window_keys = {f.name for f in fields(TrustWindow)}

@@ -6,7 +6,6 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,9 @@ import pytest
 import torch
 from ase import Atoms
 from ase.io import read
-
 from tace_aiida.model.potential import CartesianTensorPotential, ModelConfig
+
+from .external import require_module, require_program
 
 pytest_plugins = ["aiida.tools.pytest_fixtures"]
 
@@ -237,3 +237,31 @@ def parse_retrieved(aiida_localhost):
         return ParserFactory(entry_point).parse_from_node(node, store_provenance=False)
 
     return parse
+
+
+FAMILY = "tace-tests/Si-H.pbe"
+CUTOFFS_RY = (20.0, 80.0)
+PW_OPTIONS = {"withmpi": False, "max_wallclock_seconds": 600}
+
+
+@pytest.fixture
+def fast_polling(aiida_profile, aiida_localhost):
+    """Test profiles poll processes without delay; let the computer be polled without delay too."""
+    aiida_localhost.set_minimum_job_poll_interval(0.0)
+    aiida_localhost.configure(safe_interval=0.0)
+
+
+@pytest.fixture
+def qe(aiida_profile, aiida_code_installed):
+    """The ``QeLabelWorkChain``, a pw.x code and a Si and H pseudopotential family."""
+    require_module("aiida_quantumespresso")
+    executable = require_program("pw.x")
+    from tace_aiida.workflows.labelling.qe import QeLabelWorkChain
+
+    from tace_aiida.pseudos import ensure_pseudo_family
+
+    code = aiida_code_installed(label="pw", default_calc_job_plugin="quantumespresso.pw",
+                                filepath_executable=executable)
+    ensure_pseudo_family(FAMILY, {"Si": "Si.pbe-rrkj.UPF", "H": "H.pbe-kjpaw.UPF"},
+                         cutoffs={"Si": CUTOFFS_RY, "H": CUTOFFS_RY})
+    return QeLabelWorkChain, code

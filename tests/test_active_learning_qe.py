@@ -8,11 +8,10 @@ from aiida import orm
 from aiida.common.links import LinkType
 from aiida.engine import run_get_node
 from ase import build
-
 from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
 
-from .test_active_learning import builder_for, called, fast_polling  # noqa: F401 (fast_polling is a fixture)
-from .test_labellers_dft import FAMILY, PW_OPTIONS, qe  # noqa: F401 (qe is a fixture)
+from .conftest import FAMILY, PW_OPTIONS
+from .test_active_learning import builder_for, called
 
 SELECTED = 3
 

@@ -19,8 +19,6 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.cluster import Octahedron
 from ase.io import write
-
-from tace_aiida.labelling import runner
 from tace_aiida.model import md
 from tace_aiida.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from tace_aiida.model.cli import eval_main, train_main
@@ -29,6 +27,8 @@ from tace_aiida.model.data import LabelKeys, atoms_to_graph, collate, frames_to_
 from tace_aiida.model.potential import CartesianTensorPotential
 from tace_aiida.model.training import loss_function, prepare_data, train
 from tace_aiida.model.validation import read_structures
+
+from tace_aiida.labelling import runner
 
 from .conftest import periodic_cell, small_model
 
@@ -148,7 +148,7 @@ def test_bad_structures_and_labels_name_the_frame_and_change_nothing(tmp_path, f
 def test_frames_without_forces_train_when_forces_are_not_weighed(tmp_path, frames_300K):
     frames = labelled_copies(frames_300K, 4)
     drop_forces_everywhere = [SinglePointCalculator(a, energy=a.get_potential_energy()) for a in frames]
-    for atoms, calc in zip(frames, drop_forces_everywhere):
+    for atoms, calc in zip(frames, drop_forces_everywhere, strict=True):
         atoms.calc = calc
     path = tmp_path / "train.xyz"
     write(path, frames, format="extxyz")

@@ -44,7 +44,7 @@ def test_emt_labelling_matches_emt(aiida_profile, installed_code):
     assert node.is_finished_ok, node.exit_message
     labelled = results["dataset"].get_atoms()
     assert results["report"]["num_labelled"] == 3 and results["report"]["num_failed"] == 0
-    for original, atoms in zip(frames, labelled):
+    for original, atoms in zip(frames, labelled, strict=True):
         assert np.allclose(atoms.positions, original.positions, atol=1e-7)
         reference = atoms.copy()
         reference.calc = EMT()
@@ -148,8 +148,8 @@ def test_train_parser_exit_codes(aiida_profile, parse_retrieved):
 
 @pytest.mark.slow
 def test_md_with_an_ensemble_records_uncertainty(aiida_profile, installed_code, trained, tmp_path):
-    from tace_aiida.model.checkpoint import load_model, save_checkpoint
     import torch
+    from tace_aiida.model.checkpoint import load_model, save_checkpoint
 
     model, metadata = load_model(trained["checkpoint"])
     with torch.no_grad():

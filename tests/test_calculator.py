@@ -9,7 +9,6 @@ from ase import Atoms, units
 from ase.calculators.calculator import PropertyNotImplementedError
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
 from ase.md.verlet import VelocityVerlet
-
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.checkpoint import load_model, save_checkpoint
 

@@ -6,7 +6,6 @@ import itertools
 
 import pytest
 import torch
-
 from tace_aiida.model.blocks import EdgeHarmonics
 from tace_aiida.model.cartesian import (
     cartesian_harmonic,

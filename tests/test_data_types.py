@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 from aiida import orm
 from ase.build import bulk
+from tace_aiida.model.checkpoint import CheckpointError
 
 from tace_aiida.calculations.functions import merge_datasets, structures_to_dataset
 from tace_aiida.data import PotentialData, TrainingSetData
-from tace_aiida.model.checkpoint import CheckpointError
 
 from .helpers.legacy_dataset import extxyz_dataset
 
 
 def test_dataset_round_trip_keeps_labels_and_metadata(aiida_profile, frames_300K):
     frames = [a.copy() for a in frames_300K[:5]]
-    for atoms, source in zip(frames, frames_300K[:5]):
+    for atoms, source in zip(frames, frames_300K[:5], strict=True):
         atoms.calc = source.calc
         atoms.info["temperature"] = 300.0
     stored = TrainingSetData(frames).store()
@@ -25,7 +25,7 @@ def test_dataset_round_trip_keeps_labels_and_metadata(aiida_profile, frames_300K
     assert loaded.elements == ["C", "H", "N", "O"]
     assert loaded.label_counts == {"energy": 5, "forces": 5, "stress": 0}
     assert loaded.base.attributes.get("num_atoms") == 135
-    for original, atoms in zip(frames_300K, loaded.get_atoms()):
+    for original, atoms in zip(frames_300K[:5], loaded.get_atoms(), strict=True):
         assert atoms.get_potential_energy() == pytest.approx(original.get_potential_energy(), abs=1e-10)
         assert np.allclose(atoms.get_forces(), original.get_forces(), atol=1e-10)
         assert np.allclose(atoms.positions, original.positions, atol=1e-10)
@@ -125,7 +125,7 @@ def same_frames(first, second) -> bool:
     return len(first) == len(second) and all(
         np.allclose(a.positions, b.positions, atol=1e-12) and a.info == b.info
         and np.allclose(a.get_forces(), b.get_forces(), atol=1e-12) and a.get_potential_energy() == pytest.approx(b.get_potential_energy())
-        for a, b in zip(first, second)
+        for a, b in zip(first, second, strict=True)
     )
 
 

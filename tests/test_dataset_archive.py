@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from aiida import orm
-from aiida.common.exceptions import NotExistent
 from aiida.cmdline.commands.cmd_verdi import verdi
+from aiida.common.exceptions import NotExistent
 from aiida.engine import run_get_node
 from ase.io import read
 from click.testing import CliRunner

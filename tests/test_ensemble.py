@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.checkpoint import load_model, save_checkpoint
 from tace_aiida.model.data import atoms_to_graph, collate

@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.checkpoint import save_checkpoint
 from tace_aiida.model.export import DeployedCalculator, export_model, graph_inputs, main
@@ -44,7 +43,7 @@ def test_exported_file_runs_without_tace_aiida(tmp_path, frames_300K):
     export_model(model, tmp_path / "model.ts")
     inputs = graph_inputs(frames_300K[0], SPECIES_3BPA, 5.0, torch.float64)
     torch.save(inputs, tmp_path / "inputs.pt")
-    expected = model.eval()(dict(zip(["positions", "cell", "species", "edge_index", "shifts", "batch"], inputs)))
+    expected = model.eval()(dict(zip(["positions", "cell", "species", "edge_index", "shifts", "batch"], inputs, strict=True)))
     script = (
         "import sys; sys.modules['tace_aiida'] = None\n"
         "import torch\n"

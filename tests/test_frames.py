@@ -12,7 +12,6 @@ import pytest
 from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
-
 from tace_aiida.model.frames import FORMAT, VERSION, FrameFormatError, read_columns, read_frames, write_frames
 
 
@@ -102,7 +101,7 @@ def crafted(tmp_path, edit) -> str:
                     h["info/payload"].attrs.__setitem__("kind", "number")), "expected numbers"),
         (lambda h: h.attrs.__setitem__("version", VERSION + 1), "format version 2"),
         (lambda h: h.attrs.__setitem__("format", "pickle"), "format attribute is 'pickle'"),
-        (lambda h: h["offsets"].__setitem__(1, 99), "'numbers' has shape \(4,\), expected \(99,\)"),
+        (lambda h: h["offsets"].__setitem__(1, 99), r"'numbers' has shape \(4,\), expected \(99,\)"),
         (lambda h: (h.__delitem__("cell"), h.create_dataset("cell", data=np.zeros((1, 9)))), r"'cell' has shape \(1, 9\)"),
     ],
 )
@@ -127,7 +126,6 @@ def test_a_foreign_file_is_refused(tmp_path):
 
 def test_training_reads_frame_stores_and_lists_of_files(tmp_path, frames_300K):
     from ase.io import write
-
     from tace_aiida.model.config import TrainingConfig
     from tace_aiida.model.training import read_training_files
 

@@ -8,9 +8,9 @@ from aiida import orm
 from aiida.engine import run_get_node
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from tace_aiida.workflows.labelling.ase_batches import AseLabelBatchesWorkChain
 
 from tace_aiida.data import TrainingSetData
-from tace_aiida.workflows.labelling.ase_batches import AseLabelBatchesWorkChain
 
 pytestmark = pytest.mark.slow
 

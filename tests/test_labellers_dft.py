@@ -15,11 +15,8 @@ from tace_aiida.calculations.label_ase import AseLabelCalculation
 from tace_aiida.data import TrainingSetData
 from tace_aiida.labelling import recipes
 
+from .conftest import CUTOFFS_RY, FAMILY, PW_OPTIONS
 from .external import require_module, require_program
-
-FAMILY = "tace-tests/Si-H.pbe"
-CUTOFFS_RY = (20.0, 80.0)
-PW_OPTIONS = {"withmpi": False, "max_wallclock_seconds": 600}
 
 
 def silicon_cells() -> list[Atoms]:
@@ -28,21 +25,6 @@ def silicon_cells() -> list[Atoms]:
     rattled = perfect.copy()
     rattled.rattle(0.05, seed=3)
     return [perfect, rattled]
-
-
-@pytest.fixture
-def qe(aiida_profile, aiida_code_installed):
-    """The ``QeLabelWorkChain``, a pw.x code and a Si and H pseudopotential family."""
-    require_module("aiida_quantumespresso")
-    executable = require_program("pw.x")
-    from tace_aiida.pseudos import ensure_pseudo_family
-    from tace_aiida.workflows.labelling.qe import QeLabelWorkChain
-
-    code = aiida_code_installed(label="pw", default_calc_job_plugin="quantumespresso.pw",
-                                filepath_executable=executable)
-    ensure_pseudo_family(FAMILY, {"Si": "Si.pbe-rrkj.UPF", "H": "H.pbe-kjpaw.UPF"},
-                         cutoffs={"Si": CUTOFFS_RY, "H": CUTOFFS_RY})
-    return QeLabelWorkChain, code
 
 
 def run_qe(qe, frames: list[Atoms], overrides: dict | None = None):
@@ -84,7 +66,7 @@ def test_qe_labels_match_ase_espresso(qe, tmp_path):
     labelled = results["dataset"].get_atoms()
     assert [atoms.info["input_index"] for atoms in labelled] == [0, 1]
 
-    for index, (original, atoms) in enumerate(zip(frames, labelled)):
+    for index, (original, atoms) in enumerate(zip(frames, labelled, strict=True)):
         pw_base = orm.load_node(atoms.info["label_uuid"])
         assert isinstance(pw_base, orm.WorkflowNode) and pw_base.process_class is PwBaseWorkChain
         assert pw_base.caller.uuid == node.uuid
@@ -144,7 +126,6 @@ def test_qe_failed_structure_is_reported_not_labelled(qe):
 def test_qe_unconverged_structures_fail_the_workchain(qe):
     """One SCF step and no restart: every structure fails with the PwBaseWorkChain's exit status."""
     from aiida_quantumespresso.workflows.pw.base import PwBaseWorkChain
-
     from tace_aiida.workflows.labelling.qe import QeLabelWorkChain
 
     overrides = {"max_iterations": 1, "pw": {"parameters": {"ELECTRONS": {"electron_maxstep": 1}}}}

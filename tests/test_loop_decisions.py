@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tace_aiida.workflows.decisions import (
     CONVERGED,
     MAX_ITERATIONS,

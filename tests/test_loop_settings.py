@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from tace_aiida.workflows.settings import StageSettings, StoppingSettings, read_stages
 
 

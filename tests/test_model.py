@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 from ase import Atoms
-
 from tace_aiida.model.data import atoms_to_graph, collate
 from tace_aiida.model.potential import ModelConfig
 

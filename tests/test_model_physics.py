@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-
 from tace_aiida.model.data import atoms_to_graph, collate
 from tace_aiida.model.potential import Outputs
 
@@ -110,7 +109,7 @@ def test_forces_are_minus_energy_gradient(physics_case, physics_model, frames_30
         direction = rng.normal(size=forces.shape)
         direction /= np.linalg.norm(direction)
 
-        def displace(structure: Atoms, t: float) -> Atoms:
+        def displace(structure: Atoms, t: float, direction: np.ndarray = direction) -> Atoms:
             moved = structure.copy()
             moved.positions += t * direction
             return moved

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-
 from tace_aiida.model.checkpoint import CheckpointError, load_model, save_checkpoint
 from tace_aiida.model.data import atoms_to_graph, collate
 

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from tace_aiida.selection import (
-    ACCURATE, CANDIDATE, FAILED, SelectionSettings, TrustWindow, classify, farthest_point_sampling,
-    frame_deviation, pick_diverse, spearman_correlation,
+    ACCURATE,
+    CANDIDATE,
+    FAILED,
+    SelectionSettings,
+    TrustWindow,
+    classify,
+    farthest_point_sampling,
+    frame_deviation,
+    pick_diverse,
+    spearman_correlation,
 )
 
 

@@ -6,12 +6,10 @@ import json
 import os
 import pickle
 import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
-
 from tace_aiida.model.checkpoint import CheckpointError, load_model, save_checkpoint
 from tace_aiida.model.config import TrainingConfig
 from tace_aiida.model.data import atoms_to_graph, collate
@@ -117,7 +115,10 @@ def test_fine_tuning_starts_from_the_checkpoint(trained, tmp_path):
 def test_bootstrap_and_seed_change_the_training_set(tmp_path):
     plain = prepare_data(TrainingConfig.from_dict(training_settings(tmp_path)))
     resampled = prepare_data(TrainingConfig.from_dict(training_settings(tmp_path, bootstrap=True, seed=7)))
-    energies = lambda data: sorted(float(g["energy"]) for g in data.train)
+
+    def energies(data) -> list[float]:
+        return sorted(float(g["energy"]) for g in data.train)
+
     assert len(resampled.train) == len(plain.train)
     assert energies(resampled) != energies(plain)
     assert len(set(energies(resampled))) < len(resampled.train)

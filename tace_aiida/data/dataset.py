@@ -13,7 +13,7 @@ A dataset holds its frames itself (attribute ``format`` = ``tace-frames``: one H
 from __future__ import annotations
 
 import io
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from aiida import orm
@@ -37,7 +37,7 @@ class TrainingSetData(orm.Data):
     """
 
     def __init__(
-        self, frames: Sequence[Atoms] | None = None, *, shards: Sequence["TrainingSetData"] | None = None, **kwargs
+        self, frames: Sequence[Atoms] | None = None, *, shards: Sequence[TrainingSetData] | None = None, **kwargs
     ) -> None:
         """Hold ``frames`` (none: an empty dataset), or be made of the frames of the datasets ``shards``."""
         super().__init__(**kwargs)
@@ -64,7 +64,7 @@ class TrainingSetData(orm.Data):
         if SHARDS in self.base.attributes.keys():
             self.base.attributes.delete(SHARDS)
 
-    def set_shards(self, datasets: Sequence["TrainingSetData"]) -> None:
+    def set_shards(self, datasets: Sequence[TrainingSetData]) -> None:
         """Be made of the frames of the stored ``datasets`` in order; no frame is copied.
 
         Datasets made of shards are flattened: the result refers only to datasets holding frames.
@@ -111,7 +111,7 @@ class TrainingSetData(orm.Data):
         return self.base.attributes.get(SHARDS) if self.format == SHARDS else [self.uuid]
 
     @property
-    def shards(self) -> list["TrainingSetData"]:
+    def shards(self) -> list[TrainingSetData]:
         """The datasets holding the frames, in order (``[self]`` when this dataset holds them)."""
         if self.format != SHARDS:
             return [self]
@@ -158,7 +158,7 @@ class TrainingSetData(orm.Data):
             handle.write(self._prepare_extxyz()[0])
 
     @classmethod
-    def from_structures(cls, structures: Iterable[orm.StructureData], **info) -> "TrainingSetData":
+    def from_structures(cls, structures: Iterable[orm.StructureData], **info) -> TrainingSetData:
         """Unlabelled frames from StructureData; each frame's info records ``source_uuid`` and ``info``."""
         frames = []
         for structure in structures:
@@ -168,7 +168,7 @@ class TrainingSetData(orm.Data):
         return cls(frames)
 
     @classmethod
-    def from_pymatgen(cls, structures: Iterable, **info) -> "TrainingSetData":
+    def from_pymatgen(cls, structures: Iterable, **info) -> TrainingSetData:
         """Unlabelled frames from pymatgen ``Structure`` or ``Molecule`` objects."""
         from pymatgen.io.ase import AseAtomsAdaptor
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from aiida import orm
 from ase.data import chemical_symbols

@@ -63,7 +63,7 @@ class PySCFCalculator(Calculator):
         p = self.parameters
         molecule = gto.M(
             atom=[(symbol, tuple(position)) for symbol, position in
-                  zip(self.atoms.get_chemical_symbols(), self.atoms.positions)],
+                  zip(self.atoms.get_chemical_symbols(), self.atoms.positions, strict=True)],
             unit="Angstrom", basis=p["basis"], charge=p["charge"], spin=p["spin"], verbose=0,
         )
         method = dft.RKS(molecule) if p["spin"] == 0 else dft.UKS(molecule)

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 from ase import Atoms
 from ase.io import write
+from tace_aiida.model.frames import LABELS, frame_labels
 
 from tace_aiida.data import TrainingSetData
-from tace_aiida.model.frames import LABELS, frame_labels
 
 
 def extxyz_dataset(frames: Sequence[Atoms]) -> TrainingSetData:

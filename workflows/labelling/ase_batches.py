@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, while_
+from tace_aiida.workflows.resubmission import submit_once
 
 from tace_aiida.calculations.label_ase import AseLabelCalculation
 from tace_aiida.data import TrainingSetData
-from tace_aiida.workflows.resubmission import submit_once
 
 
 def validate_positive(value: orm.Int, _) -> str | None:
