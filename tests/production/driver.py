@@ -1,0 +1,167 @@
+"""Run by the production tests in a process of its own, on the profile that AIIDA_PATH points to.
+
+    python driver.py submit-loop           submit a small active-learning loop to the daemon; prints its PK
+    python driver.py watch PK              one JSON line whenever the set of active children changes, until PK ends
+    python driver.py facts PK              JSON facts about the finished run, for the test's assertions
+    python driver.py read-slowly SECONDS   hold long read queries open for SECONDS (a user's script beside a run)
+    python driver.py find-text TEXT        where TEXT is stored: attributes, extras, repository files, logs
+    python driver.py wait PK SECONDS       until PK has terminated
+
+The test process itself keeps the pytest profile loaded; everything on the production profile happens here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from aiida import load_profile, orm
+from aiida.common.links import LinkType
+from aiida.engine import submit
+from ase.build import bulk
+
+TRAINING = {"model": {"channels": 4, "max_edge_rank": 1, "max_hidden_rank": 0, "correlation": 2, "r_max": 4.0,
+                      "radial_mlp": [8]},
+            "max_epochs": 6, "batch_size": 2, "valid_fraction": 0.0, "dtype": "float32", "device": "cpu"}
+STAGE = {"temperatures": [500], "steps": 40, "timestep": 2.0, "save_interval": 4}
+
+
+def copper(strain: float) -> orm.StructureData:
+    atoms = bulk("Cu", "fcc", a=3.61 * (1 + strain), cubic=True)
+    atoms.rattle(0.02, seed=int(strain * 100))
+    return orm.StructureData(ase=atoms)
+
+
+def submit_loop() -> int:
+    """Two stages, each converged after one iteration (``accurate_fraction`` 0), 3 frames labelled in each:
+    the run labels, trains, explores, selects and merges twice and ends with exit status 0."""
+    from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
+
+    builder = ActiveLearningWorkChain.get_builder()
+    builder.structures = {"cu0": copper(0.0), "cu1": copper(0.02)}
+    builder.label_ase.code = orm.load_code("tace-label@localhost")
+    builder.label_ase.calculator = orm.Str("ase.calculators.emt.EMT")
+    builder.train.code = orm.load_code("tace-train@localhost-dask")
+    builder.train.parameters = orm.Dict(TRAINING)
+    builder.ensemble_size = orm.Int(2)
+    builder.md.code = orm.load_code("tace-md@localhost-dask")
+    builder.exploration = orm.List([{**STAGE, "name": "first"}, {**STAGE, "name": "second"}])
+    builder.selection = orm.Dict({"trust_low": 0.0, "trust_high": 100.0, "max_selected": 3})
+    builder.stopping = orm.Dict({"accurate_fraction": 0.0, "max_iterations": 4})
+    return submit(builder).pk
+
+
+def active_children(node: orm.WorkflowNode) -> list[str]:
+    """Link labels of the descendants of ``node`` that have not terminated (nested ones as parent/child)."""
+    labels = []
+    for link in node.base.links.get_outgoing(link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK)).all():
+        child = link.node
+        if not child.is_terminated:
+            labels.append(link.link_label)
+        if isinstance(child, orm.WorkflowNode):
+            labels += [f"{link.link_label}/{label}" for label in active_children(child)]
+    return sorted(labels)
+
+
+def watch(pk: int, poll: float = 0.3) -> None:
+    previous = None
+    while True:
+        node = orm.load_node(pk)
+        if node.is_terminated:
+            print(json.dumps({"done": True, "exit_status": node.exit_status, "state": node.process_state.value}),
+                  flush=True)
+            return
+        active = active_children(node)
+        if active != previous:
+            print(json.dumps({"done": False, "active": active}), flush=True)
+            previous = active
+        time.sleep(poll)
+
+
+def facts(pk: int) -> dict:
+    node = orm.load_node(pk)
+    facts = {"exit_status": node.exit_status, "exit_message": node.exit_message,
+             "state": node.process_state.value if node.process_state else None}
+    if not node.is_finished_ok:
+        return facts
+    report = node.outputs.report.get_dict()
+    frames = node.outputs.dataset.get_atoms()
+    label_processes = {}
+    for uuid in {atoms.info.get("label_uuid") for atoms in frames}:
+        process = orm.load_node(uuid) if uuid else None
+        label_processes[str(uuid)] = process is not None and process.is_finished_ok
+    facts.update(
+        stop_reason=report["stop_reason"],
+        iterations=len(report["iterations"]),
+        selected=[entry["selected"] for entry in report["iterations"]],
+        frames=len(frames),
+        initial_frames=sum("source_frame" not in atoms.info for atoms in frames),
+        selected_frames=[[atoms.info["source_uuid"], int(atoms.info["source_frame"])]
+                         for atoms in frames if "source_frame" in atoms.info],
+        label_processes_finished_ok=label_processes,
+        excepted_descendants=[n.pk for n in node.called_descendants if n.is_excepted],
+        unterminated_descendants=[n.pk for n in node.called_descendants if not n.is_terminated],
+        finished_calcjobs={kind: sum(n.is_finished_ok for n in node.called_descendants
+                                     if (n.process_type or "").endswith(kind))
+                           for kind in ("tace.label_ase", "tace.train", "tace.md")},
+    )
+    return facts
+
+
+def read_slowly(seconds: float) -> None:
+    """Page through every node with a pause per row, as a user's analysis script does, for ``seconds``."""
+    deadline, passes = time.monotonic() + seconds, 0
+    while time.monotonic() < deadline:
+        for _ in orm.QueryBuilder().append(orm.Node, project=["id", "attributes"]).iterall(batch_size=5):
+            time.sleep(0.02)
+            if time.monotonic() > deadline:
+                break
+        passes += 1
+    print(json.dumps({"passes": passes}), flush=True)
+
+
+def find_text(text: str) -> dict:
+    """Every node attribute, extra, repository file and log message of the profile that contains ``text``."""
+    places, files = [], 0
+    nodes = orm.QueryBuilder().append(orm.Node).all(flat=True)
+    for node in nodes:
+        for kind, values in (("attributes", node.base.attributes.all), ("extras", node.base.extras.all)):
+            if text in json.dumps(values, default=str):
+                places.append(f"{kind} of {node.pk}")
+        for root, _, names in node.base.repository.walk():
+            for name in names:
+                files += 1
+                if text.encode() in node.base.repository.get_object_content(str(root / name), mode="rb"):
+                    places.append(f"file {root / name} of {node.pk}")
+    for log in orm.QueryBuilder().append(orm.Log).all(flat=True):
+        if text in log.message or text in json.dumps(log.metadata, default=str):
+            places.append(f"log {log.pk}")
+    return {"places": places, "searched_nodes": len(nodes), "searched_files": files}
+
+
+def wait(pk: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not orm.load_node(pk).is_terminated:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"process {pk} did not terminate within {seconds} s")
+        time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    load_profile()
+    command, *arguments = sys.argv[1:]
+    if command == "submit-loop":
+        print(submit_loop(), flush=True)
+    elif command == "watch":
+        watch(int(arguments[0]))
+    elif command == "facts":
+        print(json.dumps(facts(int(arguments[0]))), flush=True)
+    elif command == "find-text":
+        print(json.dumps(find_text(arguments[0])), flush=True)
+    elif command == "wait":
+        wait(int(arguments[0]), float(arguments[1]))
+    elif command == "read-slowly":
+        read_slowly(float(arguments[0]))
+    else:
+        raise SystemExit(f"unknown command {command!r}")

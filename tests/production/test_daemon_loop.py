@@ -1,0 +1,125 @@
+"""The active-learning loop on a daemon: killed in every step of the outline, and with readers beside it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import ProductionProfile
+
+pytestmark = [pytest.mark.slow, pytest.mark.production]
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+#: Where the daemon is killed: the first moment a child with this link-label prefix is active.
+#: Between two of these the outline runs every one of its steps once, on a context just restored
+#: from the checkpoint (collect_initial ... train_ensemble, inspect_ensemble + explore,
+#: inspect_exploration ... label_selection, merge_selection ... train_ensemble, ..., finalize).
+KILL_POINTS = ["label_initial", "iteration_01_train", "iteration_01_md", "iteration_01_label",
+               "iteration_02_train", "iteration_02_md", "iteration_02_label"]
+RUN_TIMEOUT = 1200.0
+
+
+def follow(profile: ProductionProfile, pk: int, kill_points: list[str], timeout: float = RUN_TIMEOUT) -> list[dict]:
+    """Watch run ``pk`` until it ends; at each kill point SIGKILL the daemon's workers and restart the daemon.
+
+    Returns one record per kill: the point, the active children then, the pids killed, what
+    ``verdi process repair`` revived, the seconds taken.
+    """
+    watcher = profile.driver_process("watch", str(pk))
+    pending, kills, started = list(kill_points), [], time.monotonic()
+    try:
+        for line in watcher.stdout:
+            event = json.loads(line)
+            if event["done"]:
+                return kills
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"run {pk} did not end within {timeout} s")
+            hit = next((point for point in pending
+                        if any(label.startswith(point) for label in event["active"])), None)
+            if hit is None:
+                continue
+            pending.remove(hit)
+            moment = time.monotonic()
+            pids, repaired = profile.kill_workers_and_restart()
+            kills.append({"point": hit, "active": event["active"], "killed": pids, "repair": repaired,
+                          "at_seconds": round(moment - started, 1), "restart_seconds": round(time.monotonic() - moment, 1)})
+        raise AssertionError(f"the watcher of run {pk} stopped: {watcher.stderr.read()}")
+    finally:
+        watcher.kill()
+        watcher.wait()
+
+
+def assert_complete_run(facts: dict) -> None:
+    """Exit 0 after two converged stages; every selected frame in the dataset once, each labelled by a finished process."""
+    assert facts["exit_status"] == 0, facts
+    assert facts["stop_reason"] == "converged" and facts["iterations"] == 2, facts
+    assert facts["selected"] == [3, 3]
+    assert facts["initial_frames"] == 2
+    assert facts["frames"] == 2 + 3 + 3, "no frame lost, none merged twice"
+    selected = [tuple(frame) for frame in facts["selected_frames"]]
+    assert len(selected) == len(set(selected)) == 6, "no MD frame labelled twice"
+    assert facts["label_processes_finished_ok"] and all(facts["label_processes_finished_ok"].values()), facts
+    assert facts["unterminated_descendants"] == [], "no process of the run is left behind"
+    assert facts["finished_calcjobs"] == {"tace.label_ase": 3, "tace.train": 4, "tace.md": 4}, \
+        "labelling, training and MD ran once each (initial + 2 selections, 2 members x 2 iterations, 2 starts x 2)"
+
+
+def test_loop_survives_the_daemon_killed_in_every_step(production_profile: ProductionProfile):
+    pk = int(production_profile.driver("submit-loop"))
+    kills = follow(production_profile, pk, KILL_POINTS)
+    print(f"\n{production_profile.backend}: run {pk}, daemon workers killed {len(kills)} times:")
+    for kill in kills:
+        print(f"  {kill['at_seconds']:>7} s  {kill['point']:<20} active {kill['active']}  "
+              f"restarted in {kill['restart_seconds']} s; repair: {kill['repair']}")
+    assert [kill["point"] for kill in kills] == KILL_POINTS, "the daemon was killed in every step"
+    facts = production_profile.facts(pk)
+    assert facts["excepted_descendants"] == [], facts
+    assert_complete_run(facts)
+
+
+def test_loop_finishes_with_readers_beside_it(production_profile: ProductionProfile):
+    pk = int(production_profile.driver("submit-loop"))
+    readers = [production_profile.driver_process("read-slowly", "60") for _ in range(2)]
+    process_list = []
+    try:
+        follow_started = time.monotonic()
+        watcher = production_profile.driver_process("watch", str(pk))
+        while watcher.poll() is None:
+            if time.monotonic() - follow_started > RUN_TIMEOUT:
+                raise AssertionError(f"run {pk} did not end within {RUN_TIMEOUT} s")
+            process_list.append(production_profile.verdi("process", "list", "-a", check=False).returncode)
+            time.sleep(1)
+        assert watcher.returncode == 0, watcher.stderr.read()
+    finally:
+        for reader in readers:
+            reader.wait(timeout=120)
+    for reader in readers:
+        assert reader.returncode == 0, reader.stderr.read()
+    assert process_list and set(process_list) == {0}, "`verdi process list` failed beside the run"
+    facts = production_profile.facts(pk)
+    assert facts["excepted_descendants"] == [], facts
+    assert_complete_run(facts)
+
+
+def test_password_stays_out_of_the_provenance_graph(production_profile: ProductionProfile):
+    if production_profile.backend != "postgresql":
+        pytest.skip("only the PostgreSQL profile has a password")
+    password = production_profile.environment["TACE_DB_PASSWORD"]
+    pk = int(production_profile.driver("submit-loop"))
+    follow(production_profile, pk, [])
+    found = json.loads(production_profile.driver("find-text", password))
+    assert found["searched_nodes"] > 50 and found["searched_files"] > 20, found
+    assert found["places"] == [], f"the database password is stored in {found['places']}"
+
+
+def test_examples_submit_to_the_daemon(production_profile: ProductionProfile):
+    for example in ("active_learning_cu_emt.py",):
+        output = production_profile.verdi("run", str(EXAMPLES / example), "--submit").stdout
+        assert "submitted" in output and "verdi process report" in output, output
+        pk = int(output.split("<")[1].split(">")[0])
+        production_profile.verdi("process", "kill", str(pk), "--timeout", "120")
+        production_profile.driver("wait", str(pk), "120")
+        assert f"{pk}" in production_profile.verdi("process", "list", "-a", "-S", "killed").stdout
