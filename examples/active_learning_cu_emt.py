@@ -7,8 +7,9 @@ Starts from pymatgen-generated supercells of fcc Cu (perfect, with a vacancy, st
 randomly displaced copies of each) labelled by ASE's EMT, then loops: trains an ensemble of 4
 Cartesian-tensor potentials on the local dask cluster, explores with MD at 300 K, then 600 K, then
 900 K, selects the frames the ensemble is unsure about and labels them, until 90 % of the frames of
-the last stage are accurate or 4 iterations have run. Watch it with `verdi process list` and
-`verdi process report <PK>`.
+the last stage are accurate or 8 iterations have run (training runs a fixed number of epochs, so a
+run does the same on every machine). `--submit` hands it to the daemon instead. Watch it with
+`verdi process list` and `verdi process report <PK>`.
 """
 
 import sys
@@ -16,11 +17,11 @@ from pathlib import Path
 
 from aiida import orm
 from pymatgen.core import Lattice, Structure
+from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
 
 from tace_aiida.dask_cluster import ensure_local_cluster
 from tace_aiida.profile import DASK_COMPUTER, LOCAL_COMPUTER
 from tace_aiida.run_summary import run_or_submit
-from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
 
 
 def copper_supercells(seed: int = 7) -> dict[str, orm.StructureData]:
@@ -50,7 +51,7 @@ def main() -> None:
     builder.train.parameters = orm.Dict({
         "model": {"channels": 16, "max_edge_rank": 2, "max_hidden_rank": 1, "correlation": 2, "r_max": 4.5,
                   "radial_mlp": [32, 32]},
-        "max_epochs": 100, "time_budget": 30, "patience": 20, "batch_size": 2, "valid_fraction": 0.1,
+        "max_epochs": 80, "patience": 20, "batch_size": 2, "valid_fraction": 0.1,
         "forces_weight": 10.0, "stress_weight": 10.0, "dtype": "float32",
     })
     builder.ensemble_size = orm.Int(4)
@@ -61,7 +62,7 @@ def main() -> None:
         {"name": "900 K", "temperatures": [900], "steps": 200, "timestep": 2.0, "save_interval": 10, "max_starts": 3},
     ])
     builder.selection = orm.Dict({"trust_low": 0.1, "trust_high": 0.6, "max_selected": 8})
-    builder.stopping = orm.Dict({"accurate_fraction": 0.9, "max_iterations": 4})
+    builder.stopping = orm.Dict({"accurate_fraction": 0.9, "max_iterations": 8})
     builder.metadata.label = "Cu EMT active learning"
 
     run_or_submit(builder, Path("al_cu_emt"), sys.argv[1:])

@@ -10,8 +10,9 @@ PwBaseWorkChain per structure (aiida-quantumespresso's `fast` protocol, Debian's
 pseudopotential family made here, 20 Ry wavefunction cutoff, k-points 0.5/Å apart: cheap settings for
 a demonstration, not for production). Then loops: trains an ensemble of 4 Cartesian-tensor potentials
 on the local dask cluster, explores with MD at 300 K, then 900 K, selects the frames the ensemble is
-unsure about and labels them with pw.x, until 90 % of the frames of the last stage are accurate or 4
-iterations have run. Watch it with `verdi process list` and `verdi process report <PK>`.
+unsure about and labels them with pw.x, until 90 % of the frames of the last stage are accurate or 8
+iterations have run. `--submit` hands it to the daemon instead. Watch it with `verdi process list`
+and `verdi process report <PK>`.
 """
 
 import shutil
@@ -21,12 +22,12 @@ from pathlib import Path
 from aiida import orm
 from aiida.common.exceptions import NotExistent
 from pymatgen.core import Lattice, Structure
+from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
 
 from tace_aiida.dask_cluster import ensure_local_cluster
 from tace_aiida.profile import DASK_COMPUTER, LOCAL_COMPUTER
 from tace_aiida.pseudos import ensure_pseudo_family
 from tace_aiida.run_summary import run_or_submit
-from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
 
 PSEUDO_FAMILY = "tace/Si.pbe-rrkj"
 CUTOFFS_RY = (20.0, 80.0)  # ecutwfc, ecutrho of the norm-conserving Si.pbe-rrkj.UPF
@@ -73,7 +74,7 @@ def main() -> None:
     builder.train.parameters = orm.Dict({
         "model": {"channels": 16, "max_edge_rank": 2, "max_hidden_rank": 1, "correlation": 2, "r_max": 4.0,
                   "radial_mlp": [32, 32]},
-        "max_epochs": 100, "time_budget": 30, "patience": 20, "batch_size": 2, "valid_fraction": 0.1,
+        "max_epochs": 80, "patience": 20, "batch_size": 2, "valid_fraction": 0.1,
         "forces_weight": 10.0, "stress_weight": 10.0, "dtype": "float32",
     })
     builder.ensemble_size = orm.Int(4)
@@ -83,7 +84,7 @@ def main() -> None:
         {"name": "900 K", "temperatures": [900], "steps": 200, "timestep": 2.0, "save_interval": 10, "max_starts": 3},
     ])
     builder.selection = orm.Dict({"trust_low": 0.1, "trust_high": 0.6, "max_selected": 6})
-    builder.stopping = orm.Dict({"accurate_fraction": 0.9, "max_iterations": 4})
+    builder.stopping = orm.Dict({"accurate_fraction": 0.9, "max_iterations": 8})
     builder.metadata.label = "Si pw.x active learning"
 
     run_or_submit(builder, Path("al_si_qe"), sys.argv[1:])
