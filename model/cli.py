@@ -14,8 +14,15 @@ from .evaluation import evaluate
 from .validation import read_structures
 
 
+def _fail(parser: argparse.ArgumentParser, status: int, error: str, exception: Exception) -> None:
+    """Exit with ``status``: the reason as JSON on stdout's last line (``{"error": ..., "message": ...}``,
+    read by the ``tace.train`` parser) and as one line on stderr for a person."""
+    print(json.dumps({"error": error, "message": str(exception)}), flush=True)
+    parser.exit(status, f"tace-train: {exception}\n")
+
+
 def train_main(argv: list[str] | None = None) -> int:
-    """Train a potential from a YAML config; prints the summary as JSON on the last line."""
+    """Train a potential from a YAML config; prints the summary (or the error) as JSON on the last line."""
     parser = argparse.ArgumentParser(prog="tace-train", description="Train a Cartesian-tensor potential.")
     parser.add_argument("config", help="YAML file of training settings (see README)")
     parser.add_argument("--seed", type=int, help="override the config's seed (ensemble members)")
@@ -32,11 +39,13 @@ def train_main(argv: list[str] | None = None) -> int:
         config = TrainingConfig.from_yaml(args.config)
         config = replace(config, **{key: value for key, value in overrides.items() if value is not None})
     except ValueError as error:
-        parser.exit(2, f"tace-train: {error}\n")
+        _fail(parser, 2, "invalid_settings", error)
     try:
         summary = train(config)
-    except (ValueError, FloatingPointError, OSError) as error:
-        parser.exit(1, f"tace-train: {error}\n")
+    except FloatingPointError as error:
+        _fail(parser, 1, "nan_loss", error)
+    except (ValueError, OSError) as error:
+        _fail(parser, 1, "invalid_input", error)
     print(json.dumps(summary))
     return 0
 

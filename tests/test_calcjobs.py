@@ -139,11 +139,31 @@ def test_training_parameters_are_validated(aiida_profile, installed_code):
 
 def test_train_parser_exit_codes(aiida_profile, parse_retrieved):
     _, call = parse_retrieved("tace.train", {"tace-train.log": b"2026 INFO model with 10 parameters\n"})
-    assert call.exit_status == TrainCalculation.exit_codes.ERROR_OUTPUT_MISSING.status
-    _, call = parse_retrieved("tace.train", {"tace-train.log": b"tace-train: cannot read structures from train.extxyz\n"})
-    assert call.exit_status == TrainCalculation.exit_codes.ERROR_INVALID_SETTINGS.status
+    assert call.exit_status == TrainCalculation.exit_codes.ERROR_OUTPUT_MISSING.status == 300
+    assert "model.pt was not written" in call.exit_message
+    error = {"error": "invalid_input", "message": "cannot read structures from train.extxyz"}
+    _, call = parse_retrieved("tace.train", {"tace-train.out": json.dumps(error).encode()})
+    assert call.exit_status == TrainCalculation.exit_codes.ERROR_INVALID_SETTINGS.status == 302
+    assert "cannot read structures from train.extxyz" in call.exit_message
+    nan = {"error": "nan_loss", "message": "loss became nan in epoch 2; lower the learning rate"}
+    _, call = parse_retrieved("tace.train", {"tace-train.out": b"starting\n" + json.dumps(nan).encode() + b"\n"})
+    assert call.exit_status == TrainCalculation.exit_codes.ERROR_NAN_LOSS.status == 410, "4xx: a restart can succeed"
+    _, call = parse_retrieved("tace.train", {"tace-train.out": b'{"epochs": 3, "trunc'})
+    assert call.exit_status == TrainCalculation.exit_codes.ERROR_OUTPUT_CORRUPT.status == 303
     _, call = parse_retrieved("tace.train", {"model.pt": b"truncated", "metrics.jsonl": b"", "tace-train.log": b"ok\n"})
-    assert call.exit_status == TrainCalculation.exit_codes.ERROR_INVALID_CHECKPOINT.status
+    assert call.exit_status == TrainCalculation.exit_codes.ERROR_INVALID_CHECKPOINT.status == 311
+
+
+def test_an_exception_in_a_parser_is_an_exit_code_not_an_excepted_job(aiida_profile, parse_retrieved, monkeypatch):
+    from tace_aiida.parsers.train import TrainParser
+
+    def broken(self):
+        raise KeyError("energy")
+
+    monkeypatch.setattr(TrainParser, "parse_job", broken)
+    _, call = parse_retrieved("tace.train", {"tace-train.log": b"ok\n"})
+    assert call.exit_status == TrainCalculation.exit_codes.ERROR_UNEXPECTED_PARSER_EXCEPTION.status == 350
+    assert "KeyError: 'energy'" in call.exit_message
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """``tace.train_base``: one ensemble member's training with AiiDA's restart machinery.
 
-A member whose training fails is retried once with the same inputs (``on_unhandled_failure =
-restart_once``), except a NaN loss, which is retried with a learning rate ten times lower.
+Handlers, highest priority first: a job lost with its worker (400) runs again as it was; a NaN loss
+(410) is retried with a learning rate ten times lower. Any other failure is retried once with the
+same inputs (``on_unhandled_failure = restart_once``).
 """
 
 from __future__ import annotations
@@ -30,14 +31,19 @@ class TrainBaseWorkChain(BaseRestartWorkChain):
             while_(cls.should_run_process)(cls.run_process, cls.inspect_process),
             cls.results,
         )
-        spec.exit_code(300, "ERROR_UNRECOVERABLE_FAILURE", message="The training failed and could not be recovered.")
 
     def setup(self):
         super().setup()
         self.ctx.inputs = AttributeDict(self.exposed_inputs(TrainCalculation, "train"))
 
+    @process_handler(priority=600, exit_codes=TrainCalculation.exit_codes.ERROR_JOB_LOST)
+    def handle_job_lost(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
+        """Run the job again as it was: its worker died, the training itself did not fail."""
+        self.report(f"{node.process_label}<{node.pk}> was lost with its worker: running it again")
+        return ProcessHandlerReport(do_break=True)
+
     @process_handler(priority=500, exit_codes=TrainCalculation.exit_codes.ERROR_NAN_LOSS)
-    def handle_nan_loss(self, node):
+    def handle_nan_loss(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
         """Retry with a learning rate ten times lower."""
         parameters = self.ctx.inputs.parameters.get_dict()
         parameters["lr"] = parameters.get("lr", 0.01) / 10

@@ -1,8 +1,14 @@
-"""What the CalcJobs of tace-aiida share: one console script run in the job folder."""
+"""What the CalcJobs of tace-aiida share: one console script run in the job folder, and its exit codes.
+
+Exit codes follow aiida-quantumespresso's ranges: 3xx the job failed in a way a restart would repeat
+(missing or damaged output, refused settings), 350 the parser itself failed, 4xx a restart can
+succeed (the worker died, the loss became NaN, the MD blew up).
+"""
 
 from __future__ import annotations
 
 from aiida.common.datastructures import CalcInfo, CodeInfo
+from aiida.engine import CalcJob
 
 from tace_aiida.schedulers import STATE_FILENAME
 
@@ -20,3 +26,19 @@ def single_code_calcinfo(
     calcinfo.codes_info = [codeinfo]
     calcinfo.retrieve_list = [*retrieve, stdout_name, stderr_name, STATE_FILENAME]
     return calcinfo
+
+
+class TaceCalcJob(CalcJob):
+    """A tace-aiida CalcJob: one process on one machine, and the exit codes every tace parser may return."""
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.inputs["metadata"]["options"]["resources"].default = {"num_machines": 1, "num_mpiprocs_per_machine": 1}
+        spec.exit_code(300, "ERROR_OUTPUT_MISSING", message="{missing} was not written: the program crashed or was killed.")
+        spec.exit_code(302, "ERROR_INVALID_SETTINGS", message="The program refused its settings or input: {message}")
+        spec.exit_code(303, "ERROR_OUTPUT_CORRUPT", message="The output files are truncated or damaged: {message}")
+        spec.exit_code(350, "ERROR_UNEXPECTED_PARSER_EXCEPTION",
+                       message="The parser raised an unexpected exception: {exception}")
+        spec.exit_code(400, "ERROR_JOB_LOST",
+                       message="The job was lost by the scheduler (its worker died); running it again can succeed.")

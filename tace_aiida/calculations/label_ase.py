@@ -7,9 +7,8 @@ import json
 from aiida import orm
 from aiida.common.datastructures import CalcInfo
 from aiida.common.folders import Folder
-from aiida.engine import CalcJob
 
-from tace_aiida.calculations.base import single_code_calcinfo
+from tace_aiida.calculations.base import TaceCalcJob, single_code_calcinfo
 from tace_aiida.data import TrainingSetData
 from tace_aiida.labelling import runner
 
@@ -20,7 +19,7 @@ def validate_calculator(value: orm.Str, _) -> str | None:
     return None
 
 
-class AseLabelCalculation(CalcJob):
+class AseLabelCalculation(TaceCalcJob):
     """Run ``tace-label``: energies, forces and stress of every structure, failures per structure."""
 
     @classmethod
@@ -35,15 +34,10 @@ class AseLabelCalculation(CalcJob):
                    help="Labels to compute among energy, forces, stress (stress only for fully periodic cells). "
                         "Default: all three.")
         spec.inputs["metadata"]["options"]["parser_name"].default = "tace.label_ase"
-        spec.inputs["metadata"]["options"]["resources"].default = {"num_machines": 1, "num_mpiprocs_per_machine": 1}
         spec.output("dataset", valid_type=TrainingSetData, required=False,
                     help="The structures that were labelled (eV, eV/Å, eV/Å^3); each frame's info has `input_index` "
                          "and `label_uuid`.")
         spec.output("report", valid_type=orm.Dict, help="Counts, and the index and error of every failed structure.")
-        spec.exit_code(300, "ERROR_OUTPUT_MISSING", message="The labeller wrote no report: it crashed or was killed.")
-        spec.exit_code(301, "ERROR_JOB_LOST", message="The job was lost by the scheduler (its worker died).")
-        spec.exit_code(302, "ERROR_INVALID_SETTINGS", message="The labeller refused its settings: {message}")
-        spec.exit_code(303, "ERROR_OUTPUT_CORRUPT", message="The labeller's output files are truncated or damaged: {message}")
         spec.exit_code(310, "ERROR_ALL_STRUCTURES_FAILED", message="No structure could be labelled; see the report.")
 
     def prepare_for_submission(self, folder: Folder) -> CalcInfo:

@@ -7,9 +7,8 @@ import json
 from aiida import orm
 from aiida.common.datastructures import CalcInfo
 from aiida.common.folders import Folder
-from aiida.engine import CalcJob
 
-from tace_aiida.calculations.base import single_code_calcinfo
+from tace_aiida.calculations.base import TaceCalcJob, single_code_calcinfo
 from tace_aiida.data import PotentialData
 from tace_aiida.model import md
 
@@ -36,7 +35,7 @@ def validate_potentials(value: dict, _) -> str | None:
     return None
 
 
-class MDCalculation(CalcJob):
+class MDCalculation(TaceCalcJob):
     """Run MD with the mean forces of an ensemble; stop when it becomes too uncertain or unphysical."""
 
     @classmethod
@@ -49,16 +48,11 @@ class MDCalculation(CalcJob):
                    help="MD settings of `tace-md`: ensemble (nve/nvt/npt), thermostat, temperature (K), pressure (GPa), "
                         "timestep (fs), steps, save_interval, max_force_std (eV/Å stop threshold), seed, device.")
         spec.inputs["metadata"]["options"]["parser_name"].default = "tace.md"
-        spec.inputs["metadata"]["options"]["resources"].default = {"num_machines": 1, "num_mpiprocs_per_machine": 1}
         spec.output("trajectory", valid_type=orm.TrajectoryData,
                     help="Saved frames: positions and cells, and arrays energies, forces, energy_std, forces_std, "
                          "max_force_std, descriptors, temperatures (eV, eV/Å, K).")
         spec.output("result", valid_type=orm.Dict, help="Why the run stopped (completed, uncertainty, unphysical), steps done.")
-        spec.exit_code(300, "ERROR_OUTPUT_MISSING", message="No trajectory was written: the MD crashed or was killed.")
-        spec.exit_code(301, "ERROR_JOB_LOST", message="The job was lost by the scheduler (its worker died).")
-        spec.exit_code(302, "ERROR_INVALID_SETTINGS", message="tace-md refused its settings: {message}")
-        spec.exit_code(303, "ERROR_OUTPUT_CORRUPT", message="The MD output files are truncated or damaged: {message}")
-        spec.exit_code(310, "ERROR_UNPHYSICAL", message="The MD blew up after {steps} steps (atoms too close or a "
+        spec.exit_code(410, "ERROR_UNPHYSICAL", message="The MD blew up after {steps} steps (atoms too close or a "
                        "non-finite energy); the frames before it are in the outputs.")
 
     def prepare_for_submission(self, folder: Folder) -> CalcInfo:

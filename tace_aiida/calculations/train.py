@@ -8,9 +8,8 @@ import yaml
 from aiida import orm
 from aiida.common.datastructures import CalcInfo
 from aiida.common.folders import Folder
-from aiida.engine import CalcJob
 
-from tace_aiida.calculations.base import single_code_calcinfo
+from tace_aiida.calculations.base import TaceCalcJob, single_code_calcinfo
 from tace_aiida.data import PotentialData, TrainingSetData
 from tace_aiida.model.config import TrainingConfig
 
@@ -46,7 +45,7 @@ def validate_parameters(value: orm.Dict, _) -> str | None:
     return None
 
 
-class TrainCalculation(CalcJob):
+class TrainCalculation(TaceCalcJob):
     """Train a Cartesian-tensor potential; everything it reads and writes stays in its working directory."""
 
     @classmethod
@@ -65,15 +64,11 @@ class TrainCalculation(CalcJob):
         spec.input("parent_potential", valid_type=PotentialData, required=False,
                    help="Fine-tune this potential instead of starting from random weights.")
         spec.inputs["metadata"]["options"]["parser_name"].default = "tace.train"
-        spec.inputs["metadata"]["options"]["resources"].default = {"num_machines": 1, "num_mpiprocs_per_machine": 1}
         spec.output("potential", valid_type=PotentialData, help="The trained potential (best validation epoch).")
         spec.output("metrics", valid_type=orm.Dict, help="Training summary and the metrics of every epoch.")
         spec.output("log", valid_type=orm.SinglefileData, help="The training log.")
-        spec.exit_code(300, "ERROR_OUTPUT_MISSING", message="No checkpoint was written: training crashed or was killed.")
-        spec.exit_code(301, "ERROR_JOB_LOST", message="The job was lost by the scheduler (its worker died).")
-        spec.exit_code(302, "ERROR_INVALID_SETTINGS", message="tace-train refused its settings: {message}")
-        spec.exit_code(310, "ERROR_NAN_LOSS", message="The loss became NaN or infinite: {message}")
         spec.exit_code(311, "ERROR_INVALID_CHECKPOINT", message="The checkpoint cannot be read: {message}")
+        spec.exit_code(410, "ERROR_NAN_LOSS", message="The loss became NaN or infinite: {message}")
 
     def prepare_for_submission(self, folder: Folder) -> CalcInfo:
         settings = {

@@ -14,16 +14,14 @@ from tace_aiida.parsers.base import TaceParser
 
 
 class AseLabelParser(TaceParser):
-    def parse(self, **kwargs):
-        if self.job_was_lost():
-            return self.exit_codes.ERROR_JOB_LOST
+    def parse_job(self):
         retrieved = self.retrieved
         names = retrieved.base.repository.list_object_names()
         if runner.REPORT not in names:
             error = retrieved.base.repository.get_object_content("tace-label.err") if "tace-label.err" in names else ""
             if "tace-label:" in error:
                 return self.exit_codes.ERROR_INVALID_SETTINGS.format(message=error.strip().splitlines()[-1])
-            return self.exit_codes.ERROR_OUTPUT_MISSING
+            return self.exit_codes.ERROR_OUTPUT_MISSING.format(missing=runner.REPORT)
         try:
             report = json.loads(retrieved.base.repository.get_object_content(runner.REPORT))
             text = retrieved.base.repository.get_object_content(runner.LABELLED)

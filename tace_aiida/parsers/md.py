@@ -17,16 +17,14 @@ PER_FRAME_ARRAYS = ("energies", "forces", "energy_std", "forces_std", "max_force
 
 
 class MDParser(TaceParser):
-    def parse(self, **kwargs):
-        if self.job_was_lost():
-            return self.exit_codes.ERROR_JOB_LOST
+    def parse_job(self):
         repository = self.retrieved.base.repository
         names = repository.list_object_names()
         if md.TRAJECTORY not in names or md.RESULT not in names:
             error = repository.get_object_content("tace-md.err") if "tace-md.err" in names else ""
             if "tace-md:" in error:
                 return self.exit_codes.ERROR_INVALID_SETTINGS.format(message=error.strip().splitlines()[-1])
-            return self.exit_codes.ERROR_OUTPUT_MISSING
+            return self.exit_codes.ERROR_OUTPUT_MISSING.format(missing=md.TRAJECTORY)
         try:
             arrays = dict(np.load(io.BytesIO(repository.get_object_content(md.TRAJECTORY, mode="rb"))))
             result = json.loads(repository.get_object_content(md.RESULT))

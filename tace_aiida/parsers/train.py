@@ -15,21 +15,26 @@ from tace_aiida.parsers.base import TaceParser
 
 
 class TrainParser(TaceParser):
-    def parse(self, **kwargs):
-        if self.job_was_lost():
-            return self.exit_codes.ERROR_JOB_LOST
+    """The potential, the metrics and the log; a failure from the structured last line of ``tace-train``'s output."""
+
+    ERRORS = {"nan_loss": "ERROR_NAN_LOSS", "invalid_settings": "ERROR_INVALID_SETTINGS",
+              "invalid_input": "ERROR_INVALID_SETTINGS"}
+
+    def parse_job(self):
         repository = self.retrieved.base.repository
         names = repository.list_object_names()
         log = repository.get_object_content(LOG_FILE) if LOG_FILE in names else ""
         if log:
             self.out("log", orm.SinglefileData.from_string(log, filename=LOG_FILE))
-        last_line = log.strip().splitlines()[-1] if log.strip() else ""
-        if "loss became" in log:
-            return self.exit_codes.ERROR_NAN_LOSS.format(message=last_line)
+        try:
+            summary = self._last_json_line(repository.get_object_content(SUMMARY_FILE)) if SUMMARY_FILE in names else {}
+        except ValueError as error:
+            return self.exit_codes.ERROR_OUTPUT_CORRUPT.format(message=f"{SUMMARY_FILE}: {error}")
+        if "error" in summary:
+            exit_code = getattr(self.exit_codes, self.ERRORS.get(summary["error"], "ERROR_INVALID_SETTINGS"))
+            return exit_code.format(message=summary.get("message", ""))
         if CHECKPOINT_FILE not in names:
-            if last_line.startswith("tace-train:"):
-                return self.exit_codes.ERROR_INVALID_SETTINGS.format(message=last_line)
-            return self.exit_codes.ERROR_OUTPUT_MISSING
+            return self.exit_codes.ERROR_OUTPUT_MISSING.format(missing=CHECKPOINT_FILE)
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / CHECKPOINT_FILE
             path.write_bytes(repository.get_object_content(CHECKPOINT_FILE, mode="rb"))
@@ -37,11 +42,18 @@ class TrainParser(TaceParser):
                 potential = PotentialData(path)
             except CheckpointError as error:
                 return self.exit_codes.ERROR_INVALID_CHECKPOINT.format(message=str(error))
+        try:
+            epochs = [json.loads(line) for line in repository.get_object_content(METRICS_FILE).splitlines() if line]
+        except (ValueError, FileNotFoundError, OSError) as error:
+            return self.exit_codes.ERROR_OUTPUT_CORRUPT.format(message=f"{METRICS_FILE}: {error}")
         self.out("potential", potential)
-        epochs = [json.loads(line) for line in repository.get_object_content(METRICS_FILE).splitlines() if line]
-        summary_lines = repository.get_object_content(SUMMARY_FILE).strip().splitlines() if SUMMARY_FILE in names else []
-        summary = json.loads(summary_lines[-1]) if summary_lines else {}
         summary.pop("checkpoint", None)
         summary.pop("metrics_file", None)
         self.out("metrics", orm.Dict({**summary, "epochs": epochs}))
         return None
+
+    @staticmethod
+    def _last_json_line(text: str) -> dict:
+        """The JSON object on the last non-empty line of ``text`` ({} when there is none)."""
+        lines = text.strip().splitlines()
+        return json.loads(lines[-1]) if lines else {}

@@ -1,0 +1,62 @@
+"""The restart handlers of ``tace.train_base``, each on a generated failed TrainCalculation (fast, no job runs)."""
+
+from __future__ import annotations
+
+import pytest
+from aiida import orm
+from aiida.common import LinkType
+from aiida.engine import ProcessHandlerReport
+from aiida.engine.utils import instantiate_process
+from aiida.manage import get_manager
+from ase.build import bulk
+from tace_aiida.workflows.train import TrainBaseWorkChain
+
+from tace_aiida.calculations.train import TrainCalculation
+from tace_aiida.data import TrainingSetData
+
+PARAMETERS = {"max_epochs": 2, "lr": 0.005}
+
+
+@pytest.fixture
+def workchain(aiida_localhost):
+    """A TrainBaseWorkChain after ``setup``, as the engine leaves it before running its CalcJob."""
+    code = orm.InstalledCode(label="tace-train-handlers", computer=aiida_localhost, filepath_executable="/bin/true")
+    inputs = {"train": {"code": code.store(), "dataset": TrainingSetData([bulk("Cu")]),
+                        "parameters": orm.Dict(PARAMETERS)}}
+    process = instantiate_process(get_manager().get_runner(), TrainBaseWorkChain, **inputs)
+    process.setup()
+    return process
+
+
+def failed_training(process: TrainBaseWorkChain, exit_code) -> orm.CalcJobNode:
+    """A finished TrainCalculation node called by ``process`` with ``exit_code``."""
+    node = orm.CalcJobNode(computer=process.ctx.inputs.code.computer, process_type="aiida.calculations:tace.train")
+    node.set_process_state("finished")
+    node.set_exit_status(exit_code.status)
+    node.set_exit_message(exit_code.message)
+    node.base.links.add_incoming(process.node, link_type=LinkType.CALL_CALC, link_label="iteration_01")
+    node.store()
+    return node
+
+
+def test_nan_loss_is_retried_with_a_ten_times_lower_learning_rate(workchain):
+    node = failed_training(workchain, TrainCalculation.exit_codes.ERROR_NAN_LOSS.format(message="loss became nan"))
+    result = workchain.handle_nan_loss(node)
+    assert isinstance(result, ProcessHandlerReport) and result.do_break and result.exit_code.status == 0
+    assert workchain.ctx.inputs.parameters.get_dict() == {**PARAMETERS, "lr": pytest.approx(0.0005)}
+
+
+def test_a_lost_job_runs_again_unchanged(workchain):
+    node = failed_training(workchain, TrainCalculation.exit_codes.ERROR_JOB_LOST)
+    result = workchain.handle_job_lost(node)
+    assert result.do_break and result.exit_code.status == 0
+    assert workchain.ctx.inputs.parameters.get_dict() == PARAMETERS
+
+
+def test_handlers_react_only_to_their_exit_codes_and_in_priority_order(workchain):
+    handlers = {handler.__name__: handler for handler in workchain.get_process_handlers()}
+    assert list(handlers) == ["handle_job_lost", "handle_nan_loss"], "sorted by priority, highest first"
+    settings_error = failed_training(workchain, TrainCalculation.exit_codes.ERROR_INVALID_SETTINGS.format(message="x"))
+    assert all(handler(workchain, settings_error) is None for handler in handlers.values())
+    assert TrainCalculation.exit_codes.ERROR_NAN_LOSS.status // 100 == 4, "recoverable codes are 4xx"
+    assert TrainCalculation.exit_codes.ERROR_INVALID_SETTINGS.status // 100 == 3, "unrecoverable codes are 3xx"
