@@ -2,6 +2,7 @@
 
     python driver.py submit-loop           submit a small active-learning loop to the daemon; prints its PK
     python driver.py watch PK              one JSON line whenever the set of active children changes, until PK ends
+    python driver.py submit-and-watch      submit-loop, its PK as a JSON line, then watch it (no step is missed)
     python driver.py facts PK              JSON facts about the finished run, for the test's assertions
     python driver.py read-slowly SECONDS   hold long read queries open for SECONDS (a user's script beside a run)
     python driver.py find-text TEXT        where TEXT is stored: attributes, extras, repository files, logs
@@ -19,7 +20,9 @@ import time
 from aiida import load_profile, orm
 from aiida.common.links import LinkType
 from aiida.engine import submit
+from aiida.manage import get_manager
 from ase.build import bulk
+from sqlalchemy.exc import OperationalError
 
 TRAINING = {"model": {"channels": 4, "max_edge_rank": 1, "max_hidden_rank": 0, "correlation": 2, "r_max": 4.0,
                       "radial_mlp": [8]},
@@ -65,14 +68,22 @@ def active_children(node: orm.WorkflowNode) -> list[str]:
 
 
 def watch(pk: int, poll: float = 0.3) -> None:
+    """Print the active children of ``pk`` whenever they change. A database connection ended by the server
+    (``verdi process repair`` terminates the other connections on PostgreSQL) is opened again."""
     previous = None
     while True:
-        node = orm.load_node(pk)
-        if node.is_terminated:
+        try:
+            node = orm.load_node(pk)
+            terminated = node.is_terminated
+            active = [] if terminated else active_children(node)
+        except OperationalError:
+            get_manager().get_profile_storage().get_session().rollback()
+            time.sleep(poll)
+            continue
+        if terminated:
             print(json.dumps({"done": True, "exit_status": node.exit_status, "state": node.process_state.value}),
                   flush=True)
             return
-        active = active_children(node)
         if active != previous:
             print(json.dumps({"done": False, "active": active}), flush=True)
             previous = active
@@ -100,7 +111,9 @@ def facts(pk: int) -> dict:
         selected_frames=[[atoms.info["source_uuid"], int(atoms.info["source_frame"])]
                          for atoms in frames if "source_frame" in atoms.info],
         label_processes_finished_ok=label_processes,
-        excepted_descendants=[n.pk for n in node.called_descendants if n.is_excepted],
+        excepted_descendants=[{"pk": n.pk, "class": type(n).__name__, "label": n.process_label,
+                               "outputs": len(n.base.links.get_outgoing(link_type=(LinkType.CREATE, LinkType.RETURN)).all())}
+                              for n in node.called_descendants if n.is_excepted],
         unterminated_descendants=[n.pk for n in node.called_descendants if not n.is_terminated],
         finished_calcjobs={kind: sum(n.is_finished_ok for n in node.called_descendants
                                      if (n.process_type or "").endswith(kind))
@@ -155,6 +168,10 @@ if __name__ == "__main__":
         print(submit_loop(), flush=True)
     elif command == "watch":
         watch(int(arguments[0]))
+    elif command == "submit-and-watch":
+        pk = submit_loop()
+        print(json.dumps({"pk": pk}), flush=True)
+        watch(pk)
     elif command == "facts":
         print(json.dumps(facts(int(arguments[0]))), flush=True)
     elif command == "find-text":

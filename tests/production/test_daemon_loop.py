@@ -22,19 +22,23 @@ KILL_POINTS = ["label_initial", "iteration_01_train", "iteration_01_md", "iterat
 RUN_TIMEOUT = 1200.0
 
 
-def follow(profile: ProductionProfile, pk: int, kill_points: list[str], timeout: float = RUN_TIMEOUT) -> list[dict]:
-    """Watch run ``pk`` until it ends; at each kill point SIGKILL the daemon's workers and restart the daemon.
+def follow(profile: ProductionProfile, kill_points: list[str], timeout: float = RUN_TIMEOUT) -> tuple[int, list[dict]]:
+    """Submit the test loop and watch it until it ends; at each kill point SIGKILL the daemon's workers and
+    restart the daemon. The watcher submits the run itself, so that it sees even the first step.
 
-    Returns one record per kill: the point, the active children then, the pids killed, what
-    ``verdi process repair`` revived, the seconds taken.
+    Returns the run's PK and one record per kill: the point, the active children then, the pids killed,
+    what ``verdi process repair`` revived, the seconds taken.
     """
-    watcher = profile.driver_process("watch", str(pk))
-    pending, kills, started = list(kill_points), [], time.monotonic()
+    watcher = profile.driver_process("submit-and-watch")
+    pending, kills, started, pk = list(kill_points), [], time.monotonic(), None
     try:
         for line in watcher.stdout:
             event = json.loads(line)
+            if "pk" in event:
+                pk = event["pk"]
+                continue
             if event["done"]:
-                return kills
+                return pk, kills
             if time.monotonic() - started > timeout:
                 raise AssertionError(f"run {pk} did not end within {timeout} s")
             hit = next((point for point in pending
@@ -68,15 +72,19 @@ def assert_complete_run(facts: dict) -> None:
 
 
 def test_loop_survives_the_daemon_killed_in_every_step(production_profile: ProductionProfile):
-    pk = int(production_profile.driver("submit-loop"))
-    kills = follow(production_profile, pk, KILL_POINTS)
+    pk, kills = follow(production_profile, KILL_POINTS)
     print(f"\n{production_profile.backend}: run {pk}, daemon workers killed {len(kills)} times:")
     for kill in kills:
         print(f"  {kill['at_seconds']:>7} s  {kill['point']:<20} active {kill['active']}  "
               f"restarted in {kill['restart_seconds']} s; repair: {kill['repair']}")
-    assert [kill["point"] for kill in kills] == KILL_POINTS, "the daemon was killed in every step"
+    points = [kill["point"] for kill in kills]
+    assert points == KILL_POINTS, f"the daemon was killed at {points}, not in every step {KILL_POINTS}"
     facts = production_profile.facts(pk)
-    assert facts["excepted_descendants"] == [], facts
+    interrupted = [entry for entry in facts["excepted_descendants"]
+                   if entry["class"] == "CalcFunctionNode" and entry["outputs"] == 0]
+    assert facts["excepted_descendants"] == interrupted, (
+        "the only excepted processes may be calcfunctions killed mid-way, which `verdi process repair` cannot "
+        f"continue (their step ran again): {facts['excepted_descendants']}")
     assert_complete_run(facts)
 
 
@@ -108,8 +116,7 @@ def test_password_stays_out_of_the_provenance_graph(production_profile: Producti
     if production_profile.backend != "postgresql":
         pytest.skip("only the PostgreSQL profile has a password")
     password = production_profile.environment["TACE_DB_PASSWORD"]
-    pk = int(production_profile.driver("submit-loop"))
-    follow(production_profile, pk, [])
+    follow(production_profile, [])
     found = json.loads(production_profile.driver("find-text", password))
     assert found["searched_nodes"] > 50 and found["searched_files"] > 20, found
     assert found["places"] == [], f"the database password is stored in {found['places']}"
