@@ -136,10 +136,15 @@ class ClusterProcess:
     cuda_visible_devices: str | None = None
 
     def find(self) -> psutil.Process | None:
-        """Return the process if it still runs, else None."""
+        """Return the process if it still runs, else None.
+
+        Its start time must match the record within a second, not exactly: psutil derives it from the boot
+        time, which moves when the system clock is stepped, and an exact comparison then lost the process.
+        """
         try:
             process = psutil.Process(self.pid)
-            alive = process.create_time() == self.create_time and process.status() != psutil.STATUS_ZOMBIE
+            same = abs(process.create_time() - self.create_time) < 1.0
+            alive = same and process.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return None
         return process if alive else None
