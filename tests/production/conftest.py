@@ -163,6 +163,8 @@ def production_profile(request, tmp_path_factory) -> t.Iterator[ProductionProfil
         profile.start_daemon()
         yield profile
     finally:
-        profile.stop_daemon()
-        profile.run("tace-aiida", "dask", "stop", check=False)
-        clean_up()
+        try:
+            profile.stop_daemon()
+        finally:
+            profile.run("tace-aiida", "dask", "stop", check=False)
+            clean_up()
