@@ -154,3 +154,19 @@ def test_caching_skips_identical_labelling(fast_polling, installed_code):
     assert first.is_finished_ok and second.is_finished_ok
     assert second.base.caching.is_created_from_cache
     assert second.base.caching.get_cache_source() == first.uuid
+
+
+def test_md_runs_beyond_max_concurrent_wait_for_the_earlier_ones(fast_polling, installed_code):
+    builder = builder_for(installed_code, selection={"trust_low": 50.0, "trust_high": 100.0},
+                          stopping={"max_iterations": 1})
+    builder.md.max_concurrent = orm.Int(1)
+    _, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    links = sorted(node.base.links.get_outgoing(link_label_filter="iteration_01_md_%").all(),
+                   key=lambda link: link.link_label)
+    assert [link.link_label for link in links] == ["iteration_01_md_000", "iteration_01_md_001"]
+    first, second = (link.node for link in links)
+    assert first.is_finished_ok and second.is_finished_ok
+    assert second.ctime >= first.mtime, "the second MD run was created after the first had ended"
+    messages = [log.message for log in orm.Log.collection.get_logs_for(node)]
+    assert "iteration 1: launched MD runs 1 to 1 of 2" in messages

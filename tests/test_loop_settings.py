@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from tace_aiida.workflows.exploration import md_parameters, next_batch, plan_md_runs, stop_threshold
 from tace_aiida.workflows.settings import StageSettings, StoppingSettings, read_stages
 
 
@@ -55,3 +56,28 @@ def test_bad_stopping_is_refused(stopping, message):
     with pytest.raises((TypeError, ValueError), match="^StoppingSettings: ") as error:
         StoppingSettings.from_dict(stopping)
     assert message in str(error.value)
+
+
+def test_md_runs_are_planned_per_start_temperature_and_run_in_launch_order():
+    stage = StageSettings.from_dict({"temperatures": [300, 600], "runs": 2, "max_starts": 3})
+    runs = plan_md_runs([f"s{i}" for i in range(5)], stage)
+    assert runs[:4] == [["s0", 300.0, 0], ["s0", 300.0, 1], ["s0", 600.0, 0], ["s0", 600.0, 1]]
+    assert [run[0] for run in runs[::4]] == ["s0", "s2", "s4"], "max_starts keeps 3 starts spread over the 5"
+    assert len(plan_md_runs(["b", "a"], StageSettings())) == 2
+
+
+def test_md_parameters_nvt_npt_seed_and_stop_threshold():
+    stage = StageSettings.from_dict({"temperatures": [500], "steps": 20, "timestep": 2, "save_interval": 4})
+    parameters = md_parameters(stage, 500.0, run=1, iteration=3, max_force_std=0.6)
+    assert parameters == {"ensemble": "nvt", "thermostat": "langevin", "temperature": 500.0, "pressure": 0.0,
+                          "timestep": 2.0, "steps": 20, "save_interval": 4, "max_force_std": 0.6, "seed": 3001}
+    assert md_parameters(StageSettings.from_dict({"pressure": 1.5}), 300.0, 0, 1, 0.6)["ensemble"] == "npt"
+    assert stop_threshold(stage, trust_high=0.3) == 0.6, "stop_factor (2) times trust_high (eV/Å)"
+    assert stop_threshold(StageSettings.from_dict({"max_force_std": 0.5}), trust_high=0.3) == 0.5
+
+
+@pytest.mark.parametrize(("first", "total", "limit", "batch"), [
+    (0, 5, 2, range(0, 2)), (2, 5, 2, range(2, 4)), (4, 5, 2, range(4, 5)), (0, 3, 8, range(0, 3)), (3, 3, 8, range(3, 3)),
+])
+def test_md_batches_keep_at_most_max_concurrent(first, total, limit, batch):
+    assert next_batch(first, total, limit) == batch

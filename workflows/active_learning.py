@@ -23,6 +23,7 @@ from tace_aiida.data import PotentialData, TrainingSetData
 from tace_aiida.selection import SelectionSettings
 
 from .decisions import advance, label_failure_fraction, over_failure_budget, required_members
+from .exploration import md_parameters, next_batch, plan_md_runs, stop_threshold
 from .labelling.ase_batches import AseLabelBatchesWorkChain
 from .labelling.qe import QeLabelWorkChain
 from .report import calibration, iteration_entry
@@ -57,8 +58,11 @@ def validate_selection(value: orm.Dict, _) -> str | None:
     return None
 
 
-def validate_ensemble_size(value: orm.Int, _) -> str | None:
-    return None if value.value >= 1 else f"ensemble_size must be >= 1, not {value.value}"
+def at_least_one(name: str):
+    """A port validator refusing integers below 1, naming the port ``name`` and the value."""
+    def validate(value: orm.Int, _) -> str | None:
+        return None if value.value >= 1 else f"{name} must be >= 1, not {value.value}"
+    return validate
 
 
 def validate_inputs(inputs: dict, _) -> str | None:
@@ -95,13 +99,6 @@ def freeze_report(report: orm.Dict) -> orm.Dict:
     return orm.Dict(report.get_dict())
 
 
-def evenly_spread(labels: list[str], count: int) -> list[str]:
-    """At most ``count`` of the sorted ``labels``, evenly spread over them."""
-    labels = sorted(labels)
-    picks = np.unique(np.linspace(0, len(labels) - 1, num=min(count, len(labels))).round().astype(int))
-    return [labels[i] for i in picks]
-
-
 class ActiveLearningWorkChain(WorkChain):
     """Active learning of an ensemble of Cartesian-tensor potentials."""
 
@@ -125,12 +122,14 @@ class ActiveLearningWorkChain(WorkChain):
         spec.expose_inputs(TrainCalculation, namespace="train",
                            exclude=("dataset", "validation_dataset", "test_dataset", "seed", "parent_potential"),
                            namespace_options={"help": "Code, training parameters and options of every member."})
-        spec.input("ensemble_size", valid_type=orm.Int, default=lambda: orm.Int(4), validator=validate_ensemble_size,
+        spec.input("ensemble_size", valid_type=orm.Int, default=lambda: orm.Int(4), validator=at_least_one("ensemble_size"),
                    help="Number of ensemble members, trained in parallel with different seeds.")
         spec.input("warm_start", valid_type=orm.Bool, default=lambda: orm.Bool(True),
                    help="Start each member's training from the same member of the previous iteration.")
         spec.expose_inputs(MDCalculation, namespace="md", exclude=("potentials", "structure", "parameters"),
                            namespace_options={"help": "Code and options of the exploration MD runs."})
+        spec.input("md.max_concurrent", valid_type=orm.Int, default=lambda: orm.Int(8), validator=at_least_one("md.max_concurrent"),
+                   help="At most this many MD runs alive at once; the others are launched when a batch has ended.")
         spec.input("exploration", valid_type=orm.List, validator=validate_stages,
                    help="Exploration stages, run in order; each a dict of StageSettings (temperatures in K, "
                         "pressure in GPa for NPT, timestep in fs, steps, save_interval, runs, start_from, ...).")
@@ -148,7 +147,8 @@ class ActiveLearningWorkChain(WorkChain):
             while_(cls.should_iterate)(
                 cls.train_ensemble,
                 cls.inspect_ensemble,
-                cls.explore,
+                cls.plan_exploration,
+                while_(cls.has_md_to_launch)(cls.launch_md_batch),
                 cls.inspect_exploration,
                 cls.select,
                 if_(cls.has_selection)(cls.label_selection, cls.merge_selection),
@@ -272,33 +272,39 @@ class ActiveLearningWorkChain(WorkChain):
         self.ctx.training_metrics = [node.outputs.metrics.get_dict() for node in trained]
         return None
 
-    def explore(self) -> ToContext:
-        """MD with the ensemble from every start, at every temperature of the stage, ``runs`` times each."""
+    def plan_exploration(self) -> None:
+        """The MD runs of this iteration (:func:`.exploration.plan_md_runs`), launched by :meth:`launch_md_batch`."""
         stage = self.stages[self.ctx.stage]
         starts = self.ctx.starts
         if stage.start_from == "dataset":
             starts = extract_structures(self.ctx.dataset, orm.Int(stage.dataset_starts))
-        if stage.max_starts is not None:
-            starts = {label: starts[label] for label in evenly_spread(list(starts), stage.max_starts)}
+        self.ctx.md_starts = dict(starts)
+        self.ctx.md_runs = plan_md_runs(list(starts), stage)
+        self.ctx.md_next = 0
+        self.report(f"iteration {self.ctx.iteration}: stage {self.ctx.stage} ({stage.name or 'unnamed'}), "
+                    f"{len(self.ctx.md_runs)} MD runs, at most {self.inputs.md.max_concurrent.value} at once")
+
+    def has_md_to_launch(self) -> bool:
+        return self.ctx.md_next < len(self.ctx.md_runs)
+
+    def launch_md_batch(self) -> ToContext:
+        """Launch the next ``md.max_concurrent`` MD runs with the ensemble and wait for them."""
+        stage = self.stages[self.ctx.stage]
         inputs = self.exposed_inputs(MDCalculation, "md")
         potentials = {f"member_{i}": p for i, p in enumerate(self.ctx.ensemble)}
-        threshold = stage.max_force_std or stage.stop_factor * self.selection_settings.window.trust_high
+        threshold = stop_threshold(stage, self.selection_settings.window.trust_high)
+        batch = next_batch(self.ctx.md_next, len(self.ctx.md_runs), self.inputs.md.max_concurrent.value)
         futures = {}
-        for start_label in sorted(starts):
-            for temperature in stage.temperatures:
-                for run in range(stage.runs):
-                    parameters = {
-                        "ensemble": "npt" if stage.pressure is not None else "nvt",
-                        "thermostat": stage.thermostat, "temperature": float(temperature),
-                        "pressure": float(stage.pressure or 0.0), "timestep": stage.timestep,
-                        "steps": stage.steps, "save_interval": stage.save_interval,
-                        "max_force_std": threshold, "seed": 1000 * self.ctx.iteration + run,
-                    }
-                    label = f"iteration_{self.ctx.iteration:02d}_md_{len(futures):03d}"
-                    futures[label] = submit_once(self, MDCalculation, label, **inputs, potentials=potentials,
-                                                 structure=starts[start_label], parameters=orm.Dict(parameters))
-        self.report(f"iteration {self.ctx.iteration}: stage {self.ctx.stage} ({stage.name or 'unnamed'}), "
-                    f"{len(futures)} MD runs")
+        for index in batch:
+            start_label, temperature, run = self.ctx.md_runs[index]
+            parameters = md_parameters(stage, temperature, run, self.ctx.iteration, threshold)
+            label = f"iteration_{self.ctx.iteration:02d}_md_{index:03d}"
+            futures[label] = submit_once(self, MDCalculation, label, **inputs, potentials=potentials,
+                                         structure=self.ctx.md_starts[start_label], parameters=orm.Dict(parameters))
+        self.ctx.md_next = batch.stop
+        if len(batch) < len(self.ctx.md_runs):
+            self.report(f"iteration {self.ctx.iteration}: launched MD runs {batch.start} to {batch.stop - 1} "
+                        f"of {len(self.ctx.md_runs)}")
         return ToContext(**futures)
 
     def inspect_exploration(self) -> ExitCode | None:
