@@ -11,9 +11,13 @@ keeps a restarted step from launching its children twice.
 
 from __future__ import annotations
 
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+
 import numpy as np
 from aiida import orm
-from aiida.engine import ExitCode, ToContext, WorkChain, calcfunction, if_, while_
+from aiida.engine import ExitCode, ProcessBuilder, ToContext, WorkChain, calcfunction, if_, while_
+from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin
 
 from tace_aiida.calculations.functions import merge_datasets, structures_to_dataset
 from tace_aiida.calculations.md import MDCalculation
@@ -26,6 +30,7 @@ from .decisions import advance, label_failure_fraction, over_failure_budget, req
 from .exploration import md_parameters, next_batch, plan_md_runs, stop_threshold
 from .labelling.ase_batches import AseLabelBatchesWorkChain
 from .labelling.qe import QeLabelWorkChain
+from .protocol_builder import check_codes, choose_labeller, to_nodes
 from .report import calibration, iteration_entry
 from .resubmission import submit_once
 from .settings import StageSettings, StoppingSettings, read_stages
@@ -99,7 +104,7 @@ def freeze_report(report: orm.Dict) -> orm.Dict:
     return orm.Dict(report.get_dict())
 
 
-class ActiveLearningWorkChain(WorkChain):
+class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
     """Active learning of an ensemble of Cartesian-tensor potentials."""
 
     @classmethod
@@ -166,6 +171,47 @@ class ActiveLearningWorkChain(WorkChain):
         spec.exit_code(403, "ERROR_ENSEMBLE_FAILED", message="Only {count} ensemble members trained; at least {minimum} are needed.")
         spec.exit_code(404, "ERROR_EXPLORATION_FAILED", message="Every exploration MD run failed.")
         spec.exit_code(405, "ERROR_NO_TRAINING_DATA", message="No structure of the initial set could be labelled.")
+
+    # ---------------------------------------------------------------------------- protocols
+
+    @classmethod
+    def get_protocol_filepath(cls) -> Traversable:
+        """``protocols/active_learning.yaml``: the protocols ``fast``, ``balanced`` (default) and ``stringent``."""
+        return files("tace_aiida.workflows") / "protocols" / "active_learning.yaml"
+
+    @classmethod
+    def get_builder_from_protocol(
+        cls,
+        codes: dict[str, orm.AbstractCode],
+        structures: dict[str, orm.StructureData] | None,
+        protocol: str | None = None,
+        overrides: dict | None = None,
+        *,
+        calculator: str | None = None,
+        pseudo_family: str | None = None,
+    ) -> ProcessBuilder:
+        """A builder that learns a potential from ``structures`` with the settings of ``protocol``.
+
+        ``codes`` maps ``train``, ``md`` and ``label`` to codes. A pw.x ``label`` code labels through
+        ``label_qe`` (its ``protocol`` is the pw protocol of the same name, ``pseudo_family`` an
+        installed aiida-pseudo family, by default the pw protocol's); any other labels through
+        ``label_ase`` with ``calculator``, an ASE calculator's import path. ``overrides`` are merged
+        into the protocol's inputs, dicts key by key (lists such as ``exploration`` are replaced).
+        ``structures`` may be None when ``builder.dataset`` is set instead.
+        """
+        available = sorted(cls.get_available_protocols())
+        if protocol is not None and protocol not in available and cls._check_if_alias(protocol) is None:
+            raise ValueError(f"unknown protocol {protocol!r}; choose among {available}")
+        check_codes(codes)
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        inputs = choose_labeller(inputs, codes["label"], calculator, pseudo_family)
+        inputs["train"] = {**inputs.get("train", {}), "code": codes["train"]}
+        inputs["md"] = {**inputs.get("md", {}), "code": codes["md"]}
+        if structures:
+            inputs["structures"] = dict(structures)
+        builder = cls.get_builder()
+        builder._update(to_nodes(cls.spec().inputs, inputs))
+        return builder
 
     # ----------------------------------------------------------------------------- settings
 

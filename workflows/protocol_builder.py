@@ -1,0 +1,65 @@
+"""From protocol inputs (plain values, as in ``protocols/active_learning.yaml``) to a loop's builder values.
+
+The protocol lists both labellers' settings; :func:`choose_labeller` keeps the one the given code and
+calculator call for, and :func:`to_nodes` turns the plain values into the nodes the ports expect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiida import orm
+from plumpy.ports import PortNamespace
+
+from .labelling.qe import PW_PLUGIN
+
+CODE_ROLES = ("train", "md", "label")
+
+
+def check_codes(codes: dict[str, orm.AbstractCode]) -> None:
+    """Refuse a ``codes`` mapping without exactly the roles ``train``, ``md`` and ``label``."""
+    missing, unknown = sorted(set(CODE_ROLES) - set(codes)), sorted(set(codes) - set(CODE_ROLES))
+    if missing or unknown:
+        raise ValueError(f"codes must have the keys {list(CODE_ROLES)}; missing {missing}, unknown {unknown}")
+
+
+def choose_labeller(inputs: dict, code: orm.AbstractCode, calculator: str | None, pseudo_family: str | None) -> dict:
+    """``inputs`` with one labeller namespace: ``label_qe`` for a pw.x code, else ``label_ase`` with ``calculator``.
+
+    ``calculator`` is an ASE calculator's import path (``ase.calculators.emt.EMT``); ``pseudo_family``
+    the label of an installed aiida-pseudo family (default: the pw protocol's own family).
+    """
+    inputs = dict(inputs)
+    ase, qe = dict(inputs.pop("label_ase", {})), dict(inputs.pop("label_qe", {}))
+    if code.default_calc_job_plugin == PW_PLUGIN:
+        if calculator is not None:
+            raise ValueError(f"code {code.full_label!r} is pw.x (label_qe): it takes no ASE calculator, "
+                             f"not {calculator!r}")
+        inputs["label_qe"] = {**qe, "code": code, **({"pseudo_family": pseudo_family} if pseudo_family else {})}
+        return inputs
+    if calculator is None:
+        raise ValueError(f"code {code.full_label!r} (plugin {code.default_calc_job_plugin!r}) labels with an ASE "
+                         "calculator: give `calculator`, an import path such as 'ase.calculators.emt.EMT', or a pw.x "
+                         f"code (plugin {PW_PLUGIN!r}) for label_qe")
+    if pseudo_family is not None:
+        raise ValueError(f"pseudo_family {pseudo_family!r} is for pw.x codes; code {code.full_label!r} labels with "
+                         f"the ASE calculator {calculator!r}")
+    inputs["label_ase"] = {**ase, "code": code, "calculator": calculator}
+    return inputs
+
+
+def to_nodes(namespace: PortNamespace, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with every plain value of a data port as a node (dict -> Dict, list -> List, 3 -> Int, ...).
+
+    Sub-namespaces are followed; ``metadata`` and nodes are kept as they are.
+    """
+    converted = {}
+    for key, value in values.items():
+        port = namespace.get(key)
+        if key == "metadata" or isinstance(value, orm.Node):
+            converted[key] = value
+        elif isinstance(port, PortNamespace) and isinstance(value, dict):
+            converted[key] = to_nodes(port, value)
+        else:
+            converted[key] = orm.to_aiida_type(value)
+    return converted
