@@ -4,7 +4,8 @@
     verdi run examples/active_learning_cu_emt.py      # about 12 minutes on 2 CPU cores
 
 Starts from pymatgen-generated supercells of fcc Cu (perfect, with a vacancy, strained; two
-randomly displaced copies of each) labelled by ASE's EMT, then loops: trains an ensemble of 4
+randomly displaced copies of each) labelled by ASE's EMT, then loops with the settings of the `fast`
+protocol (`workflows/protocols/active_learning.yaml`): trains an ensemble of 4
 Cartesian-tensor potentials on the local dask cluster, explores with MD at 300 K, then 600 K, then
 900 K, selects the frames the ensemble is unsure about and labels them, until 90 % of the frames of
 the last stage are accurate or 8 iterations have run (training runs a fixed number of epochs, so a
@@ -43,26 +44,10 @@ def copper_supercells(seed: int = 7) -> dict[str, orm.StructureData]:
 
 def main() -> None:
     ensure_local_cluster()
-    builder = ActiveLearningWorkChain.get_builder()
-    builder.structures = copper_supercells()
-    builder.label_ase.code = orm.load_code(f"tace-label@{LOCAL_COMPUTER}")
-    builder.label_ase.calculator = orm.Str("ase.calculators.emt.EMT")
-    builder.train.code = orm.load_code(f"tace-train@{DASK_COMPUTER}")
-    builder.train.parameters = orm.Dict({
-        "model": {"channels": 16, "max_edge_rank": 2, "max_hidden_rank": 1, "correlation": 2, "r_max": 4.5,
-                  "radial_mlp": [32, 32]},
-        "max_epochs": 80, "patience": 20, "batch_size": 2, "valid_fraction": 0.1,
-        "forces_weight": 10.0, "stress_weight": 10.0, "dtype": "float32",
-    })
-    builder.ensemble_size = orm.Int(4)
-    builder.md.code = orm.load_code(f"tace-md@{DASK_COMPUTER}")
-    builder.exploration = orm.List([
-        {"name": "300 K", "temperatures": [300], "steps": 200, "timestep": 2.0, "save_interval": 10, "max_starts": 3},
-        {"name": "600 K", "temperatures": [600], "steps": 200, "timestep": 2.0, "save_interval": 10, "max_starts": 3},
-        {"name": "900 K", "temperatures": [900], "steps": 200, "timestep": 2.0, "save_interval": 10, "max_starts": 3},
-    ])
-    builder.selection = orm.Dict({"trust_low": 0.1, "trust_high": 0.6, "max_selected": 8})
-    builder.stopping = orm.Dict({"accurate_fraction": 0.9, "max_iterations": 8})
+    codes = {"train": orm.load_code(f"tace-train@{DASK_COMPUTER}"), "md": orm.load_code(f"tace-md@{DASK_COMPUTER}"),
+             "label": orm.load_code(f"tace-label@{LOCAL_COMPUTER}")}
+    builder = ActiveLearningWorkChain.get_builder_from_protocol(
+        codes, copper_supercells(), protocol="fast", calculator="ase.calculators.emt.EMT")
     builder.metadata.label = "Cu EMT active learning"
 
     run_or_submit(builder, Path("al_cu_emt"), sys.argv[1:])

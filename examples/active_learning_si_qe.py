@@ -8,7 +8,8 @@ Starts from pymatgen-generated 8-atom cubic cells of diamond Si (at the equilibr
 compressed and stretched by 3 %; atoms displaced by up to 0.1 Å), labelled by pw.x through one
 PwBaseWorkChain per structure (aiida-quantumespresso's `fast` protocol, Debian's Si.pbe-rrkj.UPF in a
 pseudopotential family made here, 20 Ry wavefunction cutoff, k-points 0.5/Å apart: cheap settings for
-a demonstration, not for production). Then loops: trains an ensemble of 4 Cartesian-tensor potentials
+a demonstration, not for production). Then loops with the `fast` protocol's settings, except for a 4 Å
+cutoff, two stages and 6 selected frames an iteration: trains an ensemble of 4 Cartesian-tensor potentials
 on the local dask cluster, explores with MD at 300 K, then 900 K, selects the frames the ensemble is
 unsure about and labels them with pw.x, until 90 % of the frames of the last stage are accurate or 8
 iterations have run. `--submit` hands it to the daemon instead. Watch it with `verdi process list`
@@ -63,28 +64,18 @@ def silicon_cells(seed: int = 3) -> dict[str, orm.StructureData]:
 def main() -> None:
     ensure_local_cluster()
     ensure_pseudo_family(PSEUDO_FAMILY, {"Si": "Si.pbe-rrkj.UPF"}, cutoffs={"Si": CUTOFFS_RY})
-    builder = ActiveLearningWorkChain.get_builder()
-    builder.structures = silicon_cells()
-    builder.label_qe.code = pw_code()
-    builder.label_qe.pseudo_family = orm.Str(PSEUDO_FAMILY)
-    builder.label_qe.protocol = orm.Str("fast")
-    builder.label_qe.kpoints_distance = orm.Float(0.5)
-    builder.label_qe.options = orm.Dict({"withmpi": False, "max_wallclock_seconds": 1800})
-    builder.train.code = orm.load_code(f"tace-train@{DASK_COMPUTER}")
-    builder.train.parameters = orm.Dict({
-        "model": {"channels": 16, "max_edge_rank": 2, "max_hidden_rank": 1, "correlation": 2, "r_max": 4.0,
-                  "radial_mlp": [32, 32]},
-        "max_epochs": 80, "patience": 20, "batch_size": 2, "valid_fraction": 0.1,
-        "forces_weight": 10.0, "stress_weight": 10.0, "dtype": "float32",
-    })
-    builder.ensemble_size = orm.Int(4)
-    builder.md.code = orm.load_code(f"tace-md@{DASK_COMPUTER}")
-    builder.exploration = orm.List([
-        {"name": "300 K", "temperatures": [300], "steps": 200, "timestep": 2.0, "save_interval": 10, "max_starts": 3},
-        {"name": "900 K", "temperatures": [900], "steps": 200, "timestep": 2.0, "save_interval": 10, "max_starts": 3},
-    ])
-    builder.selection = orm.Dict({"trust_low": 0.1, "trust_high": 0.6, "max_selected": 6})
-    builder.stopping = orm.Dict({"accurate_fraction": 0.9, "max_iterations": 8})
+    codes = {"train": orm.load_code(f"tace-train@{DASK_COMPUTER}"), "md": orm.load_code(f"tace-md@{DASK_COMPUTER}"),
+             "label": pw_code()}
+    stages = [{"name": f"{t} K", "temperatures": [t], "steps": 200, "timestep": 2.0, "save_interval": 10, "max_starts": 3}
+              for t in (300, 900)]
+    overrides = {
+        "train": {"parameters": {"model": {"r_max": 4.0}}},
+        "exploration": stages,
+        "selection": {"max_selected": 6},
+        "label_qe": {"kpoints_distance": 0.5, "options": {"withmpi": False, "max_wallclock_seconds": 1800}},
+    }
+    builder = ActiveLearningWorkChain.get_builder_from_protocol(
+        codes, silicon_cells(), protocol="fast", overrides=overrides, pseudo_family=PSEUDO_FAMILY)
     builder.metadata.label = "Si pw.x active learning"
 
     run_or_submit(builder, Path("al_si_qe"), sys.argv[1:])
