@@ -1,0 +1,89 @@
+"""Finding labels made earlier for the same structures with the same labeller, so that nothing is labelled twice.
+
+A labeller is identified by a key: the hash of its inputs that change labels (code, calculator, parameters,
+properties, pseudopotentials, protocol, overrides ...), not of those that only schedule work (structures,
+``structures_per_job``, ``max_concurrent``, ``options``). A labelled frame is identified by the
+``content_hash`` in its info (set by :func:`tace_aiida.generation.generate`). The earlier labels are the
+``dataset`` outputs of terminated labelling processes (each ``tace.label_ase`` job, each ``tace.label_qe``
+run) whose key is the same: a run killed half-way keeps the labels of every job that finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from aiida import orm
+from aiida.common.links import LinkType
+
+from tace_aiida.data import TrainingSetData
+
+# The processes whose outputs hold labels, per labeller namespace of the workchains.
+LABELLING_PROCESSES = {"label_ase": "aiida.calculations:tace.label_ase", "label_qe": "aiida.workflows:tace.label_qe"}
+SCHEDULING_INPUTS = frozenset({"structures", "structures_per_job", "max_concurrent", "options", "metadata"})
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-serialisable stand-in of an input: the value of base types, the content of Dict/List, else the uuid."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in sorted(value.items())}
+    if isinstance(value, orm.Dict):
+        return value.get_dict()
+    if isinstance(value, orm.List):
+        return value.get_list()
+    if isinstance(value, orm.BaseType):
+        return value.value
+    if isinstance(value, orm.Node):
+        return f"uuid:{value.uuid}"
+    return value
+
+
+def labeller_key(kind: str, inputs: Mapping[str, Any]) -> str:
+    """The key of labeller ``kind`` (``label_ase`` or ``label_qe``) with ``inputs`` (nested namespaces allowed)."""
+    relevant = {name: _plain(value) for name, value in inputs.items() if name not in SCHEDULING_INPUTS}
+    text = json.dumps({"kind": kind, "inputs": relevant}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def node_inputs(node: orm.ProcessNode) -> dict[str, Any]:
+    """The inputs of a stored process, namespaces nested (link labels ``a__b`` become ``{"a": {"b": ...}}``)."""
+    nested: dict[str, Any] = {}
+    links = node.base.links.get_incoming(link_type=(LinkType.INPUT_CALC, LinkType.INPUT_WORK)).all()
+    for link in links:
+        *path, name = link.link_label.split("__")
+        target = nested
+        for part in path:
+            target = target.setdefault(part, {})
+        target[name] = link.node
+    return nested
+
+
+def earlier_labels(kind: str, key: str, wanted: Iterable[str]) -> dict[str, TrainingSetData]:
+    """The labelled datasets of terminated ``kind`` processes with labeller ``key`` that hold any of the
+    ``wanted`` content hashes, by the process's uuid."""
+    wanted = set(wanted)
+    query = orm.QueryBuilder()
+    query.append(orm.ProcessNode, filters={"process_type": LABELLING_PROCESSES[kind],
+                                           "attributes.process_state": {"in": ["finished", "excepted", "killed"]}},
+                 tag="process", project=["*"])
+    query.append(TrainingSetData, with_incoming="process", edge_filters={"label": "dataset"}, project=["*"])
+    found = {}
+    for process, dataset in query.iterall():
+        if labeller_key(kind, node_inputs(process)) != key:
+            continue
+        if any(atoms.info.get("content_hash") in wanted for atoms in dataset.get_atoms()):
+            found[process.uuid] = dataset
+    return found
+
+
+def with_defaults(process_class: type, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """``inputs`` with the defaults ``process_class`` fills in for the inputs that change labels, so that the key
+    of a labeller given its default protocol equals that of the process it launched."""
+    complete = dict(inputs)
+    for name, port in process_class.spec().inputs.items():
+        if name in complete or name in SCHEDULING_INPUTS or not getattr(port, "has_default", lambda: False)():
+            continue
+        complete[name] = port.default() if callable(port.default) else port.default
+    return complete
