@@ -21,6 +21,23 @@ from ase import Atoms
 from ase.data import chemical_symbols
 from ase.stress import voigt_6_to_full_3x3_stress
 
+from .keys import (
+    BATCH,
+    CELL,
+    EDGE_INDEX,
+    ENERGY,
+    FORCES,
+    HAS_ENERGY,
+    HAS_FORCES,
+    HAS_STRESS,
+    NUM_ATOMS,
+    PER_ATOM,
+    PER_GRAPH,
+    POSITIONS,
+    SHIFTS,
+    SPECIES,
+    STRESS,
+)
 from .neighbours import neighbour_pairs
 from .validation import check_structure
 
@@ -94,12 +111,12 @@ def atoms_to_graph(
     senders, receivers, shifts = edges_within_cutoff(atoms, r_max)
     n_atoms = len(atoms)
     graph = {
-        "positions": torch.tensor(atoms.positions, dtype=dtype),
-        "species": torch.from_numpy(species_indices(atoms, atomic_numbers)),
-        "edge_index": torch.from_numpy(np.stack([senders, receivers]).astype(np.int64)),
-        "shifts": torch.tensor(shifts, dtype=dtype),
-        "cell": torch.tensor(atoms.cell[:], dtype=dtype).unsqueeze(0),
-        "batch": torch.zeros(n_atoms, dtype=torch.long),
+        POSITIONS: torch.tensor(atoms.positions, dtype=dtype),
+        SPECIES: torch.from_numpy(species_indices(atoms, atomic_numbers)),
+        EDGE_INDEX: torch.from_numpy(np.stack([senders, receivers]).astype(np.int64)),
+        SHIFTS: torch.tensor(shifts, dtype=dtype),
+        CELL: torch.tensor(atoms.cell[:], dtype=dtype).unsqueeze(0),
+        BATCH: torch.zeros(n_atoms, dtype=torch.long),
     }
     if keys is None:
         return graph
@@ -113,12 +130,12 @@ def atoms_to_graph(
     if stress is not None:
         stress = checked_label(stress, keys.stress, [(6,), (3, 3)])
         stress = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress
-    graph["energy"] = torch.tensor([0.0 if energy is None else energy.item()], dtype=dtype)
-    graph["forces"] = torch.tensor(np.zeros((n_atoms, 3)) if forces is None else forces, dtype=dtype)
-    graph["stress"] = torch.tensor(np.zeros((3, 3)) if stress is None else stress, dtype=dtype).unsqueeze(0)
-    graph["has_energy"] = torch.tensor([energy is not None], dtype=dtype)
-    graph["has_forces"] = torch.tensor([forces is not None], dtype=dtype)
-    graph["has_stress"] = torch.tensor([stress is not None], dtype=dtype)
+    graph[ENERGY] = torch.tensor([0.0 if energy is None else energy.item()], dtype=dtype)
+    graph[FORCES] = torch.tensor(np.zeros((n_atoms, 3)) if forces is None else forces, dtype=dtype)
+    graph[STRESS] = torch.tensor(np.zeros((3, 3)) if stress is None else stress, dtype=dtype).unsqueeze(0)
+    graph[HAS_ENERGY] = torch.tensor([energy is not None], dtype=dtype)
+    graph[HAS_FORCES] = torch.tensor([forces is not None], dtype=dtype)
+    graph[HAS_STRESS] = torch.tensor([stress is not None], dtype=dtype)
     return graph
 
 
@@ -142,21 +159,17 @@ def frames_to_graphs(
     return graphs
 
 
-_PER_GRAPH = ("cell", "energy", "stress", "has_energy", "has_forces", "has_stress")
-_PER_ATOM = ("positions", "species", "forces")
-
-
 def collate(graphs: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
     """Concatenate graphs into one batch; edge indices are offset, ``batch`` numbers the graphs."""
-    atom_counts = torch.tensor([len(g["positions"]) for g in graphs])
+    atom_counts = torch.tensor([len(g[POSITIONS]) for g in graphs])
     offsets = torch.cumsum(atom_counts, 0) - atom_counts
     batch = {
-        "edge_index": torch.cat([g["edge_index"] + offset for g, offset in zip(graphs, offsets, strict=True)], dim=1),
-        "shifts": torch.cat([g["shifts"] for g in graphs]),
-        "batch": torch.repeat_interleave(torch.arange(len(graphs)), atom_counts),
-        "num_atoms": atom_counts,
+        EDGE_INDEX: torch.cat([g[EDGE_INDEX] + offset for g, offset in zip(graphs, offsets, strict=True)], dim=1),
+        SHIFTS: torch.cat([g[SHIFTS] for g in graphs]),
+        BATCH: torch.repeat_interleave(torch.arange(len(graphs)), atom_counts),
+        NUM_ATOMS: atom_counts,
     }
-    for key in _PER_GRAPH + _PER_ATOM:
+    for key in PER_GRAPH + PER_ATOM:
         if key in graphs[0]:
             batch[key] = torch.cat([g[key] for g in graphs])
     return batch

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
+from . import keys
 from .potential import CartesianTensorPotential, ModelConfig, Outputs
 
 Tensor = torch.Tensor
@@ -73,8 +74,8 @@ class StackedEnsemble(nn.Module):
 
     def forward(self, batch: dict[str, Tensor], compute_stress: bool = False, compute_descriptors: bool = False) -> Outputs:
         """Energies, forces (and stress, descriptors) of every member for ``batch``."""
-        positions = batch["positions"].detach()
-        per_member = {**batch, "positions": positions.expand(self.num_members, *positions.shape).contiguous()}
+        positions = batch[keys.POSITIONS].detach()
+        per_member = {**batch, keys.POSITIONS: positions.expand(self.num_members, *positions.shape).contiguous()}
         return functional_call(
             self.template,
             self.stacked,

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from . import keys
 from .data import collate, to_device
 from .potential import CartesianTensorPotential
 
@@ -55,14 +56,14 @@ def evaluate(
     dtype = next(model.parameters()).dtype
     for batch in batches(graphs, batch_size):
         batch = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in to_device(batch, device).items()}
-        has_stress = bool(batch["has_stress"].any())
+        has_stress = bool(batch[keys.HAS_STRESS].any())
         out = model(batch, compute_forces=True, compute_stress=has_stress)
-        energy_mask = batch["has_energy"].bool()
-        energy_error = (out.energy - batch["energy"]).detach()[energy_mask]
+        energy_mask = batch[keys.HAS_ENERGY].bool()
+        energy_error = (out.energy - batch[keys.ENERGY]).detach()[energy_mask]
         errors.add("energy", energy_error)
-        errors.add("energy_per_atom", energy_error / batch["num_atoms"][energy_mask])
-        force_mask = batch["has_forces"].bool()[batch["batch"]]
-        errors.add("forces", (out.forces - batch["forces"]).detach()[force_mask])
+        errors.add("energy_per_atom", energy_error / batch[keys.NUM_ATOMS][energy_mask])
+        force_mask = batch[keys.HAS_FORCES].bool()[batch[keys.BATCH]]
+        errors.add("forces", (out.forces - batch[keys.FORCES]).detach()[force_mask])
         if has_stress:
-            errors.add("stress", (out.stress - batch["stress"]).detach()[batch["has_stress"].bool()])
+            errors.add("stress", (out.stress - batch[keys.STRESS]).detach()[batch[keys.HAS_STRESS].bool()])
     return errors.metrics()

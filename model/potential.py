@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
+from . import keys
 from .blocks import EdgeHarmonics, InteractionBlock, LinearReadout, MLPReadout, ProductBasisBlock, SpeciesLinear
 from .constants import ConstantsModule
 from .radial import RadialEmbedding
@@ -90,7 +91,7 @@ class Outputs:
 class CartesianTensorPotential(ConstantsModule):
     """E(3)-equivariant message-passing potential on irreducible Cartesian tensors.
 
-    Input is a batch dict (see :mod:`tace_aiida.model.data`): ``positions`` [n_atoms, 3] Å,
+    Input is a batch dict (:mod:`tace_aiida.model.data`, keys in :mod:`tace_aiida.model.keys`): ``positions`` [n_atoms, 3] Å,
     ``species`` [n_atoms] indices into ``config.atomic_numbers``, ``edge_index`` [2, n_edges]
     (sender, receiver), ``shifts`` [n_edges, 3] integer cell shifts, ``cell`` [n_graphs, 3, 3] Å,
     ``batch`` [n_atoms] graph index of each atom.
@@ -175,12 +176,12 @@ class CartesianTensorPotential(ConstantsModule):
         Positions ``[..., n_atoms, 3]`` with leading member axes (one copy per ensemble member,
         matching weights stacked as ``[members, ...]``) give every output those leading axes.
         """
-        leaf_positions = batch["positions"]
+        leaf_positions = batch[keys.POSITIONS]
         if compute_forces and not leaf_positions.requires_grad:
             leaf_positions = leaf_positions.detach().requires_grad_(True)
-        positions, cell = leaf_positions, batch["cell"]
+        positions, cell = leaf_positions, batch[keys.CELL]
         members = positions.shape[:-2]
-        graph_of_atom = batch["batch"]
+        graph_of_atom = batch[keys.BATCH]
         num_graphs = cell.shape[0]
         strain = None
         if compute_stress:
@@ -188,7 +189,7 @@ class CartesianTensorPotential(ConstantsModule):
             positions, cell = apply_strain(positions, cell, graph_of_atom, strain)
 
         node_energy, invariants = self.node_energies(
-            positions, cell, batch["species"], batch["edge_index"], batch["shifts"], graph_of_atom
+            positions, cell, batch[keys.SPECIES], batch[keys.EDGE_INDEX], batch[keys.SHIFTS], graph_of_atom
         )
         energy = node_energy.new_zeros((*members, num_graphs)).index_add(-1, graph_of_atom, node_energy)
         outputs = Outputs(energy=energy, node_energy=node_energy)
@@ -202,7 +203,7 @@ class CartesianTensorPotential(ConstantsModule):
             if compute_forces:
                 outputs.forces = -gradients[0]
             if strain is not None:
-                volume = torch.linalg.det(batch["cell"]).abs()
+                volume = torch.linalg.det(batch[keys.CELL]).abs()
                 outputs.virial = -gradients[-1]
                 outputs.stress = gradients[-1] / volume[:, None, None]
         return outputs

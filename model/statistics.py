@@ -7,12 +7,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from . import keys
+
 Tensor = torch.Tensor
 
 
 def species_counts(graphs: Sequence[dict[str, Tensor]], num_species: int) -> np.ndarray:
     """``[n_graphs, n_species]`` number of atoms of each species in each structure."""
-    return np.stack([np.bincount(g["species"].numpy(), minlength=num_species) for g in graphs]).astype(float)
+    return np.stack([np.bincount(g[keys.SPECIES].numpy(), minlength=num_species) for g in graphs]).astype(float)
 
 
 def fit_atomic_energies(graphs: Sequence[dict[str, Tensor]], num_species: int) -> list[float]:
@@ -21,11 +23,11 @@ def fit_atomic_energies(graphs: Sequence[dict[str, Tensor]], num_species: int) -
     Uses the structures that have an energy label. With too few distinct compositions to fix every
     E0 the minimum-norm solution is returned (the shift then absorbs the rest).
     """
-    labelled = [g for g in graphs if bool(g["has_energy"])]
+    labelled = [g for g in graphs if bool(g[keys.HAS_ENERGY])]
     if not labelled:
         raise ValueError("cannot fit atomic reference energies: no structure has an energy label")
     counts = species_counts(labelled, num_species)
-    energies = np.array([float(g["energy"]) for g in labelled])
+    energies = np.array([float(g[keys.ENERGY]) for g in labelled])
     solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
     return solution.tolist()
 
@@ -40,12 +42,12 @@ def interaction_energy_statistics(
     """
     e0 = np.asarray(atomic_energies)
     per_atom = [
-        (float(g["energy"]) - e0[g["species"].numpy()].sum()) / len(g["species"])
+        (float(g[keys.ENERGY]) - e0[g[keys.SPECIES].numpy()].sum()) / len(g[keys.SPECIES])
         for g in graphs
-        if bool(g["has_energy"])
+        if bool(g[keys.HAS_ENERGY])
     ]
     shift = float(np.mean(per_atom)) if per_atom else 0.0
-    forces = [g["forces"].numpy() for g in graphs if bool(g["has_forces"])]
+    forces = [g[keys.FORCES].numpy() for g in graphs if bool(g[keys.HAS_FORCES])]
     if forces:
         scale = float(np.sqrt(np.mean(np.concatenate(forces) ** 2)))
     else:
@@ -55,6 +57,6 @@ def interaction_energy_statistics(
 
 def average_num_neighbors(graphs: Sequence[dict[str, Tensor]]) -> float:
     """Mean number of neighbours within the cutoff per atom."""
-    edges = sum(g["edge_index"].shape[1] for g in graphs)
-    atoms = sum(len(g["species"]) for g in graphs)
+    edges = sum(g[keys.EDGE_INDEX].shape[1] for g in graphs)
+    atoms = sum(len(g[keys.SPECIES]) for g in graphs)
     return max(edges / atoms, 1.0)

@@ -1,0 +1,41 @@
+"""Names of the entries of a graph dict and of a batch (:mod:`.data`), with their shapes, dtypes and units.
+
+One structure is a graph dict, a batch concatenates graphs (:func:`.data.collate`); the model reads
+the structural entries, the trainer and evaluation the labels. Shapes use ``n_atoms``, ``n_edges``
+and ``n_graphs`` of the batch (``n_graphs`` is 1 for a single graph).
+"""
+
+from __future__ import annotations
+
+#: ``[n_atoms, 3]`` float, Å: Cartesian positions.
+POSITIONS = "positions"
+#: ``[n_atoms]`` int64: index of each atom's element in ``ModelConfig.atomic_numbers``.
+SPECIES = "species"
+#: ``[2, n_edges]`` int64: (sender, receiver) atom indices of every pair within ``r_max``.
+EDGE_INDEX = "edge_index"
+#: ``[n_edges, 3]`` float, integer multiples of the cell vectors: an edge's vector (Å) is
+#: ``positions[sender] - positions[receiver] + shifts @ cell``.
+SHIFTS = "shifts"
+#: ``[n_graphs, 3, 3]`` float, Å: cell vectors as rows (zeros along non-periodic directions).
+CELL = "cell"
+#: ``[n_atoms]`` int64: index of the graph each atom belongs to.
+BATCH = "batch"
+#: ``[n_graphs]`` int64: atoms per graph (batches only).
+NUM_ATOMS = "num_atoms"
+
+#: ``[n_graphs]`` float, eV: total energy label (0 where absent).
+ENERGY = "energy"
+#: ``[n_atoms, 3]`` float, eV/Å: force labels (0 where absent).
+FORCES = "forces"
+#: ``[n_graphs, 3, 3]`` float, eV/Å^3: stress label, ASE's sign (0 where absent; periodic cells only).
+STRESS = "stress"
+#: ``[n_graphs]`` float, 1 or 0: whether the graph has an energy label.
+HAS_ENERGY = "has_energy"
+#: ``[n_graphs]`` float, 1 or 0: whether the graph has force labels.
+HAS_FORCES = "has_forces"
+#: ``[n_graphs]`` float, 1 or 0: whether the graph has a stress label.
+HAS_STRESS = "has_stress"
+
+#: Entries with one row per graph, and with one row per atom: concatenated as they are when batching.
+PER_GRAPH = (CELL, ENERGY, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS)
+PER_ATOM = (POSITIONS, SPECIES, FORCES)
