@@ -3,8 +3,10 @@
 Every step is a process in the provenance graph, so each training structure leads back to the
 labelling process that made it and to the MD frame it was selected from. Labels come from an ASE
 calculator (``label_ase``) or from Quantum ESPRESSO's pw.x (``label_qe``), both in eV, eV/Å and
-eV/Å^3. The settings are read by :mod:`.settings`, the decisions after each iteration are made by
-:mod:`.decisions`, the report is written by :mod:`.report`; the context holds plain values and
+eV/Å^3. :meth:`ActiveLearningWorkChain.get_builder_from_protocol` fills a builder from the protocols in
+``protocols/active_learning.yaml``. The settings are read by :mod:`.settings`, the MD runs planned by
+:mod:`.exploration` (at most ``md.max_concurrent`` alive at once), the decisions after each iteration
+are made by :mod:`.decisions`, the report is written by :mod:`.report`; the context holds plain values and
 nodes only, so a run continues from any checkpoint after a daemon restart, and :func:`.submit_once`
 keeps a restarted step from launching its children twice.
 """
