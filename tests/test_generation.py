@@ -258,6 +258,30 @@ def test_a_second_run_labels_only_what_the_first_did_not(aiida_profile, installe
 
 
 @pytest.mark.slow
+def test_labels_left_by_an_interrupted_run_are_reused(aiida_profile, installed_code):
+    """A run killed while labelling leaves finished tace.label_ase jobs behind: their labels are reused."""
+    from aiida import orm
+    from aiida.engine import run_get_node
+    from tace_aiida.workflows.generation import generate_variants
+
+    from tace_aiida.calculations.label_ase import AseLabelCalculation
+    from tace_aiida.data import TrainingSetData
+
+    variants = generate_variants(orm.List(CHAIN), orm.Int(5), orm.Bool(True), cu=orm.StructureData(ase=CU))
+    finished = variants["structures"].get_atoms()[:2]  # what the one job that finished before the kill labelled
+    _, job = run_get_node(AseLabelCalculation, code=installed_code("tace-label"), structures=TrainingSetData(finished),
+                          calculator=orm.Str("ase.calculators.emt.EMT"), parameters=orm.Dict({"asap_cutoff": True}))
+    assert job.is_finished_ok
+
+    results, node = run_generation(installed_code, CHAIN, parameters={"asap_cutoff": True})
+    assert node.is_finished_ok, node.exit_message
+    report = results["report"].get_dict()
+    assert (report["reused"], report["labelled"], report["num_structures"]) == (2, 4, 6)
+    labelled_by = {atoms.info["content_hash"]: atoms.info["label_uuid"] for atoms in results["dataset"].get_atoms()}
+    assert [labelled_by[atoms.info["content_hash"]] for atoms in finished] == [job.uuid, job.uuid]
+
+
+@pytest.mark.slow
 def test_over_the_failure_budget_exits_401_with_the_labels_attached(aiida_profile, installed_code):
     from aiida import orm
     from tace_aiida.workflows.generation import GenerateDatasetWorkChain

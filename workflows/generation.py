@@ -162,9 +162,9 @@ class GenerateDatasetWorkChain(WorkChain):
         """Reuse the labels that processes with the same labeller settings made for the same structures."""
         namespace = self.labeller
         process = LABELLERS[namespace]
-        key = labeller_key(namespace, with_defaults(process, self.exposed_inputs(process, namespace)))
+        inputs = with_defaults(process, self.exposed_inputs(process, namespace))
         hashes = [atoms.info["content_hash"] for atoms in self.ctx.generated.get_atoms()]
-        earlier = earlier_labels(namespace, key, hashes)
+        earlier = earlier_labels(namespace, inputs["code"], labeller_key(namespace, inputs), hashes)
         self.ctx.reused = None
         self.ctx.missing = self.ctx.generated
         if earlier:

@@ -60,14 +60,16 @@ def node_inputs(node: orm.ProcessNode) -> dict[str, Any]:
     return nested
 
 
-def earlier_labels(kind: str, key: str, wanted: Iterable[str]) -> dict[str, TrainingSetData]:
-    """The labelled datasets of terminated ``kind`` processes with labeller ``key`` that hold any of the
-    ``wanted`` content hashes, by the process's uuid."""
+def earlier_labels(kind: str, code: orm.AbstractCode, key: str, wanted: Iterable[str]) -> dict[str, TrainingSetData]:
+    """The labelled datasets of terminated ``kind`` processes run with ``code`` and labeller ``key`` that hold
+    any of the ``wanted`` content hashes, by the process's uuid."""
     wanted = set(wanted)
     query = orm.QueryBuilder()
     query.append(orm.ProcessNode, filters={"process_type": LABELLING_PROCESSES[kind],
                                            "attributes.process_state": {"in": ["finished", "excepted", "killed"]}},
                  tag="process", project=["*"])
+    query.append(orm.AbstractCode, with_outgoing="process", filters={"uuid": code.uuid},
+                 edge_filters={"label": "code"})
     query.append(TrainingSetData, with_incoming="process", edge_filters={"label": "dataset"}, project=["*"])
     found = {}
     for process, dataset in query.iterall():

@@ -208,9 +208,3 @@ def read_transformations(settings: Any) -> list[Transformation]:
             raise ValueError(f"transformation {step}: {error}") from None
     return chain
 
-
-def as_dict(transformation: Transformation) -> dict[str, Any]:
-    """The settings of ``transformation`` as a plain dict with its ``type`` (a description of a variant's step)."""
-    return {"type": transformation.type, **{item.name: getattr(transformation, item.name)
-                                           for item in fields(transformation)}}
-
