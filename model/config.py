@@ -52,6 +52,7 @@ TRAINING_RULES: dict[str, Rule] = {
     "device": (is_device, "'auto' or a torch device such as 'cpu', 'cuda' or 'cuda:1'"),
     "dtype": one_of("float32", "float64"),
     "output_dir": NON_EMPTY, "checkpoint_name": NON_EMPTY, "metrics_name": NON_EMPTY,
+    "restart_name": NON_EMPTY,
 }
 
 
@@ -75,6 +76,8 @@ class TrainingConfig:
     (``.h5``, :mod:`.frames`) or a list of such files.
     Every setting is checked by type and range when the config is made (``TRAINING_RULES``,
     ``MODEL_RULES``); ``ema_decay`` 0 or null trains without an averaged model.
+    After every epoch the whole training state is written to ``restart_name``; ``resume_from`` continues
+    from such a file (:mod:`.restart`), e.g. after a job reached its wall time.
 
     Energies in eV, forces in eV/Å, stress in eV/Å^3; ``time_budget`` in seconds of wall clock.
     ``atomic_energies`` maps atomic number -> E0 (eV); without it ``e0s_file`` (an extxyz of
@@ -114,6 +117,8 @@ class TrainingConfig:
     checkpoint_name: str = "model.pt"
     metrics_name: str = "metrics.jsonl"
     init_checkpoint: str | None = None
+    restart_name: str = "restart.pt"
+    resume_from: str | None = None
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
@@ -144,7 +149,7 @@ class TrainingConfig:
             raise ValueError("the training settings need 'train_file' (an extxyz or .h5 file of labelled structures, or a list of them)")
         config = cls(**data)
         base = Path(base_dir)
-        for name in ("train_file", "valid_file", "test_file", "e0s_file", "init_checkpoint", "output_dir"):
+        for name in ("train_file", "valid_file", "test_file", "e0s_file", "init_checkpoint", "resume_from", "output_dir"):
             value = getattr(config, name)
             if isinstance(value, list):
                 setattr(config, name, [os.path.normpath(base / Path(item).expanduser()) for item in value])

@@ -28,6 +28,7 @@ from .data import LabelKeys, collate, frames_to_graphs, resolve_device, to_devic
 from .evaluation import evaluate
 from .frames import is_frame_file, read_frames
 from .potential import CartesianTensorPotential, ModelConfig
+from .restart import RestartError, load_restart, save_restart
 from .statistics import average_num_neighbors, fit_atomic_energies, interaction_energy_statistics
 from .validation import read_structures
 
@@ -232,12 +233,24 @@ def _train(config: TrainingConfig) -> dict:
 
     metrics_path = output_dir / config.metrics_name
     checkpoint_path = output_dir / config.checkpoint_name
-    metrics_path.write_text("")
-    best = {"selection_loss": math.inf, "epoch": -1}
+    restart_path = output_dir / config.restart_name
+    progress_state = {"epoch": -1, "best": {"selection_loss": math.inf, "epoch": -1}, "best_weights": None,
+                      "stale_epochs": 0, "records": []}
+    if config.resume_from is not None:
+        progress_state = _resume(config, model, ema, optimizer, scheduler, generator)
+        if progress_state["best_weights"] is not None:
+            best_model = CartesianTensorPotential(data.model_config).to(device)
+            best_model.load_state_dict(progress_state["best_weights"])
+            save_checkpoint(checkpoint_path, best_model, _metadata(config, progress_state["best"], base_metadata))
+        logger.info("resumed after epoch %d from %s", progress_state["epoch"], config.resume_from)
+    metrics_path.write_text("".join(json.dumps(record) + "\n" for record in progress_state["records"]))
+    best, best_weights = progress_state["best"], progress_state["best_weights"]
+    stale_epochs, records = progress_state["stale_epochs"], progress_state["records"]
+    first_epoch = progress_state["epoch"] + 1
     started = time.monotonic()
-    stale_epochs = 0
-    progress = tqdm(range(config.max_epochs), desc="training", unit="epoch", disable=not config.progress_bar)
-    stop_reason = "max_epochs"
+    progress = tqdm(range(first_epoch, config.max_epochs), desc="training", unit="epoch",
+                    disable=not config.progress_bar, initial=first_epoch, total=config.max_epochs)
+    stop_reason, epoch = "max_epochs", first_epoch - 1
     for epoch in progress:
         epoch_start = time.monotonic()
         train_loss = 0.0
@@ -266,15 +279,23 @@ def _train(config: TrainingConfig) -> dict:
             "epoch_seconds": time.monotonic() - epoch_start,
             **{f"valid_{k}": v for k, v in valid_metrics.items()},
         }
+        records.append(record)
         with metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         progress.set_postfix(loss=f"{train_loss:.4g}", valid=f"{selection_loss:.4g}")
         if selection_loss < best["selection_loss"]:
             best = {**record, "selection_loss": selection_loss}
+            best_weights = {key: value.detach().clone() for key, value in evaluated.state_dict().items()}
             stale_epochs = 0
             save_checkpoint(checkpoint_path, evaluated, _metadata(config, record, base_metadata))
         else:
             stale_epochs += 1
+        save_restart(restart_path, {
+            "training": config.to_dict(), "epoch": epoch, "best": best, "best_weights": best_weights,
+            "stale_epochs": stale_epochs, "records": records, "model": model.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+        })
         if stale_epochs >= config.patience:
             stop_reason = "early_stopping"
             break
@@ -293,11 +314,28 @@ def _train(config: TrainingConfig) -> dict:
         "best_epoch": best["epoch"],
         "best": best,
         "epochs_run": epoch + 1,
+        "resumed_after_epoch": first_epoch - 1 if config.resume_from is not None else None,
         "stop_reason": stop_reason,
         "wall_seconds": time.monotonic() - started,
         "num_train": len(data.train),
         "num_valid": len(data.valid),
     }
+
+
+def _resume(config: TrainingConfig, model: CartesianTensorPotential, ema: AveragedModel | None,
+            optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
+            generator: torch.Generator) -> dict:
+    """Load the state of ``config.resume_from`` into the training's objects; return its progress (epoch, best ...)."""
+    state = load_restart(config.resume_from, config.to_dict())
+    model.load_state_dict(state["model"])
+    if (ema is None) != (state["ema"] is None):
+        raise RestartError(f"{config.resume_from} was written with ema_decay {state['training']['ema_decay']}")
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    return {key: state[key] for key in ("epoch", "best", "best_weights", "stale_epochs", "records")}
 
 
 def validation_loss(
