@@ -6,10 +6,14 @@ whole step again and, left alone, submits every child a second time: the same st
 labelled twice, the same member trained twice. :func:`submit_once` finds the children that the
 interrupted attempt created, by their call link label, and keeps them:
 
-* a child that has started (running, waiting, or terminated) is awaited instead of resubmitted;
-* a child still in the ``created`` state (or with no state yet) never started, and its launch task may have died with
-  the daemon: it is marked killed (a launch task that does arrive later is then ignored, AiiDA
-  never continues a terminated process) and a fresh child is submitted.
+* a child with a checkpoint is kept and awaited, whatever its state: its launch task was sent (AiiDA sends it only
+  after the first checkpoint), so a worker runs it, or, if the broker lost the task with the dying daemon,
+  ``verdi process repair`` sends it again, as for any other process of a crashed daemon;
+* a child without a checkpoint was stored but never sent to the broker, so nothing can ever run it: it is
+  marked killed and a fresh child is submitted.
+
+A child that was sent is never marked killed here: a worker may be loading it at that very moment, and would
+overwrite the killed state and run it beside its replacement.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from aiida import orm
 from aiida.common.links import LinkType
 from aiida.engine import ProcessBuilder, ProcessState, WorkChain
 
-ABANDONED_STATUS = "abandoned: its parent's step was interrupted before this process started; the step submitted it again"
+ABANDONED_STATUS = "abandoned: its parent's step was interrupted before this process was sent to a worker; the step submitted it again"
 
 
 def existing_child(workchain: WorkChain, link_label: str) -> orm.ProcessNode | None:
@@ -29,6 +33,11 @@ def existing_child(workchain: WorkChain, link_label: str) -> orm.ProcessNode | N
         link_type=(LinkType.CALL_CALC, LinkType.CALL_WORK), link_label_filter=link_label
     ).all()
     return max((link.node for link in links), key=lambda node: node.pk, default=None)
+
+
+def can_still_run(node: orm.ProcessNode) -> bool:
+    """Whether a worker can run ``node`` (it has terminated, or has the checkpoint its launch task is sent with)."""
+    return node.is_terminated or node.checkpoint is not None
 
 
 def abandon(node: orm.ProcessNode) -> None:
@@ -43,11 +52,12 @@ def submit_once(workchain: WorkChain, process: Any, link_label: str, **inputs: A
     or return the one an interrupted attempt of the same step made."""
     child = existing_child(workchain, link_label)
     if child is not None:
-        if child.process_state not in (None, ProcessState.CREATED):
+        if can_still_run(child):
             workchain.report(f"{link_label}: keeping {child.process_label}<{child.pk}> from before the restart")
             return child
         abandon(child)
-        workchain.report(f"{link_label}: {child.process_label}<{child.pk}> never started; submitting it again")
+        workchain.report(f"{link_label}: {child.process_label}<{child.pk}> was never sent to a worker; "
+                         "submitting it again")
     if isinstance(process, ProcessBuilder):
         process.metadata.call_link_label = link_label
         return workchain.submit(process)

@@ -114,7 +114,10 @@ def facts(pk: int) -> dict:
         excepted_descendants=[{"pk": n.pk, "class": type(n).__name__, "label": n.process_label,
                                "outputs": len(n.base.links.get_outgoing(link_type=(LinkType.CREATE, LinkType.RETURN)).all())}
                               for n in node.called_descendants if n.is_excepted],
-        unterminated_descendants=[n.pk for n in node.called_descendants if not n.is_terminated],
+        unterminated_descendants=[{"pk": n.pk, "label": n.process_label, "caller": n.caller.pk,
+                                   "state": n.process_state.value if n.process_state else None,
+                                   "status": n.process_status, "has_checkpoint": n.checkpoint is not None}
+                                  for n in node.called_descendants if not n.is_terminated],
         finished_calcjobs={kind: sum(n.is_finished_ok for n in node.called_descendants
                                      if (n.process_type or "").endswith(kind))
                            for kind in ("tace.label_ase", "tace.train", "tace.md")},
