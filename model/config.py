@@ -79,7 +79,8 @@ class TrainingConfig:
     After every epoch the whole training state is written to ``restart_name``; ``resume_from`` continues
     from such a file (:mod:`.restart`), e.g. after a job reached its wall time.
 
-    Energies in eV, forces in eV/Å, stress in eV/Å^3; ``time_budget`` in seconds of wall clock.
+    Energies in eV, forces in eV/Å, stress in eV/Å^3; ``time_budget`` in seconds of wall clock
+    spent training, summed over the jobs of a resumed training.
     ``atomic_energies`` maps atomic number -> E0 (eV); without it ``e0s_file`` (an extxyz of
     isolated atoms) is used, else E0s are fitted by least squares.
     """

@@ -235,7 +235,7 @@ def _train(config: TrainingConfig) -> dict:
     checkpoint_path = output_dir / config.checkpoint_name
     restart_path = output_dir / config.restart_name
     progress_state = {"epoch": -1, "best": {"selection_loss": math.inf, "epoch": -1}, "best_weights": None,
-                      "stale_epochs": 0, "records": []}
+                      "stale_epochs": 0, "records": [], "trained_seconds": 0.0}
     if config.resume_from is not None:
         progress_state = _resume(config, model, ema, optimizer, scheduler, generator)
         if progress_state["best_weights"] is not None:
@@ -247,7 +247,7 @@ def _train(config: TrainingConfig) -> dict:
     best, best_weights = progress_state["best"], progress_state["best_weights"]
     stale_epochs, records = progress_state["stale_epochs"], progress_state["records"]
     first_epoch = progress_state["epoch"] + 1
-    started = time.monotonic()
+    started = time.monotonic() - progress_state["trained_seconds"]  # the time budget counts the earlier jobs too
     progress = tqdm(range(first_epoch, config.max_epochs), desc="training", unit="epoch",
                     disable=not config.progress_bar, initial=first_epoch, total=config.max_epochs)
     stop_reason, epoch = "max_epochs", first_epoch - 1
@@ -292,7 +292,8 @@ def _train(config: TrainingConfig) -> dict:
             stale_epochs += 1
         save_restart(restart_path, {
             "training": config.to_dict(), "epoch": epoch, "best": best, "best_weights": best_weights,
-            "stale_epochs": stale_epochs, "records": records, "model": model.state_dict(),
+            "stale_epochs": stale_epochs, "records": records, "trained_seconds": time.monotonic() - started,
+            "model": model.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
         })
@@ -335,7 +336,7 @@ def _resume(config: TrainingConfig, model: CartesianTensorPotential, ema: Averag
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])
-    return {key: state[key] for key in ("epoch", "best", "best_weights", "stale_epochs", "records")}
+    return {key: state[key] for key in ("epoch", "best", "best_weights", "stale_epochs", "records", "trained_seconds")}
 
 
 def validation_loss(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -220,21 +221,31 @@ def installed_code(aiida_localhost):
 
 @pytest.fixture
 def parse_retrieved(aiida_localhost):
-    """``parse_retrieved(entry_point, files)``: run a parser on a fake finished CalcJob with ``files``."""
+    """``parse_retrieved(entry_point, files, temporary=None, scheduler_exit_status=None)``: run a parser on a fake
+    finished CalcJob with retrieved ``files``, ``temporary`` retrieved files, and the scheduler's exit status."""
     from aiida import orm
     from aiida.common.links import LinkType
     from aiida.plugins import ParserFactory
 
-    def parse(entry_point: str, files: dict[str, bytes]):
+    def parse(entry_point: str, files: dict[str, bytes], temporary: dict[str, bytes] | None = None,
+              scheduler_exit_status: int | None = None):
         node = orm.CalcJobNode(computer=aiida_localhost, process_type=f"aiida.calculations:{entry_point}")
         node.set_option("resources", {"num_machines": 1, "num_mpiprocs_per_machine": 1})
         node.store()
+        if scheduler_exit_status is not None:
+            node.set_exit_status(scheduler_exit_status)
         retrieved = orm.FolderData()
         for name, content in files.items():
             retrieved.base.repository.put_object_from_bytes(content, name)
         retrieved.base.links.add_incoming(node, link_type=LinkType.CREATE, link_label="retrieved")
         retrieved.store()
-        return ParserFactory(entry_point).parse_from_node(node, store_provenance=False)
+        if temporary is None:
+            return ParserFactory(entry_point).parse_from_node(node, store_provenance=False)
+        with tempfile.TemporaryDirectory() as folder:
+            for name, content in temporary.items():
+                (Path(folder) / name).write_bytes(content)
+            return ParserFactory(entry_point).parse_from_node(node, store_provenance=False,
+                                                              retrieved_temporary_folder=folder)
 
     return parse
 

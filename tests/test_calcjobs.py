@@ -154,10 +154,40 @@ def test_train_parser_exit_codes(aiida_profile, parse_retrieved):
     assert call.exit_status == TrainCalculation.exit_codes.ERROR_INVALID_CHECKPOINT.status == 311
 
 
+def test_a_training_at_its_wall_time_keeps_its_restart_file(aiida_profile, parse_retrieved, tmp_path):
+    from tace_aiida.model.restart import save_restart
+
+    restart = save_restart(tmp_path / "restart.pt", {"training": {}, "epoch": 6})
+    files = {"tace-train.log": b"epoch 6\n"}
+    outputs, call = parse_retrieved("tace.train", files, temporary={"restart.pt": restart.read_bytes()},
+                                    scheduler_exit_status=120)
+    assert call.exit_status == TrainCalculation.exit_codes.ERROR_OUT_OF_WALLTIME.status == 420, "4xx: it can continue"
+    assert "after epoch 6" in call.exit_message
+    assert outputs["restart"].get_content(mode="rb") == restart.read_bytes()
+    outputs, call = parse_retrieved("tace.train", files, temporary={"restart.pt": b"\x80\x02trunc"},
+                                    scheduler_exit_status=120)
+    assert call.exit_status == 420 and "before its first epoch ended" in call.exit_message
+    assert "restart" not in outputs, "a damaged restart file is not offered to the next job"
+    from tace_aiida.schedulers import STATE_FILENAME, DaskJobState, Ending, JobStatus
+
+    lost = DaskJobState("1", JobStatus.DONE, gpus=0, ending=Ending.LOST, reason="the worker died").to_json().encode()
+    outputs, call = parse_retrieved("tace.train", {STATE_FILENAME: lost}, temporary={"restart.pt": restart.read_bytes()})
+    assert call.exit_status == TrainCalculation.exit_codes.ERROR_JOB_LOST.status == 400
+    assert "restart" in outputs, "a lost job continues from its last epoch too"
+
+
+def test_truncated_md_arrays_are_named(aiida_profile, parse_retrieved):
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, positions=np.zeros((1, 2, 3)))
+    _, call = parse_retrieved("tace.md", {"trajectory.npz": buffer.getvalue(), "md_result.json": b'{"stop_reason": "steps"}'})
+    assert call.exit_status == MDCalculation.exit_codes.ERROR_OUTPUT_CORRUPT.status == 303
+    assert "trajectory.npz lacks ['cells'" in call.exit_message
+
+
 def test_an_exception_in_a_parser_is_an_exit_code_not_an_excepted_job(aiida_profile, parse_retrieved, monkeypatch):
     from tace_aiida.parsers.train import TrainParser
 
-    def broken(self):
+    def broken(self, **kwargs):
         raise KeyError("energy")
 
     monkeypatch.setattr(TrainParser, "parse_job", broken)

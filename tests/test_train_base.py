@@ -28,14 +28,18 @@ def workchain(aiida_localhost):
     return process
 
 
-def failed_training(process: TrainBaseWorkChain, exit_code) -> orm.CalcJobNode:
-    """A finished TrainCalculation node called by ``process`` with ``exit_code``."""
+def failed_training(process: TrainBaseWorkChain, exit_code, restart: bool = False) -> orm.CalcJobNode:
+    """A finished TrainCalculation node called by ``process`` with ``exit_code`` (and a ``restart`` output)."""
     node = orm.CalcJobNode(computer=process.ctx.inputs.code.computer, process_type="aiida.calculations:tace.train")
     node.set_process_state("finished")
     node.set_exit_status(exit_code.status)
     node.set_exit_message(exit_code.message)
     node.base.links.add_incoming(process.node, link_type=LinkType.CALL_CALC, link_label="iteration_01")
     node.store()
+    if restart:
+        output = orm.SinglefileData.from_string("state after epoch 4", filename="restart.pt")
+        output.base.links.add_incoming(node, link_type=LinkType.CREATE, link_label="restart")
+        output.store()
     return node
 
 
@@ -51,11 +55,31 @@ def test_a_lost_job_runs_again_unchanged(workchain):
     result = workchain.handle_job_lost(node)
     assert result.do_break and result.exit_code.status == 0
     assert workchain.ctx.inputs.parameters.get_dict() == PARAMETERS
+    assert "restart" not in workchain.ctx.inputs, "without a restart file it starts over"
+
+
+@pytest.mark.parametrize("handler, exit_code", [("handle_job_lost", "ERROR_JOB_LOST"),
+                                                 ("handle_out_of_walltime", "ERROR_OUT_OF_WALLTIME")])
+def test_a_stopped_job_continues_from_its_restart_file(workchain, handler, exit_code):
+    code = TrainCalculation.exit_codes[exit_code]
+    node = failed_training(workchain, code.format(progress="after epoch 4") if "{" in code.message else code, restart=True)
+    result = getattr(workchain, handler)(node)
+    assert result.do_break and result.exit_code.status == 0
+    assert workchain.ctx.inputs.restart.uuid == node.outputs.restart.uuid
+    assert workchain.ctx.inputs.parameters.get_dict() == PARAMETERS, "a continued training keeps its settings"
+
+
+def test_a_nan_loss_after_a_restart_starts_over(workchain):
+    workchain.ctx.inputs.restart = orm.SinglefileData.from_string("state", filename="restart.pt").store()
+    workchain.handle_nan_loss(failed_training(workchain, TrainCalculation.exit_codes.ERROR_NAN_LOSS.format(message="x")))
+    assert "restart" not in workchain.ctx.inputs, "a restart file of another learning rate cannot be continued"
 
 
 def test_handlers_react_only_to_their_exit_codes_and_in_priority_order(workchain):
-    handlers = {handler.__name__: handler for handler in workchain.get_process_handlers()}
-    assert list(handlers) == ["handle_job_lost", "handle_nan_loss"], "sorted by priority, highest first"
+    by_priority = sorted(workchain.get_process_handlers(), key=lambda handler: -handler.priority)
+    handlers = {handler.__name__: handler for handler in by_priority}
+    assert list(handlers) == ["handle_job_lost", "handle_out_of_walltime", "handle_nan_loss"], \
+        "continuing a stopped job comes before changing settings"
     settings_error = failed_training(workchain, TrainCalculation.exit_codes.ERROR_INVALID_SETTINGS.format(message="x"))
     assert all(handler(workchain, settings_error) is None for handler in handlers.values())
     assert TrainCalculation.exit_codes.ERROR_NAN_LOSS.status // 100 == 4, "recoverable codes are 4xx"

@@ -1,8 +1,9 @@
 """``tace.train_base``: one ensemble member's training with AiiDA's restart machinery.
 
-Handlers, highest priority first: a job lost with its worker (400) runs again as it was; a NaN loss
-(410) is retried with a learning rate ten times lower. Any other failure is retried once with the
-same inputs (``on_unhandled_failure = restart_once``).
+Handlers, highest priority first: a job lost with its worker (400) and a job that reached its wall time
+(420) continue from their last completed epoch (their ``restart`` output), or run again from the start
+when they have none; a NaN loss (410) is retried from the start with a learning rate ten times lower.
+Any other failure is retried once with the same inputs (``on_unhandled_failure = restart_once``).
 """
 
 from __future__ import annotations
@@ -36,15 +37,29 @@ class TrainBaseWorkChain(BaseRestartWorkChain):
         super().setup()
         self.ctx.inputs = AttributeDict(self.exposed_inputs(TrainCalculation, "train"))
 
+    def _continue(self, node: orm.CalcJobNode, why: str) -> ProcessHandlerReport:
+        """Run the next job from the ``restart`` output of ``node`` if it has one, else from the start."""
+        if "restart" in node.outputs:
+            self.ctx.inputs.restart = node.outputs.restart
+            self.report(f"{node.process_label}<{node.pk}> {why}: continuing from its restart file")
+        else:
+            self.report(f"{node.process_label}<{node.pk}> {why} before completing an epoch: running it again")
+        return ProcessHandlerReport(do_break=True)
+
     @process_handler(priority=600, exit_codes=TrainCalculation.exit_codes.ERROR_JOB_LOST)
     def handle_job_lost(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
-        """Run the job again as it was: its worker died, the training itself did not fail."""
-        self.report(f"{node.process_label}<{node.pk}> was lost with its worker: running it again")
-        return ProcessHandlerReport(do_break=True)
+        """Continue the training: its worker died, the training itself did not fail."""
+        return self._continue(node, "was lost with its worker")
+
+    @process_handler(priority=550, exit_codes=TrainCalculation.exit_codes.ERROR_OUT_OF_WALLTIME)
+    def handle_out_of_walltime(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
+        """Continue the training in a new job with the same wall time."""
+        return self._continue(node, "reached its wall time")
 
     @process_handler(priority=500, exit_codes=TrainCalculation.exit_codes.ERROR_NAN_LOSS)
     def handle_nan_loss(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
-        """Retry with a learning rate ten times lower."""
+        """Retry from the start with a learning rate ten times lower (a restart file of other settings cannot be used)."""
+        self.ctx.inputs.pop("restart", None)
         parameters = self.ctx.inputs.parameters.get_dict()
         parameters["lr"] = parameters.get("lr", 0.01) / 10
         self.ctx.inputs.parameters = orm.Dict(parameters)

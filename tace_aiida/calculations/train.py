@@ -15,12 +15,13 @@ from tace_aiida.model.config import TrainingConfig
 
 #: Settings the CalcJob fills in itself from its inputs.
 MANAGED_SETTINGS = {"train_file", "valid_file", "test_file", "init_checkpoint", "output_dir", "seed", "progress_bar",
-                    "checkpoint_name", "metrics_name"}
+                    "checkpoint_name", "metrics_name", "restart_name", "resume_from"}
 #: Job-folder name prefixes of the shard files of each dataset input.
 DATASET_FILES = {"dataset": ("train_file", "train"), "validation_dataset": ("valid_file", "valid"),
                  "test_dataset": ("test_file", "test")}
-PARENT_FILE, CONFIG_FILE = "parent.pt", "config.yaml"
+PARENT_FILE, CONFIG_FILE, RESUME_FILE = "parent.pt", "config.yaml", "resume.pt"
 CHECKPOINT_FILE, METRICS_FILE, LOG_FILE, SUMMARY_FILE = "model.pt", "metrics.jsonl", "tace-train.log", "tace-train.out"
+RESTART_FILE = "restart.pt"
 
 
 def shard_copies(dataset: TrainingSetData, prefix: str) -> list[tuple[str, str, str]]:
@@ -63,12 +64,20 @@ class TrainCalculation(TaceCalcJob):
                    help="Random seed: ensemble members differ in it (and with `bootstrap`, in their data).")
         spec.input("parent_potential", valid_type=PotentialData, required=False,
                    help="Fine-tune this potential instead of starting from random weights.")
+        spec.input("restart", valid_type=orm.SinglefileData, required=False,
+                   help="The `restart` output of an earlier job of this same training (one that reached its wall "
+                        "time or was lost): training continues after that job's last completed epoch.")
         spec.inputs["metadata"]["options"]["parser_name"].default = "tace.train"
         spec.output("potential", valid_type=PotentialData, help="The trained potential (best validation epoch).")
         spec.output("metrics", valid_type=orm.Dict, help="Training summary and the metrics of every epoch.")
         spec.output("log", valid_type=orm.SinglefileData, help="The training log.")
+        spec.output("restart", valid_type=orm.SinglefileData, required=False,
+                    help="The training state after the last completed epoch of a job that did not finish (wall time "
+                         "reached, or lost): give it as the `restart` input of the next job to continue.")
         spec.exit_code(311, "ERROR_INVALID_CHECKPOINT", message="The checkpoint cannot be read: {message}")
         spec.exit_code(410, "ERROR_NAN_LOSS", message="The loss became NaN or infinite: {message}")
+        spec.exit_code(420, "ERROR_OUT_OF_WALLTIME",
+                       message="The job reached its wall time {progress}; a new job can continue from its `restart`.")
 
     def prepare_for_submission(self, folder: Folder) -> CalcInfo:
         settings = {
@@ -86,10 +95,14 @@ class TrainCalculation(TaceCalcJob):
         if "parent_potential" in self.inputs:
             self.inputs.parent_potential.write_checkpoint(folder.get_abs_path(PARENT_FILE))
             settings["init_checkpoint"] = PARENT_FILE
+        if "restart" in self.inputs:
+            local_copy_list.append((self.inputs.restart.uuid, self.inputs.restart.filename, RESUME_FILE))
+            settings["resume_from"] = RESUME_FILE
         with folder.open(CONFIG_FILE, "w") as handle:
             yaml.safe_dump(settings, handle)
         calcinfo = single_code_calcinfo(
             self.inputs.code.uuid, SUMMARY_FILE, LOG_FILE, [CHECKPOINT_FILE, METRICS_FILE], cmdline_params=[CONFIG_FILE]
         )
         calcinfo.local_copy_list = local_copy_list
+        calcinfo.retrieve_temporary_list = [RESTART_FILE]
         return calcinfo

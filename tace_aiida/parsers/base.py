@@ -13,18 +13,22 @@ class TaceParser(Parser):
     is ``ERROR_UNEXPECTED_PARSER_EXCEPTION`` (350), never an excepted process. Subclasses write ``parse_job``."""
 
     def parse(self, **kwargs) -> ExitCode | None:
-        if self.job_was_lost():
-            return self.exit_codes.ERROR_JOB_LOST
         try:
-            return self.parse_job()
+            if self.job_was_lost():
+                self.keep_partial_results(kwargs.get("retrieved_temporary_folder"))
+                return self.exit_codes.ERROR_JOB_LOST
+            return self.parse_job(**kwargs)
         except Exception as exception:  # a parser bug must leave a finished node with its files, not an exception
             self.logger.exception("the parser raised an unexpected exception")
             return self.exit_codes.ERROR_UNEXPECTED_PARSER_EXCEPTION.format(
                 exception=f"{type(exception).__name__}: {exception}")
 
-    def parse_job(self) -> ExitCode | None:
+    def parse_job(self, **kwargs) -> ExitCode | None:
         """Parse the retrieved files of a job that ran; return an exit code or None."""
         raise NotImplementedError
+
+    def keep_partial_results(self, retrieved_temporary_folder: str | None) -> None:
+        """Attach what a job that did not end can be continued from (nothing by default)."""
 
     def job_was_lost(self) -> bool:
         if STATE_FILENAME not in self.retrieved.base.repository.list_object_names():

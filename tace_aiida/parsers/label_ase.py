@@ -14,7 +14,7 @@ from tace_aiida.parsers.base import TaceParser
 
 
 class AseLabelParser(TaceParser):
-    def parse_job(self):
+    def parse_job(self, **kwargs):
         retrieved = self.retrieved
         names = retrieved.base.repository.list_object_names()
         if runner.REPORT not in names:

@@ -17,7 +17,7 @@ PER_FRAME_ARRAYS = ("energies", "forces", "energy_std", "forces_std", "max_force
 
 
 class MDParser(TaceParser):
-    def parse_job(self):
+    def parse_job(self, **kwargs):
         repository = self.retrieved.base.repository
         names = repository.list_object_names()
         if md.TRAJECTORY not in names or md.RESULT not in names:
@@ -30,6 +30,10 @@ class MDParser(TaceParser):
             result = json.loads(repository.get_object_content(md.RESULT))
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
             return self.exit_codes.ERROR_OUTPUT_CORRUPT.format(message=f"{type(error).__name__}: {error}")
+        missing = sorted({"numbers", "positions", "steps", "cells", "pbc", *PER_FRAME_ARRAYS} - set(arrays))
+        if missing or "stop_reason" not in result:
+            what = f"{md.TRAJECTORY} lacks {missing}" if missing else f"{md.RESULT} lacks 'stop_reason'"
+            return self.exit_codes.ERROR_OUTPUT_CORRUPT.format(message=what)
         trajectory = orm.TrajectoryData()
         trajectory.set_trajectory(
             symbols=[chemical_symbols[z] for z in arrays["numbers"]],

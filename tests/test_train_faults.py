@@ -1,0 +1,94 @@
+"""Training jobs stopped for real on a dask cluster (wall time reached, worker killed) continue from their last epoch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+from aiida import orm
+from ase.io import read
+from tace_aiida.workflows.train import TrainBaseWorkChain
+
+from tace_aiida.calculations.train import RESTART_FILE, TrainCalculation
+from tace_aiida.data import TrainingSetData
+from tace_aiida.schedulers.job_state import read_job_state
+from tests.conftest import DATA
+from tests.conftest_dask import WORKERS, run_concurrently
+
+pytest_plugins = ["aiida.tools.pytest_fixtures", "tests.conftest_dask"]
+pytestmark = pytest.mark.slow
+
+#: Training ends by its time budget (seconds of training summed over the jobs), so that the test does not depend
+#: on this machine's speed: a job with a wall time shorter than the budget must be continued to finish.
+BUDGET, WALLTIME = 40.0, 30
+PARAMETERS = {"model": {"channels": 4, "radial_mlp": [8], "max_edge_rank": 1, "max_hidden_rank": 0, "correlation": 2},
+              "max_epochs": 100_000, "patience": 100_000, "time_budget": BUDGET, "batch_size": 4,
+              "valid_fraction": 0.25, "dtype": "float32", "device": "cpu", "lr": 0.005}
+
+
+@pytest.fixture
+def training_inputs(aiida_code_installed, dask_computer) -> dict:
+    code = aiida_code_installed(computer=dask_computer, filepath_executable=shutil.which("tace-train"))
+    frames = read(DATA / "3bpa_300K_40.xyz", index=":8")
+    return {"train": {"code": code, "dataset": TrainingSetData(frames), "parameters": orm.Dict(PARAMETERS)},
+            "max_iterations": orm.Int(25)}
+
+
+def jobs_of(node: orm.WorkflowNode) -> list[orm.CalcJobNode]:
+    return sorted((n for n in node.called if isinstance(n, orm.CalcJobNode)), key=lambda n: n.pk)
+
+
+def assert_continued_to_the_end(node: orm.WorkflowNode, stopped_with: int) -> list[orm.CalcJobNode]:
+    """Every job but the last stopped with ``stopped_with`` and left a restart file that the next job read; the
+    final metrics hold every epoch exactly once, and the training ran for its time budget in total."""
+    assert node.is_finished_ok, node.exit_message
+    jobs = jobs_of(node)
+    assert len(jobs) >= 2, "the training was never stopped"
+    for stopped, following in zip(jobs, jobs[1:], strict=False):
+        assert stopped.exit_status == stopped_with, stopped.exit_message
+        assert following.inputs.restart.uuid == stopped.outputs.restart.uuid, "the next job continues the stopped one"
+    assert jobs[-1].is_finished_ok
+    metrics = node.outputs.metrics
+    epochs = [entry["epoch"] for entry in metrics["epochs"]]
+    assert epochs == list(range(len(epochs))), "every epoch once: nothing repeated, nothing skipped"
+    assert 0 <= metrics["resumed_after_epoch"] < len(epochs) - 1, "the last job continued, then trained on"
+    assert metrics["stop_reason"] == "time_budget" and BUDGET <= metrics["wall_seconds"] < 2 * BUDGET
+    return jobs
+
+
+def test_a_training_at_its_wall_time_continues_in_the_next_job(training_inputs):
+    inputs = {**training_inputs, "train": {**training_inputs["train"],
+                                           "metadata": {"options": {"max_wallclock_seconds": WALLTIME}}}}
+    [node] = run_concurrently([(TrainBaseWorkChain, inputs)], timeout=900)
+    jobs = assert_continued_to_the_end(node, TrainCalculation.exit_codes.ERROR_OUT_OF_WALLTIME.status)
+    print(f"{len(node.outputs.metrics['epochs'])} epochs in {len(jobs)} jobs of at most {WALLTIME} s")
+
+
+def test_a_training_whose_dask_worker_dies_continues_from_its_last_epoch(training_inputs, cluster_client):
+    killed = {}
+
+    async def kill_the_worker_after_some_epochs(processes) -> None:
+        while not killed:
+            for job in jobs_of(processes[0].node):
+                workdir = job.get_remote_workdir()
+                if workdir and (Path(workdir) / RESTART_FILE).is_file():
+                    worker = read_job_state(workdir).worker
+                    pids = cluster_client.run(os.getpid, workers=[worker])
+                    os.kill(pids[worker], signal.SIGKILL)
+                    killed["job"] = job.pk
+                    break
+            await asyncio.sleep(0.1)
+
+    try:
+        [node] = run_concurrently([(TrainBaseWorkChain, training_inputs)], also=kill_the_worker_after_some_epochs,
+                                  timeout=900)
+    finally:
+        cluster_client.wait_for_workers(WORKERS, timeout=60)
+    jobs = assert_continued_to_the_end(node, TrainCalculation.exit_codes.ERROR_JOB_LOST.status)
+    assert jobs[0].pk == killed["job"] and len(jobs) == 2
+    print(json.dumps({"resumed_after_epoch": node.outputs.metrics["resumed_after_epoch"]}))
