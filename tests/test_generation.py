@@ -172,8 +172,10 @@ CHAIN = [{"type": "supercell", "matrix": [2, 1, 1]},
          {"type": "rattle", "amplitudes": [0.05], "copies": 3}]
 
 
-def run_generation(installed_code, chain: list[dict], parameters: dict | None = None, **inputs):
-    """``GenerateDatasetWorkChain`` in the foreground on a Cu cell, labelled by EMT in jobs of 2, 2 at once."""
+def run_generation(installed_code, chain: list[dict], seed: int, parameters: dict | None = None, **inputs):
+    """``GenerateDatasetWorkChain`` in the foreground on a Cu cell, labelled by EMT in jobs of 2, 2 at once.
+
+    The tests share one profile: each uses its own ``seed``, so that no test reuses another's labels."""
     from aiida import orm
     from aiida.engine import run_get_node
     from tace_aiida.workflows.generation import GenerateDatasetWorkChain
@@ -181,7 +183,7 @@ def run_generation(installed_code, chain: list[dict], parameters: dict | None = 
     builder = GenerateDatasetWorkChain.get_builder()
     builder.structures = {"cu": orm.StructureData(ase=CU)}
     builder.transformations = orm.List(chain)
-    builder.seed = orm.Int(5)
+    builder.seed = orm.Int(seed)
     builder.label_ase.code = installed_code("tace-label")
     builder.label_ase.calculator = orm.Str("ase.calculators.emt.EMT")
     if parameters is not None:
@@ -207,7 +209,7 @@ def hashes_of(dataset) -> list[str]:
 def test_generate_label_provenance_and_a_second_run_labels_nothing(aiida_profile, installed_code):
     from ase.calculators.emt import EMT
 
-    results, node = run_generation(installed_code, CHAIN)
+    results, node = run_generation(installed_code, CHAIN, seed=11)
     assert node.is_finished_ok, node.exit_message
     report = results["report"].get_dict()
     assert (report["made"], report["kept"], report["reused"], report["labelled"]) == (6, 6, 0, 6)
@@ -229,7 +231,7 @@ def test_generate_label_provenance_and_a_second_run_labels_nothing(aiida_profile
     assert generated.creator.inputs.transformations.get_list() == CHAIN
     assert hashes_of(generated) == hashes_of(dataset)
 
-    again, second = run_generation(installed_code, CHAIN)
+    again, second = run_generation(installed_code, CHAIN, seed=11)
     assert second.is_finished_ok, second.exit_message
     assert label_jobs(second) == [], "nothing labelled twice"
     assert (again["report"]["reused"], again["report"]["labelled"]) == (6, 0)
@@ -242,10 +244,10 @@ def test_generate_label_provenance_and_a_second_run_labels_nothing(aiida_profile
 @pytest.mark.slow
 def test_a_second_run_labels_only_what_the_first_did_not(aiida_profile, installed_code):
     partial = [*CHAIN[:2], {"type": "rattle", "amplitudes": [0.05], "copies": 1}]  # 2 of the 6 structures
-    first, node = run_generation(installed_code, partial, parameters={"asap_cutoff": False})
+    first, node = run_generation(installed_code, partial, seed=12, parameters={"asap_cutoff": False})
     assert node.is_finished_ok and first["report"]["labelled"] == 2
 
-    results, node = run_generation(installed_code, CHAIN, parameters={"asap_cutoff": False})
+    results, node = run_generation(installed_code, CHAIN, seed=12, parameters={"asap_cutoff": False})
     assert node.is_finished_ok, node.exit_message
     report = results["report"].get_dict()
     assert (report["reused"], report["labelled"], report["num_structures"]) == (2, 4, 6)
@@ -253,7 +255,7 @@ def test_a_second_run_labels_only_what_the_first_did_not(aiida_profile, installe
     assert set(hashes_of(first["dataset"])) < set(hashes_of(results["dataset"]))
 
     # other labeller settings: nothing is reused
-    other, node = run_generation(installed_code, partial, parameters={"asap_cutoff": True})
+    other, node = run_generation(installed_code, partial, seed=12, parameters={"asap_cutoff": True})
     assert node.is_finished_ok and (other["report"]["reused"], other["report"]["labelled"]) == (0, 2)
 
 
@@ -267,13 +269,13 @@ def test_labels_left_by_an_interrupted_run_are_reused(aiida_profile, installed_c
     from tace_aiida.calculations.label_ase import AseLabelCalculation
     from tace_aiida.data import TrainingSetData
 
-    variants = generate_variants(orm.List(CHAIN), orm.Int(5), orm.Bool(True), cu=orm.StructureData(ase=CU))
+    variants = generate_variants(orm.List(CHAIN), orm.Int(13), orm.Bool(True), cu=orm.StructureData(ase=CU))
     finished = variants["structures"].get_atoms()[:2]  # what the one job that finished before the kill labelled
     _, job = run_get_node(AseLabelCalculation, code=installed_code("tace-label"), structures=TrainingSetData(finished),
                           calculator=orm.Str("ase.calculators.emt.EMT"), parameters=orm.Dict({"asap_cutoff": True}))
     assert job.is_finished_ok
 
-    results, node = run_generation(installed_code, CHAIN, parameters={"asap_cutoff": True})
+    results, node = run_generation(installed_code, CHAIN, seed=13, parameters={"asap_cutoff": True})
     assert node.is_finished_ok, node.exit_message
     report = results["report"].get_dict()
     assert (report["reused"], report["labelled"], report["num_structures"]) == (2, 4, 6)
@@ -288,7 +290,7 @@ def test_over_the_failure_budget_exits_401_with_the_labels_attached(aiida_profil
 
     chain = [{"type": "supercell", "matrix": [2, 1, 1]},
              {"type": "substitution", "replace": "Cu", "by": "Si", "fractions": [0.5], "keep_parents": True}]
-    results, node = run_generation(installed_code, chain, max_failure_fraction=orm.Float(0.1))
+    results, node = run_generation(installed_code, chain, seed=14, max_failure_fraction=orm.Float(0.1))
     assert node.exit_status == GenerateDatasetWorkChain.exit_codes.ERROR_TOO_MANY_LABEL_FAILURES.status
     report = results["report"].get_dict()
     assert report["labelled"] == 1 and len(report["failed"]) == 1
@@ -301,7 +303,7 @@ def test_over_the_failure_budget_exits_401_with_the_labels_attached(aiida_profil
 
 def test_bad_transformations_are_refused_at_submission(aiida_profile, installed_code):
     with pytest.raises(ValueError, match=r"transformation 2: rattle: copies must be an integer >= 1, not 0"):
-        run_generation(installed_code, [SUPERCELL, {"type": "rattle", "copies": 0}])
+        run_generation(installed_code, [SUPERCELL, {"type": "rattle", "copies": 0}], seed=15)
 
 
 # ------------------------------------------------------------------------------------------- the CLI
