@@ -354,3 +354,21 @@ def test_the_generate_command_runs_and_prints_the_summary(aiida_profile, install
     assert "made 3 variants, kept 3" in result.output
     assert "reused 0, labelled 3, failed 0" in result.output
     assert "dataset: TrainingSetData<" in result.output
+
+
+def test_the_labeller_key_ignores_scheduling_and_sees_settings_and_defaults(aiida_profile):
+    from aiida import orm
+    from tace_aiida.workflows.labelling.qe import QeLabelWorkChain
+
+    from tace_aiida.generation.reuse import labeller_key, with_defaults
+
+    calculator = orm.Str("ase.calculators.emt.EMT")
+    base = {"calculator": calculator, "parameters": orm.Dict({"asap_cutoff": True})}
+    key = labeller_key("label_ase", base)
+    assert key == labeller_key("label_ase", {**base, "max_concurrent": orm.Int(3), "structures_per_job": orm.Int(9)})
+    assert key != labeller_key("label_ase", {**base, "parameters": orm.Dict({"asap_cutoff": False})})
+    assert key != labeller_key("label_qe", base)
+    # the protocol QeLabelWorkChain fills in when none is given counts as given
+    filled = with_defaults(QeLabelWorkChain, {})
+    assert filled["protocol"].value == "balanced" and "max_concurrent" not in filled
+    assert labeller_key("label_qe", filled) == labeller_key("label_qe", {"protocol": orm.Str("balanced")})
