@@ -14,6 +14,7 @@ import time
 
 from aiida import orm
 from aiida.engine import ExitCode, ToContext, WorkChain, calcfunction, if_
+from tace_aiida.workflows.killing import ForcedKillReachesChildren
 
 from tace_aiida.data import TrainingSetData
 from tace_aiida.generation import generate, read_transformations
@@ -94,7 +95,7 @@ def assemble_dataset(structures: TrainingSetData, **labelled: TrainingSetData) -
     return TrainingSetData(shards=[labelled[label] for label in sorted(labelled)])
 
 
-class GenerateDatasetWorkChain(WorkChain):
+class GenerateDatasetWorkChain(ForcedKillReachesChildren, WorkChain):
     """Generate variants of parent structures, deduplicate them, label what was not labelled before."""
 
     @classmethod

@@ -11,11 +11,12 @@ from __future__ import annotations
 from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
+from tace_aiida.workflows.killing import ForcedKillReachesChildren
 
 from tace_aiida.calculations.train import TrainCalculation
 
 
-class TrainBaseWorkChain(BaseRestartWorkChain):
+class TrainBaseWorkChain(ForcedKillReachesChildren, BaseRestartWorkChain):
     """Run a ``tace.train`` CalcJob, restarting it when it fails."""
 
     _process_class = TrainCalculation

@@ -7,10 +7,14 @@ succeed (the worker died, the loss became NaN, the MD blew up).
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from aiida import orm
 from aiida.common.datastructures import CalcInfo, CodeInfo
 from aiida.engine import CalcJob
 
 from tace_aiida.schedulers import STATE_FILENAME
+from tace_aiida.schedulers.job_state import CANCEL_FILENAME
 
 
 def single_code_calcinfo(
@@ -28,6 +32,26 @@ def single_code_calcinfo(
     return calcinfo
 
 
+def cancel_dask_job_directly(node: orm.CalcJobNode) -> bool:
+    """Leave the cancel file of ``node``'s ``tace.dask`` job in its working directory, without the scheduler.
+
+    The job's watchdog kills the job's process group when the file appears. Done only through the local transport
+    (the daemon and the job share the file system); returns whether the file was written.
+    """
+    computer, workdir = node.computer, node.get_remote_workdir()
+    if computer is None or workdir is None or computer.scheduler_type != "tace.dask":
+        return False
+    if computer.transport_type != "core.local":
+        node.logger.warning(f"forced kill: the job in {workdir} on {computer.label} is not stopped (remote transport)")
+        return False
+    try:
+        (Path(workdir) / CANCEL_FILENAME).touch()
+    except OSError as error:
+        node.logger.warning(f"forced kill: cannot leave the cancel file in {workdir}: {error}")
+        return False
+    return True
+
+
 class TaceCalcJob(CalcJob):
     """A tace-aiida CalcJob: one process on one machine, and the exit codes every tace parser may return."""
 
@@ -42,3 +66,10 @@ class TaceCalcJob(CalcJob):
                        message="The parser raised an unexpected exception: {exception}")
         spec.exit_code(400, "ERROR_JOB_LOST",
                        message="The job was lost by the scheduler (its worker died); running it again can succeed.")
+
+    def kill(self, msg_text: str | None = None, force_kill: bool = False):
+        """A forced kill (``verdi process kill -F``) skips the scheduler in aiida-core; a ``tace.dask`` job is stopped
+        all the same, through its cancel file, so that no orphan keeps a core or a GPU."""
+        if force_kill and not self.has_terminated():
+            cancel_dask_job_directly(self.node)
+        return super().kill(msg_text, force_kill)
