@@ -17,6 +17,7 @@ from ase.build import bulk
 from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
 from tace_aiida.workflows.generation import GenerateDatasetWorkChain
 
+from tace_aiida.broker import ensure_broker
 from tace_aiida.dask_cluster import ensure_local_cluster
 from tace_aiida.generation.cli import follow, run_with_progress, summary_lines
 from tace_aiida.profile import DASK_COMPUTER, LOCAL_COMPUTER
@@ -69,6 +70,7 @@ def learning_builder(dataset):
 
 
 def main(arguments: list[str]) -> None:
+    ensure_broker(workers=2 if "--submit" in arguments else 1)
     if "--submit" in arguments:
         from aiida.engine import submit
 

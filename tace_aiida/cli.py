@@ -119,6 +119,7 @@ def generate(files: tuple[Path, ...], transformations: Path, index: str, calcula
 
     from aiida import load_profile
 
+    from .broker import ensure_broker
     from .generation.cli import build, follow, read_parents, read_transformation_file, run_with_progress, summary_lines
 
     load_profile()
@@ -129,6 +130,7 @@ def generate(files: tuple[Path, ...], transformations: Path, index: str, calcula
                         max_concurrent=max_concurrent, max_failure_fraction=max_failure_fraction)
     except ValueError as error:
         raise click.ClickException(str(error)) from error
+    ensure_broker(workers=2 if submit else 1)
     if submit:
         from aiida.engine import submit as submit_to_daemon
 

@@ -43,12 +43,15 @@ def run_or_submit(builder, folder: Path, arguments: list[str]) -> None:
     """
     from aiida.engine import run_get_node, submit
 
+    from tace_aiida.broker import ensure_broker
+
     unknown = [argument for argument in arguments if argument != "--submit"]
     if unknown:
         raise SystemExit(f"unknown arguments {unknown}; the only option is --submit (run on the daemon)")
+    ensure_broker(workers=2 if "--submit" in arguments else 1)
     if "--submit" in arguments:
         node = submit(builder)
-        print(f"submitted {node.process_label}<{node.pk}> to the daemon (start it with `verdi daemon start 2`)")
+        print(f"submitted {node.process_label}<{node.pk}> to the daemon")
         print(f"  follow it:   verdi process status {node.pk}  |  verdi process report {node.pk}")
         print(f"  when ended:  tace-aiida summary {node.pk} --output {folder}")
         return
