@@ -10,6 +10,20 @@ through :func:`scheduler_address`, which takes the first of:
 2. the default scheduler file ``<AiiDA config folder>/tace-dask/scheduler.json`` (see :func:`default_directory`),
    which :func:`ensure_local_cluster` writes.
 
+TLS
+---
+A scheduler at a ``tls://`` address is reached with client certificates (dask's ``Security``), taken from the first of:
+
+1. ``<scheduler file>.tls.json`` beside the scheduler file (``scheduler.tls.json`` for ``scheduler.json``), which
+   :func:`ensure_local_cluster` writes for a TLS cluster: ``{"ca_file": ..., "cert": ..., "key": ...}``;
+2. dask's configuration where the AiiDA daemon runs: ``distributed.comm.tls.ca-file``,
+   ``distributed.comm.tls.client.cert`` and ``distributed.comm.tls.client.key`` (a YAML file in ``~/.config/dask`` or
+   the variables ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``, ``DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT`` and
+   ``DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY``).
+
+The scheduler requires every peer (worker or client) to present a certificate signed by its CA, so a client without
+one is refused.
+
 Every dask worker (and the dask scheduler, which unpickles the task graph) must have ``tace_aiida`` installed, and the
 workers must see the AiiDA computer's working directories at the same paths (local disk or a shared file system).
 
@@ -44,6 +58,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import fcntl
 import json
 import os
@@ -56,7 +71,12 @@ from pathlib import Path
 
 import psutil
 from aiida.manage.configuration.settings import AiiDAConfigDir
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from distributed import Client
+from distributed.security import Security
 
 __all__ = (
     "SCHEDULER_ENV",
@@ -64,12 +84,15 @@ __all__ = (
     "ClusterStatus",
     "DaskClusterError",
     "LocalCluster",
+    "TlsFiles",
     "default_directory",
     "detect_gpus",
     "ensure_local_cluster",
     "local_cluster_status",
+    "make_tls_files",
     "read_scheduler_file",
     "scheduler_address",
+    "scheduler_connection",
     "stop_local_cluster",
 )
 
@@ -78,7 +101,14 @@ SCHEDULER_FILENAME = "scheduler.json"
 CLUSTER_FILENAME = "cluster.json"
 CONNECT_TIMEOUT = 5.0
 LOCAL_SCHEDULER_OPTIONS = "--host 127.0.0.1 --port 0 --dashboard-address 127.0.0.1:0"
-LOCAL_WORKER_OPTIONS = "--nworkers 1 --nthreads 1 --host 127.0.0.1 --death-timeout 60 --no-dashboard"
+LOCAL_WORKER_OPTIONS = (
+    "--nworkers 1 --nthreads 1 --host 127.0.0.1 --death-timeout 60 --no-dashboard --dashboard-address 127.0.0.1:0"
+)
+"""The worker serves HTTP (metrics) even without its dashboard: on all interfaces unless given an address."""
+TLS_SETTINGS = ("distributed.comm.tls.ca-file", "distributed.comm.tls.client.cert", "distributed.comm.tls.client.key")
+"""Dask's configuration keys of the client certificate (read by ``Security()``)."""
+TLS_DIRECTORY = "tls"
+TLS_VALIDITY_DAYS = 3650
 
 
 class DaskClusterError(RuntimeError):
@@ -98,20 +128,148 @@ def read_scheduler_file(path: str | os.PathLike[str]) -> str:
         raise DaskClusterError(f"cannot read a dask scheduler address from {path}: {exception}") from exception
 
 
-def scheduler_address() -> str:
-    """Return the address of the dask scheduler (see the module documentation for the order of the sources)."""
+def tls_record(scheduler_file: Path) -> Path:
+    """Return the path of the TLS record beside ``scheduler_file``: ``scheduler.json`` -> ``scheduler.tls.json``."""
+    return scheduler_file.with_suffix(".tls.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsFiles:
+    """A CA certificate, and the certificate and private key that the scheduler, workers and clients present."""
+
+    ca_file: Path
+    cert: Path
+    key: Path
+
+    def check(self) -> None:
+        """Raise :class:`DaskClusterError` naming the first file that does not exist."""
+        for name, path in dataclasses.asdict(self).items():
+            if not Path(path).is_file():
+                raise DaskClusterError(f"TLS {name} {path} does not exist")
+
+    def security(self) -> Security:
+        """Return the ``Security`` of a client presenting the certificate; encryption is required."""
+        return Security(
+            tls_ca_file=str(self.ca_file),
+            tls_client_cert=str(self.cert),
+            tls_client_key=str(self.key),
+            require_encryption=True,
+        )
+
+    def options(self) -> list[str]:
+        """Return the ``dask scheduler`` and ``dask worker`` options that serve TLS with the certificate."""
+        files = ["--tls-ca-file", str(self.ca_file), "--tls-cert", str(self.cert), "--tls-key", str(self.key)]
+        return ["--protocol", "tls", *files]
+
+    def save(self, path: Path) -> None:
+        """Write the absolute paths of the files to ``path`` (JSON)."""
+        paths = {name: str(Path(value).resolve()) for name, value in dataclasses.asdict(self).items()}
+        path.write_text(json.dumps(paths))
+
+    @classmethod
+    def load(cls, path: Path) -> TlsFiles | None:
+        """Read a record written by :meth:`save`; None if there is none."""
+        if not path.is_file():
+            return None
+        try:
+            return cls(**{name: Path(value) for name, value in json.loads(path.read_text()).items()})
+        except (ValueError, TypeError, AttributeError) as exception:
+            raise DaskClusterError(f"invalid TLS record {path}: {exception}") from exception
+
+
+def _scheduler_source() -> tuple[str, Path | None]:
+    """Return the scheduler address and the scheduler file it was read from (None for an address given as such)."""
     value = os.environ.get(SCHEDULER_ENV, "").strip()
     if "://" in value:
-        return value
-    if value:
-        return read_scheduler_file(value)
-    default_file = default_directory() / SCHEDULER_FILENAME
-    if default_file.is_file():
-        return read_scheduler_file(default_file)
+        return value, None
+    path = Path(value) if value else default_directory() / SCHEDULER_FILENAME
+    if value or path.is_file():
+        return read_scheduler_file(path), path
     raise DaskClusterError(
         f"no dask cluster configured: set {SCHEDULER_ENV} to a scheduler address or scheduler file, "
-        f"or start a local cluster (`tace-aiida dask start`), which writes {default_file}"
+        f"or start a local cluster (`tace-aiida dask start`), which writes {path}"
     )
+
+
+def scheduler_address() -> str:
+    """Return the address of the dask scheduler (see the module documentation for the order of the sources)."""
+    return _scheduler_source()[0]
+
+
+def cluster_security(address: str, scheduler_file: Path | None = None) -> Security:
+    """Return the ``Security`` to reach ``address``: the TLS record beside ``scheduler_file``, else dask's configuration.
+
+    :raises DaskClusterError: for a ``tls://`` address without a client certificate, naming the settings to set.
+    """
+    record = None if scheduler_file is None else TlsFiles.load(tls_record(scheduler_file))
+    if record is not None:
+        record.check()
+        return record.security()
+    security = Security()
+    if address.startswith("tls://") and not (security.tls_ca_file and security.tls_client_cert):
+        raise DaskClusterError(
+            f"the dask scheduler at {address} requires TLS, but no client certificate is configured: set "
+            f"{', '.join(TLS_SETTINGS)} in dask's configuration where the AiiDA daemon runs (e.g. the environment "
+            "variables DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and "
+            "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY)"
+            + ("" if scheduler_file is None else f", or write {tls_record(scheduler_file)}")
+        )
+    return security
+
+
+def scheduler_connection() -> tuple[str, Security]:
+    """Return the address of the dask scheduler and the ``Security`` to reach it (see the module documentation)."""
+    address, scheduler_file = _scheduler_source()
+    return address, cluster_security(address, scheduler_file)
+
+
+def _certificate(
+    subject: str, public_key: ec.EllipticCurvePublicKey, issuer: str, signer: ec.EllipticCurvePrivateKey, ca: bool
+) -> x509.Certificate:
+    """Return a certificate of ``public_key`` for ``subject``, signed by ``signer`` on behalf of ``issuer``."""
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=TLS_VALIDITY_DAYS))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    return builder.sign(signer, hashes.SHA256())
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file readable by its owner only (mode 0600)."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """Return the TLS files in ``<directory>/tls``, made on the first call: a self-signed CA (whose key is not kept)
+    and one certificate it signed, which the scheduler, the workers and the clients all present.
+
+    The folder is mode 0700 and the key 0600. The certificate is valid for :data:`TLS_VALIDITY_DAYS` days.
+    """
+    folder = Path(directory) / TLS_DIRECTORY
+    files = TlsFiles(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+    if all(Path(path).is_file() for path in dataclasses.asdict(files).values()):
+        return files
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca = _certificate("tace-aiida dask CA", ca_key.public_key(), "tace-aiida dask CA", ca_key, ca=True)
+    cert = _certificate("tace-aiida dask", key.public_key(), "tace-aiida dask CA", ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    _write_private(files.key, key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    files.cert.write_bytes(cert.public_bytes(pem))
+    files.ca_file.write_bytes(ca.public_bytes(pem))
+    return files
 
 
 def detect_gpus() -> list[str]:
@@ -158,6 +316,7 @@ class LocalCluster:
     address: str
     gpus_per_worker: int
     processes: tuple[ClusterProcess, ...]
+    tls: TlsFiles | None = None
 
     @property
     def scheduler(self) -> ClusterProcess:
@@ -174,8 +333,15 @@ class LocalCluster:
         """The dask scheduler file of the cluster."""
         return self.directory / SCHEDULER_FILENAME
 
+    @property
+    def security(self) -> Security | None:
+        """The ``Security`` of a client of the cluster: None (dask's default) without TLS."""
+        return None if self.tls is None else self.tls.security()
+
     def save(self) -> None:
-        """Write the record to ``<directory>/cluster.json``."""
+        """Write the record to ``<directory>/cluster.json``, and the TLS record beside the scheduler file."""
+        if self.tls is not None:
+            self.tls.save(tls_record(self.scheduler_file))
         data = {
             "address": self.address,
             "gpus_per_worker": self.gpus_per_worker,
@@ -192,7 +358,8 @@ class LocalCluster:
         try:
             data = json.loads(path.read_text())
             processes = tuple(ClusterProcess(**process) for process in data["processes"])
-            return cls(directory, data["address"], data["gpus_per_worker"], processes)
+            tls = TlsFiles.load(tls_record(directory / SCHEDULER_FILENAME))
+            return cls(directory, data["address"], data["gpus_per_worker"], processes, tls)
         except (ValueError, KeyError, TypeError) as exception:
             raise DaskClusterError(f"invalid local cluster record {path}: {exception}") from exception
 
@@ -270,6 +437,7 @@ def ensure_local_cluster(
     gpus_per_worker: int = 1,
     directory: Path | None = None,
     timeout: float = 60.0,
+    tls: TlsFiles | None = None,
 ) -> LocalCluster:
     """Start a dask scheduler and ``n_workers`` workers on this machine, detached from the calling process.
 
@@ -278,6 +446,8 @@ def ensure_local_cluster(
     ``n_workers`` defaults to one per block; without GPUs the workers declare ``GPU`` as a label only (for tests and
     CPU runs) and ``n_workers`` defaults to 1. The scheduler listens on 127.0.0.1 and writes
     ``<directory>/scheduler.json``; pids and logs are recorded in ``<directory>`` (default :func:`default_directory`).
+    With ``tls``, the scheduler and workers speak TLS and accept only peers presenting a certificate signed by its CA;
+    the files are named in ``<directory>/scheduler.tls.json``, where the ``tace.dask`` plugin finds them.
 
     Idempotent: if the cluster recorded in ``directory`` runs, it is returned and nothing is started.
 
@@ -291,6 +461,8 @@ def ensure_local_cluster(
         n_workers = len(gpus) // gpus_per_worker if gpus and gpus_per_worker else 1
     if n_workers < 1:
         raise DaskClusterError(f"n_workers must be 1 or more, got {n_workers} (visible GPUs: {gpus})")
+    if tls is not None:
+        tls.check()
     if gpus and n_workers * gpus_per_worker > len(gpus):
         raise DaskClusterError(
             f"{n_workers} workers with {gpus_per_worker} GPU(s) each need {n_workers * gpus_per_worker} GPUs, "
@@ -301,24 +473,28 @@ def ensure_local_cluster(
         existing = LocalCluster.load(directory)
         if existing is not None:
             if existing.scheduler.find() is not None:
+                if tls is not None and existing.tls != tls:
+                    raise DaskClusterError(
+                        f"the local cluster in {directory} already runs at {existing.address} without the TLS files "
+                        f"{tls}; stop it first"
+                    )
                 return existing
             _terminate(existing.processes, timeout)
             (directory / CLUSTER_FILENAME).unlink()
         scheduler_file = directory / SCHEDULER_FILENAME
         scheduler_file.unlink(missing_ok=True)
+        tls_record(scheduler_file).unlink(missing_ok=True)
 
         dask = [sys.executable, "-m", "dask"]
-        scheduler = _spawn(
-            "scheduler",
-            [*dask, "scheduler", "--scheduler-file", str(scheduler_file), *LOCAL_SCHEDULER_OPTIONS.split()],
-            directory,
-            dict(os.environ),
-        )
+        tls_options = [] if tls is None else tls.options()
+        scheduler_command = [*dask, "scheduler", "--scheduler-file", str(scheduler_file), *tls_options]
+        scheduler_command += LOCAL_SCHEDULER_OPTIONS.split()
+        scheduler = _spawn("scheduler", scheduler_command, directory, dict(os.environ))
         processes = [scheduler]
         try:
             address = _wait_for_scheduler_file(scheduler_file, scheduler, timeout)
             worker_command = [*dask, "worker", "--scheduler-file", str(scheduler_file), *LOCAL_WORKER_OPTIONS.split()]
-            worker_command += ["--local-directory", str(directory / "worker-space")]
+            worker_command += ["--local-directory", str(directory / "worker-space"), *tls_options]
             if gpus_per_worker:
                 worker_command += ["--resources", f"GPU={gpus_per_worker}"]
             for index in range(n_workers):
@@ -328,7 +504,8 @@ def ensure_local_cluster(
                     env["CUDA_VISIBLE_DEVICES"] = ",".join(block)
                 name = f"worker-{index}"
                 processes.append(_spawn(name, [*worker_command, "--name", f"tace-{name}"], directory, env))
-            with Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False) as client:
+            security = None if tls is None else tls.security()
+            with Client(address, timeout=CONNECT_TIMEOUT, security=security, set_as_default=False) as client:
                 client.wait_for_workers(n_workers, timeout=timeout)
         except Exception as exception:
             _terminate(processes, timeout=10.0)
@@ -336,7 +513,7 @@ def ensure_local_cluster(
             message = f"the local dask cluster did not start: {exception}; logs in {directory}"
             raise DaskClusterError(message) from exception
 
-        cluster = LocalCluster(directory, address, gpus_per_worker, tuple(processes))
+        cluster = LocalCluster(directory, address, gpus_per_worker, tuple(processes), tls)
         cluster.save()
         return cluster
 
@@ -349,7 +526,9 @@ def local_cluster_status(directory: Path | None = None) -> ClusterStatus | None:
         return None
     alive = {process.name: process.find() is not None for process in cluster.processes}
     try:
-        with Client(cluster.address, timeout=CONNECT_TIMEOUT, set_as_default=False) as client:
+        with Client(
+            cluster.address, timeout=CONNECT_TIMEOUT, security=cluster.security, set_as_default=False
+        ) as client:
             workers = client.scheduler_info(n_workers=-1)["workers"]
     except (OSError, TimeoutError) as exception:
         return ClusterStatus(cluster, alive, {}, f"cannot reach {cluster.address}: {exception}")
@@ -372,4 +551,5 @@ def stop_local_cluster(directory: Path | None = None, timeout: float = 10.0) -> 
         _terminate([cluster.scheduler], timeout)
         (directory / CLUSTER_FILENAME).unlink()
         cluster.scheduler_file.unlink(missing_ok=True)
+        tls_record(cluster.scheduler_file).unlink(missing_ok=True)
         return cluster

@@ -4,8 +4,8 @@ The job id is the job's working directory; it is also the key of the dask task, 
 :data:`~tace_aiida.schedulers.job_state.STATE_FILENAME` in that directory, so that any scheduler instance (e.g. after
 a daemon restart) can poll and kill the job. The number of GPUs comes from the ``num_gpus`` job resource (default 1,
 0 for CPU jobs) and is written in the submit script as ``#DASK gpus=N``; a ``#DASK`` line in the custom scheduler
-commands overrides it. The task asks dask for ``resources={'GPU': N}``. Where the cluster is:
-:func:`tace_aiida.dask_cluster.scheduler_address`.
+commands overrides it. The task asks dask for ``resources={'GPU': N}``. Where the cluster is, and the client
+certificate for a ``tls://`` scheduler: :func:`tace_aiida.dask_cluster.scheduler_connection`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from aiida.engine import CalcJob
 from aiida.schedulers import Scheduler, SchedulerError
 from aiida.schedulers.datastructures import JobInfo, JobState, JobTemplate, NodeNumberJobResource
 from distributed import Client, Future, fire_and_forget
+from distributed.security import Security
 
-from tace_aiida.dask_cluster import DaskClusterError, scheduler_address
+from tace_aiida.dask_cluster import DaskClusterError, scheduler_connection
 from tace_aiida.schedulers.job_state import (
     CANCEL_FILENAME,
     STATE_FILENAME,
@@ -134,8 +135,11 @@ def parse_directives(script: str) -> JobDirectives:
     return JobDirectives(**values)
 
 
-def _connect(address: str) -> Client:
-    """Return a connected client of the dask scheduler at ``address``, reused across calls."""
+def _connect(address: str, security: Security | None = None) -> Client:
+    """Return a connected client of the dask scheduler at ``address``, reused across calls.
+
+    :raises SchedulerError: naming the address if the scheduler does not answer within :data:`CLIENT_TIMEOUT` s.
+    """
     client = _clients.get(address)
     if client is not None and client.status == "running":
         return client
@@ -143,7 +147,7 @@ def _connect(address: str) -> Client:
         with contextlib.suppress(OSError, TimeoutError):
             client.close(timeout=CLIENT_TIMEOUT)
     try:
-        client = Client(address, timeout=CLIENT_TIMEOUT, set_as_default=False)
+        client = Client(address, timeout=CLIENT_TIMEOUT, security=security, set_as_default=False)
     except (OSError, TimeoutError) as exception:
         raise SchedulerError(f"cannot connect to the dask scheduler at {address}: {exception}") from exception
     _clients[address] = client
@@ -325,10 +329,10 @@ class DaskScheduler(Scheduler):
     def _client(self) -> tuple[str, Client]:
         """Return the address of the dask scheduler and a client connected to it."""
         try:
-            address = scheduler_address()
+            address, security = scheduler_connection()
         except DaskClusterError as exception:
             raise SchedulerError(str(exception)) from exception
-        return address, _connect(address)
+        return address, _connect(address, security)
 
     def _rpc(self, client: Client, address: str, name: str, **kwargs: t.Any) -> t.Any:
         """Call the dask scheduler's handler ``name`` with a short timeout."""
