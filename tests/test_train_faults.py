@@ -15,6 +15,7 @@ from ase.io import read
 from tace_aiida.workflows.train import TrainBaseWorkChain
 
 from tace_aiida.calculations.train import RESTART_FILE, TrainCalculation
+from tace_aiida.dask_cluster import ensure_local_cluster
 from tace_aiida.data import TrainingSetData
 from tace_aiida.schedulers.job_state import read_job_state
 from tests.conftest import DATA
@@ -69,20 +70,25 @@ def test_a_training_at_its_wall_time_continues_in_the_next_job(training_inputs):
     print(f"{len(node.outputs.metrics['epochs'])} epochs in {len(jobs)} jobs of at most {WALLTIME} s")
 
 
+async def first_epoch_done(process) -> orm.CalcJobNode:
+    """The training job of ``process`` once it has written its first restart file."""
+    while True:
+        for job in jobs_of(process.node):
+            workdir = job.get_remote_workdir()
+            if workdir and (Path(workdir) / RESTART_FILE).is_file():
+                return job
+        await asyncio.sleep(0.1)
+
+
 def test_a_training_whose_dask_worker_dies_continues_from_its_last_epoch(training_inputs, cluster_client):
     killed = {}
 
     async def kill_the_worker_after_some_epochs(processes) -> None:
-        while not killed:
-            for job in jobs_of(processes[0].node):
-                workdir = job.get_remote_workdir()
-                if workdir and (Path(workdir) / RESTART_FILE).is_file():
-                    worker = read_job_state(workdir).worker
-                    pids = cluster_client.run(os.getpid, workers=[worker])
-                    os.kill(pids[worker], signal.SIGKILL)
-                    killed["job"] = job.pk
-                    break
-            await asyncio.sleep(0.1)
+        job = await first_epoch_done(processes[0])
+        worker = read_job_state(job.get_remote_workdir()).worker
+        pids = cluster_client.run(os.getpid, workers=[worker])
+        os.kill(pids[worker], signal.SIGKILL)
+        killed["job"] = job.pk
 
     try:
         [node] = run_concurrently([(TrainBaseWorkChain, training_inputs)], also=kill_the_worker_after_some_epochs,
@@ -92,3 +98,23 @@ def test_a_training_whose_dask_worker_dies_continues_from_its_last_epoch(trainin
     jobs = assert_continued_to_the_end(node, TrainCalculation.exit_codes.ERROR_JOB_LOST.status)
     assert jobs[0].pk == killed["job"] and len(jobs) == 2
     print(json.dumps({"resumed_after_epoch": node.outputs.metrics["resumed_after_epoch"]}))
+
+
+def test_a_training_survives_the_dask_scheduler_dying_and_coming_back(training_inputs, cluster):
+    """The scheduler is killed; while it is down the job's state cannot be polled (AiiDA retries); the cluster is
+    started again, which ends the old workers; the new scheduler does not know the job, so it is reported lost and
+    the training continues from its restart file. Runs last in this module: it replaces the module's cluster."""
+    killed = {}
+
+    async def kill_the_scheduler_then_start_the_cluster_again(processes) -> None:
+        killed["job"] = (await first_epoch_done(processes[0])).pk
+        os.kill(cluster.scheduler.pid, signal.SIGKILL)
+        await asyncio.sleep(3)
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: ensure_local_cluster(n_workers=WORKERS, gpus_per_worker=1, directory=cluster.directory))
+
+    [node] = run_concurrently([(TrainBaseWorkChain, training_inputs)],
+                              also=kill_the_scheduler_then_start_the_cluster_again, timeout=900)
+    jobs = assert_continued_to_the_end(node, TrainCalculation.exit_codes.ERROR_JOB_LOST.status)
+    assert jobs[0].pk == killed["job"] and len(jobs) == 2
+    assert read_job_state(jobs[0].outputs.retrieved).lost, "the job the new scheduler did not know is marked lost"
