@@ -12,6 +12,7 @@ import time
 import typing as t
 from pathlib import Path
 
+import psutil
 import pytest
 from aiida import orm
 from aiida.common.datastructures import CalcInfo, CodeInfo
@@ -66,7 +67,7 @@ def cluster(tmp_path_factory) -> t.Iterator[LocalCluster]:
 @pytest.fixture(scope="module")
 def cluster_client(cluster) -> t.Iterator[Client]:
     """A client of the test cluster, to inspect and hurt its workers."""
-    with Client(cluster.address, timeout=5, set_as_default=False) as client:
+    with Client(cluster.address, timeout=5, security=cluster.security, set_as_default=False) as client:
         yield client
 
 
@@ -149,3 +150,14 @@ def pid_alive(pid: int) -> bool:
 def child_pid(workdir: str | os.PathLike[str]) -> int:
     """The pid that a test script wrote in ``child.pid``."""
     return int((Path(workdir) / "child.pid").read_text())
+
+
+def listening_hosts(cluster: LocalCluster) -> dict[str, set[str]]:
+    """The IP addresses on which each process of ``cluster`` (with its children, e.g. a nanny's worker) listens."""
+    hosts = {}
+    for record in cluster.processes:
+        process = psutil.Process(record.pid)
+        family = [process, *process.children(recursive=True)]
+        sockets = [socket for member in family for socket in member.net_connections(kind="inet")]
+        hosts[record.name] = {socket.laddr.ip for socket in sockets if socket.status == psutil.CONN_LISTEN}
+    return hosts
