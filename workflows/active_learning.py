@@ -30,6 +30,7 @@ from tace_aiida.selection import SelectionSettings
 
 from .decisions import advance, label_failure_fraction, over_failure_budget, required_members
 from .exploration import md_parameters, next_batch, plan_md_runs, stop_threshold
+from .killing import ForcedKillReachesChildren
 from .labelling.ase_batches import AseLabelBatchesWorkChain
 from .labelling.qe import QeLabelWorkChain
 from .protocol_builder import check_codes, choose_labeller, to_nodes
@@ -106,7 +107,7 @@ def freeze_report(report: orm.Dict) -> orm.Dict:
     return orm.Dict(report.get_dict())
 
 
-class ActiveLearningWorkChain(ProtocolMixin, WorkChain):
+class ActiveLearningWorkChain(ForcedKillReachesChildren, ProtocolMixin, WorkChain):
     """Active learning of an ensemble of Cartesian-tensor potentials."""
 
     @classmethod
