@@ -7,6 +7,10 @@
     python driver.py read-slowly SECONDS   hold long read queries open for SECONDS (a user's script beside a run)
     python driver.py find-text TEXT        where TEXT is stored: attributes, extras, repository files, logs
     python driver.py wait PK SECONDS       until PK has terminated
+    python driver.py wait-for-job PK SECONDS   until a dask job of PK runs; its working directories
+    python driver.py job-facts PK          JSON: unterminated descendants of PK, and each dask job's state and live processes
+    python driver.py submit-labelling N    submit the labelling of N copper cells with EMT on the dask workers; its PK
+    python driver.py labelling-facts PK    JSON counts and timings of that labelling
 
 The test process itself keeps the pytest profile loaded; everything on the production profile happens here.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 from aiida import load_profile, orm
 from aiida.common.links import LinkType
@@ -125,6 +130,100 @@ def facts(pk: int) -> dict:
     return facts
 
 
+def dask_jobs(node: orm.ProcessNode) -> list[tuple[orm.CalcJobNode, str]]:
+    """The CalcJobs below ``node`` that have a job folder with a dask job state file, and that folder."""
+    from tace_aiida.schedulers import STATE_FILENAME
+
+    jobs = [(job, job.get_remote_workdir()) for job in node.called_descendants if isinstance(job, orm.CalcJobNode)]
+    return [(job, workdir) for job, workdir in jobs if workdir and (Path(workdir) / STATE_FILENAME).is_file()]
+
+
+def wait_for_job(pk: int, seconds: float) -> list[str]:
+    """The working directories of the dask jobs of ``pk`` that run, as soon as there is one."""
+    from tace_aiida.schedulers import JobStatus, read_job_state
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        running = [workdir for _, workdir in dask_jobs(orm.load_node(pk))
+                   if read_job_state(workdir).status is JobStatus.RUNNING]
+        if running:
+            return running
+        time.sleep(0.3)
+    raise SystemExit(f"no dask job of process {pk} ran within {seconds} s")
+
+
+def job_facts(pk: int) -> dict:
+    """What is left of ``pk`` and its dask jobs: descendants not terminated, each job's state and live processes."""
+    import psutil
+
+    from tace_aiida.schedulers import read_job_state
+
+    node = orm.load_node(pk)
+    jobs = []
+    for job, workdir in dask_jobs(node):
+        state = read_job_state(workdir)
+        alive = []
+        for process in psutil.process_iter(["pid", "cwd"]):
+            if (process.info["cwd"] or "").startswith(workdir) and process.status() != psutil.STATUS_ZOMBIE:
+                alive.append(process.info["pid"])
+        jobs.append({"pk": job.pk, "status": state.status.value, "ending": state.ending and state.ending.value,
+                     "alive": alive})
+    return {"state": node.process_state.value, "jobs": jobs,
+            "unterminated": [n.pk for n in node.called_descendants if not n.is_terminated]}
+
+
+def submit_labelling(count: int) -> int:
+    """Label ``count`` rattled 4-atom copper cells with EMT in jobs of 50 structures, at most 8 alive at once, on
+    the dask workers."""
+    from tace_aiida.workflows.labelling.ase_batches import AseLabelBatchesWorkChain
+
+    from tace_aiida.data import TrainingSetData
+
+    frames = []
+    for index in range(count):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+        atoms.rattle(0.05, seed=index)
+        frames.append(atoms)
+    builder = AseLabelBatchesWorkChain.get_builder()
+    builder.structures = TrainingSetData(frames)
+    builder.code = orm.load_code("tace-label@localhost-dask")
+    builder.calculator = orm.Str("ase.calculators.emt.EMT")
+    builder.structures_per_job = orm.Int(50)
+    builder.max_concurrent = orm.Int(8)
+    return submit(builder).pk
+
+
+def union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Seconds covered by at least one of the (start, end) intervals."""
+    covered, end_so_far = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > end_so_far:
+            covered += end - max(start, end_so_far)
+            end_so_far = end
+    return covered
+
+
+def labelling_facts(pk: int) -> dict:
+    """Labelled and failed structures, wall time of the run, and the seconds in which at least one job's labeller ran."""
+    from tace_aiida.schedulers import read_job_state
+
+    node = orm.load_node(pk)
+    jobs = [child for child in node.called if isinstance(child, orm.CalcJobNode)]
+    states = [read_job_state(job.outputs.retrieved) for job in jobs if "retrieved" in job.outputs]
+    report = node.outputs.report.get_dict() if "report" in node.outputs else {}
+    labelled = [int(atoms.info["input_index"]) for atoms in node.outputs.dataset.get_atoms()] \
+        if "dataset" in node.outputs else []
+    failed = [entry["index"] for entry in report.get("failures", [])]
+    count = node.inputs.structures.num_structures
+    return {"exit_status": node.exit_status, "inputs": count, "labelled": len(labelled), "failed": len(failed),
+            "missing_or_repeated": sorted(set(range(count)) ^ set(labelled + failed)) if len(set(labelled + failed))
+            == len(labelled + failed) else "repeated", "jobs": len(jobs),
+            "labeller_compute_seconds": report.get("seconds"),
+            "wall_seconds": (node.mtime - node.ctime).total_seconds(),
+            "labeller_seconds": union_seconds([(state.started_at, state.finished_at) for state in states
+                                               if state.started_at and state.finished_at])}
+
+
 def read_slowly(seconds: float) -> None:
     """Page through every node with a pause per row, as a user's analysis script does, for ``seconds``."""
     deadline, passes = time.monotonic() + seconds, 0
@@ -181,6 +280,14 @@ if __name__ == "__main__":
         print(json.dumps(find_text(arguments[0])), flush=True)
     elif command == "wait":
         wait(int(arguments[0]), float(arguments[1]))
+    elif command == "wait-for-job":
+        print(json.dumps(wait_for_job(int(arguments[0]), float(arguments[1]))), flush=True)
+    elif command == "job-facts":
+        print(json.dumps(job_facts(int(arguments[0]))), flush=True)
+    elif command == "submit-labelling":
+        print(submit_labelling(int(arguments[0])), flush=True)
+    elif command == "labelling-facts":
+        print(json.dumps(labelling_facts(int(arguments[0]))), flush=True)
     elif command == "read-slowly":
         read_slowly(float(arguments[0]))
     else:

@@ -130,3 +130,22 @@ def test_examples_submit_to_the_daemon(production_profile: ProductionProfile):
         production_profile.verdi("process", "kill", str(pk), "--timeout", "120")
         production_profile.driver("wait", str(pk), "120")
         assert f"{pk}" in production_profile.verdi("process", "list", "-a", "-S", "killed").stdout
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["kill", "kill-F"])
+def test_killing_the_loop_ends_every_job_it_started(production_profile: ProductionProfile, force: bool):
+    """`verdi process kill` of the loop while a member trains on dask: every process below it ends, every dask job is
+    done, and no process runs on in a job folder (aiida-core alone leaves the jobs running with -F)."""
+    pk = int(production_profile.driver("submit-loop"))
+    running = json.loads(production_profile.driver("wait-for-job", str(pk), "300", timeout=360))
+    production_profile.verdi("process", "kill", *(["-F"] if force else []), str(pk), "--timeout", "120")
+    deadline = time.monotonic() + 120
+    while True:
+        facts = json.loads(production_profile.driver("job-facts", str(pk)))
+        ended = facts["state"] == "killed" and not facts["unterminated"] and all(
+            job["status"] == "done" and not job["alive"] for job in facts["jobs"])
+        if ended or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert ended, f"120 s after the kill, with the job folders {running} running before it: {facts}"
+    assert any(job["ending"] == "cancelled" for job in facts["jobs"]), "the running job was stopped, not run to its end"
