@@ -13,11 +13,14 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from aiida import orm
 from aiida.common.datastructures import CodeRunMode
 from aiida.engine import CalcJob
+from aiida.engine.processes.calcjobs.tasks import MAX_ATTEMPTS_OPTION, RETRY_INTERVAL_OPTION
+from aiida.manage.configuration import get_config
 from aiida.schedulers import SchedulerError
 from aiida.schedulers.datastructures import JobState, JobTemplate, JobTemplateCodeInfo
 from aiida.transports.plugins.local import LocalTransport
@@ -26,7 +29,7 @@ from click.testing import CliRunner
 from tace_aiida import dask_cluster
 from tace_aiida.cli_dask import dask
 from tace_aiida.dask_cluster import SCHEDULER_ENV, DaskClusterError, ensure_local_cluster, scheduler_address
-from tace_aiida.schedulers.dask import DaskJobResource, DaskScheduler, JobDirectives, parse_directives
+from tace_aiida.schedulers.dask import CLIENT_TIMEOUT, DaskJobResource, DaskScheduler, JobDirectives, parse_directives
 from tace_aiida.schedulers.job_state import (
     CANCEL_FILENAME,
     STATE_FILENAME,
@@ -40,6 +43,7 @@ from tests.conftest_dask import (
     WORKERS,
     ShellJob,
     child_pid,
+    listening_hosts,
     pid_alive,
     run_concurrently,
     running_state,
@@ -50,6 +54,7 @@ from tests.conftest_dask import (
 pytest_plugins = ["aiida.tools.pytest_fixtures", "tests.conftest_dask"]
 
 ORPHAN_SCRIPT = "sleep 30 & echo $! > child.pid; wait\n"
+UNREACHABLE = "tcp://127.0.0.1:1"
 FAKE_WORKER = """
 import os, subprocess, sys, time
 directory = sys.argv[1]
@@ -206,6 +211,16 @@ def test_scheduler_address(monkeypatch, tmp_path):
     monkeypatch.setenv(SCHEDULER_ENV, str(tmp_path / "missing.json"))
     with pytest.raises(DaskClusterError, match=r"missing\.json"):
         scheduler_address()
+
+
+def test_unreachable_scheduler_is_named_within_seconds(monkeypatch, tmp_path):
+    scheduler_file = tmp_path / "scheduler.json"
+    scheduler_file.write_text(json.dumps({"address": UNREACHABLE}))
+    monkeypatch.setenv(SCHEDULER_ENV, str(scheduler_file))
+    started = time.monotonic()
+    with pytest.raises(SchedulerError, match=f"cannot connect to the dask scheduler at {re.escape(UNREACHABLE)}"):
+        DaskScheduler().get_jobs()
+    assert time.monotonic() - started < 2 * CLIENT_TIMEOUT
 
 
 def test_parse_output():
@@ -410,3 +425,46 @@ def test_worker_death_fails_calcjob(bash_code, cluster_client):
     state = read_job_state(node.outputs.retrieved)
     assert state.lost and state.attempts == 1 and "not rerunnable" in state.reason
     wait_until(lambda: not pid_alive(child_pid(seen["workdir"])), 5, "the job's child outlived its worker")
+
+
+@pytest.mark.slow
+def test_local_cluster_listens_on_loopback_only(cluster, cluster_client):
+    assert cluster.address.startswith("tcp://127.0.0.1:")
+    workers = cluster_client.scheduler_info(n_workers=-1)["workers"]
+    assert len(workers) == WORKERS and all(address.startswith("tcp://127.0.0.1:") for address in workers)
+    hosts = listening_hosts(cluster)
+    assert len(hosts) == 1 + WORKERS and all(found == {"127.0.0.1"} for found in hosts.values()), hosts
+
+
+@pytest.mark.slow
+def test_unreachable_scheduler_pauses_calcjob_until_reachable(bash_code, cluster, monkeypatch):
+    """Submitting to a dead address fails, naming it, on each of AiiDA's attempts; the CalcJob then pauses, and once
+    played with the cluster reachable it runs."""
+    config, profile = get_config(), get_config().default_profile_name
+    config.set_option(RETRY_INTERVAL_OPTION, 1, scope=profile)
+    config.set_option(MAX_ATTEMPTS_OPTION, 2, scope=profile)
+    monkeypatch.setenv(SCHEDULER_ENV, UNREACHABLE)
+    seen = {}
+
+    async def play_once_paused(processes):
+        started = time.monotonic()
+        while not processes[0].paused:
+            await asyncio.sleep(0.1)
+        seen["paused after"] = time.monotonic() - started
+        seen["logs"] = [f"{log.message} {log.metadata}" for log in orm.Log.collection.get_logs_for(processes[0].node)]
+        seen["status"] = processes[0].node.process_status
+        monkeypatch.setenv(SCHEDULER_ENV, str(cluster.scheduler_file))
+        processes[0].play()
+
+    try:
+        [node] = run_concurrently([(ShellJob, shell_job(bash_code, "echo ran > out.txt\n"))], also=play_once_paused)
+    finally:
+        config.unset_option(RETRY_INTERVAL_OPTION, scope=profile)
+        config.unset_option(MAX_ATTEMPTS_OPTION, scope=profile)
+
+    failures = [log for log in seen["logs"] if f"cannot connect to the dask scheduler at {UNREACHABLE}" in log]
+    assert len(failures) == 2, seen["logs"]
+    assert "Pausing after failed transport task" in seen["status"]
+    assert seen["paused after"] < 2 * 2 * CLIENT_TIMEOUT + 5
+    assert node.exit_status == 0
+    assert read_job_state(node.outputs.retrieved).ending is Ending.EXITED
