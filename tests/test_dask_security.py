@@ -23,6 +23,7 @@ from tace_aiida.cli_dask import dask as dask_cli
 from tace_aiida.dask_cluster import (
     SCHEDULER_ENV,
     TLS_SETTINGS,
+    DaskClusterError,
     ensure_local_cluster,
     make_tls_files,
     scheduler_connection,
@@ -140,6 +141,16 @@ def test_tls_cluster_listens_on_loopback_only(cluster):
     hosts = listening_hosts(cluster)
     assert set(hosts) == {"scheduler", *(f"worker-{index}" for index in range(WORKERS))}
     assert all(found == {"127.0.0.1"} for found in hosts.values()), hosts
+
+
+@pytest.mark.slow
+def test_tls_cluster_status_and_restart_with_other_files(cluster, tmp_path):
+    result = CliRunner().invoke(dask_cli, ["status", "--directory", str(cluster.directory)])
+    assert result.exit_code == 0 and result.output.count("worker tls://127.0.0.1:") == WORKERS, result.output
+    other = make_tls_files(tmp_path)
+    with pytest.raises(DaskClusterError, match=f"already runs at {cluster.address} without the TLS files"):
+        ensure_local_cluster(WORKERS, gpus_per_worker=1, directory=cluster.directory, tls=other)
+    assert ensure_local_cluster(WORKERS, gpus_per_worker=1, directory=cluster.directory, tls=cluster.tls) == cluster
 
 
 @pytest.mark.slow
