@@ -38,7 +38,8 @@ An existing cluster: point ``TACE_DASK_SCHEDULER`` at its address or scheduler f
         --nworkers 1 --nthreads 1 --resources GPU=1
 
 A SLURM cluster through dask-jobqueue, one GPU per worker; the cluster lives as long as the Python process that
-creates it, and keep at least one worker (a job asking for more GPUs than any connected worker has is refused)::
+creates it, and keep at least one worker (a job asking for more GPUs than any connected worker has is refused). On a
+shared network, give it ``protocol='tls://'`` and a ``security`` made from :func:`make_tls_files` (README, SLURM)::
 
     from dask.distributed import Client
     from dask_jobqueue import SLURMCluster
