@@ -25,10 +25,12 @@ from tace_aiida.model.cli import eval_main, train_main
 from tace_aiida.model.config import TrainingConfig
 from tace_aiida.model.data import LabelKeys, atoms_to_graph, collate, frames_to_graphs
 from tace_aiida.model.potential import CartesianTensorPotential
+from tace_aiida.model.restart import RestartError, load_restart, restart_epoch
 from tace_aiida.model.training import loss_function, prepare_data, train
 from tace_aiida.model.validation import read_structures
 
 from tace_aiida.labelling import runner
+from tace_aiida.schedulers.job_state import DaskJobState
 
 from .conftest import periodic_cell, small_model
 
@@ -399,6 +401,29 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_without_running_it(tmp_p
     with open(path, "rb") as handle:
         unsafe_load(handle)
     assert marker.exists(), "the payload is live: an unsafe loader would have run it"
+
+
+def test_a_restart_file_whose_pickle_runs_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "restart.pt"
+    torch.save({"format": "tace-aiida-training-restart", "format_version": 1, "epoch": WritesMarker(marker)}, path)
+    with pytest.raises(RestartError, match="restart.pt is not a readable training restart file"):
+        load_restart(path, {})
+    with pytest.raises(RestartError, match="restart.pt is not a readable training restart file"):
+        restart_epoch(path)
+    assert not marker.exists()
+
+
+def test_a_dask_job_state_file_is_read_as_plain_data(tmp_path):
+    marker = tmp_path / "code-ran"
+    code = f"__import__('os').system('touch {marker}')"
+    crafted = json.dumps({"job_id": code, "status": "done", "gpus": 0, "reason": code})
+    assert DaskJobState.from_json(crafted).reason == code
+    with pytest.raises(ValueError, match="invalid dask job state"):
+        DaskJobState.from_json(pickle.dumps(WritesMarker(marker)).decode("latin-1"))
+    with pytest.raises(ValueError, match="invalid dask job state"):
+        DaskJobState.from_json(json.dumps({"job_id": "1", "status": code, "gpus": 0}))
+    assert not marker.exists()
 
 
 def test_extxyz_fields_that_look_like_code_load_as_plain_data(tmp_path):
