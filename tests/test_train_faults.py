@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 #: Training ends by its time budget (seconds of training summed over the jobs), so that the test does not depend
 #: on this machine's speed: a job with a wall time shorter than the budget must be continued to finish.
-BUDGET, WALLTIME = 40.0, 30
+BUDGET, WALLTIME = 24.0, 18
 PARAMETERS = {"model": {"channels": 4, "radial_mlp": [8], "max_edge_rank": 1, "max_hidden_rank": 0, "correlation": 2},
               "max_epochs": 100_000, "patience": 100_000, "time_budget": BUDGET, "batch_size": 4,
               "valid_fraction": 0.25, "dtype": "float32", "device": "cpu", "lr": 0.005}

@@ -16,7 +16,8 @@ from .conftest import training_settings
 
 pytestmark = pytest.mark.slow
 
-SMALL = {"model": {"channels": 4, "radial_mlp": [8]}, "max_epochs": 4, "valid_fraction": 0.25, "batch_size": 8}
+SMALL = {"model": {"channels": 4, "radial_mlp": [8], "max_edge_rank": 1, "max_hidden_rank": 1, "correlation": 2},
+         "max_epochs": 4, "valid_fraction": 0.25, "batch_size": 8}
 
 
 def run(folder: Path, **overrides) -> dict:
