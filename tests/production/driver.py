@@ -1,6 +1,7 @@
 """Run by the production tests in a process of its own, on the profile that AIIDA_PATH points to.
 
-    python driver.py submit-loop           submit a small active-learning loop to the daemon; prints its PK
+    python driver.py submit-loop [EPOCHS]  submit a small active-learning loop to the daemon (members trained for
+                                           EPOCHS, default 6); prints its PK
     python driver.py watch PK              one JSON line whenever the set of active children changes, until PK ends
     python driver.py submit-and-watch      submit-loop, its PK as a JSON line, then watch it (no step is missed)
     python driver.py facts PK              JSON facts about the finished run, for the test's assertions
@@ -9,6 +10,10 @@
     python driver.py wait PK SECONDS       until PK has terminated
     python driver.py wait-for-job PK SECONDS   until a dask job of PK runs; its working directories
     python driver.py job-facts PK          JSON: unterminated descendants of PK, and each dask job's state and live processes
+    python driver.py submit-training SECONDS WALLTIME   one member trained for SECONDS of training on dask, in jobs
+                                           of at most WALLTIME seconds (0: no wall time); its PK
+    python driver.py kill-worker-of PK     SIGKILL the dask worker that runs a job of PK, once it completed an epoch
+    python driver.py training-facts PK     JSON: each job's exit status and restart links, the epochs trained
     python driver.py submit-labelling N    submit the labelling of N copper cells with EMT on the dask workers; its PK
     python driver.py labelling-facts PK    JSON counts and timings of that labelling
 
@@ -41,7 +46,7 @@ def copper(strain: float) -> orm.StructureData:
     return orm.StructureData(ase=atoms)
 
 
-def submit_loop() -> int:
+def submit_loop(epochs: int = TRAINING["max_epochs"]) -> int:
     """Two stages, each converged after one iteration (``accurate_fraction`` 0), 3 frames labelled in each:
     the run labels, trains, explores, selects and merges twice and ends with exit status 0."""
     from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
@@ -51,7 +56,7 @@ def submit_loop() -> int:
     builder.label_ase.code = orm.load_code("tace-label@localhost")
     builder.label_ase.calculator = orm.Str("ase.calculators.emt.EMT")
     builder.train.code = orm.load_code("tace-train@localhost-dask")
-    builder.train.parameters = orm.Dict(TRAINING)
+    builder.train.parameters = orm.Dict({**TRAINING, "max_epochs": epochs})
     builder.ensemble_size = orm.Int(2)
     builder.md.code = orm.load_code("tace-md@localhost-dask")
     builder.exploration = orm.List([{**STAGE, "name": "first"}, {**STAGE, "name": "second"}])
@@ -172,6 +177,62 @@ def job_facts(pk: int) -> dict:
             "unterminated": [n.pk for n in node.called_descendants if not n.is_terminated]}
 
 
+def submit_training(seconds: float, walltime: int) -> int:
+    """A ``tace.train_base`` run on the dask computer that ends by its time budget of ``seconds``, in jobs of at most
+    ``walltime`` seconds (0: none)."""
+    from ase.io import read
+    from tace_aiida.workflows.train import TrainBaseWorkChain
+
+    from tace_aiida.data import TrainingSetData
+
+    frames = read(Path(__file__).parents[1] / "data" / "3bpa_300K_40.xyz", index=":8")
+    parameters = {**TRAINING, "max_epochs": 100_000, "patience": 100_000, "time_budget": seconds, "batch_size": 4,
+                  "valid_fraction": 0.25, "model": {**TRAINING["model"], "r_max": 5.0}}
+    builder = TrainBaseWorkChain.get_builder()
+    builder.train.code = orm.load_code("tace-train@localhost-dask")
+    builder.train.dataset = TrainingSetData(frames)
+    builder.train.parameters = orm.Dict(parameters)
+    if walltime:
+        builder.train.metadata.options.max_wallclock_seconds = walltime
+    builder.max_iterations = orm.Int(25)
+    return submit(builder).pk
+
+
+def kill_worker_of(pk: int, seconds: float = 300) -> dict:
+    """SIGKILL the dask worker process running a job of ``pk`` once the job wrote its first restart file."""
+    import os
+    import signal
+
+    from distributed import Client
+
+    from tace_aiida.dask_cluster import scheduler_address
+    from tace_aiida.schedulers import read_job_state
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for job, workdir in dask_jobs(orm.load_node(pk)):
+            if (Path(workdir) / "restart.pt").is_file():
+                worker = read_job_state(workdir).worker
+                with Client(scheduler_address(), timeout=10, set_as_default=False) as client:
+                    pid = client.run(os.getpid, workers=[worker])[worker]
+                os.kill(pid, signal.SIGKILL)
+                return {"job": job.pk, "worker": worker, "pid": pid}
+        time.sleep(0.3)
+    raise SystemExit(f"no job of process {pk} completed an epoch within {seconds} s")
+
+
+def training_facts(pk: int) -> dict:
+    node = orm.load_node(pk)
+    jobs = sorted((n for n in node.called if isinstance(n, orm.CalcJobNode)), key=lambda n: n.pk)
+    metrics = node.outputs.metrics.get_dict() if "metrics" in node.outputs else {}
+    return {"exit_status": node.exit_status, "exit_message": node.exit_message,
+            "jobs": [{"pk": job.pk, "exit_status": job.exit_status, "has_restart": "restart" in job.outputs,
+                      "continues": job.inputs.restart.uuid if "restart" in job.inputs else None,
+                      "restart": job.outputs.restart.uuid if "restart" in job.outputs else None} for job in jobs],
+            "epochs": [entry["epoch"] for entry in metrics.get("epochs", [])],
+            "resumed_after_epoch": metrics.get("resumed_after_epoch"), "stop_reason": metrics.get("stop_reason")}
+
+
 def submit_labelling(count: int) -> int:
     """Label ``count`` rattled 4-atom copper cells with EMT in jobs of 50 structures, at most 8 alive at once, on
     the dask workers."""
@@ -267,7 +328,7 @@ if __name__ == "__main__":
     load_profile()
     command, *arguments = sys.argv[1:]
     if command == "submit-loop":
-        print(submit_loop(), flush=True)
+        print(submit_loop(*map(int, arguments)), flush=True)
     elif command == "watch":
         watch(int(arguments[0]))
     elif command == "submit-and-watch":
@@ -284,6 +345,12 @@ if __name__ == "__main__":
         print(json.dumps(wait_for_job(int(arguments[0]), float(arguments[1]))), flush=True)
     elif command == "job-facts":
         print(json.dumps(job_facts(int(arguments[0]))), flush=True)
+    elif command == "submit-training":
+        print(submit_training(float(arguments[0]), int(arguments[1])), flush=True)
+    elif command == "kill-worker-of":
+        print(json.dumps(kill_worker_of(int(arguments[0]))), flush=True)
+    elif command == "training-facts":
+        print(json.dumps(training_facts(int(arguments[0]))), flush=True)
     elif command == "submit-labelling":
         print(submit_labelling(int(arguments[0])), flush=True)
     elif command == "labelling-facts":

@@ -136,7 +136,7 @@ def test_examples_submit_to_the_daemon(production_profile: ProductionProfile):
 def test_killing_the_loop_ends_every_job_it_started(production_profile: ProductionProfile, force: bool):
     """`verdi process kill` of the loop while a member trains on dask: every process below it ends, every dask job is
     done, and no process runs on in a job folder (aiida-core alone leaves the jobs running with -F)."""
-    pk = int(production_profile.driver("submit-loop"))
+    pk = int(production_profile.driver("submit-loop", "100000"))  # members that train until they are stopped
     running = json.loads(production_profile.driver("wait-for-job", str(pk), "300", timeout=360))
     production_profile.verdi("process", "kill", *(["-F"] if force else []), str(pk), "--timeout", "120")
     deadline = time.monotonic() + 120
