@@ -26,7 +26,7 @@ ACCURATE, CANDIDATE, FAILED = "accurate", "candidate", "failed"
 #: Ranges of the settings (eV/Å, or dimensionless when ``relative``); trust_high may be inf.
 RULES: dict[str, Rule] = {
     "trust_low": at_least(0.0), "trust_high": greater_than(0.0), "relative_epsilon": greater_than(0.0),
-    "max_selected": at_least(0), "diversity": one_of("kmeans", "fps", "none"), "seed": at_least(0),
+    "max_selected": at_least(1), "diversity": one_of("kmeans", "fps", "none"), "seed": at_least(0),
 }
 
 

@@ -72,7 +72,7 @@ def test_settings_from_dict_and_families():
     ({"trust_high": "high"}, "selection setting trust_high: 'high' is not a number"),
     ({"relative_epsilon": 0.0}, "selection setting relative_epsilon=0.0 must be > 0.0"),
     ({"relative": "yes"}, "selection setting relative: 'yes' is not true or false"),
-    ({"max_selected": -1}, "selection setting max_selected=-1 must be >= 0"),
+    ({"max_selected": 0}, "selection setting max_selected=0 must be >= 1"),
     ({"max_selected": 2.5}, "selection setting max_selected: 2.5 is not an integer"),
     ({"seed": -2}, "selection setting seed=-2 must be >= 0"),
     ({"trsut_low": 0.1}, "unknown selection settings \\['trsut_low'\\]"),
