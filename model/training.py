@@ -22,6 +22,7 @@ from ase import Atoms
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from . import keys
 from .checkpoint import load_model, save_checkpoint
 from .config import TrainingConfig
 from .data import LabelKeys, collate, frames_to_graphs, resolve_device, to_device
@@ -81,9 +82,9 @@ def reference_energies(config: TrainingConfig, atomic_numbers: Sequence[int], gr
             if len(atoms) != 1:
                 raise ValueError(f"{config.e0s_file}, frame {index}: {atoms.get_chemical_formula()} is no isolated atom "
                                  f"(an E0 file holds one atom per frame)")
-            if not bool(graph["has_energy"]):
+            if not bool(graph[keys.HAS_ENERGY]):
                 raise ValueError(f"{config.e0s_file}, frame {index}: no energy label under {config.energy_key!r}")
-            table[int(atoms.numbers[0])] = float(graph["energy"])
+            table[int(atoms.numbers[0])] = float(graph[keys.ENERGY])
         source = config.e0s_file
     else:
         return fit_atomic_energies(graphs, len(atomic_numbers))
@@ -118,7 +119,7 @@ def prepare_data(config: TrainingConfig, base_model: ModelConfig | None = None) 
     :func:`check_label_coverage`) before anything is trained or written. The species are those of
     the training and validation files (all ensemble members get the same, bootstrapped or not).
     """
-    keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key)
+    label_keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key)
     files = {"train": config.train_file, "valid": config.valid_file, "test": config.test_file}
     frames = {name: read_training_files(path) for name, path in files.items() if path is not None}
     settings = base_model.to_dict() if base_model is not None else dict(config.model)
@@ -128,7 +129,8 @@ def prepare_data(config: TrainingConfig, base_model: ModelConfig | None = None) 
     else:
         fitted = frames["train"] + frames.get("valid", [])
         atomic_numbers = sorted({int(z) for atoms in fitted for z in atoms.numbers})
-    graphs = {name: frames_to_graphs(frames[name], files[name], atomic_numbers, r_max, keys) for name in frames}
+    graphs = {name: frames_to_graphs(frames[name], files[name], atomic_numbers, r_max, label_keys)
+              for name in frames}
     for name in ("train", "valid"):
         if name in graphs:
             check_label_coverage(graphs[name], files[name], config)
@@ -172,14 +174,14 @@ def loss_function(out, batch: dict[str, Tensor], config: TrainingConfig) -> Tens
     predicted stress is the virial over the volume of the labelled cells only: a molecule's zero
     volume would give ``0 * inf = nan`` in the loss or its gradient.
     """
-    energy_error = (out.energy - batch["energy"]) / batch["num_atoms"]
-    loss = config.energy_weight * masked_mean(energy_error**2, batch["has_energy"])
-    force_mask = batch["has_forces"][batch["batch"]][:, None]
-    loss = loss + config.forces_weight * masked_mean((out.forces - batch["forces"]) ** 2, force_mask)
+    energy_error = (out.energy - batch[keys.ENERGY]) / batch[keys.NUM_ATOMS]
+    loss = config.energy_weight * masked_mean(energy_error**2, batch[keys.HAS_ENERGY])
+    force_mask = batch[keys.HAS_FORCES][batch[keys.BATCH]][:, None]
+    loss = loss + config.forces_weight * masked_mean((out.forces - batch[keys.FORCES]) ** 2, force_mask)
     if out.virial is not None:
-        has_stress = batch["has_stress"].bool()[:, None, None]
-        volume = torch.where(has_stress, torch.linalg.det(batch["cell"]).abs()[:, None, None], 1.0)
-        loss = loss + config.stress_weight * masked_mean((-out.virial / volume - batch["stress"]) ** 2, has_stress)
+        has_stress = batch[keys.HAS_STRESS].bool()[:, None, None]
+        volume = torch.where(has_stress, torch.linalg.det(batch[keys.CELL]).abs()[:, None, None], 1.0)
+        loss = loss + config.stress_weight * masked_mean((-out.virial / volume - batch[keys.STRESS]) ** 2, has_stress)
     return loss
 
 
@@ -229,7 +231,7 @@ def _train(config: TrainingConfig) -> dict:
     ema = AveragedModel(model, avg_fn=ema_with_warmup(config.ema_decay)) if config.ema_decay else None
     evaluated = ema.module if ema is not None else model
     generator = torch.Generator().manual_seed(config.seed)
-    use_stress = any(bool(g["has_stress"]) for g in data.train)
+    use_stress = any(bool(g[keys.HAS_STRESS]) for g in data.train)
 
     metrics_path = output_dir / config.metrics_name
     checkpoint_path = output_dir / config.checkpoint_name
