@@ -14,6 +14,8 @@
                                            of at most WALLTIME seconds (0: no wall time); its PK
     python driver.py kill-worker-of PK     SIGKILL the dask worker that runs a job of PK, once it completed an epoch
     python driver.py training-facts PK     JSON: each job's exit status and restart links, the epochs trained
+    python driver.py submit-generation     generate 12 copper variants (strains, rattles) labelled by EMT on dask; its PK
+    python driver.py generation-facts PK   JSON: the report's counts, label jobs started, the frames' content hashes
     python driver.py submit-labelling N    submit the labelling of N copper cells with EMT on the dask workers; its PK
     python driver.py labelling-facts PK    JSON counts and timings of that labelling
 
@@ -233,6 +235,28 @@ def training_facts(pk: int) -> dict:
             "resumed_after_epoch": metrics.get("resumed_after_epoch"), "stop_reason": metrics.get("stop_reason")}
 
 
+def submit_generation() -> int:
+    from tace_aiida.generation.cli import build
+
+    transformations = [{"type": "strain", "volumetric": [-0.02, 0.02]},
+                       {"type": "rattle", "amplitudes": [0.05], "copies": 4}]
+    parents = {"cu": orm.StructureData(ase=bulk("Cu", "fcc", a=3.61, cubic=True))}
+    builder = build(parents, transformations, code="tace-label@localhost-dask", calculator="ase.calculators.emt.EMT",
+                    structures_per_job=4, max_concurrent=2)
+    return submit(builder).pk
+
+
+def generation_facts(pk: int) -> dict:
+    node = orm.load_node(pk)
+    report = node.outputs.report.get_dict() if "report" in node.outputs else {}
+    frames = node.outputs.dataset.get_atoms() if "dataset" in node.outputs else []
+    return {"exit_status": node.exit_status, **{key: report.get(key) for key in ("num_structures", "reused", "labelled")},
+            "failed": len(report.get("failed", [])),
+            "label_jobs": sum((n.process_type or "").endswith("tace.label_ase") for n in node.called_descendants),
+            "hashes": sorted(atoms.info["content_hash"] for atoms in frames),
+            "energies_finite": all(abs(atoms.get_potential_energy()) < 1e6 for atoms in frames)}
+
+
 def submit_labelling(count: int) -> int:
     """Label ``count`` rattled 4-atom copper cells with EMT in jobs of 50 structures, at most 8 alive at once, on
     the dask workers."""
@@ -351,6 +375,10 @@ if __name__ == "__main__":
         print(json.dumps(kill_worker_of(int(arguments[0]))), flush=True)
     elif command == "training-facts":
         print(json.dumps(training_facts(int(arguments[0]))), flush=True)
+    elif command == "submit-generation":
+        print(submit_generation(), flush=True)
+    elif command == "generation-facts":
+        print(json.dumps(generation_facts(int(arguments[0]))), flush=True)
     elif command == "submit-labelling":
         print(submit_labelling(int(arguments[0])), flush=True)
     elif command == "labelling-facts":
