@@ -13,40 +13,11 @@ from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
 from tace_aiida.calculations.label_ase import AseLabelCalculation
 from tace_aiida.run_summary import export_run, summarise
 
+from .helpers.loop import STAGE, builder_for, called
+
 pytestmark = pytest.mark.slow
 
 HELPERS = Path(__file__).parent / "helpers"
-TRAINING = {"model": {"channels": 4, "max_edge_rank": 1, "max_hidden_rank": 0, "correlation": 2, "r_max": 4.0,
-                      "radial_mlp": [8]},
-            "max_epochs": 2, "batch_size": 2, "valid_fraction": 0.0, "dtype": "float32", "device": "cpu"}
-STAGE = {"temperatures": [500], "steps": 20, "timestep": 2.0, "save_interval": 4}
-
-
-def copper(strain: float = 0.0) -> orm.StructureData:
-    atoms = bulk("Cu", "fcc", a=3.61 * (1 + strain), cubic=True)
-    atoms.rattle(0.02, seed=int(strain * 100))
-    return orm.StructureData(ase=atoms)
-
-
-def builder_for(installed_code, *, selection=None, stopping=None, stages=None, ensemble_size=2, calculator=None):
-    builder = ActiveLearningWorkChain.get_builder()
-    builder.structures = {"cu0": copper(0.0), "cu1": copper(0.02)}
-    builder.label_ase.code = installed_code("tace-label")
-    builder.label_ase.calculator = orm.Str(calculator or "ase.calculators.emt.EMT")
-    builder.train.code = installed_code("tace-train")
-    builder.train.parameters = orm.Dict(TRAINING)
-    builder.ensemble_size = orm.Int(ensemble_size)
-    builder.md.code = installed_code("tace-md")
-    builder.exploration = orm.List(stages or [STAGE])
-    builder.selection = orm.Dict(selection or {"trust_low": 0.0, "trust_high": 100.0, "max_selected": 3})
-    builder.stopping = orm.Dict(stopping or {"max_iterations": 2})
-    return builder
-
-
-def called(node, process_type_suffix: str) -> list:
-    return [n for n in node.called_descendants if (n.process_type or "").endswith(process_type_suffix)]
-
-
 def test_two_iterations_grow_the_dataset_with_full_provenance(fast_polling, installed_code, tmp_path):
     results, node = run_get_node(builder_for(installed_code))
     assert node.exit_status == ActiveLearningWorkChain.exit_codes.ERROR_MAX_ITERATIONS.status

@@ -11,7 +11,7 @@ from ase import build
 from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
 
 from .conftest import FAMILY, PW_OPTIONS
-from .test_active_learning import builder_for, called
+from .helpers.loop import builder_for, called
 
 SELECTED = 3
 

@@ -11,7 +11,7 @@ from tace_aiida.model.checkpoint import CheckpointError
 from tace_aiida.calculations.functions import merge_datasets, structures_to_dataset
 from tace_aiida.data import PotentialData, TrainingSetData
 
-from .helpers.legacy_dataset import extxyz_dataset
+from .helpers.legacy_dataset import labelled_copper, legacy_dataset
 
 
 def test_dataset_round_trip_keeps_labels_and_metadata(aiida_profile, frames_300K):
@@ -99,26 +99,6 @@ def test_potential_refuses_a_foreign_file(aiida_profile, tmp_path):
     path.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match="weights.pt"):
         PotentialData(path)
-
-
-def labelled_copper(count: int, start: int = 0) -> list:
-    """``count`` rattled Cu cells labelled with EMT, each with a ``label_uuid`` and ``source_frame``."""
-    from ase.calculators.emt import EMT
-
-    frames = []
-    for index in range(start, start + count):
-        atoms = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)
-        atoms.rattle(0.05, seed=index)
-        atoms.calc = EMT()
-        atoms.get_forces(), atoms.get_stress()
-        atoms.info.update(label_uuid=f"label-{index}", source_frame=index)
-        frames.append(atoms)
-    return frames
-
-
-def legacy_dataset(frames) -> TrainingSetData:
-    """A stored dataset made the old way (one extxyz file, no ``format`` attribute)."""
-    return extxyz_dataset(frames).store()
 
 
 def same_frames(first, second) -> bool:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from tace_aiida.calculations.functions import merge_datasets
 from tace_aiida.data import TrainingSetData
 
-from .test_data_types import labelled_copper, legacy_dataset
+from .helpers.legacy_dataset import labelled_copper, legacy_dataset
 
 
 def verdi_ok(*arguments: str) -> str:

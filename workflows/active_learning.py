@@ -220,14 +220,17 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ProtocolMixin, WorkChai
 
     @property
     def stopping(self) -> StoppingSettings:
+        """The ``stopping`` input, validated."""
         return StoppingSettings.from_dict(self.inputs.stopping.get_dict(), owner="stopping")
 
     @property
     def stages(self) -> list[StageSettings]:
+        """The ``exploration`` stages, validated, in order."""
         return read_stages(self.inputs.exploration.get_list())
 
     @property
     def selection_settings(self) -> SelectionSettings:
+        """The ``selection`` input, validated."""
         return SelectionSettings.from_dict(self.inputs.selection.get_dict())
 
     # -------------------------------------------------------------------------------- set-up
@@ -245,6 +248,7 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ProtocolMixin, WorkChai
         self.ctx.ensemble = list(self.inputs.get("initial_ensemble", {}).values())
 
     def has_initial_structures(self) -> bool:
+        """Whether unlabelled ``structures`` were given (else the ``dataset`` is already labelled)."""
         return "structures" in self.inputs
 
     def _label(self, structures: TrainingSetData, link_label: str) -> orm.ProcessNode:
@@ -279,6 +283,7 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ProtocolMixin, WorkChai
     # ---------------------------------------------------------------------------------- loop
 
     def should_iterate(self) -> bool:
+        """Whether no stop reason has been set yet (convergence, limits and failures set one)."""
         return self.ctx.stop_reason is None
 
     def train_ensemble(self) -> ToContext | None:
@@ -305,6 +310,7 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ProtocolMixin, WorkChai
         return ToContext(**futures)
 
     def _iteration_children(self, kind: str) -> list[orm.ProcessNode]:
+        """The children of this iteration whose link label says ``kind`` (``train``, ``md``), in launch order."""
         prefix = f"iteration_{self.ctx.iteration:02d}_{kind}_"
         return [self.ctx[key] for key in sorted(self.ctx.keys()) if key.startswith(prefix)]
 
@@ -334,6 +340,7 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ProtocolMixin, WorkChai
                     f"{len(self.ctx.md_runs)} MD runs, at most {self.inputs.md.max_concurrent.value} at once")
 
     def has_md_to_launch(self) -> bool:
+        """Whether planned MD runs of this iteration are still to be launched."""
         return self.ctx.md_next < len(self.ctx.md_runs)
 
     def launch_md_batch(self) -> ToContext:
@@ -380,6 +387,7 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ProtocolMixin, WorkChai
                     f"{report['failed']} failed frames; {report['selected']} selected")
 
     def has_selection(self) -> bool:
+        """Whether the selection holds any frame to label."""
         return self.ctx.selected.num_structures > 0
 
     def label_selection(self) -> ToContext:
@@ -419,6 +427,7 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ProtocolMixin, WorkChai
             self.report(decision.message)
 
     def _iteration_entry(self) -> dict:
+        """This iteration's entry of the ``report`` output."""
         return iteration_entry(
             iteration=self.ctx.iteration, stage=self.ctx.stage, dataset_size=self.ctx.trained_on,
             dataset_size_after=self.ctx.dataset.num_structures, members=len(self.ctx.ensemble),

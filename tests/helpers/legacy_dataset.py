@@ -1,4 +1,5 @@
-"""A ``tace.dataset`` as stored before the frame store: one extxyz file, attributes without ``format``."""
+"""Datasets for tests: labelled copper frames, and a ``tace.dataset`` as stored before the frame store (one extxyz
+file, attributes without ``format``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import io
 from collections.abc import Sequence
 
 from ase import Atoms
+from ase.build import bulk
 from ase.io import write
 from tace_aiida.model.frames import LABELS, frame_labels
 
@@ -28,3 +30,23 @@ def extxyz_dataset(frames: Sequence[Atoms]) -> TrainingSetData:
         "label_counts": {key: sum(key in found for found in labels) for key in LABELS},
     })
     return node
+
+
+def labelled_copper(count: int, start: int = 0) -> list:
+    """``count`` rattled Cu cells labelled with EMT, each with a ``label_uuid`` and ``source_frame``."""
+    from ase.calculators.emt import EMT
+
+    frames = []
+    for index in range(start, start + count):
+        atoms = bulk("Cu", "fcc", a=3.6) * (2, 1, 1)
+        atoms.rattle(0.05, seed=index)
+        atoms.calc = EMT()
+        atoms.get_forces(), atoms.get_stress()
+        atoms.info.update(label_uuid=f"label-{index}", source_frame=index)
+        frames.append(atoms)
+    return frames
+
+
+def legacy_dataset(frames) -> TrainingSetData:
+    """A stored dataset made the old way (one extxyz file, no ``format`` attribute)."""
+    return extxyz_dataset(frames).store()
