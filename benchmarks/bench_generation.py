@@ -60,16 +60,6 @@ def parents() -> dict:
     return {"cu": bulk("Cu", "fcc", a=3.61, cubic=True), "ni": bulk("Ni", "fcc", a=3.52, cubic=True), "cuni": alloy}
 
 
-def union_seconds(intervals: list[tuple[float, float]]) -> float:
-    """Seconds covered by at least one of the (start, end) intervals."""
-    covered, end_so_far = 0.0, float("-inf")
-    for start, end in sorted(intervals):
-        if end > end_so_far:
-            covered += end - max(start, end_so_far)
-            end_so_far = end
-    return covered
-
-
 # ------------------------------------------------------------ in the profile (a subprocess with AIIDA_PATH set)
 
 
@@ -77,19 +67,15 @@ def labelling_facts(node) -> dict:
     """The labelling jobs of a generation run: count, the union and the sum of their running intervals (s)."""
     from aiida import orm
 
-    from tace_aiida.schedulers import read_job_state
+    from tace_aiida.schedulers import busy_seconds, read_job_state
 
     jobs = [child for child in node.called_descendants
             if isinstance(child, orm.CalcJobNode) and child.process_type == "aiida.calculations:tace.label_ase"]
-    intervals = []
-    for job in jobs:
-        if "retrieved" not in job.outputs:
-            continue
-        state = read_job_state(job.outputs.retrieved)
-        if state.started_at and state.finished_at:
-            intervals.append((float(state.started_at), float(state.finished_at)))
+    states = [read_job_state(job.outputs.retrieved) for job in jobs if "retrieved" in job.outputs]
+    intervals = [(float(state.started_at), float(state.finished_at)) for state in states
+                 if state.started_at and state.finished_at]
     return {"jobs": len(jobs), "jobs_with_state": len(intervals),
-            "labeller_busy_s": union_seconds(intervals),
+            "labeller_busy_s": busy_seconds(states),
             "labeller_sum_s": sum(end - start for start, end in intervals),
             "first_job_start": min((start for start, _ in intervals), default=None),
             "last_job_end": max((end for _, end in intervals), default=None)}

@@ -36,6 +36,7 @@ from tace_aiida.schedulers.job_state import (
     DaskJobState,
     Ending,
     JobStatus,
+    busy_seconds,
     read_job_state,
     write_job_state,
 )
@@ -134,6 +135,15 @@ def started(state: DaskJobState) -> float:
 
 
 # Fast tests: no cluster.
+
+
+def test_busy_seconds_is_the_union_of_the_jobs_running_times():
+    def ran(start, end):
+        return DaskJobState("j", JobStatus.DONE, gpus=0, started_at=start, finished_at=end)
+
+    states = [ran(0.0, 10.0), ran(5.0, 12.0), ran(20.0, 21.0), ran(None, 30.0), DaskJobState("q", JobStatus.QUEUED, 0)]
+    assert busy_seconds(states) == 13.0, "overlaps counted once, jobs that never ran left out"
+    assert busy_seconds([]) == 0.0
 
 
 def test_job_state_round_trip(tmp_path):

@@ -4,6 +4,13 @@ The plugin ``tace.dask`` lives in :mod:`tace_aiida.schedulers.dask`; it is not i
 job watchdog import only the light :mod:`tace_aiida.schedulers.job_state`.
 """
 
-from tace_aiida.schedulers.job_state import STATE_FILENAME, DaskJobState, Ending, JobStatus, read_job_state
+from tace_aiida.schedulers.job_state import (
+    STATE_FILENAME,
+    DaskJobState,
+    Ending,
+    JobStatus,
+    busy_seconds,
+    read_job_state,
+)
 
-__all__ = ("STATE_FILENAME", "DaskJobState", "Ending", "JobStatus", "read_job_state")
+__all__ = ("STATE_FILENAME", "DaskJobState", "Ending", "JobStatus", "busy_seconds", "read_job_state")

@@ -126,3 +126,15 @@ def read_job_state(folder: FolderData | str | os.PathLike[str]) -> DaskJobState:
             f"no dask job state file {STATE_FILENAME} in {folder}: add it to the retrieve_list of the CalcJob"
         ) from exception
     return DaskJobState.from_json(text)
+
+
+def busy_seconds(states: t.Iterable[DaskJobState]) -> float:
+    """Seconds in which at least one of the jobs ran: the union of their [started_at, finished_at] (jobs that did not
+    start or end are left out)."""
+    covered, end_so_far = 0.0, float("-inf")
+    ran = [(s.started_at, s.finished_at) for s in states if s.started_at is not None and s.finished_at is not None]
+    for start, end in sorted(ran):
+        if end > end_so_far:
+            covered += end - max(start, end_so_far)
+            end_so_far = end
+    return covered

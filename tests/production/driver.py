@@ -278,19 +278,9 @@ def submit_labelling(count: int) -> int:
     return submit(builder).pk
 
 
-def union_seconds(intervals: list[tuple[float, float]]) -> float:
-    """Seconds covered by at least one of the (start, end) intervals."""
-    covered, end_so_far = 0.0, float("-inf")
-    for start, end in sorted(intervals):
-        if end > end_so_far:
-            covered += end - max(start, end_so_far)
-            end_so_far = end
-    return covered
-
-
 def labelling_facts(pk: int) -> dict:
     """Labelled and failed structures, wall time of the run, and the seconds in which at least one job's labeller ran."""
-    from tace_aiida.schedulers import read_job_state
+    from tace_aiida.schedulers import busy_seconds, read_job_state
 
     node = orm.load_node(pk)
     jobs = [child for child in node.called if isinstance(child, orm.CalcJobNode)]
@@ -305,8 +295,7 @@ def labelling_facts(pk: int) -> dict:
             == len(labelled + failed) else "repeated", "jobs": len(jobs),
             "labeller_compute_seconds": report.get("seconds"),
             "wall_seconds": (node.mtime - node.ctime).total_seconds(),
-            "labeller_seconds": union_seconds([(state.started_at, state.finished_at) for state in states
-                                               if state.started_at and state.finished_at])}
+            "labeller_seconds": busy_seconds(states)}
 
 
 def read_slowly(seconds: float) -> None:
