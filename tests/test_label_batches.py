@@ -49,7 +49,7 @@ def test_jobs_of_three_two_at_a_time_label_everything_but_the_failure(aiida_prof
     jobs = {link.link_label: link.node for link in node.base.links.get_outgoing(node_class=orm.CalcJobNode).all()}
     assert sorted(jobs) == ["job_0", "job_1", "job_2"]
     assert [jobs[f"job_{k}"].inputs.structures.num_structures for k in range(3)] == [3, 3, 1]
-    assert jobs["job_2"].ctime > max(jobs["job_0"].mtime, jobs["job_1"].mtime), "the third job waits for the first two"
+    assert jobs["job_2"].ctime > min(jobs["job_0"].mtime, jobs["job_1"].mtime), "two alive at most: the third waits"
     by_index = {atoms.info["input_index"]: atoms.info["label_uuid"] for atoms in frames}
     assert by_index[0] == jobs["job_0"].uuid and by_index[5] == jobs["job_1"].uuid and by_index[6] == jobs["job_2"].uuid
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tace_aiida.workflows.exploration import md_parameters, next_batch, plan_md_runs, stop_threshold
+from tace_aiida.workflows.exploration import md_parameters, plan_md_runs, stop_threshold
 from tace_aiida.workflows.settings import StageSettings, StoppingSettings, read_stages
 
 
@@ -74,10 +74,3 @@ def test_md_parameters_nvt_npt_seed_and_stop_threshold():
     assert md_parameters(StageSettings.from_dict({"pressure": 1.5}), 300.0, 0, 1, 0.6)["ensemble"] == "npt"
     assert stop_threshold(stage, trust_high=0.3) == 0.6, "stop_factor (2) times trust_high (eV/Å)"
     assert stop_threshold(StageSettings.from_dict({"max_force_std": 0.5}), trust_high=0.3) == 0.5
-
-
-@pytest.mark.parametrize(("first", "total", "limit", "batch"), [
-    (0, 5, 2, range(0, 2)), (2, 5, 2, range(2, 4)), (4, 5, 2, range(4, 5)), (0, 3, 8, range(0, 3)), (3, 3, 8, range(3, 3)),
-])
-def test_md_batches_keep_at_most_max_concurrent(first, total, limit, batch):
-    assert next_batch(first, total, limit) == batch

@@ -29,7 +29,7 @@ from tace_aiida.data import PotentialData, TrainingSetData
 from tace_aiida.selection import SelectionSettings
 
 from .decisions import advance, label_failure_fraction, over_failure_budget, required_members
-from .exploration import md_parameters, next_batch, plan_md_runs, stop_threshold
+from .exploration import md_parameters, plan_md_runs, stop_threshold
 from .killing import ForcedKillReachesChildren
 from .labelling.ase_batches import AseLabelBatchesWorkChain
 from .labelling.qe import QeLabelWorkChain
@@ -38,6 +38,7 @@ from .report import calibration, iteration_entry
 from .resubmission import submit_once
 from .settings import StageSettings, StoppingSettings, read_stages
 from .train import TrainBaseWorkChain
+from .window import fill_window, open_window, window_is_open
 
 LABELLERS = {"label_ase": AseLabelBatchesWorkChain, "label_qe": QeLabelWorkChain}
 
@@ -156,7 +157,7 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ProtocolMixin, WorkChai
                 cls.train_ensemble,
                 cls.inspect_ensemble,
                 cls.plan_exploration,
-                while_(cls.has_md_to_launch)(cls.launch_md_batch),
+                while_(cls.has_md_to_run)(cls.launch_md_runs),
                 cls.inspect_exploration,
                 cls.select,
                 if_(cls.has_selection)(cls.label_selection, cls.merge_selection),
@@ -328,40 +329,40 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ProtocolMixin, WorkChai
         return None
 
     def plan_exploration(self) -> None:
-        """The MD runs of this iteration (:func:`.exploration.plan_md_runs`), launched by :meth:`launch_md_batch`."""
+        """The MD runs of this iteration (:func:`.exploration.plan_md_runs`), launched by :meth:`launch_md_runs`."""
         stage = self.stages[self.ctx.stage]
         starts = self.ctx.starts
         if stage.start_from == "dataset":
             starts = extract_structures(self.ctx.dataset, orm.Int(stage.dataset_starts))
         self.ctx.md_starts = dict(starts)
         self.ctx.md_runs = plan_md_runs(list(starts), stage)
-        self.ctx.md_next = 0
+        open_window(self, "md_window")
         self.report(f"iteration {self.ctx.iteration}: stage {self.ctx.stage} ({stage.name or 'unnamed'}), "
                     f"{len(self.ctx.md_runs)} MD runs, at most {self.inputs.md.max_concurrent.value} at once")
 
-    def has_md_to_launch(self) -> bool:
-        """Whether planned MD runs of this iteration are still to be launched."""
-        return self.ctx.md_next < len(self.ctx.md_runs)
+    def has_md_to_run(self) -> bool:
+        """Whether planned MD runs of this iteration are still to be launched or running."""
+        return window_is_open(self, "md_window", len(self.ctx.md_runs))
 
-    def launch_md_batch(self) -> ToContext:
-        """Launch the next ``md.max_concurrent`` MD runs with the ensemble and wait for them."""
+    def launch_md_runs(self) -> ToContext | None:
+        """Top the MD runs alive up to ``md.max_concurrent`` (with the ensemble) and wait for the oldest one."""
         stage = self.stages[self.ctx.stage]
         inputs = self.exposed_inputs(MDCalculation, "md")
         potentials = {f"member_{i}": p for i, p in enumerate(self.ctx.ensemble)}
         threshold = stop_threshold(stage, self.selection_settings.window.trust_high)
-        batch = next_batch(self.ctx.md_next, len(self.ctx.md_runs), self.inputs.md.max_concurrent.value)
-        futures = {}
-        for index in batch:
+        labels = [f"iteration_{self.ctx.iteration:02d}_md_{index:03d}" for index in range(len(self.ctx.md_runs))]
+
+        def launch(index: int) -> orm.ProcessNode:
             start_label, temperature, run = self.ctx.md_runs[index]
             parameters = md_parameters(stage, temperature, run, self.ctx.iteration, threshold)
-            label = f"iteration_{self.ctx.iteration:02d}_md_{index:03d}"
-            futures[label] = submit_once(self, MDCalculation, label, **inputs, potentials=potentials,
-                                         structure=self.ctx.md_starts[start_label], parameters=orm.Dict(parameters))
-        self.ctx.md_next = batch.stop
-        if len(batch) < len(self.ctx.md_runs):
-            self.report(f"iteration {self.ctx.iteration}: launched MD runs {batch.start} to {batch.stop - 1} "
-                        f"of {len(self.ctx.md_runs)}")
-        return ToContext(**futures)
+            return submit_once(self, MDCalculation, labels[index], **inputs, potentials=potentials,
+                               structure=self.ctx.md_starts[start_label], parameters=orm.Dict(parameters))
+
+        launched, wait = fill_window(self, "md_window", labels, self.inputs.md.max_concurrent.value, launch)
+        if launched and len(launched) < len(labels):
+            self.report(f"iteration {self.ctx.iteration}: launched MD runs {launched.start} to {launched.stop - 1} "
+                        f"of {len(labels)}")
+        return wait
 
     def inspect_exploration(self) -> ExitCode | None:
         """Keep the trajectories (also of runs stopped as unphysical); stop (404) when every run failed."""

@@ -1,4 +1,4 @@
-"""Planning an iteration's exploration: which MD runs, with which parameters, launched in batches.
+"""Planning an iteration's exploration: which MD runs, with which parameters.
 
 Pure functions of the stage settings, so the plan is unit-tested without a database; the loop keeps
 the plan in its context as plain lists (a start label, a temperature in K, a run index).
@@ -49,8 +49,3 @@ def md_parameters(stage: StageSettings, temperature: float, run: int, iteration:
 def stop_threshold(stage: StageSettings, trust_high: float) -> float:
     """The stage's ``max_force_std`` (eV/Å), by default ``stop_factor`` times the selection's ``trust_high``."""
     return stage.max_force_std or stage.stop_factor * trust_high
-
-
-def next_batch(first: int, total: int, max_concurrent: int) -> range:
-    """Indices of the next batch: from ``first``, at most ``max_concurrent``, never past ``total``."""
-    return range(first, min(first + max_concurrent, total))

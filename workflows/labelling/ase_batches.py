@@ -1,7 +1,8 @@
 """``tace.label_ase_batches``: a large set labelled by ``tace.label_ase`` jobs of ``structures_per_job`` each.
 
 The set is split into chunks; the jobs run in parallel on the computer's workers, at most
-``max_concurrent`` at a time, and their labels and reports are combined in a calcfunction whose
+``max_concurrent`` at a time (a rolling window, :mod:`..window`: a job is launched as soon as an
+earlier one has finished), and their labels and reports are combined in a calcfunction whose
 inputs are the jobs' outputs (each frame's ``label_uuid`` still names its own job). A job that
 failed as a whole (killed, lost) counts every structure of its chunk as failed, with the job's exit
 message as the reason. Outputs are those of ``tace.label_ase``; ``input_index`` refers to the
@@ -14,6 +15,7 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, while_
 from tace_aiida.workflows.killing import ForcedKillReachesChildren
 from tace_aiida.workflows.resubmission import submit_once
+from tace_aiida.workflows.window import fill_window, open_window, window_is_open
 
 from tace_aiida.calculations.label_ase import AseLabelCalculation
 from tace_aiida.data import TrainingSetData
@@ -72,8 +74,8 @@ class AseLabelBatchesWorkChain(ForcedKillReachesChildren, WorkChain):
         spec.input("structures_per_job", valid_type=orm.Int, default=lambda: orm.Int(50), validator=validate_positive,
                    help="Structures labelled by one tace.label_ase job, in series.")
         spec.input("max_concurrent", valid_type=orm.Int, default=lambda: orm.Int(8), validator=validate_positive,
-                   help="At most this many jobs alive at once; the others wait for the next batch.")
-        spec.outline(cls.split, while_(cls.has_jobs_to_launch)(cls.launch_batch), cls.combine)
+                   help="At most this many jobs alive at once; the next starts as soon as one has finished.")
+        spec.outline(cls.split, while_(cls.has_jobs_to_run)(cls.launch_jobs), cls.combine)
         spec.output("dataset", valid_type=TrainingSetData, required=False,
                     help="The structures that were labelled (eV, eV/Å, eV/Å^3); `input_index` and `label_uuid` "
                          "(the job) in each frame's info.")
@@ -84,24 +86,27 @@ class AseLabelBatchesWorkChain(ForcedKillReachesChildren, WorkChain):
         """The chunks of ``structures_per_job`` structures."""
         self.ctx.chunks = split_into_chunks(self.inputs.structures, self.inputs.structures_per_job,
                                             metadata={"call_link_label": "split_into_chunks"})
-        self.ctx.next_chunk = 0
+        open_window(self, "jobs")
 
-    def has_jobs_to_launch(self) -> bool:
-        return self.ctx.next_chunk < len(self.ctx.chunks)
+    def has_jobs_to_run(self) -> bool:
+        """Whether jobs are left to launch or still running."""
+        return window_is_open(self, "jobs", len(self.ctx.chunks))
 
-    def launch_batch(self) -> ToContext:
-        """Launch the next ``max_concurrent`` jobs and wait for them."""
-        first = self.ctx.next_chunk
-        last = min(first + self.inputs.max_concurrent.value, len(self.ctx.chunks))
+    def launch_jobs(self) -> ToContext | None:
+        """Top the jobs alive up to ``max_concurrent`` and wait for the oldest one."""
         inputs = self.exposed_inputs(AseLabelCalculation)
         if "options" in self.inputs:
             inputs["metadata"] = {"options": self.inputs.options.get_dict()}
-        futures = {f"job_{k}": submit_once(self, AseLabelCalculation, f"job_{k}", **inputs,
-                                           structures=self.ctx.chunks[f"chunk_{k}"])
-                   for k in range(first, last)}
-        self.ctx.next_chunk = last
-        self.report(f"launched labelling jobs {first} to {last - 1} of {len(self.ctx.chunks)}")
-        return ToContext(**futures)
+        total = len(self.ctx.chunks)
+
+        def launch(k: int):
+            return submit_once(self, AseLabelCalculation, f"job_{k}", **inputs, structures=self.ctx.chunks[f"chunk_{k}"])
+
+        launched, wait = fill_window(self, "jobs", [f"job_{k}" for k in range(total)],
+                                     self.inputs.max_concurrent.value, launch)
+        if launched:
+            self.report(f"launched labelling jobs {launched.start} to {launched.stop - 1} of {total}")
+        return wait
 
     def combine(self):
         """Combine the jobs' labels and reports; exit 310 when nothing could be labelled."""

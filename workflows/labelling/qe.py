@@ -1,8 +1,8 @@
 """``tace.label_qe``: label periodic structures with Quantum ESPRESSO's pw.x through aiida-quantumespresso.
 
 One ``PwBaseWorkChain`` (protocol inputs, restart handlers) runs per structure, as an SCF with forces
-and stress, at most ``max_concurrent`` at a time: a selection of 500 structures is launched in
-batches, the next batch once the previous one has finished. The finished ones become frames of one
+and stress, at most ``max_concurrent`` at a time (a rolling window, :mod:`..window`: the next starts as
+soon as an earlier one has finished). The finished ones become frames of one
 ``dataset`` in a calcfunction whose inputs are their outputs, so each frame's provenance leads to its
 ``PwBaseWorkChain`` (also named by the frame's ``label_uuid``). The failed ones are listed in the
 ``report`` with their exit status and message and never become labels; the outputs are those of
@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 from aiida import orm
-from aiida.engine import ToContext, WorkChain, calcfunction, while_
+from aiida.engine import WorkChain, calcfunction, while_
 from aiida.plugins import GroupFactory, WorkflowFactory
 from ase import units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 from tace_aiida.workflows.killing import ForcedKillReachesChildren
 from tace_aiida.workflows.resubmission import submit_once
+from tace_aiida.workflows.window import fill_window, open_window, window_is_open
 
 from tace_aiida.data import TrainingSetData
 
@@ -176,10 +177,10 @@ class QeLabelWorkChain(ForcedKillReachesChildren, WorkChain):
         spec.input("options", valid_type=orm.Dict, required=False,
                    help="`metadata.options` of every PwCalculation (resources, max_wallclock_seconds, withmpi ...).")
         spec.input("max_concurrent", valid_type=orm.Int, default=lambda: orm.Int(20), validator=validate_max_concurrent,
-                   help="At most this many PwBaseWorkChains alive at once; the others wait for the next batch.")
+                   help="At most this many PwBaseWorkChains alive at once; the next starts as soon as one has finished.")
         spec.outline(
             cls.setup,
-            while_(cls.has_structures_to_launch)(cls.launch_batch),
+            while_(cls.has_structures_to_label)(cls.launch_structures),
             cls.collect_results,
         )
         spec.output("dataset", valid_type=TrainingSetData, required=False,
@@ -243,32 +244,37 @@ class QeLabelWorkChain(ForcedKillReachesChildren, WorkChain):
         """One StructureData per frame; the first structure's builder is made here, so bad settings stop the run
         before any job starts."""
         self.ctx.structures = split_structures(self.inputs.structures, metadata={"call_link_label": "split_structures"})
-        self.ctx.next_index = 0
+        open_window(self, "pw")
         try:
             self._builder(self.ctx.structures["structure_0"], self._protocol_overrides())
         except ValueError as error:
             return self.exit_codes.ERROR_INVALID_SETTINGS.format(message=f"structure 0: {error}")
         return None
 
-    def has_structures_to_launch(self) -> bool:
-        return self.ctx.next_index < self.inputs.structures.num_structures
+    def has_structures_to_label(self) -> bool:
+        """Whether PwBaseWorkChains are left to launch or still running."""
+        return window_is_open(self, "pw", self.inputs.structures.num_structures)
 
-    def launch_batch(self):
-        """Launch the next ``max_concurrent`` PwBaseWorkChains and wait for them."""
-        first = self.ctx.next_index
-        last = min(first + self.inputs.max_concurrent.value, self.inputs.structures.num_structures)
+    def launch_structures(self):
+        """Top the PwBaseWorkChains alive up to ``max_concurrent`` and wait for the oldest one."""
+        total = self.inputs.structures.num_structures
         overrides = self._protocol_overrides()
-        futures = {}
-        for index in range(first, last):
+
+        def launch(index: int) -> orm.ProcessNode:
             try:
                 builder = self._builder(self.ctx.structures[f"structure_{index}"], overrides)
             except ValueError as error:
-                return self.exit_codes.ERROR_INVALID_SETTINGS.format(message=f"structure {index}: {error}")
-            futures[f"pw_{index}"] = submit_once(self, builder, f"pw_{index}")
-        self.ctx.next_index = last
-        self.report(f"launched PwBaseWorkChains for structures {first} to {last - 1} "
-                    f"of {self.inputs.structures.num_structures}")
-        return ToContext(**futures)
+                raise ValueError(f"structure {index}: {error}") from error
+            return submit_once(self, builder, f"pw_{index}")
+
+        try:
+            launched, wait = fill_window(self, "pw", [f"pw_{index}" for index in range(total)],
+                                         self.inputs.max_concurrent.value, launch)
+        except ValueError as error:
+            return self.exit_codes.ERROR_INVALID_SETTINGS.format(message=str(error))
+        if launched:
+            self.report(f"launched PwBaseWorkChains for structures {launched.start} to {launched.stop - 1} of {total}")
+        return wait
 
     def collect_results(self):
         """Turn the finished PwBaseWorkChains into frames; list the failed ones in the report."""
