@@ -306,54 +306,7 @@ def test_bad_transformations_are_refused_at_submission(aiida_profile, installed_
         run_generation(installed_code, [SUPERCELL, {"type": "rattle", "copies": 0}], seed=15)
 
 
-# ------------------------------------------------------------------------------------------- the CLI
-
-
-def test_parents_from_cif_poscar_and_multi_frame_extxyz(tmp_path):
-    from ase.io import write
-
-    from tace_aiida.generation.cli import read_parents
-
-    write(tmp_path / "Cu.cif", CU)
-    write(tmp_path / "POSCAR", bulk("Ni", "fcc", a=3.52, cubic=True), format="vasp")
-    write(tmp_path / "two.extxyz", [CU, bulk("Ni", "fcc", a=3.52)])
-    parents = read_parents([tmp_path / "Cu.cif", tmp_path / "POSCAR", tmp_path / "two.extxyz"])
-    assert sorted(parents) == ["Cu", "POSCAR", "two_0", "two_1"]
-    assert parents["POSCAR"].get_ase().get_chemical_formula() == "Ni4"
-    assert np.allclose(parents["Cu"].get_ase().cell.lengths(), 3.61)
-
-
-def test_transformations_from_yaml_and_json_and_errors_name_the_file_and_value(tmp_path):
-    import json
-
-    from tace_aiida.generation.cli import read_transformation_file
-
-    (tmp_path / "chain.yaml").write_text("- {type: supercell, matrix: [2, 2, 2]}\n- {type: rattle, amplitudes: [0.05]}\n")
-    (tmp_path / "chain.json").write_text(json.dumps({"transformations": [SUPERCELL]}))
-    assert read_transformation_file(tmp_path / "chain.yaml")[1] == {"type": "rattle", "amplitudes": [0.05]}
-    assert read_transformation_file(tmp_path / "chain.json") == [SUPERCELL]
-    (tmp_path / "bad.yaml").write_text("- {type: strain, volumetric: 2%}\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: transformation 1: strain: volumetric must be .* not '2%'"):
-        read_transformation_file(tmp_path / "bad.yaml")
-
-
-@pytest.mark.slow
-def test_the_generate_command_runs_and_prints_the_summary(aiida_profile, installed_code, tmp_path):
-    from ase.io import write
-    from click.testing import CliRunner
-
-    from tace_aiida.cli import main
-
-    write(tmp_path / "Cu.cif", CU)
-    (tmp_path / "chain.yaml").write_text("- {type: supercell, matrix: [2, 1, 1]}\n"
-                                         "- {type: rattle, amplitudes: [0.05], copies: 3}\n")
-    code = installed_code("tace-label")
-    result = CliRunner().invoke(main, ["generate", str(tmp_path / "Cu.cif"), "-t", str(tmp_path / "chain.yaml"),
-                                       "--code", code.full_label, "--structures-per-job", "2"])
-    assert result.exit_code == 0, result.output
-    assert "made 3 variants, kept 3" in result.output
-    assert "reused 0, labelled 3, failed 0" in result.output
-    assert "dataset: TrainingSetData<" in result.output
+# ------------------------------------------------------------------------------------------ label reuse
 
 
 def test_the_labeller_key_ignores_scheduling_and_sees_settings_and_defaults(aiida_profile):

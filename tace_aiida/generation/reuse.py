@@ -6,6 +6,12 @@ properties, pseudopotentials, protocol, overrides ...), not of those that only s
 ``content_hash`` in its info (set by :func:`tace_aiida.generation.generate`). The earlier labels are the
 ``dataset`` outputs of terminated labelling processes (each ``tace.label_ase`` job, each ``tace.label_qe``
 run) whose key is the same: a run killed half-way keeps the labels of every job that finished.
+
+The lookup is indexed by extras, so that it costs what matches, not every labelling process ever run: a
+labelling process carries its key in the extra ``KEY_EXTRA``, its ``dataset`` the content hashes of its
+frames in the extra ``HASHES_EXTRA``. A process or dataset without them gets them the first time a lookup
+meets it, so the labels found are the same with or without the index. After that, a lookup queries the
+processes by key and intersects the hash lists read from the database, opening no frame file.
 """
 
 from __future__ import annotations
@@ -17,12 +23,17 @@ from typing import Any
 
 from aiida import orm
 from aiida.common.links import LinkType
+from aiida.manage import get_manager
 
 from tace_aiida.data import TrainingSetData
 
 # The processes whose outputs hold labels, per labeller namespace of the workchains.
 LABELLING_PROCESSES = {"label_ase": "aiida.calculations:tace.label_ase", "label_qe": "aiida.workflows:tace.label_qe"}
 SCHEDULING_INPUTS = frozenset({"structures", "structures_per_job", "max_concurrent", "options", "metadata"})
+TERMINATED = ["finished", "excepted", "killed"]
+# The index: a new version of ``labeller_key`` takes a new ``KEY_EXTRA``, so that no stale key is trusted.
+KEY_EXTRA = "tace_labeller_key_v1"
+HASHES_EXTRA = "tace_content_hashes"
 
 
 def _plain(value: Any) -> Any:
@@ -60,23 +71,53 @@ def node_inputs(node: orm.ProcessNode) -> dict[str, Any]:
     return nested
 
 
+def _labelling_processes(kind: str, code: orm.AbstractCode, filters: dict[str, Any]) -> orm.QueryBuilder:
+    """A query of the terminated ``kind`` processes run with ``code`` that match ``filters`` (tag ``process``)."""
+    query = orm.QueryBuilder()
+    query.append(orm.ProcessNode, tag="process", filters={"process_type": LABELLING_PROCESSES[kind],
+                                                          "attributes.process_state": {"in": TERMINATED}, **filters})
+    query.append(orm.AbstractCode, with_outgoing="process", filters={"uuid": code.uuid},
+                 edge_filters={"label": "code"})
+    return query
+
+
+def index_labeller_keys(kind: str, code: orm.AbstractCode) -> int:
+    """Store the key of every terminated ``kind`` process run with ``code`` that has none; how many there were."""
+    query = _labelling_processes(kind, code, {"extras": {"!has_key": KEY_EXTRA}})
+    query.add_projection("process", "*")
+    processes = query.all(flat=True)
+    with get_manager().get_profile_storage().transaction():
+        for process in processes:
+            process.base.extras.set(KEY_EXTRA, labeller_key(kind, node_inputs(process)))
+    return len(processes)
+
+
+def content_hashes(dataset: TrainingSetData) -> list[str]:
+    """The ``content_hash`` of every frame of ``dataset`` that has one: from its extra, else read from its
+    frames and stored in the extra."""
+    hashes = dataset.base.extras.get(HASHES_EXTRA, None)
+    if hashes is None:
+        hashes = [atoms.info["content_hash"] for atoms in dataset.get_atoms() if "content_hash" in atoms.info]
+        dataset.base.extras.set(HASHES_EXTRA, hashes)
+    return hashes
+
+
 def earlier_labels(kind: str, code: orm.AbstractCode, key: str, wanted: Iterable[str]) -> dict[str, TrainingSetData]:
     """The labelled datasets of terminated ``kind`` processes run with ``code`` and labeller ``key`` that hold
     any of the ``wanted`` content hashes, by the process's uuid."""
     wanted = set(wanted)
-    query = orm.QueryBuilder()
-    query.append(orm.ProcessNode, filters={"process_type": LABELLING_PROCESSES[kind],
-                                           "attributes.process_state": {"in": ["finished", "excepted", "killed"]}},
-                 tag="process", project=["*"])
-    query.append(orm.AbstractCode, with_outgoing="process", filters={"uuid": code.uuid},
-                 edge_filters={"label": "code"})
-    query.append(TrainingSetData, with_incoming="process", edge_filters={"label": "dataset"}, project=["*"])
+    index_labeller_keys(kind, code)
+    query = _labelling_processes(kind, code, {f"extras.{KEY_EXTRA}": key})
+    query.add_projection("process", "uuid")
+    query.append(TrainingSetData, with_incoming="process", edge_filters={"label": "dataset"},
+                 project=["id", f"extras.{HASHES_EXTRA}"])
     found = {}
-    for process, dataset in query.iterall():
-        if labeller_key(kind, node_inputs(process)) != key:
-            continue
-        if any(atoms.info.get("content_hash") in wanted for atoms in dataset.get_atoms()):
-            found[process.uuid] = dataset
+    with get_manager().get_profile_storage().transaction():
+        for uuid, pk, hashes in query.all():
+            if hashes is None:
+                hashes = content_hashes(orm.load_node(pk))
+            if not wanted.isdisjoint(hashes):
+                found[uuid] = orm.load_node(pk)
     return found
 
 
