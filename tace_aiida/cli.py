@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from .cli_dask import dask
+from .generation.cli import generate
 
 
 @click.group()
@@ -92,56 +91,5 @@ def summary(pk: int, output: str | None) -> None:
         click.echo(f"written: {path}")
 
 
-@main.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--transformations", "-t", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="YAML or JSON file: a list of transformations, e.g. [{type: strain, volumetric: [-0.02, 0.02]}].")
-@click.option("--index", default=":", show_default=True, help="Frames of each file to take (ase.io.read's index).")
-@click.option("--calculator", default="ase.calculators.emt.EMT", show_default=True,
-              help="Import path of the ASE calculator that labels the structures.")
-@click.option("--parameters", default=None, help="Keyword arguments of the calculator, as JSON.")
-@click.option("--code", default="tace-label@localhost", show_default=True, help="The tace-label code that runs it.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the random displacements and site choices.")
-@click.option("--no-deduplicate", is_flag=True, help="Keep symmetry-equivalent variants (exact repeats are dropped).")
-@click.option("--structures-per-job", default=50, show_default=True, help="Structures labelled by one job.")
-@click.option("--max-concurrent", default=8, show_default=True, help="At most this many labelling jobs at once.")
-@click.option("--max-failure-fraction", default=0.2, show_default=True,
-              help="Exit 401 when more than this fraction of the labels failed (the dataset is kept).")
-@click.option("--submit", is_flag=True, help="Hand the run to the daemon (and follow it) instead of running it here.")
-def generate(files: tuple[Path, ...], transformations: Path, index: str, calculator: str, parameters: str | None,
-             code: str, seed: int, no_deduplicate: bool, structures_per_job: int, max_concurrent: int,
-             max_failure_fraction: float, submit: bool) -> None:
-    """Generate variants of the structures in FILES (CIF, POSCAR, extxyz, ...), label them, print the summary.
-
-    Runs tace.generate_dataset; run again with the same inputs, it labels only what was not labelled before.
-    """
-    import json
-
-    from aiida import load_profile
-
-    from .broker import ensure_broker
-    from .generation.cli import build, follow, read_parents, read_transformation_file, run_with_progress, summary_lines
-
-    load_profile()
-    try:
-        builder = build(read_parents(list(files), index), read_transformation_file(transformations), code=code,
-                        calculator=calculator, parameters=json.loads(parameters) if parameters else None, seed=seed,
-                        deduplicate=not no_deduplicate, structures_per_job=structures_per_job,
-                        max_concurrent=max_concurrent, max_failure_fraction=max_failure_fraction)
-    except ValueError as error:
-        raise click.ClickException(str(error)) from error
-    ensure_broker(workers=2 if submit else 1)
-    if submit:
-        from aiida.engine import submit as submit_to_daemon
-
-        node = submit_to_daemon(builder)
-        click.echo(f"submitted {node.process_label}<{node.pk}>; Ctrl-C stops following it, not the run")
-        follow(node)
-    else:
-        node = run_with_progress(builder)
-    click.echo("\n".join(summary_lines(node)))
-    if not node.is_finished_ok:
-        raise SystemExit(1)
-
-
 main.add_command(dask)
+main.add_command(generate)
