@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from types import SimpleNamespace
 
 import pytest
@@ -67,3 +68,31 @@ def test_children_launched_before_a_failing_launch_stay_in_the_window():
         fill_window(workchain, "jobs", LABELS, 4, launch_until_the_third)
     assert alive_children(workchain, "jobs") == ["job_0", "job_1"]
     assert window_is_open(workchain, "jobs", len(LABELS))
+
+
+def test_the_step_waits_for_the_job_running_longest_else_the_oldest(aiida_profile):
+    from datetime import datetime
+
+    from aiida import orm
+    from aiida.common.datastructures import CalcJobState
+    from aiida.schedulers.datastructures import JobInfo, JobState
+    from tace_aiida.workflows.window import first_to_finish
+
+    def job(state: JobState | None, started: datetime | None = None) -> orm.CalcJobNode:
+        node = orm.CalcJobNode()
+        node.set_state(CalcJobState.WITHSCHEDULER)
+        if state is not None:
+            node.set_scheduler_state(state)
+            info = JobInfo()
+            info.job_state, info.dispatch_time = state, started
+            node.set_last_job_info(info)
+        return node
+
+    workchain = SimpleNamespace(ctx=AttributeDict({
+        "job_0": job(JobState.QUEUED),
+        "job_1": job(JobState.RUNNING, datetime(2026, 1, 1, 12, 5, tzinfo=UTC)),
+        "job_2": job(JobState.RUNNING, datetime(2026, 1, 1, 12, 1, tzinfo=UTC)),
+        "job_3": job(None),
+    }))
+    assert first_to_finish(workchain, ["job_0", "job_1", "job_2", "job_3"]) == "job_2"
+    assert first_to_finish(workchain, ["job_0", "job_3"]) == "job_0", "none running: the oldest"

@@ -3,8 +3,9 @@
 A workchain step waits for every child it hands to the context. Launching N children and waiting for
 all of them (batches) idles the workers while the slowest child of each batch runs, and again while
 AiiDA notices that it has finished and launches the next batch. Here each step tops the window up
-to N alive children and waits for the oldest one only; the others run on, so the workers find queued
-work as long as anything is left to launch. Children that finish while the oldest still runs free
+to N alive children and waits for one only, the one expected to finish first (the job its scheduler
+has been running longest, else the oldest child); the others run on, so the workers find queued
+work as long as anything is left to launch. Children that finish while that one still runs free
 their places at the next step.
 
 The window lives in the context as plain values (the labels of the alive children and the number
@@ -15,9 +16,12 @@ launched), so a checkpoint holds it; a daemon restarted in the middle of a step 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from aiida import orm
+from aiida.common.datastructures import CalcJobState
 from aiida.engine import ToContext, WorkChain
+from aiida.schedulers.datastructures import JobState
 
 
 def open_window(workchain: WorkChain, name: str) -> None:
@@ -36,6 +40,25 @@ def alive_children(workchain: WorkChain, name: str) -> list[str]:
     return [label for label in workchain.ctx[f"{name}_alive"] if not workchain.ctx[label].is_terminated]
 
 
+def running_since(node: orm.ProcessNode) -> float | None:
+    """When (POSIX seconds) the scheduler started running ``node``'s job (a CalcJob it reports running), else None."""
+    if not isinstance(node, orm.CalcJobNode) or node.get_state() is not CalcJobState.WITHSCHEDULER:
+        return None
+    if node.get_scheduler_state() is not JobState.RUNNING:
+        return None
+    info = node.get_last_job_info()
+    started = getattr(info, "dispatch_time", None) if info is not None else None
+    return (started if isinstance(started, datetime) else node.ctime).timestamp()
+
+
+def first_to_finish(workchain: WorkChain, labels: Sequence[str]) -> str:
+    """Of the alive children ``labels`` (oldest first), the one expected to finish first: the job running
+    longest, or the oldest when the scheduler runs none of them yet (or they are no CalcJobs)."""
+    started = {label: running_since(workchain.ctx[label]) for label in labels}
+    running = sorted((time, index) for index, time in enumerate(started.values()) if time is not None)
+    return labels[running[0][1]] if running else labels[0]
+
+
 def window_is_open(workchain: WorkChain, name: str, total: int) -> bool:
     """Whether the window ``name`` over ``total`` children still has some to launch or alive."""
     return launched_count(workchain, name) < total or bool(alive_children(workchain, name))
@@ -49,7 +72,7 @@ def fill_window(
     launch: Callable[[int], orm.ProcessNode],
 ) -> tuple[range, ToContext | None]:
     """Launch the next children (``launch(index)``, kept in the context under ``labels[index]``) until
-    ``limit`` are alive; return the indices launched now and what to wait for: the oldest alive child.
+    ``limit`` are alive; return the indices launched now and what to wait for: :func:`first_to_finish`.
 
     An exception raised by ``launch`` leaves the children launched before it in the window.
     """
@@ -65,4 +88,7 @@ def fill_window(
     finally:
         ctx[f"{name}_alive"] = alive
     launched = range(first, ctx[f"{name}_launched"])
-    return launched, (ToContext(**{alive[0]: ctx[alive[0]]}) if alive else None)
+    if not alive:
+        return launched, None
+    label = first_to_finish(workchain, alive)
+    return launched, ToContext(**{label: ctx[label]})
