@@ -194,7 +194,8 @@ class CartesianTensorPotential(ConstantsModule):
         energy = node_energy.new_zeros((*members, num_graphs)).index_add(-1, graph_of_atom, node_energy)
         outputs = Outputs(energy=energy, node_energy=node_energy)
         if compute_descriptors:
-            counts = torch.bincount(graph_of_atom, minlength=num_graphs).to(energy.dtype)
+            ones = torch.ones_like(graph_of_atom, dtype=energy.dtype)
+            counts = energy.new_zeros(num_graphs).index_add(0, graph_of_atom, ones)  # bincount syncs on a GPU
             summed = invariants.new_zeros((*members, num_graphs, invariants.shape[-1])).index_add(-2, graph_of_atom, invariants)
             outputs.descriptors = summed / counts[:, None]
         if compute_forces or compute_stress:
