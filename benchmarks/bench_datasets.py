@@ -3,9 +3,10 @@
 (a) 50 merges of 200 new frames onto a 10,000-frame set (32-atom Cu cells with energy, forces,
     stress, ``label_uuid`` and ``source_frame``): the bytes of the profile's repository against
     the bytes of the final frames stored once; (b) frames per second of ``get_atoms`` on the final
-    set and of the merges; (c) 100,000 frames of 32 atoms read into the trainer's graphs, the file
-    read and the graph construction (``frames_to_graphs`` as the trainer calls it: structure
-    checks, matscipy neighbour lists at the model's r_max) timed apart.
+    set and of the merges; (c) 100,000 frames of 32 atoms (in frame stores of 10,000) read into
+    the trainer's graphs at the model's r_max: before, as Atoms through ``frames_to_graphs`` with
+    matscipy neighbour lists (10,000 frames, also with vesin's); now, from the columns
+    (``store_graphs``), first with an empty edge cache, then again with the cached edges.
 
 "Before" is the extxyz dataset and the merge that rewrote every frame into a new extxyz file (the
 code before the frame store, reproduced here), run at a tenth of the sizes (``--before-scale``) to
@@ -24,6 +25,7 @@ import json
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from unittest import mock
 
 import numpy as np
 from aiida import load_profile
@@ -34,8 +36,10 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
+from tace_aiida.model import neighbours
 from tace_aiida.model.data import LabelKeys, frames_to_graphs
 from tace_aiida.model.frames import read_columns, read_frames, write_frames
+from tace_aiida.model.graph_store import store_graphs
 from tace_aiida.model.potential import ModelConfig
 
 from tace_aiida.calculations.functions import merge_datasets
@@ -118,35 +122,63 @@ def campaign(initial: int, merges: int, per_merge: int, make, merge) -> dict:
     }
 
 
-def graphs(count: int, before_count: int, workdir: Path) -> dict:
-    """Read ``count`` frames of 32 atoms from a frame store into graphs; extxyz with ``before_count`` frames."""
+def atoms_graph_seconds(paths: list[Path], r_max: float) -> tuple[float, int]:
+    """(seconds, frames) to read ``paths`` as Atoms and build their graphs (``frames_to_graphs``)."""
+    started, frames = time.perf_counter(), 0
+    for path in paths:
+        atoms_list = read_frames(path)
+        frames += len(frames_to_graphs(atoms_list, str(path), [29], r_max, LabelKeys()))
+    return time.perf_counter() - started, frames
+
+
+def column_graph_seconds(paths: list[Path], r_max: float, cache: Path) -> tuple[float, int]:
+    """(seconds, edges) to read ``paths`` as columns and build their graphs with the edge cache in ``cache``."""
+    started, edges = time.perf_counter(), 0
+    for path in paths:
+        built = store_graphs(path, read_columns(path), [29], r_max, LabelKeys(), cache_dir=cache)
+        edges += sum(graph["edge_index"].shape[1] for graph in built)
+    return time.perf_counter() - started, edges
+
+
+def graphs(count: int, shards: int, workdir: Path) -> dict:
+    """Read ``count`` frames of 32 atoms from ``shards`` frame stores into graphs (the graphs of one
+    store held at a time); extxyz and the per-Atoms graph builder with the first store's frames."""
     frames = copper_frames(count)
-    path, text_path = workdir / "frames.h5", workdir / "frames.extxyz"
+    shard = count // shards
+    paths = [workdir / f"shard_{index}.h5" for index in range(shards)]
+    text_path = workdir / "frames.extxyz"
     started = time.perf_counter()
-    write_frames(path, frames)
+    for index, path in enumerate(paths):
+        write_frames(path, frames[index * shard : (index + 1) * shard])
     write_seconds = time.perf_counter() - started
-    write(text_path, frames[:before_count], format="extxyz")
+    write(text_path, frames[:shard], format="extxyz")
     del frames
     timings = {}
-    for name, reader in (("h5_columns", lambda: read_columns(path)), ("h5_atoms", lambda: read_frames(path)),
+    for name, reader in (("h5_columns", lambda: [read_columns(p) for p in paths]), ("h5_atoms", lambda: [read_frames(p) for p in paths]),
                          ("extxyz_atoms", lambda: read(text_path, ":"))):
         started = time.perf_counter()
         result = reader()
         timings[name] = time.perf_counter() - started
-    atoms_list = read_frames(path)
-    r_max, keys, edges = ModelConfig.r_max, LabelKeys(), 0
-    started = time.perf_counter()
-    for start in range(0, count, 1000):  # graphs of 10^5 dense cells take ~6 GB: built 1,000 at a time and dropped
-        chunk = frames_to_graphs(atoms_list[start : start + 1000], str(path), [29], r_max, keys)
-        edges += sum(graph["edge_index"].shape[1] for graph in chunk)
-    graph_seconds = time.perf_counter() - started
     del result
+    r_max = ModelConfig.r_max
+    with mock.patch.object(neighbours, "VESIN_QUANTITIES", frozenset()):  # every neighbour list from matscipy
+        matscipy_seconds, before_frames = atoms_graph_seconds(paths[:1], r_max)
+    vesin_seconds, _ = atoms_graph_seconds(paths[:1], r_max)
+    with TemporaryDirectory() as cache:
+        first_seconds, edges = column_graph_seconds(paths, r_max, Path(cache))
+        cached_seconds, _ = column_graph_seconds(paths, r_max, Path(cache))
+        cache_bytes = sum(path.stat().st_size for path in Path(cache).iterdir())
     return {
-        "frames": count, "write_h5_s": write_seconds, "h5_bytes": path.stat().st_size,
+        "frames": count, "shard_frames": shard, "write_h5_s": write_seconds, "h5_bytes": sum(p.stat().st_size for p in paths),
         "read_h5_columns_s": timings["h5_columns"], "read_h5_atoms_s": timings["h5_atoms"],
-        "read_extxyz_frames": before_count, "read_extxyz_s": timings["extxyz_atoms"],
-        "read_extxyz_s_per_100k": timings["extxyz_atoms"] * 100_000 / before_count,
-        "graph_build_s": graph_seconds, "edges_per_frame": edges / count, "r_max": r_max,
+        "read_extxyz_frames": shard, "read_extxyz_s": timings["extxyz_atoms"],
+        "read_extxyz_s_per_100k": timings["extxyz_atoms"] * 100_000 / shard,
+        "atoms_graph_frames": before_frames,
+        "atoms_matscipy_frames_per_s": before_frames / matscipy_seconds,
+        "atoms_vesin_frames_per_s": before_frames / vesin_seconds,
+        "columns_first_s": first_seconds, "columns_first_frames_per_s": count / first_seconds,
+        "columns_cached_s": cached_seconds, "columns_cached_frames_per_s": count / cached_seconds,
+        "cache_bytes": cache_bytes, "edges_per_frame": edges / count, "r_max": r_max,
     }
 
 
@@ -168,8 +200,12 @@ def table(results: dict) -> str:
         (f"read {graph['frames']:,} frames of 32 atoms, s", f"{graph['read_extxyz_s_per_100k'] / per_100k:.1f} (extxyz; "
          f"{graph['read_extxyz_frames']:,} frames read, scaled)",
          f"{graph['read_h5_columns_s']:.2f} as arrays, {graph['read_h5_atoms_s']:.1f} as Atoms"),
-        (f"build their graphs (r_max {graph['r_max']} Å, {graph['edges_per_frame']:.0f} edges/frame), s",
-         "the same builder", f"{graph['graph_build_s']:.1f}"),
+        (f"read and build their graphs (r_max {graph['r_max']} Å, {graph['edges_per_frame']:.0f} edges/frame), frames/s",
+         f"{graph['atoms_matscipy_frames_per_s']:,.0f} (Atoms, matscipy; {graph['atoms_graph_frames']:,} frames)",
+         f"{graph['columns_first_frames_per_s']:,.0f} first build, {graph['columns_cached_frames_per_s']:,.0f} with cached edges "
+         f"(Atoms with vesin: {graph['atoms_vesin_frames_per_s']:,.0f})"),
+        (f"... the {graph['frames']:,} frames, s", f"{graph['frames'] / graph['atoms_matscipy_frames_per_s']:.0f} (extrapolated)",
+         f"{graph['columns_first_s']:.1f} first, {graph['columns_cached_s']:.1f} cached"),
     ]
     lines = ["| | before (extxyz, merge rewrites) | after (HDF5 shards) |", "|---|---|---|"]
     return "\n".join(lines + [f"| {a} | {b} | {c} |" for a, b, c in rows])
@@ -190,7 +226,7 @@ def main() -> None:
     scale = args.before_scale
     results["before"] = campaign(initial // scale, merges, max(1, per_merge // scale), extxyz_dataset, merge_rewriting)
     with TemporaryDirectory() as workdir:
-        results["graphs"] = graphs(graph_frames, graph_frames // scale, Path(workdir))
+        results["graphs"] = graphs(graph_frames, scale, Path(workdir))
     results["table"] = table(results)
     print(results["table"])
     if args.output:

@@ -12,6 +12,7 @@ from typing import get_type_hints
 import yaml
 
 from .data import is_device
+from .graph_store import cache_directory
 from .potential import ModelConfig
 from .validation import (
     NON_EMPTY,
@@ -83,6 +84,9 @@ class TrainingConfig:
     spent training, summed over the jobs of a resumed training.
     ``atomic_energies`` maps atomic number -> E0 (eV); without it ``e0s_file`` (an extxyz of
     isolated atoms) is used, else E0s are fitted by least squares.
+    ``graph_cache_dir`` is the folder where the graph edges of HDF5 frame stores are cached
+    (:mod:`.graph_store`); null: ``$TACE_GRAPH_CACHE``, else ``~/.cache/tace-aiida/graphs``;
+    ``off`` builds without a cache.
     """
 
     train_file: str | list[str]
@@ -121,6 +125,7 @@ class TrainingConfig:
     restart_name: str = "restart.pt"
     resume_from: str | None = None
     progress_bar: bool = True
+    graph_cache_dir: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.atomic_energies, dict):
@@ -150,7 +155,10 @@ class TrainingConfig:
             raise ValueError("the training settings need 'train_file' (an extxyz or .h5 file of labelled structures, or a list of them)")
         config = cls(**data)
         base = Path(base_dir)
-        for name in ("train_file", "valid_file", "test_file", "e0s_file", "init_checkpoint", "resume_from", "output_dir"):
+        paths = ["train_file", "valid_file", "test_file", "e0s_file", "init_checkpoint", "resume_from", "output_dir"]
+        if cache_directory(config.graph_cache_dir) is not None:
+            paths.append("graph_cache_dir")
+        for name in paths:
             value = getattr(config, name)
             if isinstance(value, list):
                 setattr(config, name, [os.path.normpath(base / Path(item).expanduser()) for item in value])

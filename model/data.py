@@ -1,4 +1,4 @@
-"""Data pipeline: ASE Atoms -> graph tensors (neighbour lists from matscipy) -> batches.
+"""Data pipeline: ASE Atoms -> graph tensors (neighbour lists from :mod:`.neighbours`) -> batches.
 
 A graph is a dict of tensors:
 
@@ -139,6 +139,24 @@ def atoms_to_graph(
     return graph
 
 
+def frame_graph(
+    atoms: Atoms,
+    source: str,
+    index: int,
+    atomic_numbers: Sequence[int],
+    r_max: float,
+    keys: LabelKeys | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, Tensor]:
+    """:func:`atoms_to_graph` after :func:`check_structure`; an error names ``source`` (the file),
+    the frame's ``index`` and its formula."""
+    try:
+        check_structure(atoms)
+        return atoms_to_graph(atoms, atomic_numbers, r_max, keys, dtype)
+    except ValueError as error:
+        raise ValueError(f"{source}, frame {index} ({atoms.get_chemical_formula()}): {error}") from None
+
+
 def frames_to_graphs(
     frames: Sequence[Atoms],
     source: str,
@@ -147,16 +165,8 @@ def frames_to_graphs(
     keys: LabelKeys | None = None,
     dtype: torch.dtype | None = None,
 ) -> list[dict[str, Tensor]]:
-    """:func:`atoms_to_graph` of every frame after :func:`check_structure`; an error names ``source``
-    (the file), the frame's index and its formula."""
-    graphs = []
-    for index, atoms in enumerate(frames):
-        try:
-            check_structure(atoms)
-            graphs.append(atoms_to_graph(atoms, atomic_numbers, r_max, keys, dtype))
-        except ValueError as error:
-            raise ValueError(f"{source}, frame {index} ({atoms.get_chemical_formula()}): {error}") from None
-    return graphs
+    """:func:`frame_graph` of every frame."""
+    return [frame_graph(atoms, source, index, atomic_numbers, r_max, keys, dtype) for index, atoms in enumerate(frames)]
 
 
 def collate(graphs: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:

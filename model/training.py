@@ -27,7 +27,8 @@ from .checkpoint import load_model, save_checkpoint
 from .config import TrainingConfig
 from .data import LabelKeys, collate, frames_to_graphs, resolve_device, to_device
 from .evaluation import evaluate
-from .frames import is_frame_file, read_frames
+from .frames import FrameColumns, is_frame_file, read_columns
+from .graph_store import cache_directory, store_graphs
 from .potential import CartesianTensorPotential, ModelConfig
 from .restart import RestartError, load_restart, save_restart
 from .statistics import average_num_neighbors, fit_atomic_energies, interaction_energy_statistics
@@ -44,13 +45,51 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def read_training_files(path: str | Path | Sequence[str | Path]) -> list[Atoms]:
-    """The frames of an extxyz file, an HDF5 frame store (``.h5``, :mod:`.frames`) or a list of such files, in order."""
+def training_sources(path: str | Path | Sequence[str | Path]) -> list[tuple[str, FrameColumns | list[Atoms]]]:
+    """Each file of ``path`` (an extxyz file, an HDF5 frame store, ``.h5``, :mod:`.frames`, or a list
+    of such files), in order, with its frames: a store's as columns, an extxyz file's as Atoms."""
     paths = [path] if isinstance(path, (str, Path)) else path
-    frames = [atoms for item in paths for atoms in (read_frames(item) if is_frame_file(item) else read_structures(item))]
-    if not frames:
+    sources = [(str(item), read_columns(item) if is_frame_file(item) else read_structures(item)) for item in paths]
+    if not any(len(frames) for _, frames in sources):
         raise ValueError(f"{path} holds no structures")
+    return sources
+
+
+def read_training_files(path: str | Path | Sequence[str | Path]) -> list[Atoms]:
+    """The frames of :func:`training_sources` as Atoms, in order."""
+    return [atoms for _, frames in training_sources(path) for atoms in as_atoms(frames)]
+
+
+def as_atoms(frames: FrameColumns | list[Atoms]) -> list[Atoms]:
+    """The frames of one source as Atoms (a store's labels on a SinglePointCalculator)."""
+    if isinstance(frames, FrameColumns):
+        return [frames.frame(index) for index in range(len(frames))]
     return frames
+
+
+def frame_numbers(frames: FrameColumns | list[Atoms]) -> np.ndarray:
+    """[n_atoms] atomic numbers of all frames."""
+    if isinstance(frames, FrameColumns):
+        return frames.numbers
+    return np.concatenate([atoms.numbers for atoms in frames]) if frames else np.zeros(0, dtype=int)
+
+
+def source_species(sources: Sequence[tuple[str, FrameColumns | list[Atoms]]]) -> set[int]:
+    """Atomic numbers present in any frame of ``sources``."""
+    return {int(z) for _, frames in sources for z in np.unique(frame_numbers(frames))}
+
+
+def source_graphs(sources: Sequence[tuple[str, FrameColumns | list[Atoms]]], atomic_numbers: Sequence[int], r_max: float,
+                  keys: LabelKeys, cache_dir: Path | None) -> list[dict[str, Tensor]]:
+    """The graphs of every frame of ``sources``, in order: a store's built from its columns with
+    edges cached in ``cache_dir`` (:func:`.graph_store.store_graphs`), an extxyz file's from Atoms."""
+    graphs = []
+    for path, frames in sources:
+        if isinstance(frames, FrameColumns):
+            graphs += store_graphs(path, frames, atomic_numbers, r_max, keys, cache_dir=cache_dir)
+        else:
+            graphs += frames_to_graphs(frames, path, atomic_numbers, r_max, keys)
+    return graphs
 
 
 def split_train_valid(items: Sequence[T], valid_fraction: float, seed: int) -> tuple[list[T], list[T]]:
@@ -115,22 +154,23 @@ class PreparedData:
 def prepare_data(config: TrainingConfig, base_model: ModelConfig | None = None) -> PreparedData:
     """Read, check, convert and split the data; derive species, E0s and statistics (or reuse a base model's).
 
-    Every file is read and every structure and label checked (:func:`frames_to_graphs`,
-    :func:`check_label_coverage`) before anything is trained or written. The species are those of
-    the training and validation files (all ensemble members get the same, bootstrapped or not).
+    Every file is read and every structure and label checked (:func:`source_graphs`,
+    :func:`check_label_coverage`) before anything is trained or written; the edges of frame
+    stores are cached in ``config.graph_cache_dir`` (:func:`.graph_store.cache_directory`). The
+    species are those of the training and validation files (all ensemble members get the same,
+    bootstrapped or not).
     """
     label_keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key)
     files = {"train": config.train_file, "valid": config.valid_file, "test": config.test_file}
-    frames = {name: read_training_files(path) for name, path in files.items() if path is not None}
+    sources = {name: training_sources(path) for name, path in files.items() if path is not None}
     settings = base_model.to_dict() if base_model is not None else dict(config.model)
     r_max = settings.get("r_max", ModelConfig.r_max)
     if base_model is not None:
         atomic_numbers = base_model.atomic_numbers
     else:
-        fitted = frames["train"] + frames.get("valid", [])
-        atomic_numbers = sorted({int(z) for atoms in fitted for z in atoms.numbers})
-    graphs = {name: frames_to_graphs(frames[name], files[name], atomic_numbers, r_max, label_keys)
-              for name in frames}
+        atomic_numbers = sorted(source_species(sources["train"] + sources.get("valid", [])))
+    cache_dir = cache_directory(config.graph_cache_dir)
+    graphs = {name: source_graphs(sources[name], atomic_numbers, r_max, label_keys, cache_dir) for name in sources}
     for name in ("train", "valid"):
         if name in graphs:
             check_label_coverage(graphs[name], files[name], config)
