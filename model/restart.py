@@ -17,7 +17,7 @@ FORMAT_VERSION = 1
 #: Training settings a resumed run may change: how long it runs and where it writes, not what it learns.
 RESUMABLE_CHANGES = frozenset({
     "max_epochs", "time_budget", "patience", "output_dir", "progress_bar", "device", "resume_from",
-    "train_file", "valid_file", "test_file", "e0s_file", "init_checkpoint",
+    "train_file", "valid_file", "test_file", "e0s_file", "init_checkpoint", "graph_cache_dir",
 })
 
 

@@ -24,6 +24,16 @@ DATA = Path(__file__).parent / "data"
 SPECIES_3BPA = [1, 6, 7, 8]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def graph_cache(tmp_path_factory) -> Iterator[Path]:
+    """Edges cached by training go to a folder of the test session, not the user's ``~/.cache`` (inherited by
+    the processes the tests start: dask workers, daemons)."""
+    folder = tmp_path_factory.mktemp("graph-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TACE_GRAPH_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture
 def float64():
     """Run the test with float64 as torch's default dtype, then restore it."""
