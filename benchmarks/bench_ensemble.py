@@ -8,12 +8,20 @@ saved as checkpoints and run through :class:`TACECalculator` under Langevin dyna
 steps after one warm-up step, configurations alternate over ``--rounds`` rounds and the best
 round counts (the machine may be shared). Wall-clock times, ``--threads`` torch threads.
 
-    python benchmarks/bench_ensemble.py            # about 3 minutes on one CPU core
+``--malloc keep`` (the default, as ``tace-md`` runs) makes glibc keep freed memory for reuse
+(:func:`~tace_aiida.model.calculator.keep_freed_memory`); ``--malloc default`` leaves glibc's
+allocator as it is, which page-faults the large per-edge tensors in again at every step.
+``--output`` appends the run (settings and steps per second) to a JSON file.
+
+    python benchmarks/bench_ensemble.py            # about 2 minutes on one CPU core
+    python benchmarks/bench_ensemble.py --malloc default --output benchmarks/results/bench_ensemble.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +33,7 @@ from ase.build import bulk
 from ase.io import read
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
-from tace_aiida.model.calculator import TACECalculator
+from tace_aiida.model.calculator import TACECalculator, keep_freed_memory
 from tace_aiida.model.checkpoint import save_checkpoint
 from tace_aiida.model.data import edges_within_cutoff
 from tace_aiida.model.potential import CartesianTensorPotential, ModelConfig
@@ -87,8 +95,13 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     parser.add_argument("--steps", type=int, nargs=2, default=[20, 3], metavar=("MOLECULE", "CELL"),
                         help="timed MD steps per configuration for the molecule and the cell")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                        help="keep: glibc keeps freed memory for reuse (as tace-md); default: glibc as it is")
+    parser.add_argument("--output", type=Path, help="JSON file the run is appended to")
     args = parser.parse_args()
+    if args.malloc == "keep" and not keep_freed_memory():
+        parser.error("--malloc keep needs glibc")
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     rows = []
@@ -109,7 +122,8 @@ def main() -> None:
                     best[key] = max(best[key], steps_per_second(atoms, calculator, steps))
             rows.append((name, best, difference))
             print(f"{name}: {best} (batched - one by one: {difference:.1e})", flush=True)
-    print(f"\nMD steps/s, Langevin 0.5 fs, {args.dtype}, {args.threads} thread(s), best of {args.rounds} rounds")
+    print(f"\nMD steps/s, Langevin 0.5 fs, {args.dtype}, {args.threads} thread(s), malloc {args.malloc}, "
+          f"best of {args.rounds} rounds")
     print(f"{'system':30} {'1 member':>9} {'4 one by one':>13} {'4 batched':>10} {'cost 4 1-by-1':>14} {'cost 4 batched':>15} {'max |diff|':>11}")
     for name, best, difference in rows:
         one = best["1 member"]
@@ -118,6 +132,15 @@ def main() -> None:
             f"{one / best['4 one by one']:13.2f}x {one / best['4 batched']:14.2f}x {difference:11.1e}"
         )
     print("cost = time per MD step relative to 1 member (goal for 4 members: at most 2x)")
+    if args.output:
+        runs = json.loads(args.output.read_text()) if args.output.exists() else []
+        runs.append({
+            "settings": {**{k: v for k, v in vars(args).items() if k != "output"}, "torch": torch.__version__,
+                         "machine": platform.machine(), "processor": platform.processor()},
+            "steps_per_second": {name: best for name, best, _ in rows},
+            "max_difference_batched_vs_one_by_one": {name: difference for name, _, difference in rows},
+        })
+        args.output.write_text(json.dumps(runs, indent=1) + "\n")
 
 
 if __name__ == "__main__":

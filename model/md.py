@@ -40,7 +40,7 @@ from ase.md.nose_hoover_chain import IsotropicMTKNPT
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 
-from .calculator import TACECalculator
+from .calculator import TACECalculator, keep_freed_memory
 from .checkpoint import read_checkpoint
 from .data import is_device, species_indices
 from .validation import (
@@ -224,6 +224,7 @@ def main(folder: Path | None = None) -> int:
         atoms = read_structures(folder / STRUCTURE)[-1]
         checkpoints = [folder / path for path in settings.checkpoints]
         check_start(atoms, checkpoints)
+        keep_freed_memory()
         calculator = TACECalculator(checkpoints, device=settings.device)
         arrays, summary = run_md(atoms, settings, calculator)
     except (ValueError, OSError) as error:

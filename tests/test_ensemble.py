@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import pytest
 import torch
-from tace_aiida.model.calculator import TACECalculator
+from tace_aiida.model.calculator import TACECalculator, keep_freed_memory
 from tace_aiida.model.checkpoint import load_model, save_checkpoint
 from tace_aiida.model.data import atoms_to_graph, collate
 from tace_aiida.model.ensemble import StackedEnsemble, stacking_obstacle
@@ -79,3 +81,15 @@ def test_batching_by_default_on_gpus_only(ensemble_checkpoints):
 def test_members_in_different_dtypes_are_not_stacked(ensemble_checkpoints):
     models = [load_model(ensemble_checkpoints[0])[0], load_model(ensemble_checkpoints[1], dtype=torch.float32)[0]]
     assert "float32" in stacking_obstacle(models)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keeping_freed_memory_leaves_results_unchanged(ensemble_checkpoints):
+    atoms = periodic_cell(seed=3)
+    calculator = TACECalculator(ensemble_checkpoints, device="cpu")
+    calculator.calculate(atoms, ["energy"])
+    before = dict(calculator.results)
+    assert keep_freed_memory()
+    calculator.calculate(atoms, ["energy"])
+    for name, value in before.items():
+        assert np.array_equal(np.asarray(calculator.results[name]), np.asarray(value)), name
