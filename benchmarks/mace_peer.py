@@ -138,14 +138,16 @@ def load_mace_calculator(model_path: Path, dtype: str) -> MACECalculator:
     return calculator
 
 
-def train_mace(train: list[Atoms], valid: list[Atoms], settings: MatchedSettings, workdir: Path) -> TrainedModel:
-    """Train mace-torch with ``settings`` in a new or empty ``workdir``; E0s from ``iso_atoms.xyz``."""
+def train_mace(train: list[Atoms], valid: list[Atoms], settings: MatchedSettings, workdir: Path,
+               e0s: dict[int, float] | None = None) -> TrainedModel:
+    """Train mace-torch with ``settings`` in a new or empty ``workdir``; E0s (eV) ``e0s``, else from 3BPA's
+    ``iso_atoms.xyz``."""
     if workdir.exists() and any(workdir.iterdir()):
         raise FileExistsError(f"{workdir} is not empty; mace-torch would reuse its logs and checkpoints")
     workdir.mkdir(parents=True, exist_ok=True)
     _write_labelled(train, workdir / "train.xyz")
     _write_labelled(valid, workdir / "valid.xyz")
-    args = mace_cli_args(settings, workdir, read_e0s())
+    args = mace_cli_args(settings, workdir, e0s if e0s is not None else read_e0s())
     log = workdir / "logs" / f"{RUN_NAME}_run-{settings.seed}.log"
     _run(args, workdir, log, settings.time_budget_s)
     stamps = _validation_times(log.read_text())

@@ -16,12 +16,13 @@ from benchmarks.common import MatchedSettings, TrainedModel, read_e0s
 NAME = "tace-aiida"
 
 
-def tace_config(settings: MatchedSettings, workdir: Path) -> TrainingConfig:
-    """Training settings of tace-aiida that match ``settings`` (see :class:`MatchedSettings`)."""
+def tace_config(settings: MatchedSettings, workdir: Path, e0s: dict[int, float] | None = None) -> TrainingConfig:
+    """Training settings of tace-aiida that match ``settings`` (see :class:`MatchedSettings`); E0s (eV) ``e0s``,
+    else from 3BPA's ``iso_atoms.xyz``."""
     return TrainingConfig(
         train_file=str(workdir / "train.xyz"),
         valid_file=str(workdir / "valid.xyz"),
-        atomic_energies=read_e0s(),
+        atomic_energies=e0s if e0s is not None else read_e0s(),
         model={
             "num_interactions": settings.num_layers,
             "r_max": settings.r_max,
@@ -51,12 +52,13 @@ def tace_config(settings: MatchedSettings, workdir: Path) -> TrainingConfig:
     )
 
 
-def train_tace(train_frames: list[Atoms], valid: list[Atoms], settings: MatchedSettings, workdir: Path) -> TrainedModel:
-    """Train tace-aiida's potential with ``settings`` in ``workdir``; E0s from ``iso_atoms.xyz``."""
+def train_tace(train_frames: list[Atoms], valid: list[Atoms], settings: MatchedSettings, workdir: Path,
+               e0s: dict[int, float] | None = None) -> TrainedModel:
+    """Train tace-aiida's potential with ``settings`` in ``workdir``; E0s as in :func:`tace_config`."""
     workdir.mkdir(parents=True, exist_ok=True)
     write(workdir / "train.xyz", train_frames, format="extxyz")
     write(workdir / "valid.xyz", valid, format="extxyz")
-    summary = train(tace_config(settings, workdir))
+    summary = train(tace_config(settings, workdir, e0s))
     epochs = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
     return TrainedModel(
         name=NAME,
