@@ -4,11 +4,21 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import plumpy
 import pytest
 from aiida import orm
 from aiida.common.links import LinkType
-from aiida.engine import ProcessState
-from tace_aiida.workflows.resubmission import ABANDONED_STATUS, abandon, can_still_run, existing_child
+from aiida.engine import ProcessState, WorkChain
+from aiida.manage import get_manager
+from tace_aiida.workflows.resubmission import (
+    ABANDONED_STATUS,
+    INTERRUPTED_STATUS,
+    ClosesInterruptedCalcfunctions,
+    abandon,
+    can_still_run,
+    close_interrupted_calcfunctions,
+    existing_child,
+)
 
 
 def child_of(parent: orm.WorkflowNode, link_label: str, state: ProcessState, checkpoint: str | None) -> orm.WorkflowNode:
@@ -49,3 +59,42 @@ def test_the_newest_child_with_the_link_label_is_found(parent):
     workchain = SimpleNamespace(node=parent)
     assert existing_child(workchain, "train_1").pk == newer.pk != older.pk
     assert existing_child(workchain, "md_000") is None
+
+
+def calcfunction_child(parent: orm.WorkflowNode, state: ProcessState | None) -> orm.CalcFunctionNode:
+    node = orm.CalcFunctionNode()
+    if state is not None:
+        node.set_process_state(state)
+    node.base.links.add_incoming(parent, link_type=LinkType.CALL_CALC, link_label="split_into_chunks")
+    return node.store()
+
+
+def test_calcfunctions_left_unterminated_are_marked_excepted_and_the_rest_untouched(parent):
+    """A worker killed inside a step leaves the step's calcfunction in any state, even before it had one."""
+    never_started = calcfunction_child(parent, None)
+    running = calcfunction_child(parent, ProcessState.RUNNING)
+    finished = calcfunction_child(parent, ProcessState.FINISHED)
+    workflow = child_of(parent, "label", ProcessState.RUNNING, checkpoint="state: saved")
+    closed = close_interrupted_calcfunctions(parent)
+    assert {node.pk for node in closed} == {never_started.pk, running.pk}
+    for node in (never_started, running):
+        assert node.is_excepted and node.is_sealed and node.process_status == INTERRUPTED_STATUS
+    assert finished.is_finished and not finished.is_sealed
+    assert workflow.process_state == ProcessState.RUNNING, "a workflow child runs on its own; it is not closed"
+
+
+class WaitingWorkChain(ClosesInterruptedCalcfunctions, WorkChain):
+    """A workchain with nothing to do, to be saved and loaded again as the daemon does."""
+
+
+def test_a_workchain_loaded_from_its_checkpoint_closes_its_interrupted_calcfunctions(aiida_profile_clean):
+    runner = get_manager().get_runner()
+    workchain = runner.instantiate_process(WaitingWorkChain)
+    interrupted = calcfunction_child(workchain.node, None)
+    saved = plumpy.Bundle(workchain)
+    assert interrupted.process_state is None
+    loaded = saved.unbundle(plumpy.LoadSaveContext(runner=runner))
+    assert loaded.node.pk == workchain.node.pk
+    assert interrupted.is_excepted and interrupted.is_sealed
+    assert any(f"<{interrupted.pk}> was interrupted" in log.message
+               for log in orm.Log.collection.get_logs_for(workchain.node))

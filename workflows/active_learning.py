@@ -35,7 +35,7 @@ from .labelling.ase_batches import AseLabelBatchesWorkChain
 from .labelling.qe import QeLabelWorkChain
 from .protocol_builder import check_codes, choose_labeller, to_nodes
 from .report import calibration, iteration_entry
-from .resubmission import submit_once
+from .resubmission import ClosesInterruptedCalcfunctions, submit_once
 from .settings import StageSettings, StoppingSettings, read_stages
 from .train import TrainBaseWorkChain
 from .window import fill_window, open_window, window_is_open
@@ -108,7 +108,7 @@ def freeze_report(report: orm.Dict) -> orm.Dict:
     return orm.Dict(report.get_dict())
 
 
-class ActiveLearningWorkChain(ForcedKillReachesChildren, ProtocolMixin, WorkChain):
+class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfunctions, ProtocolMixin, WorkChain):
     """Active learning of an ensemble of Cartesian-tensor potentials."""
 
     @classmethod

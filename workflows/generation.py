@@ -23,7 +23,7 @@ from tace_aiida.generation.reuse import earlier_labels, labeller_key, with_defau
 from .decisions import label_failure_fraction, over_failure_budget
 from .labelling.ase_batches import AseLabelBatchesWorkChain
 from .labelling.qe import QeLabelWorkChain
-from .resubmission import submit_once
+from .resubmission import ClosesInterruptedCalcfunctions, submit_once
 from .settings import StoppingSettings
 
 LABELLERS = {"label_ase": AseLabelBatchesWorkChain, "label_qe": QeLabelWorkChain}
@@ -95,7 +95,7 @@ def assemble_dataset(structures: TrainingSetData, **labelled: TrainingSetData) -
     return TrainingSetData(shards=[labelled[label] for label in sorted(labelled)])
 
 
-class GenerateDatasetWorkChain(ForcedKillReachesChildren, WorkChain):
+class GenerateDatasetWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfunctions, WorkChain):
     """Generate variants of parent structures, deduplicate them, label what was not labelled before."""
 
     @classmethod

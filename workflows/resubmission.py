@@ -14,6 +14,10 @@ interrupted attempt created, by their call link label, and keeps them:
 
 A child that was sent is never marked killed here: a worker may be loading it at that very moment, and would
 overwrite the killed state and run it beside its replacement.
+
+A calcfunction runs inside its parent's step, in the same worker, so a worker that dies mid-way leaves it
+unterminated for ever, and the repeated step runs a new one. :class:`ClosesInterruptedCalcfunctions` marks such
+leftovers excepted when the parent is loaded from its checkpoint, so that no process of a finished run stays active.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from aiida import orm
 from aiida.common.links import LinkType
 from aiida.engine import ProcessBuilder, ProcessState, WorkChain
 
+INTERRUPTED_STATUS = "interrupted: the daemon worker running it died; its parent's step ran again"
 ABANDONED_STATUS = "abandoned: its parent's step was interrupted before this process was sent to a worker; the step submitted it again"
 
 
@@ -63,3 +68,28 @@ def submit_once(workchain: WorkChain, process: Any, link_label: str, **inputs: A
         return workchain.submit(process)
     metadata = {**inputs.pop("metadata", {}), "call_link_label": link_label}
     return workchain.submit(process, **inputs, metadata=metadata)
+
+
+def close_interrupted_calcfunctions(node: orm.WorkflowNode) -> list[orm.CalcFunctionNode]:
+    """Mark excepted and seal the calcfunctions called by ``node`` that never ended, and return them.
+
+    Only right for a workchain that is not running a step: then none of its calcfunctions can still be running.
+    """
+    interrupted = [child for child in node.called
+                   if isinstance(child, orm.CalcFunctionNode) and not child.is_terminated]
+    for child in interrupted:
+        child.set_process_state(ProcessState.EXCEPTED)
+        child.set_process_status(INTERRUPTED_STATUS)
+        child.seal()
+    return interrupted
+
+
+class ClosesInterruptedCalcfunctions:
+    """Mixin for a :class:`~aiida.engine.WorkChain`: when loaded from its checkpoint (after a daemon worker died),
+    the calcfunctions that worker was running are marked excepted; the step that called them runs again."""
+
+    def load_instance_state(self, saved_state, load_context):
+        super().load_instance_state(saved_state, load_context)
+        for child in close_interrupted_calcfunctions(self.node):
+            self.report(f"{child.process_label}<{child.pk}> was interrupted when its worker died: marked excepted; "
+                        "the step that called it runs again")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, calcfunction, while_
 from tace_aiida.workflows.killing import ForcedKillReachesChildren
-from tace_aiida.workflows.resubmission import submit_once
+from tace_aiida.workflows.resubmission import ClosesInterruptedCalcfunctions, submit_once
 from tace_aiida.workflows.window import fill_window, open_window, window_is_open
 
 from tace_aiida.calculations.label_ase import AseLabelCalculation
@@ -61,7 +61,7 @@ def combine_labels(size: orm.Int, failures: orm.List, **outputs: orm.Data) -> di
     return results
 
 
-class AseLabelBatchesWorkChain(ForcedKillReachesChildren, WorkChain):
+class AseLabelBatchesWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfunctions, WorkChain):
     """Label a training set with an ASE calculator in parallel jobs; failures per structure."""
 
     @classmethod

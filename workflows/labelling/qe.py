@@ -27,7 +27,7 @@ from ase import units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 from tace_aiida.workflows.killing import ForcedKillReachesChildren
-from tace_aiida.workflows.resubmission import submit_once
+from tace_aiida.workflows.resubmission import ClosesInterruptedCalcfunctions, submit_once
 from tace_aiida.workflows.window import fill_window, open_window, window_is_open
 
 from tace_aiida.data import TrainingSetData
@@ -153,7 +153,7 @@ def _describe_failure(node: orm.WorkflowNode) -> str:
     return f"{text.rstrip('.')}; last {_describe_process(calculations[-1])}" if calculations else text
 
 
-class QeLabelWorkChain(ForcedKillReachesChildren, WorkChain):
+class QeLabelWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfunctions, WorkChain):
     """Label every structure of a training set with pw.x (one ``PwBaseWorkChain`` each); failures per structure."""
 
     @classmethod
