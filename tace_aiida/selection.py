@@ -22,11 +22,12 @@ from sklearn.preprocessing import StandardScaler
 from tace_aiida.model.validation import Rule, at_least, check_dataclass, greater_than, one_of
 
 ACCURATE, CANDIDATE, FAILED = "accurate", "candidate", "failed"
+DIVERSITY_METHODS = ("kmeans", "fps", "maxdet", "lcmd", "none")
 
 #: Ranges of the settings (eV/Å, or dimensionless when ``relative``); trust_high may be inf.
 RULES: dict[str, Rule] = {
     "trust_low": at_least(0.0), "trust_high": greater_than(0.0), "relative_epsilon": greater_than(0.0),
-    "max_selected": at_least(1), "diversity": one_of("kmeans", "fps", "none"), "seed": at_least(0),
+    "max_selected": at_least(1), "diversity": one_of(*DIVERSITY_METHODS), "seed": at_least(0),
 }
 
 
@@ -47,13 +48,18 @@ class TrustWindow:
 
 @dataclass
 class SelectionSettings:
-    """How candidates are chosen: at most ``max_selected`` per call, ``diversity`` kmeans, fps or none."""
+    """How candidates are chosen: at most ``max_selected`` per call, ``diversity`` one of ``DIVERSITY_METHODS``.
+
+    With ``calibrate`` the loop multiplies every deviation by the scale fitted on the previous iteration's
+    labels (:mod:`tace_aiida.calibration`) before the trust window applies, so thresholds are expected errors.
+    """
 
     window: TrustWindow = field(default_factory=TrustWindow)
     family_windows: dict[str, TrustWindow] = field(default_factory=dict)
     max_selected: int = 20
     diversity: str = "kmeans"
     seed: int = 1
+    calibrate: bool = False
 
     def __post_init__(self) -> None:
         check_dataclass(self, RULES, "selection setting")
@@ -63,7 +69,7 @@ class SelectionSettings:
         """From a flat mapping: the window's settings, ``families`` (name -> window settings) and the rest."""
         data = dict(data)
         window_keys = {f.name for f in fields(TrustWindow)}
-        known = window_keys | {"families", "max_selected", "diversity", "seed"}
+        known = window_keys | {"families", "max_selected", "diversity", "seed", "calibrate"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown selection settings {sorted(unknown)}; known are {sorted(known)}")
@@ -115,12 +121,73 @@ def farthest_point_sampling(points: np.ndarray, count: int, first: int) -> list[
     return chosen
 
 
+def uncertainty_weighted_max_determinant(points: np.ndarray, deviation: np.ndarray, count: int) -> list[int]:
+    """Indices of ``count`` points chosen greedily to maximise the determinant of their kernel matrix.
+
+    The kernel ``k(i, j) = u_i u_j exp(-|x_i - x_j|^2 / 2 l^2)`` weights a Gaussian similarity of the
+    points ``[n, d]`` by their deviations ``u`` ``[n]`` (eV/Å), with ``l`` the median distance between
+    points: a batch of uncertain frames that are unlike one another (a determinantal point process, as in
+    batch active learning with gradient features; MAXDET). The greedy choice is a pivoted Cholesky
+    factorisation: each pick is the point of largest variance left after conditioning on the picks so far,
+    so the first is the most uncertain and a near copy of a pick is worth little.
+    """
+    count = min(count, len(points))
+    if count == 0:
+        return []
+    length = median_distance(points)
+    remaining = deviation.astype(float) ** 2
+    factors = np.zeros((len(points), count))
+    taken = np.zeros(len(points), dtype=bool)
+    chosen: list[int] = []
+    for step in range(count):
+        pivot = int(np.argmax(np.where(taken, -np.inf, remaining)))
+        chosen.append(pivot)
+        taken[pivot] = True
+        if remaining[pivot] <= 0.0:
+            continue
+        similarity = np.exp(-((points - points[pivot]) ** 2).sum(axis=1) / (2.0 * length**2))
+        column = deviation * deviation[pivot] * similarity - factors[:, :step] @ factors[pivot, :step]
+        factors[:, step] = column / np.sqrt(remaining[pivot])
+        remaining = np.maximum(remaining - factors[:, step] ** 2, 0.0)
+    return chosen
+
+
+def largest_cluster_max_distance(points: np.ndarray, count: int, first: int) -> list[int]:
+    """Indices of ``count`` points by LCMD: each point belongs to its nearest chosen point; the next pick is
+    the member farthest from its centre in the cluster with the largest sum of squared distances.
+
+    Unlike farthest-point sampling, the far edge of a small group does not win over a large, spread-out region.
+    """
+    chosen = [first]
+    distance = np.linalg.norm(points - points[first], axis=1)
+    nearest = np.zeros(len(points), dtype=int)
+    while len(chosen) < min(count, len(points)):
+        spread = np.bincount(nearest, weights=distance**2, minlength=len(chosen))
+        members = np.flatnonzero(nearest == int(spread.argmax()))
+        index = int(members[distance[members].argmax()])
+        chosen.append(index)
+        to_new = np.linalg.norm(points - points[index], axis=1)
+        closer = to_new < distance
+        nearest[closer], distance[closer] = len(chosen) - 1, to_new[closer]
+    return chosen
+
+
+def median_distance(points: np.ndarray, sample: int = 1000) -> float:
+    """Median Euclidean distance between points (of at most ``sample`` of them); 1 when all coincide."""
+    subset = points[np.linspace(0, len(points) - 1, min(sample, len(points))).astype(int)]
+    distances = np.linalg.norm(subset[:, None, :] - subset[None, :, :], axis=-1)
+    positive = distances[distances > 0.0]
+    return float(np.median(positive)) if positive.size else 1.0
+
+
 def pick_diverse(descriptors: np.ndarray, deviation: np.ndarray, settings: SelectionSettings) -> list[int]:
     """Up to ``max_selected`` of the candidates (rows), diverse in descriptor space.
 
     ``kmeans``: cluster the standardised descriptors into ``max_selected`` groups and take the most
     uncertain frame of each; ``fps``: farthest-point sampling starting from the most uncertain;
-    ``none``: the most uncertain ones. Returned most uncertain first.
+    ``lcmd``: largest cluster, maximum distance, starting from the most uncertain; ``maxdet``: the
+    greedy maximum determinant of the uncertainty-weighted kernel; ``none``: the most uncertain ones.
+    Returned most uncertain first.
     """
     count = min(settings.max_selected, len(deviation))
     if count == 0:
@@ -131,6 +198,10 @@ def pick_diverse(descriptors: np.ndarray, deviation: np.ndarray, settings: Selec
     scaled = StandardScaler().fit_transform(descriptors)
     if settings.diversity == "fps":
         chosen = farthest_point_sampling(scaled, count, first=by_uncertainty[0])
+    elif settings.diversity == "lcmd":
+        chosen = largest_cluster_max_distance(scaled, count, first=by_uncertainty[0])
+    elif settings.diversity == "maxdet":
+        chosen = uncertainty_weighted_max_determinant(scaled, deviation, count)
     else:
         clusters = KMeans(n_clusters=count, n_init=4, random_state=settings.seed).fit_predict(scaled)
         chosen = [max(np.flatnonzero(clusters == c), key=lambda i: deviation[i]) for c in np.unique(clusters)]

@@ -14,8 +14,10 @@ from tace_aiida.selection import (
     classify,
     farthest_point_sampling,
     frame_deviation,
+    largest_cluster_max_distance,
     pick_diverse,
     spearman_correlation,
+    uncertainty_weighted_max_determinant,
 )
 
 
@@ -40,7 +42,7 @@ def test_diversity_prefers_distinct_clusters_and_high_uncertainty():
     centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
     descriptors = np.concatenate([c + 0.1 * rng.normal(size=(20, 2)) for c in centres])
     deviation = rng.random(60)
-    for method in ("kmeans", "fps"):
+    for method in ("kmeans", "fps", "lcmd", "maxdet"):
         chosen = pick_diverse(descriptors, deviation, SelectionSettings(max_selected=3, diversity=method))
         assert sorted(i // 20 for i in chosen) == [0, 1, 2], method
     chosen = pick_diverse(descriptors, deviation, SelectionSettings(max_selected=3, diversity="kmeans"))
@@ -56,13 +58,55 @@ def test_farthest_point_sampling_spreads_out():
     assert farthest_point_sampling(points, 3, first=0) == [0, 3, 2]
 
 
+def test_max_determinant_starts_with_the_most_uncertain_and_skips_near_copies():
+    """Two near copies of the most uncertain frame are worth one: the second pick is elsewhere, though it is
+    less uncertain than the copy; a determinant over the batch is larger for distinct frames."""
+    points = np.array([[0.0, 0.0], [0.001, 0.0], [5.0, 0.0], [0.0, 5.0], [5.0, 5.0]])
+    deviation = np.array([1.0, 0.99, 0.5, 0.4, 0.3])
+    chosen = uncertainty_weighted_max_determinant(points, deviation, 3)
+    assert chosen[0] == 0 and 1 not in chosen
+    assert sorted(chosen[1:]) == [2, 3]
+
+
+def test_max_determinant_picks_maximise_the_kernel_determinant_among_greedy_alternatives():
+    """Each greedy pick is the one that makes the determinant of the chosen kernel block largest."""
+    rng = np.random.default_rng(3)
+    points, deviation = rng.normal(size=(12, 3)), rng.uniform(0.1, 1.0, size=12)
+    chosen = uncertainty_weighted_max_determinant(points, deviation, 4)
+    distances = ((points[:, None] - points[None]) ** 2).sum(-1)
+    length = np.median(np.sqrt(distances[distances > 0]))
+    kernel = np.outer(deviation, deviation) * np.exp(-distances / (2 * length**2))
+    for step in range(1, 4):
+        determinant = {i: np.linalg.det(kernel[np.ix_(chosen[:step] + [i], chosen[:step] + [i])])
+                       for i in range(12) if i not in chosen[:step]}
+        assert chosen[step] == max(determinant, key=determinant.get)
+
+
+def test_max_determinant_with_identical_points_still_returns_distinct_indices():
+    chosen = uncertainty_weighted_max_determinant(np.zeros((4, 2)), np.array([0.1, 0.4, 0.2, 0.3]), 3)
+    assert chosen[0] == 1 and len(set(chosen)) == 3
+
+
+def test_lcmd_splits_a_large_spread_region_before_a_small_group():
+    """After a far pair is reached, farthest-point sampling takes its second point (3 away); LCMD takes a point
+    of the 200-frame region (at most 2.9 from its centre), whose cluster has the larger sum of squares."""
+    rng = np.random.default_rng(1)
+    region = rng.uniform(0.0, 4.0, size=(200, 2))
+    points = np.concatenate([[[2.0, 2.0]], region, [[20.0, 23.0], [20.0, 20.0]]])
+    pair = {len(points) - 2, len(points) - 1}
+    assert set(farthest_point_sampling(points, 3, first=0)[1:]) == pair
+    chosen = largest_cluster_max_distance(points, 3, first=0)
+    assert chosen[:2] == [0, len(points) - 2] and 1 <= chosen[2] <= 200
+    assert len(set(largest_cluster_max_distance(points, 10, first=0))) == 10
+
+
 def test_settings_from_dict_and_families():
     settings = SelectionSettings.from_dict({"trust_low": 0.02, "trust_high": 0.2, "max_selected": 5,
                                             "families": {"hot": {"trust_low": 0.1, "trust_high": 0.4}}})
     assert settings.window_for(None).trust_low == 0.02
     assert settings.window_for("hot").trust_high == 0.4
     assert settings.window_for("cold").trust_high == 0.2
-    with pytest.raises(ValueError, match="selection setting diversity='random' must be one of 'kmeans', 'fps', 'none'"):
+    with pytest.raises(ValueError, match="selection setting diversity='random' must be one of 'kmeans', 'fps', 'maxdet', 'lcmd', 'none'"):
         SelectionSettings(diversity="random")
 
 
