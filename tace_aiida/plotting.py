@@ -54,6 +54,13 @@ def plot_uncertainty_histograms(deviations: dict[int, np.ndarray], trust: tuple[
     return path
 
 
+def calibration_legend(data: dict) -> str:
+    """`` (ρ = 0.71, s = 2.3, area 0.12)``: rank correlation, fitted scale, miscalibration area (unscaled)."""
+    parts = [f"{symbol}{data[key]:.2f}" for key, symbol in
+             (("spearman", "ρ = "), ("scale", "s = "), ("miscalibration_area", "area ")) if data.get(key) is not None]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def plot_calibration(iterations: list[dict], path: Path) -> Path:
     """Predicted max force deviation against the actual max force error of each new label (eV/Å)."""
     figure, axes = plt.subplots(figsize=(5, 5))
@@ -62,8 +69,7 @@ def plot_calibration(iterations: list[dict], path: Path) -> Path:
         data = entry.get("calibration") or {}
         predicted, actual = data.get("predicted_max_force_std", []), data.get("actual_max_force_error", [])
         if predicted:
-            rho = data.get("spearman")
-            label = f"iteration {entry['iteration']}" + (f" (ρ = {rho:.2f})" if rho is not None else "")
+            label = f"iteration {entry['iteration']}" + calibration_legend(data)
             axes.scatter(predicted, actual, s=12, label=label)
             largest = max(largest, max(predicted), max(actual))
     axes.plot([0, largest], [0, largest], "k:")

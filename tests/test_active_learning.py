@@ -141,3 +141,20 @@ def test_md_runs_beyond_max_concurrent_wait_for_the_earlier_ones(fast_polling, i
     assert second.ctime >= first.mtime, "the second MD run was created after the first had ended"
     messages = [log.message for log in orm.Log.collection.get_logs_for(node)]
     assert any(message.endswith("iteration 1: launched MD runs 1 to 1 of 2") for message in messages), messages
+
+
+def test_a_calibrated_loop_scales_the_next_selection_and_md_threshold_by_the_fitted_scale(fast_polling, installed_code):
+    selection = {"trust_low": 0.0, "trust_high": 100.0, "max_selected": 3, "calibrate": True, "diversity": "maxdet"}
+    results, node = run_get_node(builder_for(installed_code, selection=selection))
+    first, second = results["report"].get_dict()["iterations"]
+    assert first["calibration"]["scale_used"] == 1.0
+    fitted = first["calibration"]["scale"]
+    assert fitted > 0.0 and fitted != pytest.approx(1.0), "EMT errors of tiny 2-epoch members are not the deviation"
+    assert second["calibration"]["scale_used"] == pytest.approx(fitted)
+    selections = sorted(called(node, "select_frames"), key=lambda n: n.pk)
+    assert selections[0].inputs.uncertainty_scale.value == 1.0
+    assert selections[1].inputs.uncertainty_scale.value == pytest.approx(fitted)
+    md = sorted(called(node, "tace.md"), key=lambda n: n.pk)
+    thresholds = [n.inputs.parameters["max_force_std"] for n in md]
+    assert thresholds[-1] == pytest.approx(thresholds[0] / fitted)
+    assert second["selected"] == 3

@@ -244,6 +244,7 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         self.ctx.stop_reason = None
         self.ctx.iterations = []
         self.ctx.calibration = None
+        self.ctx.uncertainty_scale = 1.0
         self.ctx.label_failures = 0
         self.ctx.dataset = self.inputs.get("dataset")
         self.ctx.ensemble = list(self.inputs.get("initial_ensemble", {}).values())
@@ -349,7 +350,7 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         stage = self.stages[self.ctx.stage]
         inputs = self.exposed_inputs(MDCalculation, "md")
         potentials = {f"member_{i}": p for i, p in enumerate(self.ctx.ensemble)}
-        threshold = stop_threshold(stage, self.selection_settings.window.trust_high)
+        threshold = stop_threshold(stage, self.selection_settings.window.trust_high) / self.ctx.uncertainty_scale
         labels = [f"iteration_{self.ctx.iteration:02d}_md_{index:03d}" for index in range(len(self.ctx.md_runs))]
 
         def launch(index: int) -> orm.ProcessNode:
@@ -380,7 +381,9 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         """Classify the frames by the trust window and pick diverse candidates (``tace.select_frames``)."""
         name = self.stages[self.ctx.stage].name
         families = orm.Dict({label: name for label in self.ctx.trajectories}) if name else None
-        outputs = select_frames(parameters=self.inputs.selection, families=families, **self.ctx.trajectories)
+        scale = orm.Float(self.ctx.uncertainty_scale) if self.selection_settings.calibrate else None
+        outputs = select_frames(parameters=self.inputs.selection, families=families, uncertainty_scale=scale,
+                                **self.ctx.trajectories)
         self.ctx.selected = outputs["selected"]
         self.ctx.selection_report = outputs["report"].get_dict()
         report = self.ctx.selection_report
@@ -407,12 +410,21 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         self.ctx.label_failures = selected if num_failed is None else num_failed
         if "dataset" in node.outputs:
             labelled = node.outputs.dataset
-            self.ctx.calibration = calibration(labelled)
+            self.ctx.calibration = calibration(labelled, self.ctx.uncertainty_scale)
+            self._recalibrate(self.ctx.calibration)
             self.ctx.dataset = merge_datasets(previous=self.ctx.dataset, new=labelled)
         if over_failure_budget(fraction, self.stopping):
             self.report(f"iteration {self.ctx.iteration}: {self.ctx.label_failures} of {selected} labels failed")
             return self._stop_with(self.exit_codes.ERROR_TOO_MANY_LABEL_FAILURES.format(fraction=fraction))
         return None
+
+    def _recalibrate(self, entry: dict) -> None:
+        """With ``selection.calibrate``, use the scale fitted on the new labels from the next iteration on."""
+        if self.selection_settings.calibrate and entry["scale"] is not None:
+            self.ctx.uncertainty_scale = entry["scale"]
+            self.report(f"iteration {self.ctx.iteration}: the ensemble's force deviation times {entry['scale']:.2f} "
+                        f"is the expected error (miscalibration area {entry['miscalibration_area_used']:.3f} with the "
+                        f"scale used, {entry['miscalibration_area']:.3f} unscaled)")
 
     def decide(self) -> None:
         """Record the iteration, then advance the stage or stop (:func:`.decisions.advance`)."""

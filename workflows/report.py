@@ -5,21 +5,37 @@ from __future__ import annotations
 import numpy as np
 from aiida import orm
 
+from tace_aiida.calibration import fit_scale, miscalibration_area
 from tace_aiida.data import TrainingSetData
 from tace_aiida.selection import spearman_correlation
 
 
-def calibration(labelled: TrainingSetData) -> dict:
-    """Predicted max force deviation against the actual max force error of each new label (eV/Å)."""
-    predicted, actual = [], []
+def calibration(labelled: TrainingSetData, scale_used: float = 1.0) -> dict:
+    """How the ensemble's uncertainty compared with the errors of the new labels (eV/Å).
+
+    Per frame: the predicted max force deviation (unscaled) and the actual max force error, and their rank
+    correlation. Per atom: ``scale``, the calibration's scale fitted on these labels, and the miscalibration
+    area unscaled and with ``scale_used`` (the scale fitted one iteration earlier, which the selection of
+    these frames used: an out-of-sample check of the calibration).
+    """
+    predicted, actual, errors, sigma = [], [], [], []
     for atoms in labelled.get_atoms():
         if "predicted_forces" not in atoms.arrays:
             continue
-        error = np.linalg.norm(atoms.arrays["predicted_forces"] - atoms.get_forces(), axis=1).max()
+        error = atoms.get_forces() - atoms.arrays["predicted_forces"]
         predicted.append(float(atoms.info["predicted_max_force_std"]))
-        actual.append(float(error))
-    return {"predicted_max_force_std": predicted, "actual_max_force_error": actual,
-            "spearman": spearman_correlation(np.array(predicted), np.array(actual))}
+        actual.append(float(np.linalg.norm(error, axis=1).max()))
+        errors.append(error)
+        sigma.append(atoms.arrays["predicted_forces_std"])
+    entry = {"predicted_max_force_std": predicted, "actual_max_force_error": actual,
+             "spearman": spearman_correlation(np.array(predicted), np.array(actual)),
+             "scale": None, "scale_used": scale_used, "miscalibration_area": None, "miscalibration_area_used": None}
+    if errors:
+        errors_all, sigma_all = np.concatenate(errors), np.concatenate(sigma)
+        entry.update(scale=fit_scale(errors_all, sigma_all),
+                     miscalibration_area=miscalibration_area(errors_all, sigma_all),
+                     miscalibration_area_used=miscalibration_area(errors_all, sigma_all, scale_used))
+    return entry
 
 
 def mean_metric(training_metrics: list[dict], key: str, source: str = "best") -> float | None:

@@ -29,22 +29,25 @@ def trajectory_frame(trajectory: orm.TrajectoryData, index: int) -> Atoms:
 
 
 @calcfunction
-def select_frames(parameters: orm.Dict, families: orm.Dict | None = None, **trajectories: orm.TrajectoryData):
+def select_frames(parameters: orm.Dict, families: orm.Dict | None = None, uncertainty_scale: orm.Float | None = None,
+                  **trajectories: orm.TrajectoryData):
     """Classify every frame of every trajectory by the trust window and pick diverse candidates.
 
     ``parameters``: trust_low, trust_high, relative, relative_epsilon, max_selected, diversity (kmeans,
-    fps, none), seed, and optionally ``families`` {name: {trust_low, trust_high, ...}}; ``families``
-    (the input) maps a trajectory's link label to its structure family. Returns ``selected``
+    fps, lcmd, maxdet, none), seed, calibrate, and optionally ``families`` {name: {trust_low, trust_high, ...}};
+    ``families`` (the input) maps a trajectory's link label to its structure family; ``uncertainty_scale``
+    multiplies every deviation (the calibration's scale; 1 without it). Returns ``selected``
     (unlabelled frames with their provenance and the ensemble's predictions in each frame) and
     ``report`` (counts and fractions of accurate / candidate / failed frames per trajectory and in all).
     """
     settings = SelectionSettings.from_dict(parameters.get_dict())
     family_of = families.get_dict() if families is not None else {}
+    scale = uncertainty_scale.value if uncertainty_scale is not None else 1.0
     per_trajectory, candidates = {}, []
     for label in sorted(trajectories):
         trajectory = trajectories[label]
         window = settings.window_for(family_of.get(label))
-        deviation = frame_deviation(trajectory.get_array("forces"), trajectory.get_array("forces_std"), window)
+        deviation = scale * frame_deviation(trajectory.get_array("forces"), trajectory.get_array("forces_std"), window)
         classes = classify(deviation, window)
         counts = {name: int((classes == name).sum()) for name in (ACCURATE, CANDIDATE, FAILED)}
         per_trajectory[label] = {**counts, "frames": len(classes), "family": family_of.get(label),
@@ -57,6 +60,6 @@ def select_frames(parameters: orm.Dict, families: orm.Dict | None = None, **traj
     totals = {name: sum(t[name] for t in per_trajectory.values()) for name in (ACCURATE, CANDIDATE, FAILED, "frames")}
     fractions = {f"{name}_fraction": totals[name] / totals["frames"] if totals["frames"] else 0.0
                  for name in (ACCURATE, CANDIDATE, FAILED)}
-    report = {**totals, **fractions, "selected": len(frames), "trajectories": per_trajectory,
+    report = {**totals, **fractions, "selected": len(frames), "trajectories": per_trajectory, "uncertainty_scale": scale,
               "selected_deviation": [candidates[i][2] for i in chosen]}
     return {"selected": TrainingSetData(frames), "report": orm.Dict(report)}
