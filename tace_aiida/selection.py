@@ -8,6 +8,11 @@ deviation of the ensemble's forces (eV/Å). Below ``trust_low`` a frame is *accu
 ``trust_high`` *failed* (unphysical: never labelled, only counted), in between a *candidate*.
 With ``relative=True`` each atom's deviation is divided by its mean force magnitude plus
 ``relative_epsilon`` (eV/Å) first, so the thresholds are dimensionless.
+
+An adaptive window (dpgen2's adaptive lower bound) raises the lower bound so that only the
+``adaptive_candidates`` (or ``adaptive_fraction`` of the frames, whichever is more) most uncertain frames
+below ``trust_high`` are candidates; ``trust_low`` is then a floor (0: none). The loop then also counts an
+iteration as converged once that bound moves less than ``StoppingSettings.lower_bound_tolerance``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from scipy.stats import spearmanr
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
 
-from tace_aiida.model.validation import Rule, at_least, check_dataclass, greater_than, one_of
+from tace_aiida.model.validation import Rule, at_least, check_dataclass, greater_than, one_of, within
 
 ACCURATE, CANDIDATE, FAILED = "accurate", "candidate", "failed"
 DIVERSITY_METHODS = ("kmeans", "fps", "maxdet", "lcmd", "none")
@@ -27,18 +32,26 @@ DIVERSITY_METHODS = ("kmeans", "fps", "maxdet", "lcmd", "none")
 #: Ranges of the settings (eV/Å, or dimensionless when ``relative``); trust_high may be inf.
 RULES: dict[str, Rule] = {
     "trust_low": at_least(0.0), "trust_high": greater_than(0.0), "relative_epsilon": greater_than(0.0),
+    "adaptive_candidates": at_least(0), "adaptive_fraction": within(0.0, 1.0),
     "max_selected": at_least(1), "diversity": one_of(*DIVERSITY_METHODS), "seed": at_least(0),
 }
 
 
 @dataclass
 class TrustWindow:
-    """Thresholds of the model deviation: eV/Å, or dimensionless when ``relative``."""
+    """Thresholds of the model deviation: eV/Å, or dimensionless when ``relative``; adaptive when
+    ``adaptive_candidates`` or ``adaptive_fraction`` is above 0 (then ``trust_low`` is a floor)."""
 
     trust_low: float = 0.05
     trust_high: float = 0.3
     relative: bool = False
     relative_epsilon: float = 1.0
+    adaptive_candidates: int = 0
+    adaptive_fraction: float = 0.0
+
+    @property
+    def adaptive(self) -> bool:
+        return self.adaptive_candidates > 0 or self.adaptive_fraction > 0.0
 
     def __post_init__(self) -> None:
         check_dataclass(self, RULES, "selection setting")
@@ -102,10 +115,21 @@ def frame_deviation(forces: np.ndarray, forces_std: np.ndarray, window: TrustWin
     return forces_std.max(axis=-1)
 
 
-def classify(deviation: np.ndarray, window: TrustWindow) -> np.ndarray:
-    """``accurate`` / ``candidate`` / ``failed`` for each frame's deviation."""
+def lower_bound(deviation: np.ndarray, window: TrustWindow) -> float:
+    """The window's lower bound for these deviations ``[n_frames]``: ``trust_low``, or, when adaptive, the
+    deviation of the last of the most uncertain frames below ``trust_high`` that may be candidates (at
+    least ``trust_low``)."""
+    below_high = np.sort(deviation[deviation <= window.trust_high])[::-1]
+    if not window.adaptive or below_high.size == 0:
+        return window.trust_low
+    count = max(window.adaptive_candidates, int(np.ceil(window.adaptive_fraction * deviation.size)))
+    return max(window.trust_low, float(below_high[min(count, below_high.size) - 1]))
+
+
+def classify(deviation: np.ndarray, window: TrustWindow, low: float | None = None) -> np.ndarray:
+    """``accurate`` / ``candidate`` / ``failed`` for each frame's deviation; ``low`` replaces ``trust_low``."""
     labels = np.full(deviation.shape, CANDIDATE, dtype=object)
-    labels[deviation < window.trust_low] = ACCURATE
+    labels[deviation < (window.trust_low if low is None else low)] = ACCURATE
     labels[deviation > window.trust_high] = FAILED
     return labels
 

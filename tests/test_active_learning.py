@@ -143,10 +143,19 @@ def test_md_runs_beyond_max_concurrent_wait_for_the_earlier_ones(fast_polling, i
     assert any(message.endswith("iteration 1: launched MD runs 1 to 1 of 2") for message in messages), messages
 
 
-def test_a_calibrated_loop_scales_the_next_selection_and_md_threshold_by_the_fitted_scale(fast_polling, installed_code):
-    selection = {"trust_low": 0.0, "trust_high": 100.0, "max_selected": 3, "calibrate": True, "diversity": "maxdet"}
-    results, node = run_get_node(builder_for(installed_code, selection=selection))
-    first, second = results["report"].get_dict()["iterations"]
+def test_calibrated_adaptive_selection_scales_the_next_iteration_and_converges_on_a_steady_lower_bound(
+        fast_polling, installed_code):
+    """Calibration: the scale fitted on iteration 1's labels multiplies iteration 2's deviations and divides its
+    MD stop threshold. Adaptive window: only the 4 most uncertain frames are candidates (maxdet picks 3 of them),
+    and the run converges in iteration 2, the first whose lower bound can be compared with an earlier one."""
+    selection = {"trust_low": 0.0, "trust_high": 100.0, "max_selected": 3, "calibrate": True, "diversity": "maxdet",
+                 "adaptive_candidates": 4}
+    stopping = {"max_iterations": 3, "accurate_fraction": 1.0, "lower_bound_tolerance": 100.0}
+    results, node = run_get_node(builder_for(installed_code, selection=selection, stopping=stopping))
+    assert node.is_finished_ok, node.exit_message
+    report = results["report"].get_dict()
+    assert report["stop_reason"] == "converged" and len(report["iterations"]) == 2
+    first, second = report["iterations"]
     assert first["calibration"]["scale_used"] == 1.0
     fitted = first["calibration"]["scale"]
     assert fitted > 0.0 and fitted != pytest.approx(1.0), "EMT errors of tiny 2-epoch members are not the deviation"
@@ -157,4 +166,11 @@ def test_a_calibrated_loop_scales_the_next_selection_and_md_threshold_by_the_fit
     md = sorted(called(node, "tace.md"), key=lambda n: n.pk)
     thresholds = [n.inputs.parameters["max_force_std"] for n in md]
     assert thresholds[-1] == pytest.approx(thresholds[0] / fitted)
-    assert second["selected"] == 3
+    for entry, selected in zip(report["iterations"], selections, strict=True):
+        frames = entry["frames"]
+        assert round(entry["candidate_fraction"] * frames) == 4 and entry["selected"] == 3
+        scale = selected.inputs.uncertainty_scale.value
+        trajectories = [link.node for link in selected.base.links.get_incoming().all() if link.link_label.startswith("run_")]
+        deviations = sorted((scale * value for trajectory in trajectories
+                             for value in trajectory.get_array("max_force_std")), reverse=True)
+        assert len(deviations) == frames and entry["lower_bounds"][""] == pytest.approx(deviations[3])

@@ -63,3 +63,16 @@ def test_failure_budget_with_the_largest_allowed_fraction_still_stops_when_every
 def test_required_members_never_exceed_the_ensemble():
     assert required_members(StoppingSettings.from_dict({"min_members": 2}), 4) == 2
     assert required_members(StoppingSettings.from_dict({"min_members": 3}), 1) == 1
+
+
+def test_an_adaptive_window_converges_once_its_lower_bound_stops_moving():
+    stopping = StoppingSettings.from_dict({"accurate_fraction": 0.99, "converged_iterations": 2,
+                                           "lower_bound_tolerance": 0.01})
+    first = advance(0, 0, 1, 0.9, 10, stopping, stages=1, lower_bound_change=None)
+    assert first == Decision(0, 0), "no previous bound: nothing to compare"
+    moving = advance(0, 0, 2, 0.9, 10, stopping, stages=1, lower_bound_change=0.05)
+    steady = advance(0, moving.converged_count, 3, 0.9, 10, stopping, stages=1, lower_bound_change=0.004)
+    assert moving.converged_count == 0 and steady.converged_count == 1
+    assert advance(0, 1, 4, 0.9, 10, stopping, stages=1, lower_bound_change=0.01).stop_reason == CONVERGED
+    assert advance(0, 1, 4, 0.5, 10, STOPPING, stages=1, lower_bound_change=0.0) == Decision(0, 0), \
+        "without a tolerance only the accurate fraction counts"

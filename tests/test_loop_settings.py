@@ -13,7 +13,7 @@ def test_defaults_and_numbers_read_as_floats():
     assert stage.steps == 1000 and stage.dataset_starts == 4 and stage.stop_factor == 2.0
     assert StoppingSettings.from_dict({}).to_dict() == {
         "accurate_fraction": 0.9, "converged_iterations": 1, "max_iterations": 10,
-        "max_label_failure_fraction": 0.2, "min_members": 2}
+        "max_label_failure_fraction": 0.2, "min_members": 2, "lower_bound_tolerance": None}
 
 
 @pytest.mark.parametrize(("stage", "message"), [
@@ -49,6 +49,7 @@ def test_no_stage_is_refused():
     ({"accurate_fraction": 1.5}, "accurate_fraction must be in [0, 1], not 1.5"),
     ({"max_iterations": 0}, "max_iterations must be >= 1, not 0"),
     ({"min_members": 0}, "min_members must be >= 1, not 0"),
+    ({"lower_bound_tolerance": -0.01}, "lower_bound_tolerance must be >= 0, not -0.01"),
     ({"max_iterations": "ten"}, "max_iterations must be int, not str 'ten'"),
     ({"patience": 3}, "unknown settings ['patience']"),
 ])

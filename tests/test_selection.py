@@ -15,6 +15,7 @@ from tace_aiida.selection import (
     farthest_point_sampling,
     frame_deviation,
     largest_cluster_max_distance,
+    lower_bound,
     pick_diverse,
     spearman_correlation,
     uncertainty_weighted_max_determinant,
@@ -27,6 +28,24 @@ def test_trust_window_classes():
     assert labels.tolist() == [ACCURATE, CANDIDATE, CANDIDATE, CANDIDATE, FAILED]
     with pytest.raises(ValueError, match="selection setting trust_low=0.3 must be < trust_high=0.1"):
         TrustWindow(trust_low=0.3, trust_high=0.1)
+
+
+def test_a_fixed_window_keeps_its_lower_bound():
+    assert lower_bound(np.array([0.01, 0.2, 0.4]), TrustWindow(trust_low=0.1, trust_high=0.3)) == 0.1
+
+
+def test_an_adaptive_window_lets_only_the_most_uncertain_frames_below_trust_high_be_candidates():
+    deviation = np.array([0.02, 0.05, 0.5, 0.09, 0.12, 0.2, 0.01, 0.07])
+    window = TrustWindow(trust_low=0.0, trust_high=0.3, adaptive_candidates=3)
+    assert lower_bound(deviation, window) == 0.09, "0.5 is above trust_high; of the rest 0.2, 0.12, 0.09 are the top three"
+    classes = classify(deviation, window, low=lower_bound(deviation, window))
+    assert (classes == CANDIDATE).sum() == 3 and (classes == FAILED).sum() == 1
+    by_fraction = TrustWindow(trust_low=0.0, trust_high=0.3, adaptive_fraction=0.5)
+    assert lower_bound(deviation, by_fraction) == 0.07, "half of 8 frames: the top 4 below 0.3"
+    floored = TrustWindow(trust_low=0.1, trust_high=0.3, adaptive_candidates=3)
+    assert lower_bound(deviation, floored) == 0.1, "trust_low stays a floor"
+    assert lower_bound(deviation, TrustWindow(trust_low=0.0, trust_high=0.3, adaptive_candidates=50)) == 0.01
+    assert lower_bound(np.array([0.4, 0.5]), window) == 0.0, "nothing below trust_high: trust_low"
 
 
 def test_absolute_and_relative_deviation():
@@ -119,6 +138,8 @@ def test_settings_from_dict_and_families():
     ({"max_selected": 0}, "selection setting max_selected=0 must be >= 1"),
     ({"max_selected": 2.5}, "selection setting max_selected: 2.5 is not an integer"),
     ({"seed": -2}, "selection setting seed=-2 must be >= 0"),
+    ({"adaptive_fraction": 1.0}, "selection setting adaptive_fraction=1.0 must be in \\[0.0, 1.0\\)"),
+    ({"adaptive_candidates": -1}, "selection setting adaptive_candidates=-1 must be >= 0"),
     ({"trsut_low": 0.1}, "unknown selection settings \\['trsut_low'\\]"),
     ({"families": {"hot": {"trust_low": 0.5, "trust_high": 0.4}}},
      "selection family 'hot': selection setting trust_low=0.5 must be < trust_high=0.4"),

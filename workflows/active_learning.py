@@ -245,6 +245,7 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         self.ctx.iterations = []
         self.ctx.calibration = None
         self.ctx.uncertainty_scale = 1.0
+        self.ctx.previous_lower_bound = None
         self.ctx.label_failures = 0
         self.ctx.dataset = self.inputs.get("dataset")
         self.ctx.ensemble = list(self.inputs.get("initial_ensemble", {}).values())
@@ -432,8 +433,13 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         self.ctx.calibration = None
         self.ctx.label_failures = 0
         selection = self.ctx.selection_report
+        bound = selection["lower_bounds"].get(self.stages[self.ctx.stage].name or "")
+        previous = self.ctx.previous_lower_bound
+        change = abs(bound - previous) if bound is not None and previous is not None else None
         decision = advance(self.ctx.stage, self.ctx.converged_count, self.ctx.iteration,
-                           selection["accurate_fraction"], selection["candidate"], self.stopping, len(self.stages))
+                           selection["accurate_fraction"], selection["candidate"], self.stopping, len(self.stages),
+                           lower_bound_change=change)
+        self.ctx.previous_lower_bound = bound if decision.stage == self.ctx.stage else None
         self.ctx.stage, self.ctx.converged_count, self.ctx.stop_reason = (
             decision.stage, decision.converged_count, decision.stop_reason)
         if decision.message:

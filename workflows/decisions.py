@@ -1,8 +1,8 @@
 """The loop's decisions after each iteration, as plain functions of its report (unit-tested on their own).
 
-Stages advance as in dpgen2: once the accurate fraction of a stage's frames reaches the target for
-``converged_iterations`` iterations in a row, the next stage begins; the run has converged when
-the last stage has.
+Stages advance as in dpgen2: once the accurate fraction of a stage's frames reaches the target (or,
+with an adaptive trust window, its lower bound stops moving) for ``converged_iterations`` iterations in
+a row, the next stage begins; the run has converged when the last stage has.
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ class Decision:
 
 
 def advance(stage: int, converged_count: int, iteration: int, accurate_fraction: float, candidates: int,
-            stopping: StoppingSettings, stages: int) -> Decision:
-    """The decision after ``iteration`` (1-based) of stage ``stage`` (0-based, of ``stages``)."""
-    converged_count = converged_count + 1 if accurate_fraction >= stopping.accurate_fraction else 0
+            stopping: StoppingSettings, stages: int, lower_bound_change: float | None = None) -> Decision:
+    """The decision after ``iteration`` (1-based) of stage ``stage`` (0-based, of ``stages``);
+    ``lower_bound_change`` (eV/Å) is how far the trust window's lower bound moved since the stage's
+    previous iteration (None: no previous one)."""
+    converged_count = converged_count + 1 if iteration_converged(accurate_fraction, lower_bound_change, stopping) else 0
     if converged_count >= stopping.converged_iterations:
         if stage + 1 < stages:
             decision = Decision(stage + 1, 0, message=f"stage {stage} converged; moving on to stage {stage + 1}")
@@ -41,6 +43,14 @@ def advance(stage: int, converged_count: int, iteration: int, accurate_fraction:
     if decision.stop_reason is None and iteration >= stopping.max_iterations:
         return Decision(decision.stage, decision.converged_count, MAX_ITERATIONS, decision.message)
     return decision
+
+
+def iteration_converged(accurate_fraction: float, lower_bound_change: float | None, stopping: StoppingSettings) -> bool:
+    """Whether an iteration counts towards its stage's convergence streak."""
+    if accurate_fraction >= stopping.accurate_fraction:
+        return True
+    tolerance = stopping.lower_bound_tolerance
+    return tolerance is not None and lower_bound_change is not None and lower_bound_change <= tolerance
 
 
 def label_failure_fraction(num_failed: int | None, num_selected: int) -> float:

@@ -69,6 +69,7 @@ def iteration_entry(*, iteration: int, stage: int, dataset_size: int, dataset_si
         "accurate_fraction": selection["accurate_fraction"],
         "candidate_fraction": selection["candidate_fraction"],
         "failed_fraction": selection["failed_fraction"],
+        "lower_bounds": selection["lower_bounds"],
         "selected": selection["selected"],
         "label_failures": label_failures,
         "md_failures": md_failures,

@@ -68,7 +68,9 @@ class StoppingSettings(Settings):
     """When a stage has converged, when the run stops, and how many failures it takes.
 
     A stage converges when its accurate fraction reaches ``accurate_fraction`` for
-    ``converged_iterations`` iterations in a row; the run stops after ``max_iterations`` (exit 401),
+    ``converged_iterations`` iterations in a row; with ``lower_bound_tolerance`` (eV/Å, for an adaptive
+    trust window) an iteration also counts as converged when the window's lower bound moved by at most
+    that much since the previous iteration of the stage. The run stops after ``max_iterations`` (exit 401),
     when more than ``max_label_failure_fraction`` of a selection fails to label (exit 402), or when
     fewer than ``min_members`` ensemble members trained (exit 403).
     """
@@ -78,6 +80,7 @@ class StoppingSettings(Settings):
     max_iterations: int = 10
     max_label_failure_fraction: float = 0.2
     min_members: int = 2
+    lower_bound_tolerance: float | None = None
 
     def check(self, owner: str) -> None:
         _require(0.0 <= self.accurate_fraction <= 1.0, owner, "accurate_fraction", self.accurate_fraction, "in [0, 1]")
@@ -86,6 +89,8 @@ class StoppingSettings(Settings):
         _require(0.0 <= self.max_label_failure_fraction < 1.0, owner, "max_label_failure_fraction",
                  self.max_label_failure_fraction, "in [0, 1): at 1 a selection that failed entirely would go on")
         _require(self.min_members >= 1, owner, "min_members", self.min_members, ">= 1")
+        _require(self.lower_bound_tolerance is None or self.lower_bound_tolerance >= 0.0, owner,
+                 "lower_bound_tolerance", self.lower_bound_tolerance, ">= 0")
 
 
 @dataclass(frozen=True)
