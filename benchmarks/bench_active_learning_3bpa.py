@@ -23,6 +23,10 @@ with the same settings and ``--strategies active`` (say) keeps the other strateg
 
     python -m benchmarks.bench_active_learning_3bpa            # full run (about an hour on 2 cores)
     python -m benchmarks.bench_active_learning_3bpa --quick    # a few minutes: checks the script works
+
+Any dataset in the same layout runs without editing the code: ``--pool-files``, ``--test-files`` and
+``--isolated-atoms-file`` (labelled extxyz, eV and eV/Å), and ``--initial-file`` or ``--initial`` random
+pool frames, replace the 3BPA split.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from ase.io import read, write
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.training import train
 
-from benchmarks.common import DATA_DIR, MatchedSettings, energy_force_rmse, frame_key
+from benchmarks.common import DATA_DIR, MatchedSettings, energy_force_rmse, frame_key, read_e0s
 from benchmarks.tace_peer import tace_config
 from tace_aiida.selection import CANDIDATE, SelectionSettings, TrustWindow, classify, frame_deviation, pick_diverse
 
@@ -58,6 +62,7 @@ class PoolSplit:
     initial: list[Atoms]
     pool: list[Atoms]
     test: list[Atoms]
+    e0s: dict[int, float]
 
 
 class LookupLabeller:
@@ -90,11 +95,29 @@ def pool_split(initial_size: int, pool_mixed_fraction: float, seed: int, data_di
         initial=[frames_300[i] for i in order_300[:initial_size]],
         pool=[frames_300[i] for i in order_300[initial_size:]] + [mixed_only[i] for i in order_mixed[:n_pool_mixed]],
         test=[mixed_only[i] for i in order_mixed[n_pool_mixed:]],
+        e0s=read_e0s(data_dir / "iso_atoms.xyz"),
     )
 
 
-def train_ensemble(frames: list[Atoms], members: int, settings: MatchedSettings, workdir: Path) -> list[Path]:
-    """Checkpoints of ``members`` potentials trained on ``frames`` with seeds 1, 2, ...
+def split_from_files(pools: list[str], tests: list[str], isolated_atoms: str, initial: str | None,
+                     initial_size: int, seed: int) -> PoolSplit:
+    """A split of any dataset in 3BPA's layout: labelled extxyz files (eV, eV/Å) for the pool and the test, one
+    frame per element of the isolated atoms for the E0s, and the starting frames from ``initial``, else
+    ``initial_size`` random frames of the pool (taken out of it; deterministic for ``seed``)."""
+    def frames(paths: list[str]) -> list[Atoms]:
+        return [atoms for path in paths for atoms in read(path, ":")]
+
+    pool, e0s = frames(pools), read_e0s(Path(isolated_atoms))
+    if initial is not None:
+        return PoolSplit(initial=frames([initial]), pool=pool, test=frames(tests), e0s=e0s)
+    order = np.random.default_rng(seed).permutation(len(pool))
+    return PoolSplit(initial=[pool[i] for i in order[:initial_size]], pool=[pool[i] for i in order[initial_size:]],
+                     test=frames(tests), e0s=e0s)
+
+
+def train_ensemble(frames: list[Atoms], members: int, settings: MatchedSettings, workdir: Path,
+                   e0s: dict[int, float]) -> list[Path]:
+    """Checkpoints of ``members`` potentials trained on ``frames`` (E0s ``e0s``, eV) with seeds 1, 2, ...
 
     Each member holds out its own random 10 % of ``frames`` for validation, as in the loop.
     """
@@ -102,7 +125,7 @@ def train_ensemble(frames: list[Atoms], members: int, settings: MatchedSettings,
     write(workdir / "train.xyz", frames, format="extxyz")
     checkpoints = []
     for seed in range(1, members + 1):
-        config = replace(tace_config(settings, workdir / f"member_{seed}"), train_file=str(workdir / "train.xyz"),
+        config = replace(tace_config(settings, workdir / f"member_{seed}", e0s), train_file=str(workdir / "train.xyz"),
                          valid_file=None, valid_fraction=settings.valid_fraction, seed=seed)
         checkpoints.append(Path(train(config)["checkpoint"]))
     return checkpoints
@@ -143,7 +166,7 @@ def run_strategy(strategy: str, split: PoolSplit, args: argparse.Namespace, sett
         start = time.perf_counter()
         active = STRATEGIES[strategy] is not None
         members = args.members if active else 1
-        checkpoints = train_ensemble(training, members, settings, scratch / f"{strategy}_{round_index}")
+        checkpoints = train_ensemble(training, members, settings, scratch / f"{strategy}_{round_index}", split.e0s)
         first = energy_force_rmse(TACECalculator(checkpoints[0], device="cpu"), split.test)
         row = {"labels": len(training), "forces_rmse": first["forces_rmse_meV_per_A"],
                "energy_rmse_per_atom": first["energy_rmse_meV_per_atom"]}
@@ -216,20 +239,30 @@ def main() -> None:
     parser.add_argument("--pool-mixed-fraction", type=float, default=0.5)
     parser.add_argument("--epochs", type=int, default=SETTINGS.epochs)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--pool-files", nargs="+", help="another dataset: labelled extxyz files of the pool "
+                        "(with --test-files and --isolated-atoms-file; --pool-mixed-fraction then does not apply)")
+    parser.add_argument("--test-files", nargs="+", help="labelled extxyz files of the test set")
+    parser.add_argument("--isolated-atoms-file", help="extxyz of one isolated atom per element (E0s, eV)")
+    parser.add_argument("--initial-file", help="labelled extxyz of the starting frames; without it, --initial "
+                        "random frames of the pool")
     parser.add_argument("--quick", action="store_true", help="tiny run that only checks the script works")
     parser.add_argument("--output", type=Path, default=Path("bench_active_learning_3bpa.json"))
     args = parser.parse_args()
 
     settings = replace(SETTINGS, epochs=args.epochs)
-    split = pool_split(args.initial, args.pool_mixed_fraction, args.seed)
+    files = (args.pool_files, args.test_files, args.isolated_atoms_file)
+    if (any(files) or args.initial_file) and not all(files):
+        parser.error("--pool-files, --test-files and --isolated-atoms-file go together (and --initial-file with them)")
+    split = (split_from_files(*files, args.initial_file, args.initial, args.seed) if all(files)
+             else pool_split(args.initial, args.pool_mixed_fraction, args.seed))
     if args.quick:
         settings = replace(settings, epochs=2, channels=8)
         args.initial, args.step, args.rounds, args.members = 10, 5, 1, 2
-        split = PoolSplit(initial=split.initial[:10], pool=split.pool[-40:], test=split.test[:20])
+        split = PoolSplit(initial=split.initial[:10], pool=split.pool[-40:], test=split.test[:20], e0s=split.e0s)
     print(f"start {len(split.initial)}, pool {len(split.pool)}, test {len(split.test)} frames; "
           f"{args.rounds} rounds of {args.step} labels; {torch.get_num_threads()} threads", flush=True)
     configuration = {"settings": asdict(settings), "arguments": {k: v for k, v in vars(args).items()
-                                                                 if k not in ("output", "strategies")}}
+                                                                 if k not in ("output", "strategies") and v is not None}}
     rows = previous_rows(args.output, configuration)
     with tempfile.TemporaryDirectory(prefix="bench_al_3bpa_") as scratch:
         for strategy in args.strategies:
