@@ -14,6 +14,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from .bias import UncertaintyBias
 from .checkpoint import load_model
 from .data import atoms_to_graph, collate, resolve_device, to_device
 from .ensemble import StackedEnsemble, stacking_obstacle
@@ -69,6 +70,10 @@ class TACECalculator(Calculator):
     ``descriptors`` (always computed) are the first member's per-structure means of the invariant
     node features, a fingerprint for diversity selection.
 
+    With ``bias`` (:class:`~tace_aiida.model.bias.UncertaintyBias`, an ensemble only) ``energy``, ``forces``
+    and ``stress`` include the uncertainty-driven bias, so MD is pulled towards disagreement;
+    ``bias_energy`` (eV) is the bias alone and ``unbiased_energy`` / ``unbiased_forces`` the members' means.
+
     With ``batched=True`` an ensemble whose members share architecture, species, cutoff and dtype
     is evaluated in one forward pass (:class:`~tace_aiida.model.ensemble.StackedEnsemble`, one
     neighbour list); other ensembles are evaluated member by member, with a warning that says why.
@@ -82,6 +87,7 @@ class TACECalculator(Calculator):
     implemented_properties = [
         "energy", "free_energy", "energies", "forces", "stress",
         "energy_std", "energy_std_per_atom", "forces_std", "max_force_std", "stress_std", "descriptors",
+        "bias_energy", "unbiased_energy", "unbiased_forces",
     ]
 
     def __init__(
@@ -90,12 +96,16 @@ class TACECalculator(Calculator):
         device: str = "auto",
         dtype: str | None = None,
         batched: bool | None = None,
+        bias: UncertaintyBias | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
         if not paths:
             raise ValueError("TACECalculator needs at least one checkpoint")
+        if bias is not None and len(paths) < 2:
+            raise ValueError(f"an uncertainty bias needs an ensemble of at least 2 checkpoints, not {len(paths)}")
+        self.bias = bias
         self.device = resolve_device(device)
         torch_dtype = getattr(torch, dtype) if dtype else None
         self.models = [load_model(path, self.device, torch_dtype)[0] for path in paths]
@@ -136,10 +146,22 @@ class TACECalculator(Calculator):
             "max_force_std": float(forces_std.max()),
             "descriptors": members.descriptors[0, 0].detach().cpu().double().numpy(),
         }
+        stresses = members.stress[:, 0].detach().cpu().double().numpy() if periodic else None
         if periodic:
-            stresses = members.stress[:, 0].detach().cpu().double().numpy()
             self.results["stress"] = full_3x3_to_voigt_6_stress(stresses.mean(axis=0))
             self.results["stress_std"] = float(stresses.std(axis=0).max())
+        if self.bias is not None:
+            self._add_bias(energies, forces, stresses)
+
+    def _add_bias(self, energies: np.ndarray, forces: np.ndarray, stresses: np.ndarray | None) -> None:
+        """Add the uncertainty bias to energy, forces and stress, keeping the members' means apart."""
+        energy, bias_forces, bias_stress = self.bias.terms(energies, forces, stresses)
+        self.results.update(bias_energy=energy, unbiased_energy=self.results["energy"],
+                            unbiased_forces=self.results["forces"])
+        self.results["energy"] = self.results["free_energy"] = self.results["energy"] + energy
+        self.results["forces"] = self.results["forces"] + bias_forces
+        if bias_stress is not None:
+            self.results["stress"] = self.results["stress"] + full_3x3_to_voigt_6_stress(bias_stress)
 
     def _evaluate(self, model: CartesianTensorPotential | StackedEnsemble, atoms: Atoms, periodic: bool) -> Outputs:
         """Forces, descriptors (and stress of periodic cells) of ``atoms`` from one model or a stack."""

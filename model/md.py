@@ -14,13 +14,18 @@ Settings (units: K, GPa, fs, eV/Å, Å, 1/fs):
     {"checkpoints": ["member0.pt", ...], "ensemble": "nvt", "thermostat": "langevin",
      "temperature": 300, "pressure": 0.0, "timestep": 1.0, "steps": 1000, "save_interval": 10,
      "friction": 0.01, "thermostat_time": 100.0, "barostat_time": 1000.0,
-     "max_force_std": null, "min_distance": 0.5, "seed": 1, "device": "auto"}
+     "max_force_std": null, "min_distance": 0.5, "seed": 1, "device": "auto",
+     "bias_strength": 0.0, "bias_width": 0.05}
 
 ``ensemble``: ``nve`` (velocity Verlet), ``nvt`` (``thermostat`` ``langevin`` or ``bussi``) or
 ``npt`` (isotropic MTK barostat with Nose-Hoover chains). The trajectory arrays, frame-major:
 ``positions`` [F, N, 3] Å, ``cells`` [F, 3, 3] Å, ``energies`` [F] eV, ``forces`` [F, N, 3] eV/Å,
 ``energy_std`` [F] eV, ``forces_std`` [F, N] eV/Å, ``max_force_std`` [F] eV/Å,
 ``descriptors`` [F, D], ``temperatures`` [F] K, ``steps`` [F], plus ``numbers`` [N] and ``pbc`` [3].
+
+``bias_strength`` (eV) above 0 drives the dynamics with the uncertainty bias of
+:class:`~tace_aiida.model.bias.UncertaintyBias` (``bias_width`` in eV per sqrt(atom)); the trajectory
+still records the members' mean energies and forces, not the biased ones.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from ase.md.nose_hoover_chain import IsotropicMTKNPT
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 
+from .bias import UncertaintyBias
 from .calculator import TACECalculator, keep_freed_memory
 from .checkpoint import read_checkpoint
 from .data import is_device, species_indices
@@ -64,7 +70,7 @@ MD_RULES: dict[str, Rule] = {
     "temperature": at_least(0.0), "pressure": (math.isfinite, "finite"), "timestep": greater_than(0.0),
     "steps": at_least(1), "save_interval": at_least(1), "friction": at_least(0.0),
     "thermostat_time": greater_than(0.0), "barostat_time": greater_than(0.0), "max_force_std": greater_than(0.0),
-    "min_distance": at_least(0.0), "seed": at_least(0),
+    "min_distance": at_least(0.0), "seed": at_least(0), "bias_strength": at_least(0.0), "bias_width": greater_than(0.0),
     "device": (is_device, "'auto' or a torch device such as 'cpu', 'cuda' or 'cuda:1'"),
 }
 
@@ -88,6 +94,13 @@ class MDSettings:
     min_distance: float = 0.5
     seed: int = 1
     device: str = "auto"
+    bias_strength: float = 0.0
+    bias_width: float = 0.05
+
+    @property
+    def bias(self) -> UncertaintyBias | None:
+        """The uncertainty bias, None when ``bias_strength`` is 0."""
+        return UncertaintyBias(self.bias_strength, self.bias_width) if self.bias_strength > 0 else None
 
     def __post_init__(self) -> None:
         check_dataclass(self, MD_RULES, "MD setting")
@@ -147,14 +160,15 @@ class FrameRecorder:
 
     def record(self, step: int) -> None:
         results = self.atoms.calc.results
-        energy = results["energy"]
+        energy = results.get("unbiased_energy", results["energy"])
         too_close = closest_distance(self.atoms) < self.settings.min_distance or overlapping_pair(self.atoms) is not None
         if not np.isfinite(energy) or too_close:
             self.stop_reason = "unphysical"
             return
         values = {
             "positions": self.atoms.positions.copy(), "cells": self.atoms.cell[:].copy(),
-            "energies": energy, "forces": results["forces"].copy(), "energy_std": results["energy_std"],
+            "energies": energy, "forces": results.get("unbiased_forces", results["forces"]).copy(),
+            "energy_std": results["energy_std"],
             "forces_std": results["forces_std"].copy(), "max_force_std": results["max_force_std"],
             "descriptors": results["descriptors"].copy(), "temperatures": self.atoms.get_temperature(), "steps": step,
         }
@@ -225,7 +239,7 @@ def main(folder: Path | None = None) -> int:
         checkpoints = [folder / path for path in settings.checkpoints]
         check_start(atoms, checkpoints)
         keep_freed_memory()
-        calculator = TACECalculator(checkpoints, device=settings.device)
+        calculator = TACECalculator(checkpoints, device=settings.device, bias=settings.bias)
         arrays, summary = run_md(atoms, settings, calculator)
     except (ValueError, OSError) as error:
         print(f"tace-md: {error}", file=sys.stderr)

@@ -297,6 +297,8 @@ def with_copper(atoms: Atoms) -> Atoms:
     (None, {}, {"steps": 0}, None, "{folder}/md.json: MD setting steps=0 must be >= 1"),
     (None, {}, {"timestep": -0.5}, None, "{folder}/md.json: MD setting timestep=-0.5 must be > 0.0"),
     (None, {}, {"steps": "many"}, None, "{folder}/md.json: MD setting steps: 'many' is not an integer"),
+    (None, {}, {"bias_strength": -1.0}, None, "{folder}/md.json: MD setting bias_strength=-1.0 must be >= 0.0"),
+    (None, {}, {"bias_width": 0.0}, None, "{folder}/md.json: MD setting bias_width=0.0 must be > 0.0"),
 ])
 def test_tace_md_refuses_bad_starts_ensembles_and_settings(tmp_path, capsys, start, second, settings, damage, message):
     atoms = periodic_cell(seed=2)

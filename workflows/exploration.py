@@ -35,9 +35,10 @@ def md_parameters(stage: StageSettings, temperature: float, run: int, iteration:
     """The ``tace.md`` parameters of one run: NVT, or NPT when the stage sets a pressure (GPa).
 
     The seed depends on the iteration and the run only, so a run is reproducible; ``max_force_std``
-    (eV/Å) stops the run once the ensemble disagrees that much.
+    (eV/Å) stops the run once the ensemble disagrees that much. A biased stage adds its bias settings.
     """
-    return {
+    bias = {"bias_strength": stage.bias_strength, "bias_width": stage.bias_width} if stage.bias_strength > 0 else {}
+    return {**bias,
         "ensemble": "npt" if stage.pressure is not None else "nvt",
         "thermostat": stage.thermostat, "temperature": float(temperature),
         "pressure": float(stage.pressure or 0.0), "timestep": stage.timestep,

@@ -101,7 +101,8 @@ class StageSettings(Settings):
     steps. Starts are the initial structures or, with ``start_from: dataset``, ``dataset_starts``
     frames spread over the current dataset; ``max_starts`` caps them. An MD run stops once the
     ensemble's max force deviation exceeds ``max_force_std`` (eV/Å), by default
-    ``stop_factor`` times the selection's ``trust_high``.
+    ``stop_factor`` times the selection's ``trust_high``. ``bias_strength`` (eV) above 0 explores with
+    uncertainty-driven dynamics (``bias_width`` in eV per sqrt(atom); :mod:`tace_aiida.model.bias`).
     """
 
     name: str | None = None
@@ -117,6 +118,8 @@ class StageSettings(Settings):
     max_force_std: float | None = None
     stop_factor: float = 2.0
     thermostat: str = "langevin"
+    bias_strength: float = 0.0
+    bias_width: float = 0.05
 
     def check(self, owner: str) -> None:
         _require(len(self.temperatures) > 0 and all(t > 0 for t in self.temperatures), owner, "temperatures",
@@ -134,6 +137,8 @@ class StageSettings(Settings):
                  "> 0 eV/Å")
         _require(self.stop_factor > 0, owner, "stop_factor", self.stop_factor, "> 0")
         _require(self.thermostat in ("langevin", "bussi"), owner, "thermostat", self.thermostat, "langevin or bussi")
+        _require(self.bias_strength >= 0, owner, "bias_strength", self.bias_strength, ">= 0 eV")
+        _require(self.bias_width > 0, owner, "bias_width", self.bias_width, "> 0 eV per sqrt(atom)")
 
 
 def read_stages(stages: list[dict]) -> list[StageSettings]:
