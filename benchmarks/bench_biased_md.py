@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from ase import Atoms
 from ase.io import read
 from tace_aiida.model import md
 from tace_aiida.model.calculator import TACECalculator
@@ -48,13 +49,6 @@ def run(start, checkpoints: list[str], temperature: float, seed: int, steps: int
     started = time.perf_counter()
     arrays, summary = md.run_md(start, settings, calculator)
     return arrays, summary, (time.perf_counter() - started) / max(summary["steps_done"], 1)
-
-
-def closest_distance(positions: np.ndarray) -> float:
-    """Smallest interatomic distance (Å) over the frames ``[F, N, 3]`` of a molecule."""
-    distances = np.linalg.norm(positions[:, :, None] - positions[:, None, :], axis=-1)
-    n = positions.shape[1]
-    return float(distances[:, *np.triu_indices(n, k=1)].min())
 
 
 def mean_and_spread(rows: list[dict], key: str, digits: int) -> str:
@@ -102,7 +96,8 @@ def main() -> None:
             deviation = arrays["max_force_std"]
             row.update(median_deviation=float(np.median(deviation)), max_deviation=float(deviation.max()),
                        above_reference=float((deviation > reference).mean()),
-                       closest_distance=closest_distance(arrays["positions"]),
+                       closest_distance=min(md.closest_distance(Atoms(arrays["numbers"], positions=positions))
+                                            for positions in arrays["positions"]),
                        mean_temperature=float(arrays["temperatures"].mean()))
     lines = [f"reference: 95th percentile of plain 300 K deviations = {reference:.3f} eV/Å; bias width "
              f"{width:.4f} eV/sqrt(atom), strength {args.strength} eV",

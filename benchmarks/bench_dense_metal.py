@@ -25,6 +25,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
+from tace_aiida.model.data import edges_within_cutoff
 
 from benchmarks.common import MatchedSettings, inference_ms_per_structure, md_steps_per_second
 from benchmarks.mace_peer import train_mace
@@ -54,8 +55,7 @@ def isolated_energy() -> dict[int, float]:
 
 
 def neighbours_per_atom(atoms: Atoms, r_max: float) -> float:
-    from tace_aiida.model.data import edges_within_cutoff
-
+    """Mean number of neighbours within ``r_max`` (Å)."""
     return len(edges_within_cutoff(atoms, r_max)[0]) / len(atoms)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 import numpy as np
+from scipy.spatial.distance import pdist
 from scipy.stats import spearmanr
 from sklearn.cluster import KMeans
 from sklearn.preprocessing import StandardScaler
@@ -199,7 +200,7 @@ def largest_cluster_max_distance(points: np.ndarray, count: int, first: int) -> 
 def median_distance(points: np.ndarray, sample: int = 1000) -> float:
     """Median Euclidean distance between points (of at most ``sample`` of them); 1 when all coincide."""
     subset = points[np.linspace(0, len(points) - 1, min(sample, len(points))).astype(int)]
-    distances = np.linalg.norm(subset[:, None, :] - subset[None, :, :], axis=-1)
+    distances = pdist(subset)
     positive = distances[distances > 0.0]
     return float(np.median(positive)) if positive.size else 1.0
 
