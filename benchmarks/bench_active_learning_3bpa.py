@@ -14,6 +14,8 @@ Labels come from :class:`LookupLabeller`, which reads the stored DFT labels of t
   descriptors of those candidates takes the most uncertain frame of each cluster.
 * ``active_fps``, ``active_lcmd``, ``active_maxdet``: the same, with the selection's other batch choices
   (``diversity`` fps, lcmd, maxdet) in place of k-means.
+* ``active_features``: as ``active``, but with one potential whose deviation is its own expected force
+  error from its features (``uncertainty`` ``features``), so it trains a third of the models.
 
 Both are scored the same way: the test force RMSE (meV/Å) of the first member (seed 1), trained
 from scratch on the labels of that round with identical settings; ``active`` also reports its
@@ -51,8 +53,19 @@ from tace_aiida.selection import CANDIDATE, SelectionSettings, TrustWindow, clas
 
 #: Smaller than the side-by-side benchmark's model so that a whole run fits in about an hour.
 SETTINGS = MatchedSettings(channels=16, max_edge_rank=2, radial_mlp=(32, 32), epochs=60)
-#: Each strategy and the selection's ``diversity`` it uses (None: uniformly random).
-STRATEGIES = {"random": None, "active": "kmeans", "active_fps": "fps", "active_lcmd": "lcmd", "active_maxdet": "maxdet"}
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """The selection's ``diversity`` (None: uniformly random) and where its uncertainty comes from."""
+
+    diversity: str | None
+    uncertainty: str = "ensemble"
+
+
+STRATEGIES = {"random": Strategy(None), "active": Strategy("kmeans"), "active_fps": Strategy("fps"),
+              "active_lcmd": Strategy("lcmd"), "active_maxdet": Strategy("maxdet"),
+              "active_features": Strategy("kmeans", "features")}
 
 
 @dataclass
@@ -164,19 +177,21 @@ def run_strategy(strategy: str, split: PoolSplit, args: argparse.Namespace, sett
     rows = []
     for round_index in range(args.rounds + 1):
         start = time.perf_counter()
-        active = STRATEGIES[strategy] is not None
-        members = args.members if active else 1
+        choice = STRATEGIES[strategy]
+        active = choice.diversity is not None
+        members = args.members if active and choice.uncertainty == "ensemble" else 1
         checkpoints = train_ensemble(training, members, settings, scratch / f"{strategy}_{round_index}", split.e0s)
         first = energy_force_rmse(TACECalculator(checkpoints[0], device="cpu"), split.test)
         row = {"labels": len(training), "forces_rmse": first["forces_rmse_meV_per_A"],
                "energy_rmse_per_atom": first["energy_rmse_meV_per_atom"]}
         if active:
-            ensemble = TACECalculator(checkpoints, device="cpu")
-            row["ensemble_forces_rmse"] = energy_force_rmse(ensemble, split.test)["forces_rmse_meV_per_A"]
+            ensemble = TACECalculator(checkpoints, device="cpu", uncertainty=choice.uncertainty)
+            if members > 1:
+                row["ensemble_forces_rmse"] = energy_force_rmse(ensemble, split.test)["forces_rmse_meV_per_A"]
         if round_index < args.rounds:
             if active:
                 picks, deviation = most_informative(ensemble, [pool_view[i] for i in remaining], args.step,
-                                                    args.candidates * args.step, args.seed, STRATEGIES[strategy])
+                                                    args.candidates * args.step, args.seed, choice.diversity)
                 row["picked_deviation_mean"] = float(deviation[picks].mean())
                 row["pool_deviation_mean"] = float(deviation.mean())
             else:
@@ -201,7 +216,7 @@ def labels_to_reach(rows: list[dict], target: float) -> int | None:
 def format_table(rows: dict[str, list[dict]]) -> str:
     """Markdown table of test force RMSE (meV/Å) against labels for each strategy in ``rows`` (random first),
     then how many labels each active strategy took to reach random selection's final error."""
-    active = [name for name in STRATEGIES if name in rows and STRATEGIES[name] is not None]
+    active = [name for name in STRATEGIES if name in rows and STRATEGIES[name].diversity is not None]
     lines = ["| labels | random | " + " | ".join(f"{name} (/ random)" for name in active) + " |",
              "|---|---|" + "---|" * len(active)]
     for index, baseline in enumerate(rows["random"]):

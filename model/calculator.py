@@ -14,12 +14,17 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from . import keys
 from .bias import UncertaintyBias
-from .checkpoint import load_model
+from .checkpoint import load_model, read_checkpoint
 from .data import atoms_to_graph, collate, resolve_device, to_device
 from .ensemble import StackedEnsemble, stacking_obstacle
+from .feature_uncertainty import FeatureUncertainty
 from .potential import CartesianTensorPotential, Outputs
 from .validation import check_ensemble
+
+#: Sources of the force deviation: the members' spread, or each member's feature distance.
+UNCERTAINTIES = ("ensemble", "features")
 
 #: ``mallopt`` parameters of glibc's ``malloc.h``.
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
@@ -45,12 +50,12 @@ def keep_freed_memory() -> bool:
 def stack_outputs(outputs: Sequence[Outputs]) -> Outputs:
     """Outputs of single models -> one :class:`Outputs` with a leading member axis.
 
-    Descriptors are the first member's only: members of other widths may not stack.
+    Descriptors and node features are the first member's only: members of other widths may not stack.
     """
     values = {}
     for field in fields(Outputs):
         parts = [getattr(out, field.name) for out in outputs]
-        if field.name == "descriptors":
+        if field.name in ("descriptors", "node_features"):
             parts = parts[:1]
         values[field.name] = None if parts[0] is None else torch.stack(parts)
     return Outputs(**values)
@@ -69,6 +74,11 @@ class TACECalculator(Calculator):
 
     ``descriptors`` (always computed) are the first member's per-structure means of the invariant
     node features, a fingerprint for diversity selection.
+
+    With ``uncertainty="features"`` the force deviations (``forces_std``, ``max_force_std``) come from
+    each member's own features instead (:mod:`~tace_aiida.model.feature_uncertainty`, the expected force
+    error in eV/Å, root mean square over members), so one checkpoint is enough; the energy and
+    stress deviations stay the members' spread (0 for one member).
 
     With ``bias`` (:class:`~tace_aiida.model.bias.UncertaintyBias`, an ensemble only) ``energy``, ``forces``
     and ``stress`` include the uncertainty-driven bias, so MD is pulled towards disagreement;
@@ -97,12 +107,16 @@ class TACECalculator(Calculator):
         dtype: str | None = None,
         batched: bool | None = None,
         bias: UncertaintyBias | None = None,
+        uncertainty: str = "ensemble",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
         if not paths:
             raise ValueError("TACECalculator needs at least one checkpoint")
+        if uncertainty not in UNCERTAINTIES:
+            raise ValueError(f"uncertainty must be one of {', '.join(UNCERTAINTIES)}, not {uncertainty!r}")
+        self.feature_uncertainties = [load_feature_uncertainty(path) for path in paths] if uncertainty == "features" else None
         if bias is not None and len(paths) < 2:
             raise ValueError(f"an uncertainty bias needs an ensemble of at least 2 checkpoints, not {len(paths)}")
         self.bias = bias
@@ -128,13 +142,21 @@ class TACECalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         periodic = bool(self.atoms.pbc.all())
         if self.ensemble is not None:
-            members = self._evaluate(self.ensemble, self.atoms, periodic)
+            members, species = self._evaluate(self.ensemble, self.atoms, periodic)
+            node_features = list(members.node_features)
         else:
-            members = stack_outputs([self._evaluate(model, self.atoms, periodic) for model in self.models])
+            outputs, species = zip(*(self._evaluate(model, self.atoms, periodic) for model in self.models), strict=True)
+            node_features = [out.node_features for out in outputs]
+            members, species = stack_outputs(outputs), species[0]
         energies = members.energy[:, 0].detach().cpu().double().numpy()
         forces = members.forces.detach().cpu().double().numpy()
         mean_forces = forces.mean(axis=0)
-        forces_std = np.sqrt(((forces - mean_forces) ** 2).sum(axis=-1).mean(axis=0))
+        if self.feature_uncertainties is None:
+            forces_std = np.sqrt(((forces - mean_forces) ** 2).sum(axis=-1).mean(axis=0))
+        else:
+            expected = [fitted.forces_std(features.detach().double(), species).cpu().numpy()
+                        for fitted, features in zip(self.feature_uncertainties, node_features, strict=True)]
+            forces_std = np.sqrt(np.mean(np.square(expected), axis=0))
         self.results = {
             "energy": float(energies.mean()),
             "free_energy": float(energies.mean()),
@@ -163,9 +185,20 @@ class TACECalculator(Calculator):
         if bias_stress is not None:
             self.results["stress"] = self.results["stress"] + full_3x3_to_voigt_6_stress(bias_stress)
 
-    def _evaluate(self, model: CartesianTensorPotential | StackedEnsemble, atoms: Atoms, periodic: bool) -> Outputs:
-        """Forces, descriptors (and stress of periodic cells) of ``atoms`` from one model or a stack."""
+    def _evaluate(self, model: CartesianTensorPotential | StackedEnsemble, atoms: Atoms, periodic: bool,
+                  ) -> tuple[Outputs, torch.Tensor]:
+        """Forces, descriptors, node features (and stress of periodic cells) of ``atoms`` from one model or
+        a stack, and the atoms' species indices ``[n_atoms]``."""
         dtype = next(model.parameters()).dtype
         graph = atoms_to_graph(atoms, model.config.atomic_numbers, model.config.r_max, dtype=dtype)
         batch = to_device(collate([graph]), self.device)
-        return model(batch, compute_stress=periodic, compute_descriptors=True)
+        return model(batch, compute_stress=periodic, compute_descriptors=True), batch[keys.SPECIES]
+
+
+def load_feature_uncertainty(path: str | Path) -> FeatureUncertainty:
+    """The fitted feature uncertainty stored in checkpoint ``path``; a clear error for one without."""
+    state = read_checkpoint(path).get("feature_uncertainty")
+    if state is None:
+        raise ValueError(f"checkpoint {path} has no fitted feature uncertainty (trained by an earlier version, "
+                         "or without force labels): train it again, or use uncertainty='ensemble'")
+    return FeatureUncertainty.from_state(state)

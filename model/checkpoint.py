@@ -21,12 +21,15 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(
-    path: str | Path, model: CartesianTensorPotential, metadata: dict | None = None
+    path: str | Path, model: CartesianTensorPotential, metadata: dict | None = None,
+    feature_uncertainty: dict | None = None,
 ) -> Path:
     """Write ``model`` to ``path`` (written to a temporary name first, then renamed).
 
     ``metadata`` holds plain values only (numbers, strings, lists, dicts): training settings,
     metrics, seeds. The weights are stored in the model's dtype, on the CPU.
+    ``feature_uncertainty`` is the state of a fitted
+    :class:`~tace_aiida.model.feature_uncertainty.FeatureUncertainty`, kept under that key.
     """
     path = Path(path)
     payload = {
@@ -37,6 +40,8 @@ def save_checkpoint(
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
         "metadata": metadata or {},
     }
+    if feature_uncertainty is not None:
+        payload["feature_uncertainty"] = feature_uncertainty
     temporary = path.with_name(path.name + ".partial")
     torch.save(payload, temporary)
     temporary.replace(path)

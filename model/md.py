@@ -15,7 +15,7 @@ Settings (units: K, GPa, fs, eV/Å, Å, 1/fs):
      "temperature": 300, "pressure": 0.0, "timestep": 1.0, "steps": 1000, "save_interval": 10,
      "friction": 0.01, "thermostat_time": 100.0, "barostat_time": 1000.0,
      "max_force_std": null, "min_distance": 0.5, "seed": 1, "device": "auto",
-     "bias_strength": 0.0, "bias_width": 0.05}
+     "bias_strength": 0.0, "bias_width": 0.05, "uncertainty": "ensemble"}
 
 ``ensemble``: ``nve`` (velocity Verlet), ``nvt`` (``thermostat`` ``langevin`` or ``bussi``) or
 ``npt`` (isotropic MTK barostat with Nose-Hoover chains). The trajectory arrays, frame-major:
@@ -26,6 +26,10 @@ Settings (units: K, GPa, fs, eV/Å, Å, 1/fs):
 ``bias_strength`` (eV) above 0 drives the dynamics with the uncertainty bias of
 :class:`~tace_aiida.model.bias.UncertaintyBias` (``bias_width`` in eV per sqrt(atom)); the trajectory
 still records the members' mean energies and forces, not the biased ones.
+
+``uncertainty``: ``ensemble`` (the members' force spread) or ``features`` (each member's expected force
+error from its own features, :mod:`~tace_aiida.model.feature_uncertainty`; one checkpoint is enough)
+gives ``forces_std`` and so the ``max_force_std`` stop.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.md.verlet import VelocityVerlet
 
 from .bias import UncertaintyBias
-from .calculator import TACECalculator, keep_freed_memory
+from .calculator import UNCERTAINTIES, TACECalculator, keep_freed_memory
 from .checkpoint import read_checkpoint
 from .data import is_device, species_indices
 from .validation import (
@@ -96,6 +100,7 @@ class MDSettings:
     device: str = "auto"
     bias_strength: float = 0.0
     bias_width: float = 0.05
+    uncertainty: str = "ensemble"
 
     @property
     def bias(self) -> UncertaintyBias | None:
@@ -108,6 +113,8 @@ class MDSettings:
             raise ValueError(f"ensemble must be nve, nvt or npt, not {self.ensemble!r}")
         if self.ensemble == "nvt" and self.thermostat not in ("langevin", "bussi"):
             raise ValueError(f"NVT thermostat must be langevin or bussi, not {self.thermostat!r}")
+        if self.uncertainty not in UNCERTAINTIES:
+            raise ValueError(f"uncertainty must be one of {', '.join(UNCERTAINTIES)}, not {self.uncertainty!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> MDSettings:
@@ -239,7 +246,8 @@ def main(folder: Path | None = None) -> int:
         checkpoints = [folder / path for path in settings.checkpoints]
         check_start(atoms, checkpoints)
         keep_freed_memory()
-        calculator = TACECalculator(checkpoints, device=settings.device, bias=settings.bias)
+        calculator = TACECalculator(checkpoints, device=settings.device, bias=settings.bias,
+                                    uncertainty=settings.uncertainty)
         arrays, summary = run_md(atoms, settings, calculator)
     except (ValueError, OSError) as error:
         print(f"tace-md: {error}", file=sys.stderr)

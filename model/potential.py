@@ -86,6 +86,7 @@ class Outputs:
     virial: Tensor | None = None
     stress: Tensor | None = None
     descriptors: Tensor | None = None
+    node_features: Tensor | None = None
 
 
 class CartesianTensorPotential(ConstantsModule):
@@ -171,7 +172,8 @@ class CartesianTensorPotential(ConstantsModule):
 
         ``training=True`` keeps the graph of the derivatives so a force loss can be backpropagated.
         ``compute_descriptors`` adds per-structure means of the rank-0 node features of every layer,
-        ``[n_graphs, channels * num_interactions]``: invariant fingerprints for selection.
+        ``[n_graphs, channels * num_interactions]``: invariant fingerprints for selection, and the per-atom
+        features they average, ``node_features`` ``[n_atoms, channels * num_interactions]``.
 
         Positions ``[..., n_atoms, 3]`` with leading member axes (one copy per ensemble member,
         matching weights stacked as ``[members, ...]``) give every output those leading axes.
@@ -198,6 +200,7 @@ class CartesianTensorPotential(ConstantsModule):
             counts = energy.new_zeros(num_graphs).index_add(0, graph_of_atom, ones)  # bincount syncs on a GPU
             summed = invariants.new_zeros((*members, num_graphs, invariants.shape[-1])).index_add(-2, graph_of_atom, invariants)
             outputs.descriptors = summed / counts[:, None]
+            outputs.node_features = invariants
         if compute_forces or compute_stress:
             wrt = ([leaf_positions] if compute_forces else []) + ([strain] if strain is not None else [])
             gradients = torch.autograd.grad(outputs.energy.sum(), wrt, create_graph=training)

@@ -27,6 +27,7 @@ from .checkpoint import load_model, save_checkpoint
 from .config import TrainingConfig
 from .data import LabelKeys, collate, frames_to_graphs, resolve_device, to_device
 from .evaluation import evaluate
+from .feature_uncertainty import fit_feature_uncertainty
 from .frames import FrameColumns, is_frame_file, read_columns
 from .graph_store import cache_directory, store_graphs
 from .potential import CartesianTensorPotential, ModelConfig
@@ -346,10 +347,9 @@ def _train(config: TrainingConfig) -> dict:
             stop_reason = "time_budget"
             break
     progress.close()
-    test_metrics = {}
-    if data.test:
-        best_model, _ = load_model(checkpoint_path, device=device, dtype=dtype)
-        test_metrics = evaluate(best_model, data.test, config.valid_batch_size, device)
+    best_model, best_metadata = load_model(checkpoint_path, device=device, dtype=dtype)
+    add_feature_uncertainty(checkpoint_path, best_model, best_metadata, data, config, device)
+    test_metrics = evaluate(best_model, data.test, config.valid_batch_size, device) if data.test else {}
     return {
         "test": test_metrics,
         "checkpoint": str(checkpoint_path),
@@ -363,6 +363,19 @@ def _train(config: TrainingConfig) -> dict:
         "num_train": len(data.train),
         "num_valid": len(data.valid),
     }
+
+
+def add_feature_uncertainty(path: Path, model: CartesianTensorPotential, metadata: dict, data: PreparedData,
+                            config: TrainingConfig, device: torch.device) -> None:
+    """Fit the single-model uncertainty (:mod:`.feature_uncertainty`) of the best ``model`` and store it in
+    its checkpoint; without force labels there is nothing to fit its scale on, and the checkpoint stays as it is."""
+    try:
+        fitted = fit_feature_uncertainty(model, data.train, data.valid, config.valid_batch_size, device)
+    except ValueError as error:
+        logger.warning("no feature uncertainty stored in %s: %s", path, error)
+        return
+    save_checkpoint(path, model, metadata, feature_uncertainty=fitted.state())
+    logger.info("feature uncertainty fitted: scale %.4g eV/Å", fitted.scale)
 
 
 def _resume(config: TrainingConfig, model: CartesianTensorPotential, ema: AveragedModel | None,

@@ -29,12 +29,15 @@ from tace_aiida.model.validation import Rule, at_least, check_dataclass, greater
 
 ACCURATE, CANDIDATE, FAILED = "accurate", "candidate", "failed"
 DIVERSITY_METHODS = ("kmeans", "fps", "maxdet", "lcmd", "none")
+#: Where the force deviation comes from (:class:`tace_aiida.model.calculator.TACECalculator`).
+UNCERTAINTY_SOURCES = ("ensemble", "features")
 
 #: Ranges of the settings (eV/Å, or dimensionless when ``relative``); trust_high may be inf.
 RULES: dict[str, Rule] = {
     "trust_low": at_least(0.0), "trust_high": greater_than(0.0), "relative_epsilon": greater_than(0.0),
     "adaptive_candidates": at_least(0), "adaptive_fraction": within(0.0, 1.0),
     "max_selected": at_least(1), "diversity": one_of(*DIVERSITY_METHODS), "seed": at_least(0),
+    "uncertainty": one_of(*UNCERTAINTY_SOURCES),
 }
 
 
@@ -66,6 +69,10 @@ class SelectionSettings:
 
     With ``calibrate`` the loop multiplies every deviation by the scale fitted on the previous iteration's
     labels (:mod:`tace_aiida.calibration`) before the trust window applies, so thresholds are expected errors.
+
+    ``uncertainty`` is where the deviation comes from: ``ensemble``, the members' force spread, or
+    ``features``, each member's expected force error from its own features
+    (:mod:`tace_aiida.model.feature_uncertainty`), which works with one member.
     """
 
     window: TrustWindow = field(default_factory=TrustWindow)
@@ -74,6 +81,7 @@ class SelectionSettings:
     diversity: str = "kmeans"
     seed: int = 1
     calibrate: bool = False
+    uncertainty: str = "ensemble"
 
     def __post_init__(self) -> None:
         check_dataclass(self, RULES, "selection setting")
@@ -83,7 +91,7 @@ class SelectionSettings:
         """From a flat mapping: the window's settings, ``families`` (name -> window settings) and the rest."""
         data = dict(data)
         window_keys = {f.name for f in fields(TrustWindow)}
-        known = window_keys | {"families", "max_selected", "diversity", "seed", "calibrate"}
+        known = window_keys | {"families", "max_selected", "diversity", "seed", "calibrate", "uncertainty"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown selection settings {sorted(unknown)}; known are {sorted(known)}")

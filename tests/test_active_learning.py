@@ -174,3 +174,19 @@ def test_calibrated_adaptive_selection_scales_the_next_iteration_and_converges_o
         deviations = sorted((scale * value for trajectory in trajectories
                              for value in trajectory.get_array("max_force_std")), reverse=True)
         assert len(deviations) == frames and entry["lower_bounds"][""] == pytest.approx(deviations[3])
+
+
+def test_one_member_drives_the_loop_by_its_feature_uncertainty(fast_polling, installed_code):
+    """``selection.uncertainty = features`` with one member: the MD runs record that member's expected force
+    errors (an ensemble of one has no spread), and frames are selected and labelled from them."""
+    selection = {"trust_low": 0.0, "trust_high": 100.0, "max_selected": 3, "uncertainty": "features"}
+    results, node = run_get_node(builder_for(installed_code, selection=selection, ensemble_size=1,
+                                             stopping={"max_iterations": 1, "min_members": 1}))
+    assert node.exit_status == ActiveLearningWorkChain.exit_codes.ERROR_MAX_ITERATIONS.status, node.exit_message
+    md_runs = called(node, "tace.md")
+    assert md_runs
+    for md_run in md_runs:
+        assert md_run.inputs.parameters["uncertainty"] == "features"
+        assert (md_run.outputs.trajectory.get_array("max_force_std") > 0.0).all()
+    (entry,) = results["report"].get_dict()["iterations"]
+    assert entry["selected"] == 3 and entry["members"] == 1

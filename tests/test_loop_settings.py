@@ -75,3 +75,18 @@ def test_md_parameters_nvt_npt_seed_and_stop_threshold():
     assert md_parameters(StageSettings.from_dict({"pressure": 1.5}), 300.0, 0, 1, 0.6)["ensemble"] == "npt"
     assert stop_threshold(stage, trust_high=0.3) == 0.6, "stop_factor (2) times trust_high (eV/Å)"
     assert stop_threshold(StageSettings.from_dict({"max_force_std": 0.5}), trust_high=0.3) == 0.5
+
+
+def test_a_single_model_uncertainty_reaches_the_md_parameters_and_is_validated():
+    from tace_aiida.model.md import MDSettings
+    from tace_aiida.selection import SelectionSettings
+
+    assert SelectionSettings.from_dict({}).uncertainty == "ensemble"
+    assert SelectionSettings.from_dict({"uncertainty": "features"}).uncertainty == "features"
+    with pytest.raises(ValueError, match="uncertainty.*'dropout'"):
+        SelectionSettings.from_dict({"uncertainty": "dropout"})
+    stage = StageSettings()
+    assert "uncertainty" not in md_parameters(stage, 300.0, 0, 1, 0.6), "the default leaves earlier parameters unchanged"
+    parameters = md_parameters(stage, 300.0, 0, 1, 0.6, uncertainty="features")
+    assert parameters["uncertainty"] == "features"
+    assert MDSettings.from_dict({**parameters, "checkpoints": ["m.pt"]}).uncertainty == "features"

@@ -356,7 +356,8 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
 
         def launch(index: int) -> orm.ProcessNode:
             start_label, temperature, run = self.ctx.md_runs[index]
-            parameters = md_parameters(stage, temperature, run, self.ctx.iteration, threshold)
+            parameters = md_parameters(stage, temperature, run, self.ctx.iteration, threshold,
+                                       self.selection_settings.uncertainty)
             return submit_once(self, MDCalculation, labels[index], **inputs, potentials=potentials,
                                structure=self.ctx.md_starts[start_label], parameters=orm.Dict(parameters))
 

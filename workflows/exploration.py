@@ -31,14 +31,18 @@ def plan_md_runs(start_labels: list[str], stage: StageSettings) -> list[list]:
             for label in starts for temperature in stage.temperatures for run in range(stage.runs)]
 
 
-def md_parameters(stage: StageSettings, temperature: float, run: int, iteration: int, max_force_std: float) -> dict:
+def md_parameters(stage: StageSettings, temperature: float, run: int, iteration: int, max_force_std: float,
+                  uncertainty: str = "ensemble") -> dict:
     """The ``tace.md`` parameters of one run: NVT, or NPT when the stage sets a pressure (GPa).
 
     The seed depends on the iteration and the run only, so a run is reproducible; ``max_force_std``
-    (eV/Å) stops the run once the ensemble disagrees that much. A biased stage adds its bias settings.
+    (eV/Å) stops the run once the force deviation of ``uncertainty`` (``ensemble`` or ``features``) is that
+    large. A biased stage adds its bias settings; settings at their defaults are left out, so the
+    parameters of earlier runs stay as they were.
     """
     bias = {"bias_strength": stage.bias_strength, "bias_width": stage.bias_width} if stage.bias_strength > 0 else {}
-    return {**bias,
+    source = {"uncertainty": uncertainty} if uncertainty != "ensemble" else {}
+    return {**bias, **source,
         "ensemble": "npt" if stage.pressure is not None else "nvt",
         "thermostat": stage.thermostat, "temperature": float(temperature),
         "pressure": float(stage.pressure or 0.0), "timestep": stage.timestep,

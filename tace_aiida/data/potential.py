@@ -61,15 +61,16 @@ class PotentialData(orm.Data):
         Path(path).write_bytes(self.base.repository.get_object_content(FILENAME, mode="rb"))
         return Path(path)
 
-    def get_calculator(self, device: str = "auto"):
+    def get_calculator(self, device: str = "auto", uncertainty: str = "ensemble"):
         """An ASE calculator of this potential alone (see :func:`ensemble_calculator`)."""
-        return ensemble_calculator([self], device)
+        return ensemble_calculator([self], device, uncertainty)
 
 
-def ensemble_calculator(potentials: Sequence[PotentialData], device: str = "auto"):
-    """One :class:`~tace_aiida.model.calculator.TACECalculator` over several stored potentials."""
+def ensemble_calculator(potentials: Sequence[PotentialData], device: str = "auto", uncertainty: str = "ensemble"):
+    """One :class:`~tace_aiida.model.calculator.TACECalculator` over several stored potentials; ``uncertainty``
+    ``features`` takes the force deviation from each potential's own features (one potential is enough)."""
     from tace_aiida.model.calculator import TACECalculator
 
     with tempfile.TemporaryDirectory(prefix="tace-potentials-") as folder:
         paths = [p.write_checkpoint(Path(folder) / f"member{i}.pt") for i, p in enumerate(potentials)]
-        return TACECalculator(paths, device=device)
+        return TACECalculator(paths, device=device, uncertainty=uncertainty)

@@ -1,0 +1,130 @@
+"""Uncertainty of one potential from its own features, without an ensemble.
+
+Every readout of the potential reads the rank-0 node features of its layer, so an atom's energy is a
+function of ``phi`` ``[d]``, the invariant features of all layers (``d = channels * num_interactions``).
+Where ``phi`` lies far from the features the model was trained on, the model extrapolates (the last-layer
+view of Zaverkin and Kästner's gradient-feature uncertainties, and of Janet et al.'s latent distances).
+
+The distance used is Mahalanobis's, per species ``s``, to a Gaussian fitted to the training atoms:
+
+    u = sqrt((phi - mu_s)^T P_s (phi - mu_s) / d),    P_s = (Sigma_s')^-1
+
+where ``Sigma_s'`` is the species' feature covariance shrunk towards the covariance of all species
+(``d`` pseudo-atoms of it, so a species with few atoms gets a usable estimate) plus a ridge of
+``RIDGE`` times its mean variance. ``u`` is about 1 for a training atom. It becomes a force deviation
+in eV/Å by a ``scale`` fitted on the validation atoms by likelihood, as
+:mod:`tace_aiida.calibration` does for an ensemble: ``s^2 = mean_a |F_dft - F|^2 / u_a^2``, so that
+``s u_a`` is the expected error of atom ``a``'s force (the square root of its summed component variances).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from . import keys
+from .data import to_device
+from .evaluation import batches
+from .potential import CartesianTensorPotential
+
+Tensor = torch.Tensor
+
+#: Ridge added to every species' covariance, as a fraction of its mean variance.
+RIDGE = 1e-3
+
+
+@dataclass
+class FeatureUncertainty:
+    """Per-species feature Gaussians and the scale that turns distances into eV/Å.
+
+    ``mean`` ``[n_species, d]`` and ``precision`` ``[n_species, d, d]`` follow the model's species
+    order; ``scale`` (eV/Å) maps the distance ``u`` (no unit) to an expected force error.
+    """
+
+    mean: Tensor
+    precision: Tensor
+    scale: float
+
+    def distances(self, features: Tensor, species: Tensor) -> Tensor:
+        """``u`` ``[..., n_atoms]`` of node features ``[..., n_atoms, d]`` of atoms of ``species`` ``[n_atoms]``."""
+        mean = self.mean.to(features)
+        precision = self.precision.to(features)
+        centred = features - mean[species]
+        squared = torch.einsum("...ni,nij,...nj->...n", centred, precision[species], centred)
+        return (squared.clamp_min(0.0) / features.shape[-1]).sqrt()
+
+    def forces_std(self, features: Tensor, species: Tensor) -> Tensor:
+        """Expected force error per atom ``[..., n_atoms]`` (eV/Å)."""
+        return self.scale * self.distances(features, species)
+
+    def state(self) -> dict:
+        """Tensors and numbers for a checkpoint."""
+        return {"mean": self.mean.detach().cpu(), "precision": self.precision.detach().cpu(), "scale": float(self.scale)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> FeatureUncertainty:
+        return cls(mean=state["mean"], precision=state["precision"], scale=float(state["scale"]))
+
+
+def species_gaussians(features: Tensor, species: Tensor, num_species: int, ridge: float = RIDGE) -> tuple[Tensor, Tensor]:
+    """Means ``[n_species, d]`` and precisions ``[n_species, d, d]`` of ``features`` ``[n, d]`` per species.
+
+    Each species' covariance is shrunk towards the pooled one with a weight of ``d`` atoms; a species
+    without atoms takes the pooled mean and covariance.
+    """
+    features = features.double()
+    width = features.shape[-1]
+    pooled_mean = features.mean(dim=0)
+    pooled = torch.cov(features.T, correction=0).reshape(width, width)
+    means, precisions = [], []
+    for index in range(num_species):
+        own = features[species == index]
+        count = own.shape[0]
+        mean = own.mean(dim=0) if count else pooled_mean
+        covariance = torch.cov(own.T, correction=0).reshape(width, width) if count > 1 else torch.zeros_like(pooled)
+        shrunk = (count * covariance + width * pooled) / (count + width)
+        shrunk = shrunk + ridge * shrunk.diagonal().mean() * torch.eye(width, dtype=shrunk.dtype)
+        means.append(mean)
+        precisions.append(torch.linalg.inv(shrunk))
+    return torch.stack(means), torch.stack(precisions)
+
+
+def likelihood_scale(distances: Tensor, force_errors: Tensor) -> float:
+    """``s`` (eV/Å) of largest likelihood for force errors ``[n, 3]`` (eV/Å) given distances ``[n]``."""
+    keep = distances > 0
+    if not bool(keep.any()):
+        raise ValueError("no atom with a nonzero feature distance to fit the uncertainty scale on")
+    ratio = (force_errors[keep] ** 2).sum(dim=-1) / distances[keep] ** 2
+    return float(ratio.mean().sqrt())
+
+
+def node_features(model: CartesianTensorPotential, graphs: Sequence[dict[str, Tensor]], batch_size: int,
+                  device: torch.device | str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Node features ``[n, d]``, species ``[n]``, force errors ``[n, 3]`` (eV/Å) and a mask ``[n]`` of the
+    atoms with force labels, over all atoms of ``graphs``."""
+    dtype = next(model.parameters()).dtype
+    parts: list[tuple[Tensor, ...]] = []
+    for batch in batches(graphs, batch_size):
+        batch = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in to_device(batch, device).items()}
+        out = model(batch, compute_forces=True, compute_descriptors=True)
+        labelled = batch[keys.HAS_FORCES].bool()[batch[keys.BATCH]]
+        parts.append((out.node_features.detach(), batch[keys.SPECIES], (batch[keys.FORCES] - out.forces).detach(), labelled))
+    return tuple(torch.cat(column).cpu() for column in zip(*parts, strict=True))  # type: ignore[return-value]
+
+
+def fit_feature_uncertainty(model: CartesianTensorPotential, train: Sequence[dict[str, Tensor]],
+                            valid: Sequence[dict[str, Tensor]], batch_size: int = 10,
+                            device: torch.device | str = "cpu") -> FeatureUncertainty:
+    """Gaussians on the ``train`` atoms' features and the scale fitted on the ``valid`` atoms' force errors.
+
+    Without validation graphs the scale is fitted on the training atoms, which underestimates errors.
+    """
+    features, species, _, _ = node_features(model, train, batch_size, device)
+    mean, precision = species_gaussians(features, species, len(model.config.atomic_numbers))
+    fitted = FeatureUncertainty(mean=mean, precision=precision, scale=1.0)
+    features, species, errors, labelled = node_features(model, valid or train, batch_size, device)
+    distances = fitted.distances(features.double(), species)
+    fitted.scale = likelihood_scale(distances[labelled], errors.double()[labelled])
+    return fitted
