@@ -18,7 +18,8 @@ Labels come from :class:`LookupLabeller`, which reads the stored DFT labels of t
   error from its features (``uncertainty`` ``features``), so it trains a third of the models.
 
 Both are scored the same way: the test force RMSE (meV/Å) of the first member (seed 1), trained
-from scratch on the labels of that round with identical settings; ``active`` also reports its
+from scratch (or, with ``--warm-start``, from its weights of the round before) on the labels of that
+round with identical settings; ``active`` also reports its
 ensemble mean. The table ends with the number of labels ``active`` needed to reach ``random``'s
 final error. Each strategy's rows are written to ``--output`` as soon as it finishes; a later run
 with the same settings and ``--strategies active`` (say) keeps the other strategy's rows.
@@ -129,17 +130,20 @@ def split_from_files(pools: list[str], tests: list[str], isolated_atoms: str, in
 
 
 def train_ensemble(frames: list[Atoms], members: int, settings: MatchedSettings, workdir: Path,
-                   e0s: dict[int, float]) -> list[Path]:
+                   e0s: dict[int, float], start_from: list[Path] | None = None) -> list[Path]:
     """Checkpoints of ``members`` potentials trained on ``frames`` (E0s ``e0s``, eV) with seeds 1, 2, ...
 
-    Each member holds out its own random 10 % of ``frames`` for validation, as in the loop.
+    Each member holds out its own random 10 % of ``frames`` for validation, as in the loop. With
+    ``start_from`` (a checkpoint per member) each member starts from its own earlier weights, as the
+    loop's warm start does; otherwise from random weights.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     write(workdir / "train.xyz", frames, format="extxyz")
     checkpoints = []
     for seed in range(1, members + 1):
+        init = str(start_from[seed - 1]) if start_from else None
         config = replace(tace_config(settings, workdir / f"member_{seed}", e0s), train_file=str(workdir / "train.xyz"),
-                         valid_file=None, valid_fraction=settings.valid_fraction, seed=seed)
+                         valid_file=None, valid_fraction=settings.valid_fraction, seed=seed, init_checkpoint=init)
         checkpoints.append(Path(train(config)["checkpoint"]))
     return checkpoints
 
@@ -174,13 +178,14 @@ def run_strategy(strategy: str, split: PoolSplit, args: argparse.Namespace, sett
     remaining = list(range(len(split.pool)))
     training = list(split.initial)
     rng = np.random.default_rng(args.seed)
-    rows = []
+    rows, checkpoints = [], None
     for round_index in range(args.rounds + 1):
         start = time.perf_counter()
         choice = STRATEGIES[strategy]
         active = choice.diversity is not None
         members = args.members if active and choice.uncertainty == "ensemble" else 1
-        checkpoints = train_ensemble(training, members, settings, scratch / f"{strategy}_{round_index}", split.e0s)
+        checkpoints = train_ensemble(training, members, settings, scratch / f"{strategy}_{round_index}", split.e0s,
+                                     checkpoints if args.warm_start else None)
         first = energy_force_rmse(TACECalculator(checkpoints[0], device="cpu"), split.test)
         row = {"labels": len(training), "forces_rmse": first["forces_rmse_meV_per_A"],
                "energy_rmse_per_atom": first["energy_rmse_meV_per_atom"]}
@@ -260,6 +265,8 @@ def main() -> None:
     parser.add_argument("--isolated-atoms-file", help="extxyz of one isolated atom per element (E0s, eV)")
     parser.add_argument("--initial-file", help="labelled extxyz of the starting frames; without it, --initial "
                         "random frames of the pool")
+    parser.add_argument("--warm-start", action="store_true", default=None,
+                        help="each round's members start from the previous round's, as in the loop (scored the same way)")
     parser.add_argument("--quick", action="store_true", help="tiny run that only checks the script works")
     parser.add_argument("--output", type=Path, default=Path("bench_active_learning_3bpa.json"))
     args = parser.parse_args()
