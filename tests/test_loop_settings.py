@@ -79,6 +79,7 @@ def test_md_parameters_nvt_npt_seed_and_stop_threshold():
 
 def test_a_single_model_uncertainty_reaches_the_md_parameters_and_is_validated():
     from tace_aiida.model.md import MDSettings
+
     from tace_aiida.selection import SelectionSettings
 
     assert SelectionSettings.from_dict({}).uncertainty == "ensemble"

@@ -104,6 +104,7 @@ def test_wrong_codes_or_labeller_are_refused(codes, change, message):
     ({"selection": {"trust_low": 0.5, "trust_high": 0.2}}, "trust_low=0.5 must be < trust_high=0.2"),
     ({"md": {"max_concurrent": 0}}, "md.max_concurrent must be >= 1, not 0"),
     ({"ensemble_size": 0}, "ensemble_size must be >= 1, not 0"),
+    ({"ensemble_size": 1}, "ensemble_size 1 with selection uncertainty 'ensemble': one member has no spread"),
 ])
 def test_bad_settings_are_refused_naming_key_and_value(codes, overrides, message):
     """Refused when the builder is filled (ValueError), and when the same inputs are submitted (spec validation)."""

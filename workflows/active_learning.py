@@ -75,7 +75,8 @@ def at_least_one(name: str):
 
 
 def validate_inputs(inputs: dict, _) -> str | None:
-    """Initial data that is not empty, exactly one labeller, and periodic initial structures for ``label_qe``."""
+    """Initial data that is not empty, exactly one labeller, periodic initial structures for ``label_qe``, and an
+    uncertainty that one member can give when ``ensemble_size`` is 1."""
     if "structures" not in inputs and "dataset" not in inputs:
         return "give initial `structures`, an initial `dataset`, or both"
     if "structures" in inputs and not inputs["structures"]:
@@ -91,6 +92,15 @@ def validate_inputs(inputs: dict, _) -> str | None:
     molecules = sorted(label for label, structure in inputs.get("structures", {}).items() if not all(structure.pbc))
     if "label_qe" in inputs and molecules:
         return f"`label_qe` labels periodic cells only: structures {molecules} are not periodic in all three directions"
+    return uncertainty_problem(inputs.get("ensemble_size"), inputs.get("selection"))
+
+
+def uncertainty_problem(ensemble_size: orm.Int | None, selection: orm.Dict | None) -> str | None:
+    """Why one member cannot give the selection's uncertainty, or None: an ensemble of one has no spread."""
+    source = selection.get_dict().get("uncertainty", "ensemble") if selection is not None else "ensemble"
+    if ensemble_size is not None and ensemble_size.value < 2 and source == "ensemble":
+        return (f"ensemble_size {ensemble_size.value} with selection uncertainty 'ensemble': one member has no spread "
+                "to select by; train at least 2 members, or set selection `uncertainty: features`")
     return None
 
 
@@ -215,6 +225,9 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
             inputs["structures"] = dict(structures)
         builder = cls.get_builder()
         builder._update(to_nodes(cls.spec().inputs, inputs))
+        problem = uncertainty_problem(builder.ensemble_size, builder.selection)
+        if problem:
+            raise ValueError(problem)
         return builder
 
     # ----------------------------------------------------------------------------- settings
