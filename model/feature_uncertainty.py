@@ -19,7 +19,7 @@ in eV/Å by a ``scale`` fitted on the validation atoms by likelihood, as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -68,27 +68,48 @@ class FeatureUncertainty:
         return cls(mean=state["mean"], precision=state["precision"], scale=float(state["scale"]))
 
 
-def species_gaussians(features: Tensor, species: Tensor, num_species: int, ridge: float = RIDGE) -> tuple[Tensor, Tensor]:
-    """Means ``[n_species, d]`` and precisions ``[n_species, d, d]`` of ``features`` ``[n, d]`` per species.
+class FeatureMoments:
+    """Running count, sum ``[n_species, d]`` and sum of outer products ``[n_species, d, d]`` of node features
+    per species (float64), so that statistics over any number of atoms take O(d^2) memory."""
 
-    Each species' covariance is shrunk towards the pooled one with a weight of ``d`` atoms; a species
-    without atoms takes the pooled mean and covariance.
-    """
-    features = features.double()
-    width = features.shape[-1]
-    pooled_mean = features.mean(dim=0)
-    pooled = torch.cov(features.T, correction=0).reshape(width, width)
-    means, precisions = [], []
-    for index in range(num_species):
-        own = features[species == index]
-        count = own.shape[0]
-        mean = own.mean(dim=0) if count else pooled_mean
-        covariance = torch.cov(own.T, correction=0).reshape(width, width) if count > 1 else torch.zeros_like(pooled)
-        shrunk = (count * covariance + width * pooled) / (count + width)
-        shrunk = shrunk + ridge * shrunk.diagonal().mean() * torch.eye(width, dtype=shrunk.dtype)
-        means.append(mean)
-        precisions.append(torch.linalg.inv(shrunk))
-    return torch.stack(means), torch.stack(precisions)
+    def __init__(self, num_species: int, width: int) -> None:
+        self.count = torch.zeros(num_species, dtype=torch.float64)
+        self.total = torch.zeros(num_species, width, dtype=torch.float64)
+        self.outer = torch.zeros(num_species, width, width, dtype=torch.float64)
+
+    def add(self, features: Tensor, species: Tensor) -> None:
+        """Add atoms' features ``[n, d]`` of ``species`` ``[n]`` (indices)."""
+        features, species = features.detach().double().cpu(), species.cpu()
+        self.count.index_add_(0, species, torch.ones_like(species, dtype=torch.float64))
+        self.total.index_add_(0, species, features)
+        self.outer.index_add_(0, species, features[:, :, None] * features[:, None, :])
+
+    def gaussians(self, ridge: float = RIDGE) -> tuple[Tensor, Tensor]:
+        """Means ``[n_species, d]`` and precisions ``[n_species, d, d]`` per species.
+
+        Each species' covariance is shrunk towards the pooled one with a weight of ``d`` atoms; a species
+        without atoms takes the pooled mean and covariance.
+        """
+        width = self.total.shape[-1]
+        atoms = self.count.sum()
+        pooled_mean = self.total.sum(dim=0) / atoms
+        pooled = self.outer.sum(dim=0) / atoms - torch.outer(pooled_mean, pooled_mean)
+        means, precisions = [], []
+        for count, total, outer in zip(self.count, self.total, self.outer, strict=True):
+            mean = total / count if count > 0 else pooled_mean
+            covariance = outer / count - torch.outer(mean, mean) if count > 1 else torch.zeros_like(pooled)
+            shrunk = (count * covariance + width * pooled) / (count + width)
+            shrunk = shrunk + ridge * shrunk.diagonal().mean() * torch.eye(width, dtype=shrunk.dtype)
+            means.append(mean)
+            precisions.append(torch.linalg.inv(shrunk))
+        return torch.stack(means), torch.stack(precisions)
+
+
+def species_gaussians(features: Tensor, species: Tensor, num_species: int, ridge: float = RIDGE) -> tuple[Tensor, Tensor]:
+    """:meth:`FeatureMoments.gaussians` of ``features`` ``[n, d]`` of ``species`` ``[n]``."""
+    moments = FeatureMoments(num_species, features.shape[-1])
+    moments.add(features, species)
+    return moments.gaussians(ridge)
 
 
 def likelihood_scale(distances: Tensor, force_errors: Tensor) -> float:
@@ -100,18 +121,16 @@ def likelihood_scale(distances: Tensor, force_errors: Tensor) -> float:
     return float(ratio.mean().sqrt())
 
 
-def node_features(model: CartesianTensorPotential, graphs: Sequence[dict[str, Tensor]], batch_size: int,
-                  device: torch.device | str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Node features ``[n, d]``, species ``[n]``, force errors ``[n, 3]`` (eV/Å) and a mask ``[n]`` of the
-    atoms with force labels, over all atoms of ``graphs``."""
+def node_outputs(model: CartesianTensorPotential, graphs: Sequence[dict[str, Tensor]], batch_size: int,
+                 device: torch.device | str) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Per batch of ``graphs``: node features ``[n, d]``, species ``[n]``, force errors ``[n, 3]`` (eV/Å) and a
+    mask ``[n]`` of the atoms with force labels."""
     dtype = next(model.parameters()).dtype
-    parts: list[tuple[Tensor, ...]] = []
     for batch in batches(graphs, batch_size):
         batch = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in to_device(batch, device).items()}
         out = model(batch, compute_forces=True, compute_descriptors=True)
         labelled = batch[keys.HAS_FORCES].bool()[batch[keys.BATCH]]
-        parts.append((out.node_features.detach(), batch[keys.SPECIES], (batch[keys.FORCES] - out.forces).detach(), labelled))
-    return tuple(torch.cat(column).cpu() for column in zip(*parts, strict=True))  # type: ignore[return-value]
+        yield out.node_features.detach(), batch[keys.SPECIES], (batch[keys.FORCES] - out.forces).detach(), labelled
 
 
 def fit_feature_uncertainty(model: CartesianTensorPotential, train: Sequence[dict[str, Tensor]],
@@ -121,10 +140,13 @@ def fit_feature_uncertainty(model: CartesianTensorPotential, train: Sequence[dic
 
     Without validation graphs the scale is fitted on the training atoms, which underestimates errors.
     """
-    features, species, _, _ = node_features(model, train, batch_size, device)
-    mean, precision = species_gaussians(features, species, len(model.config.atomic_numbers))
-    fitted = FeatureUncertainty(mean=mean, precision=precision, scale=1.0)
-    features, species, errors, labelled = node_features(model, valid or train, batch_size, device)
-    distances = fitted.distances(features.double(), species)
-    fitted.scale = likelihood_scale(distances[labelled], errors.double()[labelled])
+    moments = FeatureMoments(len(model.config.atomic_numbers), model.config.channels * model.config.num_interactions)
+    for features, species, _, _ in node_outputs(model, train, batch_size, device):
+        moments.add(features, species)
+    fitted = FeatureUncertainty(*moments.gaussians(), scale=1.0)
+    distances, errors = [], []
+    for features, species, error, labelled in node_outputs(model, valid or train, batch_size, device):
+        distances.append(fitted.distances(features.double(), species)[labelled].cpu())
+        errors.append(error.double()[labelled].cpu())
+    fitted.scale = likelihood_scale(torch.cat(distances), torch.cat(errors))
     return fitted

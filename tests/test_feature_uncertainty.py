@@ -11,7 +11,12 @@ import torch
 from tace_aiida.model import md
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.checkpoint import load_model, read_checkpoint, save_checkpoint
-from tace_aiida.model.feature_uncertainty import FeatureUncertainty, likelihood_scale, species_gaussians
+from tace_aiida.model.feature_uncertainty import (
+    FeatureMoments,
+    FeatureUncertainty,
+    likelihood_scale,
+    species_gaussians,
+)
 
 from .conftest import random_orthogonal
 
@@ -53,6 +58,16 @@ def test_a_species_without_atoms_takes_the_pooled_statistics_and_a_rare_one_stay
     assert torch.allclose(means[2], features.double().mean(dim=0))
     assert torch.isfinite(precisions).all()
     assert torch.allclose(means[1], torch.tensor([5.0, 5.0, 5.0], dtype=torch.float64))
+
+
+def test_moments_added_batch_by_batch_equal_those_of_all_atoms_at_once():
+    rng = np.random.default_rng(3)
+    features, species = torch.tensor(rng.normal(size=(300, 5))), torch.tensor(rng.integers(0, 3, size=300))
+    moments = FeatureMoments(num_species=3, width=5)
+    for chunk in torch.arange(300).split(70):
+        moments.add(features[chunk], species[chunk])
+    for streamed, at_once in zip(moments.gaussians(), species_gaussians(features, species, num_species=3), strict=True):
+        assert torch.allclose(streamed, at_once, rtol=1e-10, atol=1e-12)
 
 
 def test_the_likelihood_scale_recovers_the_scale_of_known_errors():
