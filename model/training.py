@@ -296,20 +296,22 @@ def _train(config: TrainingConfig) -> dict:
     stop_reason, epoch = "max_epochs", first_epoch - 1
     for epoch in progress:
         epoch_start = time.monotonic()
-        train_loss = 0.0
+        # Summed on the device and read once per epoch: a read per batch would wait for a GPU at every step.
+        epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
         batches = _epoch_batches(data.train, config.batch_size, generator)
         for batch in batches:
             batch = to_device(batch, device)
             optimizer.zero_grad(set_to_none=True)
             out = model(batch, compute_forces=True, compute_stress=use_stress, training=True)
             loss = loss_function(out, batch, config)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} in epoch {epoch}; lower the learning rate")
             loss.backward()
             optimizer.step()
             if ema is not None:
                 ema.update_parameters(model)
-            train_loss += loss.item() / len(batches)
+            epoch_loss += loss.detach().double() / len(batches)
+        train_loss = epoch_loss.item()
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"loss became {train_loss} in epoch {epoch}; lower the learning rate")
 
         valid_loss, valid_metrics = validation_loss(evaluated, data.valid, config, device)
         selection_loss = valid_loss if data.valid else train_loss

@@ -157,3 +157,19 @@ def test_console_scripts_train_and_evaluate(tmp_path):
         capture_output=True, text=True,
     )
     assert broken.returncode == 1 and "train.yaml" in broken.stderr
+
+
+def test_a_loss_that_stops_being_finite_stops_training_naming_the_epoch(tmp_path, monkeypatch):
+    """Injected: the third batch's loss is NaN; the epoch ends, and training stops with the reason."""
+    from tace_aiida.model import training
+
+    real_loss, calls = training.loss_function, []
+
+    def failing_loss(out, batch, config):
+        calls.append(1)
+        loss = real_loss(out, batch, config)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(training, "loss_function", failing_loss)
+    with pytest.raises(FloatingPointError, match="loss became nan in epoch 0; lower the learning rate"):
+        training.train(TrainingConfig.from_dict(training_settings(tmp_path, max_epochs=2)))
