@@ -26,6 +26,7 @@ with the same settings and ``--strategies active`` (say) keeps the other strateg
 
     python -m benchmarks.bench_active_learning_3bpa            # full run (about an hour on 2 cores)
     python -m benchmarks.bench_active_learning_3bpa --quick    # a few minutes: checks the script works
+    python -m benchmarks.bench_active_learning_3bpa --summarise seed1.json seed2.json seed3.json
 
 Any dataset in the same layout runs without editing the code: ``--pool-files``, ``--test-files`` and
 ``--isolated-atoms-file`` (labelled extxyz, eV and eV/Å), and ``--initial-file`` or ``--initial`` random
@@ -238,6 +239,29 @@ def format_table(rows: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def summarise_seeds(runs: list[dict[str, list[dict]]]) -> str:
+    """Markdown table of the mean ± spread (over runs of several seeds) of the test force RMSE (meV/Å) per
+    strategy and label count, then each active strategy's labels to reach random's final error, per seed."""
+    names = [name for name in STRATEGIES if all(name in rows for rows in runs)]
+    lines = ["| labels | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for index, row in enumerate(runs[0]["random"]):
+        cells = []
+        for name in names:
+            values = np.array([rows[name][index]["forces_rmse"] for rows in runs])
+            ratio = np.mean([rows[name][index]["forces_rmse"] / rows["random"][index]["forces_rmse"] for rows in runs])
+            cells.append(f"{values.mean():.1f} ± {values.std():.1f}" + (f" ({ratio:.2f})" if name != "random" else ""))
+        lines.append(f"| {row['labels']} | " + " | ".join(cells) + " |")
+    lines.append("\nlabels to reach random selection's final error, per seed (fraction of random's labels):")
+    for name in names[1:]:
+        reached = []
+        for rows in runs:
+            final = rows["random"][-1]
+            needed = labels_to_reach(rows[name], final["forces_rmse"])
+            reached.append(f"{needed / final['labels']:.2f}" if needed is not None else "not reached")
+        lines.append(f"- {name}: " + ", ".join(reached))
+    return "\n".join(lines)
+
+
 def previous_rows(path: Path, configuration: dict) -> dict[str, list[dict]]:
     """Rows of an earlier run written to ``path`` with the same settings and arguments, else none."""
     if not path.exists():
@@ -269,7 +293,12 @@ def main() -> None:
                         help="each round's members start from the previous round's, as in the loop (scored the same way)")
     parser.add_argument("--quick", action="store_true", help="tiny run that only checks the script works")
     parser.add_argument("--output", type=Path, default=Path("bench_active_learning_3bpa.json"))
+    parser.add_argument("--summarise", nargs="+", type=Path, metavar="OUTPUT",
+                        help="print the mean over the --output files of several seeds and stop")
     args = parser.parse_args()
+    if args.summarise:
+        print(summarise_seeds([json.loads(path.read_text())["rows"] for path in args.summarise]))
+        return
 
     settings = replace(SETTINGS, epochs=args.epochs)
     files = (args.pool_files, args.test_files, args.isolated_atoms_file)
