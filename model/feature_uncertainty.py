@@ -49,10 +49,12 @@ class FeatureUncertainty:
 
     def distances(self, features: Tensor, species: Tensor) -> Tensor:
         """``u`` ``[..., n_atoms]`` of node features ``[..., n_atoms, d]`` of atoms of ``species`` ``[n_atoms]``."""
-        mean = self.mean.to(features)
-        precision = self.precision.to(features)
-        centred = features - mean[species]
-        squared = torch.einsum("...ni,nij,...nj->...n", centred, precision[species], centred)
+        mean, precision = self.mean.to(features), self.precision.to(features)
+        squared = features.new_zeros(features.shape[:-1])
+        for index in species.unique():  # species by species: memory O(n_atoms d), not O(n_atoms d^2)
+            atoms = species == index
+            centred = features[..., atoms, :] - mean[index]
+            squared[..., atoms] = ((centred @ precision[index]) * centred).sum(dim=-1)
         return (squared.clamp_min(0.0) / features.shape[-1]).sqrt()
 
     def forces_std(self, features: Tensor, species: Tensor) -> Tensor:
