@@ -15,7 +15,10 @@ mean absolute gap over ``p`` in (0, 1) is 0 for a calibrated model and at most 0
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.stats import norm
+
+from tace_aiida.model.feature_uncertainty import likelihood_scale
 
 #: Probabilities of the central intervals over which the miscalibration area is averaged.
 LEVELS = np.linspace(0.01, 0.99, 99)
@@ -33,9 +36,14 @@ def standardised_errors(errors: np.ndarray, sigma: np.ndarray) -> np.ndarray:
 
 def fit_scale(errors: np.ndarray, sigma: np.ndarray) -> float | None:
     """The maximum-likelihood scale ``s`` of the deviations ``sigma`` ``[n]`` (eV/Å) for the force errors
-    ``errors`` ``[n, 3]`` (eV/Å); None when no atom has a deviation."""
-    z = standardised_errors(errors, sigma)
-    return float(np.sqrt(np.mean(z**2))) if z.size else None
+    ``errors`` ``[n, 3]`` (eV/Å), as :func:`~tace_aiida.model.feature_uncertainty.likelihood_scale` fits a single
+    model's; None when no atom has a deviation."""
+    errors, sigma = np.asarray(errors, dtype=float).reshape(-1, 3), np.asarray(sigma, dtype=float).reshape(-1)
+    if errors.shape[0] != sigma.shape[0]:
+        raise ValueError(f"{errors.shape[0]} force errors but {sigma.shape[0]} deviations")
+    if not (sigma > 0.0).any():
+        return None
+    return likelihood_scale(torch.from_numpy(sigma), torch.from_numpy(errors))
 
 
 def miscalibration_area(errors: np.ndarray, sigma: np.ndarray, scale: float = 1.0) -> float | None:
