@@ -95,6 +95,12 @@ def species_indices(atoms: Atoms, atomic_numbers: Sequence[int]) -> np.ndarray:
     return np.array([lookup[int(z)] for z in atoms.numbers], dtype=np.int64)
 
 
+def periodic_rows(atoms: Atoms) -> np.ndarray:
+    """The cell ``[3, 3]`` (Å, vectors as rows) with zero rows along non-periodic directions, as
+    :data:`.keys.CELL` stores it: a molecule's box, which may be any size, is no part of its graph."""
+    return atoms.cell[:] * atoms.pbc[:, None]
+
+
 def atoms_to_graph(
     atoms: Atoms,
     atomic_numbers: Sequence[int],
@@ -115,7 +121,7 @@ def atoms_to_graph(
         SPECIES: torch.from_numpy(species_indices(atoms, atomic_numbers)),
         EDGE_INDEX: torch.from_numpy(np.stack([senders, receivers]).astype(np.int64)),
         SHIFTS: torch.tensor(shifts, dtype=dtype),
-        CELL: torch.tensor(atoms.cell[:], dtype=dtype).unsqueeze(0),
+        CELL: torch.tensor(periodic_rows(atoms), dtype=dtype).unsqueeze(0),
         BATCH: torch.zeros(n_atoms, dtype=torch.long),
     }
     if keys is None:

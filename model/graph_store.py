@@ -392,7 +392,7 @@ def graph_views(columns: FrameColumns, edges: Edges, species: np.ndarray, labels
         BATCH: torch.zeros(len(species), dtype=torch.long),
         FORCES: labels.get(FORCES),
     }
-    per_frame = {CELL: torch.tensor(columns.cell, dtype=dtype)} | {key: labels[key] for key in PER_FRAME_LABELS if key in labels}
+    per_frame = {CELL: torch.tensor(columns.cell * columns.pbc[..., None], dtype=dtype)} | {key: labels[key] for key in PER_FRAME_LABELS if key in labels}
     parts = {key: values.split(sizes) for key, values in per_atom.items() if values is not None}
     parts |= {key: values.split(1) for key, values in per_frame.items()}
     pairs = torch.from_numpy(edges.pairs.astype(np.int64))
