@@ -246,20 +246,29 @@ class LinearReadout(nn.Module):
         return linear(self.linear, features[..., 0]).squeeze(-1)
 
 
-class MLPReadout(nn.Module):
-    """Per-atom energy from the rank-0 channels through a SiLU MLP: ``[..., n, C, D] -> [..., n]``."""
+class ScalarMLP(nn.Module):
+    """SiLU MLP to one number per row, ``[..., n, d] -> [..., n]``, broadcasting over member axes."""
 
-    def __init__(self, channels: int, hidden: tuple[int, ...]) -> None:
+    def __init__(self, features: int, hidden: tuple[int, ...], output_bias: bool = True) -> None:
         super().__init__()
-        sizes = (channels, *hidden)
+        sizes = (features, *hidden)
         layers: list[nn.Module] = []
         for size_in, size_out in pairwise(sizes):
             layers += [nn.Linear(size_in, size_out), nn.SiLU()]
-        layers.append(nn.Linear(sizes[-1], 1))
+        layers.append(nn.Linear(sizes[-1], 1, bias=output_bias))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, features: Tensor) -> Tensor:
-        x = features[..., 0]
+    def forward(self, x: Tensor) -> Tensor:
         for layer in self.net:
             x = linear(layer, x) if isinstance(layer, nn.Linear) else layer(x)
         return x.squeeze(-1)
+
+
+class MLPReadout(ScalarMLP):
+    """Per-atom energy from the rank-0 channels through a SiLU MLP: ``[..., n, C, D] -> [..., n]``."""
+
+    def __init__(self, channels: int, hidden: tuple[int, ...]) -> None:
+        super().__init__(channels, hidden)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return super().forward(features[..., 0])
