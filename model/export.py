@@ -34,6 +34,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from torch import nn
 
 from .checkpoint import load_model
+from .data import periodic_rows
 from .potential import CartesianTensorPotential, apply_strain
 
 Tensor = torch.Tensor
@@ -106,7 +107,7 @@ def graph_inputs(atoms: Atoms, atomic_numbers: list[int], r_max: float, dtype: t
         receivers, senders, shifts = neighbor_list("ijS", Atoms(atoms.numbers, atoms.positions), r_max)
     return (
         torch.tensor(atoms.positions, dtype=dtype),
-        torch.tensor(atoms.cell[:], dtype=dtype).unsqueeze(0),
+        torch.tensor(periodic_rows(atoms), dtype=dtype).unsqueeze(0),
         torch.tensor([lookup[int(z)] for z in atoms.numbers], dtype=torch.long),
         torch.from_numpy(np.stack([senders, receivers]).astype(np.int64)),
         torch.tensor(shifts, dtype=dtype),
@@ -115,7 +116,13 @@ def graph_inputs(atoms: Atoms, atomic_numbers: list[int], r_max: float, dtype: t
 
 
 def export_model(model: CartesianTensorPotential, path: str | Path) -> Path:
-    """Write ``model`` (in its dtype) as a TorchScript file that needs only PyTorch to run."""
+    """Write ``model`` (in its dtype) as a TorchScript file that needs only PyTorch to run.
+
+    Models with the long-range term are refused: its sum branches on each structure's periodicity
+    and sizes its wave-vector set by the cell, which a trace would freeze to the example's.
+    """
+    if model.config.long_range:
+        raise ValueError("a model with long_range: true cannot be exported yet; use its checkpoint with TACECalculator")
     model = model.eval()
     dtype = next(model.parameters()).dtype
     example = Atoms("HCNO", positions=[[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.9, 1.0, 1.1]])

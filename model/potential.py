@@ -10,6 +10,7 @@ from torch import nn
 from . import keys
 from .blocks import EdgeHarmonics, InteractionBlock, LinearReadout, MLPReadout, ProductBasisBlock, SpeciesLinear
 from .constants import ConstantsModule
+from .long_range import LatentEwald
 from .radial import RadialEmbedding
 
 Tensor = torch.Tensor
@@ -22,6 +23,10 @@ class ModelConfig:
     ``atomic_energies`` are the per-species reference energies E0 (eV) in the order of
     ``atomic_numbers``; ``scale`` (eV) and ``shift`` (eV/atom) map the network output to the
     interaction energy per atom.
+    ``long_range`` adds the electrostatic energy of latent charges (:mod:`.long_range`) read from
+    the rank-0 features of every layer by an MLP of ``readout_mlp`` hidden sizes; ``long_range_sigma``
+    is the Gaussian width of the charges (Å), ``long_range_spacing`` the real-space resolution of
+    the Ewald sum of periodic cells (Å).
     """
 
     atomic_numbers: list[int]
@@ -39,6 +44,9 @@ class ModelConfig:
     avg_num_neighbors: float = 1.0
     scale: float = 1.0
     shift: float = 0.0
+    long_range: bool = False
+    long_range_sigma: float = 1.0
+    long_range_spacing: float = 2.0
 
     def __post_init__(self) -> None:
         if len(self.atomic_energies) != len(self.atomic_numbers):
@@ -49,6 +57,10 @@ class ModelConfig:
             raise ValueError(f"max_hidden_rank={self.max_hidden_rank} must lie in 0..max_edge_rank={self.max_edge_rank}")
         if self.correlation < 1 or self.num_interactions < 1:
             raise ValueError(f"correlation={self.correlation} and num_interactions={self.num_interactions} must be >= 1")
+        if self.long_range_sigma <= 0 or self.long_range_spacing <= 0:
+            raise ValueError(
+                f"long_range_sigma={self.long_range_sigma} and long_range_spacing={self.long_range_spacing} must be > 0 (Å)"
+            )
         self.radial_mlp = tuple(self.radial_mlp)
         self.readout_mlp = tuple(self.readout_mlp)
 
@@ -130,12 +142,19 @@ class CartesianTensorPotential(ConstantsModule):
             self.residuals.append(SpeciesLinear(min(node_rank, out_rank), channels, channels, num_species))
             self.readouts.append(MLPReadout(channels, config.readout_mlp) if last else LinearReadout(channels))
             node_rank = out_rank
+        self.long_range = (
+            LatentEwald(
+                channels * config.num_interactions, config.readout_mlp, config.long_range_sigma, config.long_range_spacing
+            )
+            if config.long_range
+            else None
+        )
 
     def node_energies(
         self, positions: Tensor, cell: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, graph_of_atom: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Per-atom energies ``[..., n_atoms]`` (eV, E0s included) and the rank-0 node features of
-        every layer ``[..., n_atoms, channels * num_interactions]``; inputs as in the batch dict."""
+        """Per-atom energies ``[..., n_atoms]`` (eV, E0s and the long-range term included) and the rank-0
+        node features of every layer ``[..., n_atoms, channels * num_interactions]``; inputs as in the batch dict."""
         sender, receiver = edge_index[0], edge_index[1]
         offsets = torch.einsum("ei,...eij->...ej", shifts, cell[..., graph_of_atom[receiver], :, :])
         vectors = positions[..., sender, :] - positions[..., receiver, :] + offsets
@@ -158,7 +177,10 @@ class CartesianTensorPotential(ConstantsModule):
             node_energy = node_energy + readout(features)
             invariants.append(features[..., 0])
         node_energy = self.scale[..., None] * node_energy + self.shift[..., None] + self.atomic_energies[..., species]
-        return node_energy, torch.cat(invariants, dim=-1)
+        invariants = torch.cat(invariants, dim=-1)
+        if self.long_range is not None:
+            node_energy = node_energy + self.long_range(invariants, positions, cell, graph_of_atom)
+        return node_energy, invariants
 
     def forward(
         self,

@@ -129,6 +129,10 @@ class ModelCase:
     def tolerance(self) -> float:
         return 1e-10 if self.dtype == torch.float64 else 1e-5
 
+    @property
+    def long_range(self) -> bool:
+        return dict(self.settings).get("long_range", False)
+
     def build(self, seed: int = 3) -> CartesianTensorPotential:
         with default_dtype(self.dtype):
             return small_model(seed=seed, atomic_energies=[0.1, -0.2, 0.3, 0.05], scale=20.0, **dict(self.settings))
@@ -149,6 +153,8 @@ MODEL_CASES = [
     model_case(max_edge_rank=4, correlation=2, max_hidden_rank=1),
     model_case(max_edge_rank=3, correlation=2, max_hidden_rank=0, num_interactions=1),
     model_case(max_edge_rank=3, correlation=3, max_hidden_rank=1, dtype=torch.float32),
+    model_case(max_edge_rank=3, correlation=2, max_hidden_rank=1, long_range=True),
+    model_case(max_edge_rank=2, correlation=2, max_hidden_rank=1, long_range=True, dtype=torch.float32),
     model_case(max_edge_rank=4, correlation=3, max_hidden_rank=2, slow=True),
     model_case(max_edge_rank=4, correlation=1, max_hidden_rank=4, slow=True),
     model_case(max_edge_rank=2, correlation=3, max_hidden_rank=2, channels=4, slow=True),

@@ -190,3 +190,18 @@ def test_one_member_drives_the_loop_by_its_feature_uncertainty(fast_polling, ins
         assert (md_run.outputs.trajectory.get_array("max_force_std") > 0.0).all()
     (entry,) = results["report"].get_dict()["iterations"]
     assert entry["selected"] == 3 and entry["members"] == 1
+
+
+def test_loop_runs_members_with_the_long_range_term(fast_polling, installed_code):
+    """``model: {long_range: true}`` reaches every member: they train, run MD on periodic cells with the
+    Ewald sum, and frames are selected from their spread."""
+    results, node = run_get_node(builder_for(installed_code, model={"long_range": True},
+                                             stopping={"max_iterations": 1}))
+    assert node.exit_status == ActiveLearningWorkChain.exit_codes.ERROR_MAX_ITERATIONS.status, node.exit_message
+    for potential in results["ensemble"].values():
+        calculator = potential.get_calculator(device="cpu")
+        assert calculator.models[0].config.long_range
+    md_runs = called(node, "tace.md")
+    assert md_runs and all(run.is_finished_ok for run in md_runs)
+    (entry,) = results["report"].get_dict()["iterations"]
+    assert entry["selected"] == 3

@@ -43,6 +43,11 @@ def skip_unless_float64(case) -> None:
         pytest.skip("finite differences and the cutoff need float64 resolution")
 
 
+def skip_if_long_range(case) -> None:
+    if case.long_range:
+        pytest.skip("the long-range term has no cutoff: its 1/r tail is tested in tests/test_long_range.py")
+
+
 def energy_along(model, atoms: Atoms, displace, steps: tuple[float, ...]) -> list[float]:
     """Energies of ``displace(atoms, t)`` for each t (Å or strain)."""
     return [evaluate(model, [displace(atoms, t)], forces=False).energy.item() for t in steps]
@@ -143,6 +148,7 @@ def test_stress_is_strain_derivative_over_volume(physics_case, physics_model):
 def test_energy_and_forces_continuous_across_cutoff(physics_case, physics_model):
     """A dimer whose only edge crosses the cutoff: energy and forces join smoothly at r_max."""
     skip_unless_float64(physics_case)
+    skip_if_long_range(physics_case)
     r_max = physics_model.config.r_max
 
     def dimer(distance: float) -> Outputs:
@@ -174,6 +180,7 @@ def test_batch_equals_structures_one_by_one(physics_case, physics_model, frames_
 
 def test_two_far_apart_copies_have_twice_the_energy(physics_case, physics_model, frames_300K):
     """E0s and the shift are per atom, so the total energy (E0s included) is extensive."""
+    skip_if_long_range(physics_case)
     atoms = frames_300K[3]
     far = atoms.copy()
     far.positions += np.array([3 * physics_model.config.r_max + 20.0, 0.0, 0.0])

@@ -19,14 +19,16 @@ def copper(strain: float = 0.0) -> orm.StructureData:
     return orm.StructureData(ase=atoms)
 
 
-def builder_for(installed_code, *, selection=None, stopping=None, stages=None, ensemble_size=2, calculator=None):
-    """A loop of two Cu cells labelled by EMT (or ``calculator``), tiny members, short MD; settings overridable."""
+def builder_for(installed_code, *, selection=None, stopping=None, stages=None, ensemble_size=2, calculator=None,
+                model=None):
+    """A loop of two Cu cells labelled by EMT (or ``calculator``), tiny members, short MD; settings overridable
+    (``model`` updates the members' model settings)."""
     builder = ActiveLearningWorkChain.get_builder()
     builder.structures = {"cu0": copper(0.0), "cu1": copper(0.02)}
     builder.label_ase.code = installed_code("tace-label")
     builder.label_ase.calculator = orm.Str(calculator or "ase.calculators.emt.EMT")
     builder.train.code = installed_code("tace-train")
-    builder.train.parameters = orm.Dict(TRAINING)
+    builder.train.parameters = orm.Dict({**TRAINING, "model": {**TRAINING["model"], **(model or {})}})
     builder.ensemble_size = orm.Int(ensemble_size)
     builder.md.code = installed_code("tace-md")
     builder.exploration = orm.List(stages or [STAGE])

@@ -1,0 +1,201 @@
+"""The long-range term: Ewald sums against known results, the 1/r tail, ensembles, configuration.
+
+The symmetry and derivative tests of models with ``long_range: true`` run in the model test suite
+(``MODEL_CASES`` in tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+from ase.io import write
+from tace_aiida.model.checkpoint import load_model, save_checkpoint
+from tace_aiida.model.config import TrainingConfig
+from tace_aiida.model.data import atoms_to_graph, collate
+from tace_aiida.model.ensemble import StackedEnsemble
+from tace_aiida.model.export import export_model
+from tace_aiida.model.long_range import COULOMB_CONSTANT, direct_potential, reciprocal_potential
+from tace_aiida.model.training import train
+
+from .conftest import SPECIES_3BPA, ModelCase, periodic_cell
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: Madelung constant of rock salt, referred to the nearest-neighbour distance.
+MADELUNG_ROCK_SALT = 1.747564594633
+
+
+def ewald_energy(atoms: Atoms, charges: np.ndarray, sigma: float, spacing: float) -> tuple[float, np.ndarray]:
+    """Energy (eV) and forces ``[n, 3]`` (eV/Å) of fixed ``charges`` (e) in a periodic cell."""
+    positions = torch.tensor(atoms.positions, dtype=torch.float64, requires_grad=True)
+    q = torch.tensor(charges, dtype=torch.float64)
+    cell = torch.tensor(atoms.cell[:], dtype=torch.float64)
+    energy = 0.5 * (q * reciprocal_potential(positions, q, cell, sigma, 2 * math.pi / spacing)).sum()
+    (gradient,) = torch.autograd.grad(energy, positions)
+    return energy.item(), -gradient.numpy()
+
+
+def rock_salt_charges(atoms: Atoms) -> np.ndarray:
+    return np.where(atoms.numbers == 11, 1.0, -1.0)
+
+
+def test_rock_salt_energy_is_the_madelung_energy():
+    """Narrow charges (sigma 0.2 Å, no overlap at 2.82 Å) reproduce point charges: -k_e M / r0 per ion pair."""
+    a = 5.64
+    atoms = bulk("NaCl", "rocksalt", a=a, cubic=True)
+    energy, forces = ewald_energy(atoms, rock_salt_charges(atoms), sigma=0.2, spacing=0.15)
+    expected = -COULOMB_CONSTANT * MADELUNG_ROCK_SALT / (a / 2)
+    assert abs(energy / 4 - expected) < 1e-9 * abs(expected)
+    assert np.abs(forces).max() < 1e-9
+
+
+def test_ewald_matches_pymatgen_on_a_rattled_strained_cell():
+    """Energy and forces of a distorted 16-atom NaCl cell against pymatgen's point-charge Ewald sum."""
+    from pymatgen.analysis.ewald import EwaldSummation
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True) * (1, 1, 2)
+    atoms.rattle(0.1, seed=1)
+    strain = np.eye(3) + 0.03 * np.random.default_rng(0).normal(size=(3, 3))
+    atoms.set_cell(atoms.cell[:] @ strain, scale_atoms=True)
+    charges = rock_salt_charges(atoms)
+    structure = AseAtomsAdaptor.get_structure(atoms)
+    structure.add_oxidation_state_by_site(charges.tolist())
+    reference = EwaldSummation(structure, acc_factor=12.0, compute_forces=True)
+    energy, forces = ewald_energy(atoms, charges, sigma=0.2, spacing=0.2)
+    assert abs(energy - reference.total_energy) < 1e-7 * abs(reference.total_energy)
+    assert np.abs(forces - reference.forces).max() < 1e-6
+    assert np.abs(reference.forces).max() > 0.1
+
+
+def test_periodic_sum_of_a_molecule_in_a_large_box_is_its_direct_sum():
+    """One convention for both: a neutral, dipole-free molecule far from its images has the same energy."""
+    positions = np.array([[-1.5, 0.0, 0.0], [0.0, 0.0, 0.0], [1.5, 0.0, 0.0]])
+    charges = torch.tensor([1.0, -2.0, 1.0], dtype=torch.float64)
+    direct = 0.5 * (charges * direct_potential(torch.tensor(positions), charges, sigma=1.0)).sum().item()
+    box = Atoms("NaClNa", positions=positions + 10.0, cell=[20.0, 20.0, 20.0], pbc=True)
+    periodic, _ = ewald_energy(box, charges.numpy(), sigma=1.0, spacing=0.5)
+    assert abs(periodic - direct) < 1e-3 * abs(direct)
+
+
+def test_direct_sum_is_screened_coulomb():
+    """Two Gaussian charges interact through k_e q1 q2 erf(r / (sqrt(2) sigma)) / r: finite at contact, 1/r far away."""
+    charges = torch.tensor([0.7, -0.4], dtype=torch.float64)
+    for distance in (0.3, 2.0, 15.0):
+        positions = torch.tensor([[0.0, 0.0, 0.0], [0.0, distance, 0.0]], dtype=torch.float64)
+        energy = 0.5 * (charges * direct_potential(positions, charges, sigma=1.0)).sum().item()
+        expected = COULOMB_CONSTANT * -0.28 * math.erf(distance / math.sqrt(2.0)) / distance
+        assert abs(energy - expected) < 1e-12
+    assert abs(expected - COULOMB_CONSTANT * -0.28 / 15.0) < 1e-12
+
+
+def long_range_model(seed: int = 3):
+    return ModelCase((("max_edge_rank", 2), ("correlation", 2), ("long_range", True), ("r_max", 4.0))).build(seed)
+
+
+def test_model_energy_beyond_the_cutoff_is_the_coulomb_tail():
+    """A C-N pair beyond r_max: the short-range part is constant, the rest is the pair's screened Coulomb energy."""
+    model = long_range_model()
+    energies, charges = [], []
+    for distance in (6.0, 9.0, 14.0):
+        batch = collate([atoms_to_graph(Atoms("CN", positions=[[0, 0, 0], [distance, 0, 0]]), SPECIES_3BPA, 4.0, dtype=torch.float64)])
+        out = model(batch, compute_forces=False, compute_descriptors=True)
+        q = model.long_range.charges(out.node_features, batch["batch"], 1)
+        energies.append(out.energy.item())
+        charges.append(q.detach())
+    assert all(torch.allclose(q, charges[0], atol=1e-12) for q in charges), "an isolated atom's charge cannot depend on r"
+    q_c, q_n = charges[0].tolist()
+    assert abs(q_c + q_n) < 1e-12 and abs(q_c) > 0.01
+
+    def coulomb(r: float) -> float:
+        return COULOMB_CONSTANT * q_c * q_n * math.erf(r / math.sqrt(2.0)) / r
+
+    assert abs((energies[1] - energies[0]) - (coulomb(9.0) - coulomb(6.0))) < 1e-10
+    assert abs((energies[2] - energies[0]) - (coulomb(14.0) - coulomb(6.0))) < 1e-10
+
+
+def test_stacked_ensemble_of_long_range_models_equals_its_members(tmp_path, frames_300K):
+    models = [long_range_model(seed) for seed in (1, 2)]
+    ensemble = StackedEnsemble([load_model(save_checkpoint(tmp_path / f"{i}.pt", m))[0] for i, m in enumerate(models)])
+    structures = [frames_300K[0], periodic_cell(seed=1)]
+    batch = collate([atoms_to_graph(atoms, SPECIES_3BPA, 4.0, dtype=torch.float64) for atoms in structures])
+    stacked = ensemble(batch)
+    for index, model in enumerate(models):
+        single = model(batch)
+        assert (stacked.energy[index] - single.energy).abs().max() < 1e-10
+        assert (stacked.forces[index] - single.forces).abs().max() < 1e-10
+
+
+def test_checkpoint_keeps_the_term(tmp_path):
+    model = long_range_model()
+    loaded, _ = load_model(save_checkpoint(tmp_path / "lr.pt", model))
+    atoms = periodic_cell(seed=2)
+    batch = collate([atoms_to_graph(atoms, SPECIES_3BPA, 4.0, dtype=torch.float64)])
+    assert loaded.config.long_range and abs(loaded(batch).energy.item() - model(batch).energy.item()) < 1e-12
+
+
+def test_slab_is_refused_with_its_periodicity():
+    model = long_range_model()
+    slab = periodic_cell(seed=1)
+    slab.pbc = [True, True, False]
+    batch = collate([atoms_to_graph(slab, SPECIES_3BPA, 4.0, dtype=torch.float64)])
+    with pytest.raises(ValueError, match="periodic along 2 of 3"):
+        model(batch)
+
+
+@pytest.mark.parametrize(("name", "value"), [("long_range_sigma", 0.0), ("long_range_spacing", -1.0)])
+def test_bad_settings_are_named(tmp_path, name, value):
+    with pytest.raises(ValueError, match=name):
+        TrainingConfig(train_file="x.xyz", model={"long_range": True, name: value})
+
+
+def test_export_refuses_a_long_range_model(tmp_path):
+    with pytest.raises(ValueError, match="long_range"):
+        export_model(long_range_model(), tmp_path / "model.ts")
+
+
+def ion_pair(distance: float) -> Atoms:
+    """Na+ Cl- at ``distance`` (Å): E = -k_e / r + Born-Mayer repulsion, and its forces (eV, eV/Å)."""
+    repulsion, decay = 1200.0, 0.32
+    energy = -COULOMB_CONSTANT / distance + repulsion * math.exp(-distance / decay)
+    force = -COULOMB_CONSTANT / distance**2 + repulsion / decay * math.exp(-distance / decay)
+    atoms = Atoms("NaCl", positions=[[0.0, 0.0, 0.0], [distance, 0.0, 0.0]])
+    atoms.info["energy"] = energy
+    atoms.arrays["forces"] = np.array([[-force, 0.0, 0.0], [force, 0.0, 0.0]])
+    return atoms
+
+
+@pytest.mark.slow
+def test_trained_long_range_model_learns_the_tail_the_short_range_model_cannot(tmp_path):
+    """Trained on Na+ Cl- pairs at 2-12 Å with a 4 Å cutoff, the long-range model follows -k_e / r
+    out to 20 Å; the short-range model is flat beyond its cutoff."""
+    rng = np.random.default_rng(0)
+    write(tmp_path / "train.xyz", [ion_pair(r) for r in rng.uniform(2.2, 12.0, size=60)])
+    errors = {}
+    for long_range in (False, True):
+        settings = TrainingConfig.from_dict(
+            dict(
+                train_file="train.xyz", valid_fraction=0.1, atomic_energies={11: 0.0, 17: 0.0},
+                model={"channels": 8, "radial_mlp": [16, 16], "max_edge_rank": 1, "correlation": 1,
+                       "num_interactions": 1, "r_max": 4.0, "long_range": long_range},
+                energy_weight=10.0, forces_weight=10.0, max_epochs=150, batch_size=10, lr=0.01, patience=150,
+                output_dir=f"run_{long_range}", progress_bar=False,
+            ),
+            base_dir=tmp_path,
+        )
+        model, _ = load_model(train(settings)["checkpoint"])
+        tail = [14.0, 20.0]
+        predicted = [
+            model(collate([atoms_to_graph(ion_pair(r), [11, 17], 4.0, dtype=torch.float64)]), compute_forces=False)
+            .energy.item() for r in tail
+        ]
+        difference = predicted[1] - predicted[0]
+        errors[long_range] = abs(difference - (ion_pair(20.0).info["energy"] - ion_pair(14.0).info["energy"]))
+    # The tail from 14 to 20 Å is 0.31 eV: the short-range model misses all of it.
+    assert errors[False] > 0.25
+    assert errors[True] < 0.1 * errors[False], errors
