@@ -184,6 +184,7 @@ def write_frames(target: Source, frames: Sequence[Atoms], metadata: dict | None 
     """Write ``frames`` (labels from calculators or info/arrays) to ``target`` (a path or a binary file object).
 
     Other per-atom arrays and info entries are kept; labels must be finite and forces [n_atoms, 3].
+    A calculator's ``dipole`` result (as ASE's extxyz reader attaches it) is kept as an info entry.
     """
     labels = [_checked_labels(atoms, index) for index, atoms in enumerate(frames)]
     sizes = np.array([len(atoms) for atoms in frames], dtype=np.int64)
@@ -205,9 +206,16 @@ def write_frames(target: Source, frames: Sequence[Atoms], metadata: dict | None 
             handle.create_dataset("forces", data=np.concatenate(forces))
         if any("stress" in found for found in labels):
             handle.create_dataset("stress", data=np.array([found.get("stress", np.full((3, 3), np.nan)) for found in labels], dtype=float))
-        _write_entries(handle, "info", [{k: v for k, v in a.info.items() if k not in LABELS} for a in frames], None)
+        _write_entries(handle, "info", [_info_entries(atoms) for atoms in frames], None)
         excluded = {"numbers", "positions", *LABELS}
         _write_entries(handle, "arrays", [{k: v for k, v in a.arrays.items() if k not in excluded} for a in frames], sizes)
+
+
+def _info_entries(atoms: Atoms) -> dict:
+    """``atoms.info`` without the label columns, with a calculator's dipole result where info has none."""
+    results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+    extra = {"dipole": np.asarray(results["dipole"], dtype=float)} if "dipole" in results else {}
+    return extra | {key: value for key, value in atoms.info.items() if key not in LABELS}
 
 
 def _read_dataset(handle: h5py.File, path: str, rows: int, kind: str = "number", row_shape: tuple | None = None) -> np.ndarray | list:
