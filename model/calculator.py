@@ -75,6 +75,9 @@ class TACECalculator(Calculator):
     ``descriptors`` (always computed) are the first member's per-structure means of the invariant
     node features, a fingerprint for diversity selection.
 
+    Models with tensorial heads add, for molecules, the members' mean ``dipole`` [3] (e Å, about
+    the centroid; ``atoms.get_dipole_moment()``) and ``polarizability`` [3, 3] (Å^3).
+
     With ``uncertainty="features"`` the force deviations (``forces_std``, ``max_force_std``) come from
     each member's own features instead (:mod:`~tace_aiida.model.feature_uncertainty`, the expected force
     error in eV/Å, root mean square over members), so one checkpoint is enough; the energy and
@@ -97,7 +100,7 @@ class TACECalculator(Calculator):
     implemented_properties = [
         "energy", "free_energy", "energies", "forces", "stress",
         "energy_std", "energy_std_per_atom", "forces_std", "max_force_std", "stress_std", "descriptors",
-        "bias_energy", "unbiased_energy", "unbiased_forces",
+        "bias_energy", "unbiased_energy", "unbiased_forces", "dipole", "polarizability",
     ]
 
     def __init__(
@@ -168,6 +171,10 @@ class TACECalculator(Calculator):
             "max_force_std": float(forces_std.max()),
             "descriptors": members.descriptors[0, 0].detach().cpu().double().numpy(),
         }
+        for name in ("dipole", "polarizability"):
+            values = getattr(members, name)
+            if values is not None and not self.atoms.pbc.any():
+                self.results[name] = values[:, 0].detach().cpu().double().numpy().mean(axis=0)
         stresses = members.stress[:, 0].detach().cpu().double().numpy() if periodic else None
         if periodic:
             self.results["stress"] = full_3x3_to_voigt_6_stress(stresses.mean(axis=0))

@@ -24,15 +24,19 @@ from ase.stress import voigt_6_to_full_3x3_stress
 from .keys import (
     BATCH,
     CELL,
+    DIPOLE,
     EDGE_INDEX,
     ENERGY,
     FORCES,
+    HAS_DIPOLE,
     HAS_ENERGY,
     HAS_FORCES,
+    HAS_POLARIZABILITY,
     HAS_STRESS,
     NUM_ATOMS,
     PER_ATOM,
     PER_GRAPH,
+    POLARIZABILITY,
     POSITIONS,
     SHIFTS,
     SPECIES,
@@ -51,6 +55,8 @@ class LabelKeys:
     energy: str = "energy"
     forces: str = "forces"
     stress: str = "stress"
+    dipole: str = "dipole"
+    polarizability: str = "polarizability"
 
 
 def edges_within_cutoff(atoms: Atoms, r_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -112,6 +118,7 @@ def atoms_to_graph(
 
     A stress label is read only for cells periodic in all three directions: the stress of a
     molecule or a slab (periodic in one or two) depends on its arbitrary vacuum, so is no label.
+    Dipole (3 values, e Å) and polarizability (9 values or 3 x 3, Å^3) labels are read for molecules only.
     """
     dtype = dtype or torch.get_default_dtype()
     senders, receivers, shifts = edges_within_cutoff(atoms, r_max)
@@ -142,6 +149,17 @@ def atoms_to_graph(
     graph[HAS_ENERGY] = torch.tensor([energy is not None], dtype=dtype)
     graph[HAS_FORCES] = torch.tensor([forces is not None], dtype=dtype)
     graph[HAS_STRESS] = torch.tensor([stress is not None], dtype=dtype)
+    molecule = not atoms.pbc.any()
+    dipole = read_label(atoms, keys.dipole, per_atom=False) if molecule else None
+    polarizability = read_label(atoms, keys.polarizability, per_atom=False) if molecule else None
+    if dipole is not None:
+        dipole = checked_label(dipole, keys.dipole, [(3,)])
+    if polarizability is not None:
+        polarizability = checked_label(polarizability, keys.polarizability, [(9,), (3, 3)]).reshape(3, 3)
+    graph[DIPOLE] = torch.tensor(np.zeros(3) if dipole is None else dipole, dtype=dtype).unsqueeze(0)
+    graph[POLARIZABILITY] = torch.tensor(np.zeros((3, 3)) if polarizability is None else polarizability, dtype=dtype).unsqueeze(0)
+    graph[HAS_DIPOLE] = torch.tensor([dipole is not None], dtype=dtype)
+    graph[HAS_POLARIZABILITY] = torch.tensor([polarizability is not None], dtype=dtype)
     return graph
 
 
@@ -186,7 +204,7 @@ def collate(graphs: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
         NUM_ATOMS: atom_counts,
     }
     for key in PER_GRAPH + PER_ATOM:
-        if key in graphs[0]:
+        if all(key in g for g in graphs):
             batch[key] = torch.cat([g[key] for g in graphs])
     return batch
 

@@ -50,7 +50,8 @@ def evaluate(
     """Errors of ``model`` on labelled ``graphs``.
 
     Keys: ``energy_per_atom_*`` (eV/atom), ``energy_*`` (eV), ``forces_*`` (eV/Å per component),
-    ``stress_*`` (eV/Å^3 per component), each ``_mae`` and ``_rmse``; only for labels present.
+    ``stress_*`` (eV/Å^3 per component), ``dipole_*`` (e Å per component) and ``polarizability_*``
+    (Å^3 per component) of models with those heads, each ``_mae`` and ``_rmse``; only for labels present.
     """
     errors = ErrorAccumulator()
     dtype = next(model.parameters()).dtype
@@ -66,4 +67,8 @@ def evaluate(
         errors.add("forces", (out.forces - batch[keys.FORCES]).detach()[force_mask])
         if has_stress:
             errors.add("stress", (out.stress - batch[keys.STRESS]).detach()[batch[keys.HAS_STRESS].bool()])
+        for name, predicted, present in ((keys.DIPOLE, out.dipole, keys.HAS_DIPOLE),
+                                     (keys.POLARIZABILITY, out.polarizability, keys.HAS_POLARIZABILITY)):
+            if predicted is not None and name in batch and bool(batch[present].any()):
+                errors.add(name, (predicted - batch[name]).detach()[batch[present].bool()])
     return errors.metrics()

@@ -36,12 +36,16 @@ from .frames import LABELS, FrameColumns
 from .keys import (
     BATCH,
     CELL,
+    DIPOLE,
     EDGE_INDEX,
     ENERGY,
     FORCES,
+    HAS_DIPOLE,
     HAS_ENERGY,
     HAS_FORCES,
+    HAS_POLARIZABILITY,
     HAS_STRESS,
+    POLARIZABILITY,
     POSITIONS,
     SHIFTS,
     SPECIES,
@@ -63,7 +67,8 @@ CACHE_VERSION = 1
 INTEGER_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.int64)
 
 #: Labels with one row per frame: energy [n_frames], stress [n_frames, 3, 3], the masks [n_frames].
-PER_FRAME_LABELS = (ENERGY, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS)
+PER_FRAME_LABELS = (ENERGY, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS, DIPOLE, POLARIZABILITY, HAS_DIPOLE,
+                    HAS_POLARIZABILITY)
 
 #: Relative margin of the column-wise checks: a frame this near a limit is checked as Atoms.
 MARGIN = 1e-9
@@ -316,9 +321,17 @@ def label_tensors(columns: FrameColumns, keys: LabelKeys, dtype: torch.dtype) ->
     stress = read_label(columns, keys.stress, per_atom=False)
     if energy is None or forces is None or stress is None:
         return None
+    dipole = read_label(columns, keys.dipole, per_atom=False)
+    polarizability = read_label(columns, keys.polarizability, per_atom=False)
+    if dipole is None or polarizability is None:
+        return None
     stress.present &= columns.pbc.all(axis=1)
+    molecules = ~columns.pbc.any(axis=1)
+    dipole.present &= molecules
+    polarizability.present &= molecules
     suspects = (label_suspects(energy, [(), (1,)]) | label_suspects(forces, [(3,)], columns.offsets)
-                | label_suspects(stress, [(6,), (3, 3)]))
+                | label_suspects(stress, [(6,), (3, 3)]) | label_suspects(dipole, [(3,)])
+                | label_suspects(polarizability, [(9,), (3, 3)]))
     n_frames, n_atoms = len(columns), int(columns.offsets[-1])
     atom_present = np.repeat(forces.present, np.diff(columns.offsets))
     stress_values = stress.values
@@ -331,6 +344,10 @@ def label_tensors(columns: FrameColumns, keys: LabelKeys, dtype: torch.dtype) ->
         HAS_ENERGY: energy.present,
         HAS_FORCES: forces.present,
         HAS_STRESS: stress.present,
+        DIPOLE: masked(dipole.values, dipole.present, (n_frames, 3)),
+        POLARIZABILITY: masked(polarizability.values, polarizability.present, (n_frames, 3, 3)),
+        HAS_DIPOLE: dipole.present,
+        HAS_POLARIZABILITY: polarizability.present,
     }
     return {key: torch.tensor(values, dtype=dtype) for key, values in tensors.items()}, suspects
 
@@ -398,6 +415,7 @@ def graph_views(columns: FrameColumns, edges: Edges, species: np.ndarray, labels
     pairs = torch.from_numpy(edges.pairs.astype(np.int64))
     parts[EDGE_INDEX] = [block.view(2, -1) for block in pairs.split((2 * counts).tolist())]
     parts[SHIFTS] = torch.from_numpy(edges.shifts).to(dtype).split(counts.tolist())
-    order = [POSITIONS, SPECIES, EDGE_INDEX, SHIFTS, CELL, BATCH, ENERGY, FORCES, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS]
+    order = [POSITIONS, SPECIES, EDGE_INDEX, SHIFTS, CELL, BATCH, ENERGY, FORCES, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS,
+             DIPOLE, POLARIZABILITY, HAS_DIPOLE, HAS_POLARIZABILITY]
     names = [key for key in order if key in parts]
     return [dict(zip(names, values, strict=True)) for values in zip(*(parts[key] for key in names), strict=True)]

@@ -29,13 +29,22 @@ ENERGY = "energy"
 FORCES = "forces"
 #: ``[n_graphs, 3, 3]`` float, eV/Å^3: stress label, ASE's sign (0 where absent; periodic cells only).
 STRESS = "stress"
+#: ``[n_graphs, 3]`` float, e Å: dipole label of a molecule (0 where absent).
+DIPOLE = "dipole"
+#: ``[n_graphs, 3, 3]`` float, Å^3: polarizability (volume) label of a molecule (0 where absent).
+POLARIZABILITY = "polarizability"
 #: ``[n_graphs]`` float, 1 or 0: whether the graph has an energy label.
 HAS_ENERGY = "has_energy"
 #: ``[n_graphs]`` float, 1 or 0: whether the graph has force labels.
 HAS_FORCES = "has_forces"
 #: ``[n_graphs]`` float, 1 or 0: whether the graph has a stress label.
 HAS_STRESS = "has_stress"
+#: ``[n_graphs]`` float, 1 or 0: whether the graph has a dipole label.
+HAS_DIPOLE = "has_dipole"
+#: ``[n_graphs]`` float, 1 or 0: whether the graph has a polarizability label.
+HAS_POLARIZABILITY = "has_polarizability"
 
 #: Entries with one row per graph, and with one row per atom: concatenated as they are when batching.
-PER_GRAPH = (CELL, ENERGY, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS)
+PER_GRAPH = (CELL, ENERGY, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS, DIPOLE, POLARIZABILITY, HAS_DIPOLE,
+             HAS_POLARIZABILITY)
 PER_ATOM = (POSITIONS, SPECIES, FORCES)

@@ -12,6 +12,7 @@ from .blocks import EdgeHarmonics, InteractionBlock, LinearReadout, MLPReadout, 
 from .constants import ConstantsModule
 from .long_range import LatentEwald
 from .radial import RadialEmbedding
+from .tensor_outputs import TensorReadouts
 
 Tensor = torch.Tensor
 
@@ -27,6 +28,8 @@ class ModelConfig:
     the rank-0 features of every layer by an MLP of ``readout_mlp`` hidden sizes; ``long_range_sigma``
     is the Gaussian width of the charges (Å), ``long_range_spacing`` the real-space resolution of
     the Ewald sum of periodic cells (Å).
+    ``dipole`` and ``polarizability`` add those outputs (:mod:`.tensor_outputs`); the last layer then
+    keeps features up to rank 1 or 2.
     """
 
     atomic_numbers: list[int]
@@ -47,6 +50,8 @@ class ModelConfig:
     long_range: bool = False
     long_range_sigma: float = 1.0
     long_range_spacing: float = 2.0
+    dipole: bool = False
+    polarizability: bool = False
 
     def __post_init__(self) -> None:
         if len(self.atomic_energies) != len(self.atomic_numbers):
@@ -99,6 +104,8 @@ class Outputs:
     stress: Tensor | None = None
     descriptors: Tensor | None = None
     node_features: Tensor | None = None
+    dipole: Tensor | None = None
+    polarizability: Tensor | None = None
 
 
 class CartesianTensorPotential(ConstantsModule):
@@ -128,9 +135,11 @@ class CartesianTensorPotential(ConstantsModule):
         self.residuals = nn.ModuleList()
         self.readouts = nn.ModuleList()
         node_rank = 0
+        tensor_rank = 2 if config.polarizability else 1 if config.dipole else 0
+        layer_ranks = []
         for layer in range(config.num_interactions):
             last = layer == config.num_interactions - 1
-            out_rank = 0 if last else config.max_hidden_rank
+            out_rank = tensor_rank if last else config.max_hidden_rank
             self.interactions.append(
                 InteractionBlock(
                     node_rank, config.max_edge_rank, channels, config.num_bessel, config.radial_mlp,
@@ -142,6 +151,10 @@ class CartesianTensorPotential(ConstantsModule):
             self.residuals.append(SpeciesLinear(min(node_rank, out_rank), channels, channels, num_species))
             self.readouts.append(MLPReadout(channels, config.readout_mlp) if last else LinearReadout(channels))
             node_rank = out_rank
+            layer_ranks.append(out_rank)
+        self.tensor_readouts = (
+            TensorReadouts(channels, layer_ranks, config.dipole, config.polarizability) if tensor_rank else None
+        )
         self.long_range = (
             LatentEwald(
                 channels * config.num_interactions, config.readout_mlp, config.long_range_sigma, config.long_range_spacing
@@ -155,6 +168,13 @@ class CartesianTensorPotential(ConstantsModule):
     ) -> tuple[Tensor, Tensor]:
         """Per-atom energies ``[..., n_atoms]`` (eV, E0s and the long-range term included) and the rank-0
         node features of every layer ``[..., n_atoms, channels * num_interactions]``; inputs as in the batch dict."""
+        node_energy, invariants, _ = self.propagate(positions, cell, species, edge_index, shifts, graph_of_atom)
+        return node_energy, invariants
+
+    def propagate(
+        self, positions: Tensor, cell: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, graph_of_atom: Tensor
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """:meth:`node_energies` and the node features of every layer, ``[..., n_atoms, channels, D_layer]``."""
         sender, receiver = edge_index[0], edge_index[1]
         offsets = torch.einsum("ei,...eij->...ej", shifts, cell[..., graph_of_atom[receiver], :, :])
         vectors = positions[..., sender, :] - positions[..., receiver, :] + offsets
@@ -165,7 +185,7 @@ class CartesianTensorPotential(ConstantsModule):
         one_hot = nn.functional.one_hot(species, len(self.config.atomic_numbers)).to(positions.dtype)
         features = (one_hot @ self.embedding.weight.mT)[..., None]
         node_energy = torch.zeros_like(positions[..., 0])
-        invariants = []
+        invariants, layer_features = [], []
         for interaction, product, mixer, residual, readout in zip(
             self.interactions, self.products, self.mixers, self.residuals, self.readouts, strict=True
         ):
@@ -176,11 +196,12 @@ class CartesianTensorPotential(ConstantsModule):
             features = torch.cat([updated[..., :shared] + skip, updated[..., shared:]], dim=-1)
             node_energy = node_energy + readout(features)
             invariants.append(features[..., 0])
+            layer_features.append(features)
         node_energy = self.scale[..., None] * node_energy + self.shift[..., None] + self.atomic_energies[..., species]
         invariants = torch.cat(invariants, dim=-1)
         if self.long_range is not None:
             node_energy = node_energy + self.long_range(invariants, positions, cell, graph_of_atom)
-        return node_energy, invariants
+        return node_energy, invariants, layer_features
 
     def forward(
         self,
@@ -196,6 +217,8 @@ class CartesianTensorPotential(ConstantsModule):
         ``compute_descriptors`` adds per-structure means of the rank-0 node features of every layer,
         ``[n_graphs, channels * num_interactions]``: invariant fingerprints for selection, and the per-atom
         features they average, ``node_features`` ``[n_atoms, channels * num_interactions]``.
+        Models with tensorial heads also return ``dipole`` ``[n_graphs, 3]`` (e Å) and/or
+        ``polarizability`` ``[n_graphs, 3, 3]`` (Å^3).
 
         Positions ``[..., n_atoms, 3]`` with leading member axes (one copy per ensemble member,
         matching weights stacked as ``[members, ...]``) give every output those leading axes.
@@ -212,11 +235,13 @@ class CartesianTensorPotential(ConstantsModule):
             strain = torch.zeros(*members, *cell.shape, dtype=cell.dtype, device=cell.device, requires_grad=True)
             positions, cell = apply_strain(positions, cell, graph_of_atom, strain)
 
-        node_energy, invariants = self.node_energies(
+        node_energy, invariants, layer_features = self.propagate(
             positions, cell, batch[keys.SPECIES], batch[keys.EDGE_INDEX], batch[keys.SHIFTS], graph_of_atom
         )
         energy = node_energy.new_zeros((*members, num_graphs)).index_add(-1, graph_of_atom, node_energy)
         outputs = Outputs(energy=energy, node_energy=node_energy)
+        if self.tensor_readouts is not None:
+            outputs.dipole, outputs.polarizability = self.tensor_readouts(layer_features, positions, graph_of_atom, num_graphs)
         if compute_descriptors:
             ones = torch.ones_like(graph_of_atom, dtype=energy.dtype)
             counts = energy.new_zeros(num_graphs).index_add(0, graph_of_atom, ones)  # bincount syncs on a GPU

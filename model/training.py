@@ -144,6 +144,15 @@ def check_label_coverage(graphs: Sequence[dict[str, Tensor]], source: str, confi
                              f"{len(graphs)} frames lack one; {name}_weight: 0 trains without {name})")
 
 
+def check_tensor_labels(graphs: Sequence[dict[str, Tensor]], source: str, config: TrainingConfig) -> None:
+    """A model with a dipole or polarizability head needs some training frames labelled with it."""
+    for name, key in (("dipole", config.dipole_key), ("polarizability", config.polarizability_key)):
+        if config.model.get(name) and getattr(config, f"{name}_weight") > 0:
+            if not any(bool(graph.get(f"has_{name}", False)) for graph in graphs):
+                raise ValueError(f"{source}: model setting {name}: true, but no molecule has a {name} label under "
+                                 f"{key!r} (labels of periodic cells are not read)")
+
+
 @dataclass
 class PreparedData:
     train: list[dict[str, Tensor]]
@@ -161,7 +170,8 @@ def prepare_data(config: TrainingConfig, base_model: ModelConfig | None = None) 
     species are those of the training and validation files (all ensemble members get the same,
     bootstrapped or not).
     """
-    label_keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key)
+    label_keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key, config.dipole_key,
+                           config.polarizability_key)
     files = {"train": config.train_file, "valid": config.valid_file, "test": config.test_file}
     sources = {name: training_sources(path) for name, path in files.items() if path is not None}
     settings = base_model.to_dict() if base_model is not None else dict(config.model)
@@ -175,6 +185,7 @@ def prepare_data(config: TrainingConfig, base_model: ModelConfig | None = None) 
     for name in ("train", "valid"):
         if name in graphs:
             check_label_coverage(graphs[name], files[name], config)
+    check_tensor_labels(graphs["train"], files["train"], config)
     if "valid" in graphs:
         train, valid = graphs["train"], graphs["valid"]
     else:
@@ -223,6 +234,13 @@ def loss_function(out, batch: dict[str, Tensor], config: TrainingConfig) -> Tens
         has_stress = batch[keys.HAS_STRESS].bool()[:, None, None]
         volume = torch.where(has_stress, torch.linalg.det(batch[keys.CELL]).abs()[:, None, None], 1.0)
         loss = loss + config.stress_weight * masked_mean((-out.virial / volume - batch[keys.STRESS]) ** 2, has_stress)
+    if out.dipole is not None and keys.DIPOLE in batch:
+        has_dipole = batch[keys.HAS_DIPOLE][:, None]
+        loss = loss + config.dipole_weight * masked_mean((out.dipole - batch[keys.DIPOLE]) ** 2, has_dipole)
+    if out.polarizability is not None and keys.POLARIZABILITY in batch:
+        has_polarizability = batch[keys.HAS_POLARIZABILITY][:, None, None]
+        error = out.polarizability - batch[keys.POLARIZABILITY]
+        loss = loss + config.polarizability_weight * masked_mean(error**2, has_polarizability)
     return loss
 
 
@@ -406,6 +424,8 @@ def validation_loss(
     loss = config.energy_weight * metrics.get("energy_per_atom_rmse", 0.0) ** 2
     loss += config.forces_weight * metrics.get("forces_rmse", 0.0) ** 2
     loss += config.stress_weight * metrics.get("stress_rmse", 0.0) ** 2
+    loss += config.dipole_weight * metrics.get("dipole_rmse", 0.0) ** 2
+    loss += config.polarizability_weight * metrics.get("polarizability_rmse", 0.0) ** 2
     return loss, metrics
 
 

@@ -197,7 +197,7 @@ def test_tace_eval_names_an_unknown_element_and_unlabelled_data(tmp_path, capsys
     write(path, [Atoms(a.numbers, a.positions) for a in frames_300K[:2]], format="extxyz")
     with pytest.raises(SystemExit):
         eval_main(["--checkpoint", checkpoint, "--data", str(path)])
-    assert "has no labels under 'energy', 'forces' or 'stress'" in capsys.readouterr().err
+    assert "has no labels under 'energy', 'forces', 'stress', 'dipole', 'polarizability'" in capsys.readouterr().err
 
 
 def catalysis_frames() -> list[Atoms]:

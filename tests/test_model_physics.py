@@ -76,6 +76,28 @@ def test_energy_invariant_forces_equivariant(physics_case, physics_model, frames
     assert_close(as_array(transformed.descriptors), as_array(reference.descriptors), tolerance)
 
 
+def test_tensor_outputs_rotate_as_tensors_of_their_rank(physics_case, physics_model, frames_300K):
+    """Dipole ``Q mu``, polarizability ``Q alpha Q^T`` (also for reflections: both are polar), unmoved by
+    translation; the polarizability is symmetric."""
+    if physics_model.tensor_readouts is None:
+        pytest.skip("no tensorial heads in this configuration")
+    atoms = frames_300K[0]
+    reference = evaluate(physics_model, [atoms])
+    for q in (random_orthogonal(7, False), random_orthogonal(8, True)):
+        moved = atoms.copy()
+        moved.positions = atoms.positions @ q.T + np.array([1.3, -4.2, 0.7])
+        transformed = evaluate(physics_model, [moved])
+        tolerance = physics_case.tolerance
+        if reference.dipole is not None:
+            assert np.abs(as_array(reference.dipole)).max() > 1e-2
+            assert_close(as_array(transformed.dipole[0]), q @ as_array(reference.dipole[0]), tolerance)
+        if reference.polarizability is not None:
+            alpha = as_array(reference.polarizability[0])
+            assert np.abs(alpha - np.trace(alpha) / 3 * np.eye(3)).max() > 1e-6, "the anisotropic part must not vanish"
+            assert_close(alpha, alpha.T, tolerance)
+            assert_close(as_array(transformed.polarizability[0]), q @ alpha @ q.T, tolerance)
+
+
 def test_periodic_cell_rotation_moves_forces_and_stress(physics_case, physics_model):
     atoms = periodic_cell(seed=1)
     q = random_orthogonal(2, reflect=True)
@@ -170,6 +192,9 @@ def test_batch_equals_structures_one_by_one(physics_case, physics_model, frames_
     assert_close(as_array(batched.energy), np.concatenate([as_array(s.energy) for s in singles]), tolerance)
     assert_close(as_array(batched.forces), np.concatenate([as_array(s.forces) for s in singles]), tolerance)
     assert_close(as_array(batched.descriptors), np.concatenate([as_array(s.descriptors) for s in singles]), tolerance)
+    for name in ("dipole", "polarizability"):
+        if getattr(batched, name) is not None:
+            assert_close(as_array(getattr(batched, name)), np.concatenate([as_array(getattr(s, name)) for s in singles]), tolerance)
     cells = [periodic_cell(seed=2), periodic_cell(seed=5, n_atoms=9)]
     batched = evaluate(physics_model, cells, stress=True)
     singles = [evaluate(physics_model, [atoms], stress=True) for atoms in cells]

@@ -1,0 +1,48 @@
+"""External conditions of a structure as model inputs (universal embeddings).
+
+Per-structure scalars enter every atom's rank-0 channels before the first layer: the total charge
+(e), the spin multiplicity (as ``multiplicity - 1``, 0 for a singlet) through one learned vector of
+channel weights each, and a fidelity label (an integer, one level of theory per value) through a
+learned vector per level. An external electric field (V/Å, a rank-1 tensor) enters the rank-1
+channels, scaled by learned per-species, per-channel weights, so it rotates with the structure and
+equivariance holds with the field as an input.
+
+Weights may carry leading member axes (:mod:`.ensemble`); conditions are ``[n_graphs, ...]``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+class ConditionEmbedding(nn.Module):
+    """Rank-0 terms ``[..., n_atoms, C]`` and rank-1 terms ``[..., n_atoms, C, 3]`` from the conditions."""
+
+    def __init__(self, channels: int, num_species: int, charge: bool, spin: bool, num_fidelities: int, field: bool) -> None:
+        super().__init__()
+        self.charge, self.spin, self.field = charge, spin, field
+        scalars = int(charge) + int(spin)
+        self.scalar_weights = nn.Parameter(torch.randn(scalars, channels)) if scalars else None
+        self.fidelity_weights = nn.Parameter(torch.randn(num_fidelities, channels)) if num_fidelities > 1 else None
+        self.field_weights = nn.Parameter(torch.randn(num_species, channels) / math.sqrt(3.0)) if field else None
+
+    def invariant(self, total_charge: Tensor, spin_multiplicity: Tensor, fidelity: Tensor, graph_of_atom: Tensor) -> Tensor | None:
+        """``[..., n_atoms, C]`` to add to the rank-0 channels, or None; inputs ``[n_graphs]``."""
+        terms = []
+        if self.scalar_weights is not None:
+            columns = ([total_charge] if self.charge else []) + ([spin_multiplicity - 1.0] if self.spin else [])
+            scalars = torch.stack(columns, dim=-1).index_select(0, graph_of_atom)
+            terms.append(scalars.to(self.scalar_weights.dtype) @ self.scalar_weights)
+        if self.fidelity_weights is not None:
+            terms.append(self.fidelity_weights.index_select(-2, fidelity.index_select(0, graph_of_atom)))
+        return sum(terms) if terms else None
+
+    def vector(self, field: Tensor, species: Tensor, graph_of_atom: Tensor) -> Tensor:
+        """``[..., n_atoms, C, 3]`` for the rank-1 channels from the field ``[n_graphs, 3]`` (V/Å)."""
+        per_atom = field.index_select(0, graph_of_atom).to(self.field_weights.dtype)
+        return self.field_weights.index_select(-2, species)[..., None] * per_atom[:, None, :]

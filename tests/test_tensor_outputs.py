@@ -1,0 +1,145 @@
+"""Dipole and polarizability heads: labels in, outputs out, ensembles, calculator, training.
+
+Their rotation as tensors of rank 1 and 2 is checked by the model test suite (``MODEL_CASES``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.io import read, write
+from tace_aiida.model.calculator import TACECalculator
+from tace_aiida.model.checkpoint import load_model, save_checkpoint
+from tace_aiida.model.cli import eval_main
+from tace_aiida.model.config import TrainingConfig
+from tace_aiida.model.data import LabelKeys, atoms_to_graph, collate
+from tace_aiida.model.ensemble import StackedEnsemble
+from tace_aiida.model.frames import read_columns, read_frames, write_frames
+from tace_aiida.model.graph_store import store_graphs
+from tace_aiida.model.training import train
+
+from .conftest import DATA, SPECIES_3BPA, default_dtype, periodic_cell, small_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: PBE/def2-SVP labels of displaced H2O, NH3, CH4, H2CO, CH3OH (benchmarks/pyscf_tensor_dataset.py).
+PYSCF_TENSORS = DATA / "pyscf_tensors.xyz"
+
+
+def tensor_model(seed: int = 1, **settings):
+    with default_dtype(torch.float64):
+        return small_model(seed=seed, max_hidden_rank=1, dipole=True, polarizability=True, **settings)
+
+
+def labelled_water(dipole=(0.1, -0.2, 0.3), polarizability=None) -> Atoms:
+    atoms = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+    atoms.info["dipole"] = np.array(dipole)
+    atoms.info["polarizability"] = np.arange(9.0) if polarizability is None else polarizability
+    return atoms
+
+
+def test_labels_are_read_for_molecules_only():
+    graph = atoms_to_graph(labelled_water(), SPECIES_3BPA, 5.0, LabelKeys(), torch.float64)
+    assert graph["dipole"].tolist() == [[0.1, -0.2, 0.3]] and bool(graph["has_dipole"])
+    assert graph["polarizability"][0].tolist() == np.arange(9.0).reshape(3, 3).tolist()
+    cell = periodic_cell(seed=1)
+    cell.info["dipole"] = np.ones(3)
+    graph = atoms_to_graph(cell, SPECIES_3BPA, 5.0, LabelKeys(), torch.float64)
+    assert not bool(graph["has_dipole"]) and graph["dipole"].abs().max() == 0
+
+
+def test_a_misshapen_label_is_named():
+    with pytest.raises(ValueError, match="'polarizability' label has shape \\(4,\\)"):
+        atoms_to_graph(labelled_water(polarizability=np.ones(4)), SPECIES_3BPA, 5.0, LabelKeys())
+
+
+def test_frame_store_keeps_tensor_labels(tmp_path):
+    """Labels written to an HDF5 frame store (a dipole from an extxyz calculator result, too) give the same graphs."""
+    frames = [labelled_water(), labelled_water(dipole=(1.0, 2.0, 3.0)), periodic_cell(seed=2)]
+    write(tmp_path / "frames.xyz", frames)
+    frames = read(tmp_path / "frames.xyz", ":")
+    assert "dipole" not in frames[0].info, "ASE's reader moves the dipole into the calculator's results"
+    write_frames(tmp_path / "frames.h5", frames)
+    expected = [atoms_to_graph(atoms, SPECIES_3BPA, 5.0, LabelKeys(), torch.float64) for atoms in frames]
+    found = store_graphs(tmp_path / "frames.h5", read_columns(tmp_path / "frames.h5"), SPECIES_3BPA, 5.0, LabelKeys(),
+                         torch.float64)
+    for name in ("dipole", "polarizability", "has_dipole", "has_polarizability"):
+        assert torch.equal(torch.cat([g[name] for g in found]), torch.cat([g[name] for g in expected])), name
+    assert [bool(g["has_dipole"]) for g in found] == [True, True, False]
+    assert read_frames(tmp_path / "frames.h5")[1].info["dipole"].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_far_apart_copies_add_their_dipoles_and_polarizabilities(frames_300K):
+    model = tensor_model()
+    atoms = frames_300K[3]
+    far = atoms.copy()
+    far.positions += np.array([40.0, 0.0, 0.0])
+    single, pair = (model(collate([atoms_to_graph(a, SPECIES_3BPA, 5.0, dtype=torch.float64)])) for a in (atoms, atoms + far))
+    assert single.dipole.abs().max() > 1e-2
+    assert torch.allclose(pair.dipole, 2 * single.dipole, atol=1e-10)
+    assert torch.allclose(pair.polarizability, 2 * single.polarizability, atol=1e-10)
+
+
+def test_stacked_ensemble_and_calculator_give_the_members_tensors(tmp_path, frames_300K):
+    paths = [str(save_checkpoint(tmp_path / f"{seed}.pt", tensor_model(seed))) for seed in (1, 2)]
+    models = [load_model(path)[0] for path in paths]
+    batch = collate([atoms_to_graph(frames_300K[0], SPECIES_3BPA, 5.0, dtype=torch.float64)])
+    stacked = StackedEnsemble(models)(batch)
+    for index, model in enumerate(models):
+        single = model(batch)
+        assert (stacked.dipole[index] - single.dipole).abs().max() < 1e-10
+        assert (stacked.polarizability[index] - single.polarizability).abs().max() < 1e-10
+    results = {}
+    for batched in (True, False):
+        atoms = frames_300K[0].copy()
+        atoms.calc = TACECalculator(paths, device="cpu", batched=batched)
+        results[batched] = (atoms.get_dipole_moment(), atoms.calc.results["polarizability"])
+    mean_dipole = torch.stack([m(batch).dipole[0] for m in models]).mean(0).detach().numpy()
+    assert np.abs(results[True][0] - mean_dipole).max() < 1e-10
+    assert np.abs(results[True][0] - results[False][0]).max() < 1e-10
+    assert np.abs(results[True][1] - results[False][1]).max() < 1e-10
+    cell = periodic_cell(seed=1)
+    cell.calc = TACECalculator(paths, device="cpu")
+    cell.get_potential_energy()
+    assert "dipole" not in cell.calc.results, "a periodic cell's dipole is not defined by this head"
+
+
+def test_training_refuses_a_head_without_labels(tmp_path):
+    shutil.copy(DATA / "3bpa_300K_40.xyz", tmp_path / "train.xyz")
+    config = TrainingConfig.from_dict({"train_file": "train.xyz", "model": {"dipole": True}, "max_epochs": 1,
+                                       "output_dir": "out", "progress_bar": False}, base_dir=tmp_path)
+    with pytest.raises(ValueError, match="dipole: true, but no molecule has a dipole label under 'dipole'"):
+        train(config)
+
+
+@pytest.mark.slow
+def test_training_on_pyscf_labels_learns_dipoles_and_polarizabilities(tmp_path, capsys):
+    """60 PySCF frames, 40 epochs: test errors well below those of predicting the training mean."""
+    frames = read(PYSCF_TENSORS, ":")
+    write(tmp_path / "train.xyz", frames[:60])
+    write(tmp_path / "test.xyz", frames[60:])
+    config = TrainingConfig.from_dict(
+        {"train_file": "train.xyz", "test_file": "test.xyz", "valid_fraction": 0.1,
+         "model": {"channels": 16, "radial_mlp": [32, 32], "max_edge_rank": 2, "correlation": 2,
+                   "dipole": True, "polarizability": True},
+         "forces_weight": 10.0, "dipole_weight": 100.0, "polarizability_weight": 10.0,
+         "max_epochs": 40, "batch_size": 5, "output_dir": "out", "progress_bar": False},
+        base_dir=tmp_path,
+    )
+    summary = train(config)
+    test = summary["test"]
+    train_dipoles = np.array([a.get_dipole_moment() for a in frames[:60]])
+    test_dipoles = np.array([a.get_dipole_moment() for a in frames[60:]])
+    baseline = np.sqrt(((test_dipoles - train_dipoles.mean(0)) ** 2).mean())
+    assert test["dipole_rmse"] < 0.5 * baseline, (test["dipole_rmse"], baseline)
+    alphas = [np.reshape(a.info["polarizability"], (3, 3)) for a in frames]
+    baseline = np.sqrt(((np.array(alphas[60:]) - np.mean(alphas[:60], axis=0)) ** 2).mean())
+    assert test["polarizability_rmse"] < 0.5 * baseline, (test["polarizability_rmse"], baseline)
+    assert eval_main(["--checkpoint", summary["checkpoint"], "--data", str(tmp_path / "test.xyz"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["dipole_rmse"] == pytest.approx(test["dipole_rmse"])
