@@ -12,7 +12,6 @@ of energy (meV/atom) and forces (meV/Å), and for reference the RMSE of predicti
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from ase import Atoms
 from ase.io import read, write
 from tace_aiida.model.config import TrainingConfig
 from tace_aiida.model.training import train
+
+from benchmarks.common import print_and_save
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "pyscf_tensors.xyz"
 MODEL = {"channels": 16, "radial_mlp": [32, 32], "max_edge_rank": 2, "max_hidden_rank": 1, "correlation": 2,
@@ -84,10 +85,7 @@ def main() -> None:
         lines.append(f"| {row['train']} | {row['dipole_rmse']:.4f} (mean: {row['dipole_mean_rmse']:.3f}) | "
                      f"{row['polarizability_rmse']:.4f} (mean: {row['polarizability_mean_rmse']:.3f}) | "
                      f"{row['energy_meV_per_atom']:.1f} | {row['forces_meV_per_A']:.0f} |")
-    table = "\n".join(lines)
-    print(table)
-    args.output.write_text(json.dumps({"model": MODEL, "arguments": {k: str(v) for k, v in vars(args).items()},
-                                       "rows": rows, "table": table}, indent=1))
+    print_and_save(lines, args.output, args, model=MODEL, rows=rows)
 
 
 if __name__ == "__main__":

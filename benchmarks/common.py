@@ -11,6 +11,7 @@ live on each frame's ``SinglePointCalculator`` (``atoms.get_potential_energy()``
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
@@ -323,3 +324,11 @@ def format_table(rows: Mapping[str, Mapping[str, float]], reference: str = REFER
         cells += [_ratio(rows[m].get(metric, math.nan), rows[reference].get(metric, math.nan)) for m in compared]
         lines.append("| " + " | ".join([metric, *cells]) + " |")
     return "\n".join(lines)
+
+
+def print_and_save(lines: Sequence[str], output: Path, args, **content) -> None:
+    """Print the table ``lines`` and write it to ``output`` as JSON with the command-line ``args`` and ``content``."""
+    table = "\n".join(lines)
+    print(table)
+    arguments = {key: str(value) for key, value in vars(args).items()}
+    output.write_text(json.dumps({"arguments": arguments, **content, "table": table}, indent=1))
