@@ -17,7 +17,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from . import keys
 from .bias import UncertaintyBias
 from .checkpoint import load_model, read_checkpoint
-from .data import atoms_to_graph, collate, resolve_device, to_device
+from .data import atoms_to_graph, collate, conditions, resolve_device, to_device
 from .ensemble import StackedEnsemble, stacking_obstacle
 from .feature_uncertainty import FeatureUncertainty
 from .potential import CartesianTensorPotential, Outputs
@@ -74,6 +74,9 @@ class TACECalculator(Calculator):
 
     ``descriptors`` (always computed) are the first member's per-structure means of the invariant
     node features, a fingerprint for diversity selection.
+
+    Models with conditions read them from ``atoms.info`` (``charge``, ``spin``, ``fidelity``,
+    ``electric_field``; :func:`~tace_aiida.model.data.conditions`), and a change of one is a change of state.
 
     Models with tensorial heads add, for molecules, the members' mean ``dipole`` [3] (e Å, about
     the centroid; ``atoms.get_dipole_moment()``) and ``polarizability`` [3, 3] (Å^3).
@@ -140,6 +143,15 @@ class TACECalculator(Calculator):
                 self.ensemble = StackedEnsemble(self.models)
             else:
                 warnings.warn(f"the ensemble's members are evaluated one by one (slower): {obstacle}", stacklevel=2)
+
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        """ASE's changes, plus ``info`` when a condition (charge, spin, fidelity, electric_field) changed."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and not changes:
+            before, after = conditions(self.atoms), conditions(atoms)
+            if any(not np.array_equal(before[key], after[key]) for key in before):
+                changes.append("info")
+        return changes
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)

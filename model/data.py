@@ -26,7 +26,9 @@ from .keys import (
     CELL,
     DIPOLE,
     EDGE_INDEX,
+    ELECTRIC_FIELD,
     ENERGY,
+    FIDELITY,
     FORCES,
     HAS_DIPOLE,
     HAS_ENERGY,
@@ -40,7 +42,9 @@ from .keys import (
     POSITIONS,
     SHIFTS,
     SPECIES,
+    SPIN_MULTIPLICITY,
     STRESS,
+    TOTAL_CHARGE,
 )
 from .neighbours import neighbour_pairs
 from .validation import check_structure
@@ -107,6 +111,26 @@ def periodic_rows(atoms: Atoms) -> np.ndarray:
     return atoms.cell[:] * atoms.pbc[:, None]
 
 
+def conditions(atoms: Atoms) -> dict[str, np.ndarray]:
+    """The structure's conditions from ``atoms.info``: ``charge`` (e, default 0), ``spin`` (multiplicity
+    2S+1 >= 1, default 1), ``fidelity`` (integer >= 0, default 0), ``electric_field`` (3 values, V/Å,
+    default 0); an error names the entry that is not valid."""
+    info = atoms.info
+    charge = np.asarray(info.get("charge", 0.0), dtype=float)
+    spin = np.asarray(info.get("spin", 1.0), dtype=float)
+    fidelity = np.asarray(info.get("fidelity", 0), dtype=float)
+    field = np.asarray(info.get("electric_field", np.zeros(3)), dtype=float)
+    if charge.shape != () or not np.isfinite(charge):
+        raise ValueError(f"info['charge'] must be one finite number (e), not {info['charge']!r}")
+    if spin.shape != () or not spin >= 1:
+        raise ValueError(f"info['spin'] must be a spin multiplicity 2S+1 >= 1, not {info['spin']!r}")
+    if fidelity.shape != () or fidelity < 0 or fidelity != np.round(fidelity):
+        raise ValueError(f"info['fidelity'] must be an integer >= 0 (a level of theory), not {info['fidelity']!r}")
+    if field.shape != (3,) or not np.isfinite(field).all():
+        raise ValueError(f"info['electric_field'] must be 3 finite numbers (V/Å), not {info['electric_field']!r}")
+    return {TOTAL_CHARGE: charge, SPIN_MULTIPLICITY: spin, FIDELITY: fidelity.astype(np.int64), ELECTRIC_FIELD: field}
+
+
 def atoms_to_graph(
     atoms: Atoms,
     atomic_numbers: Sequence[int],
@@ -131,6 +155,8 @@ def atoms_to_graph(
         CELL: torch.tensor(periodic_rows(atoms), dtype=dtype).unsqueeze(0),
         BATCH: torch.zeros(n_atoms, dtype=torch.long),
     }
+    for key, value in conditions(atoms).items():
+        graph[key] = torch.tensor(value, dtype=torch.long if key == FIDELITY else dtype).reshape(1, *value.shape)
     if keys is None:
         return graph
     energy = read_label(atoms, keys.energy, per_atom=False)

@@ -119,10 +119,14 @@ def export_model(model: CartesianTensorPotential, path: str | Path) -> Path:
     """Write ``model`` (in its dtype) as a TorchScript file that needs only PyTorch to run.
 
     Models with the long-range term are refused: its sum branches on each structure's periodicity
-    and sizes its wave-vector set by the cell, which a trace would freeze to the example's.
+    and sizes its wave-vector set by the cell, which a trace would freeze to the example's. So are
+    models with conditions (charge, spin, fidelity, field), which the file's inputs do not carry.
     """
     if model.config.long_range:
         raise ValueError("a model with long_range: true cannot be exported yet; use its checkpoint with TACECalculator")
+    if model.conditions is not None:
+        raise ValueError("a model with conditions (embed_charge, embed_spin, num_fidelities, embed_field) cannot be "
+                         "exported yet; use its checkpoint with TACECalculator")
     model = model.eval()
     dtype = next(model.parameters()).dtype
     example = Atoms("HCNO", positions=[[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.9, 1.0, 1.1]])

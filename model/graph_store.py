@@ -36,9 +36,12 @@ from .frames import LABELS, FrameColumns
 from .keys import (
     BATCH,
     CELL,
+    CONDITIONS,
     DIPOLE,
     EDGE_INDEX,
+    ELECTRIC_FIELD,
     ENERGY,
+    FIDELITY,
     FORCES,
     HAS_DIPOLE,
     HAS_ENERGY,
@@ -49,7 +52,9 @@ from .keys import (
     POSITIONS,
     SHIFTS,
     SPECIES,
+    SPIN_MULTIPLICITY,
     STRESS,
+    TOTAL_CHARGE,
 )
 from .neighbours import cell_pairs
 from .validation import MIN_VOLUME_PER_ATOM, OVERLAP_FRACTION
@@ -352,6 +357,35 @@ def label_tensors(columns: FrameColumns, keys: LabelKeys, dtype: torch.dtype) ->
     return {key: torch.tensor(values, dtype=dtype) for key, values in tensors.items()}, suspects
 
 
+#: info entry -> (condition key, value when absent), as :func:`.data.conditions` reads them.
+CONDITION_ENTRIES = {"charge": (TOTAL_CHARGE, 0.0), "spin": (SPIN_MULTIPLICITY, 1.0), "fidelity": (FIDELITY, 0),
+                     "electric_field": (ELECTRIC_FIELD, np.zeros(3))}
+
+
+def condition_tensors(columns: FrameColumns, dtype: torch.dtype) -> tuple[dict[str, Tensor], np.ndarray] | None:
+    """The conditions of every frame as tensors over all frames, and [n_frames] bool the frames whose
+    entries :func:`.data.conditions` may refuse (converted one by one); None when an entry is not numeric."""
+    tensors, unusual = {}, np.zeros(len(columns), bool)
+    for entry, (key, default) in CONDITION_ENTRIES.items():
+        shape = (len(columns), *np.shape(default))
+        values = np.broadcast_to(np.asarray(default, dtype=float), shape).copy()
+        stored = columns.info.get(entry)
+        if stored is not None:
+            found, present = stored
+            if not isinstance(found, np.ndarray) or found.shape[1:] != shape[1:]:
+                return None
+            present = np.ones(len(columns), bool) if present is None else present
+            values[present] = found[present]
+        rows = values.reshape(len(columns), -1)
+        unusual |= ~np.isfinite(rows).all(axis=1)
+        if entry == "spin":
+            unusual |= ~(values >= 1)
+        if entry == "fidelity":
+            unusual |= (values < 0) | (values != np.round(values))
+        tensors[key] = torch.tensor(np.where(np.isfinite(values), values, 0.0), dtype=torch.long if key == FIDELITY else dtype)
+    return tensors, unusual
+
+
 def masked(values: np.ndarray | None, present: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """``values`` reshaped to ``shape`` where ``present`` (per row), 0 elsewhere (and where suspect)."""
     if values is None or values.size != np.prod(shape):
@@ -386,11 +420,14 @@ def columns_to_graphs(
     dtype = dtype or torch.get_default_dtype()
     species = species_lookup(atomic_numbers)[columns.numbers]
     labels = label_tensors(columns, keys, dtype) if keys is not None else ({}, np.zeros(len(columns), bool))
-    if labels is None or not overlap_reached(columns.numbers, r_max):
+    conditions = condition_tensors(columns, dtype)
+    if labels is None or conditions is None or not overlap_reached(columns.numbers, r_max):
         return [frame_graph(columns.frame(index), source, index, atomic_numbers, r_max, keys, dtype)
                 for index in range(len(columns))]
     label_values, suspects = labels
-    suspects = suspects | ~buildable(columns) | ~per_frame_all(species >= 0, columns.offsets)
+    condition_values, unusual = conditions
+    label_values = condition_values | label_values
+    suspects = suspects | unusual | ~buildable(columns) | ~per_frame_all(species >= 0, columns.offsets)
     suspects |= edges.nearest < OVERLAP_FRACTION * (1 + MARGIN)
     graphs = graph_views(columns, edges, species, label_values, dtype)
     for index in np.flatnonzero(suspects):
@@ -409,13 +446,14 @@ def graph_views(columns: FrameColumns, edges: Edges, species: np.ndarray, labels
         BATCH: torch.zeros(len(species), dtype=torch.long),
         FORCES: labels.get(FORCES),
     }
-    per_frame = {CELL: torch.tensor(columns.cell * columns.pbc[..., None], dtype=dtype)} | {key: labels[key] for key in PER_FRAME_LABELS if key in labels}
+    per_frame = {CELL: torch.tensor(columns.cell * columns.pbc[..., None], dtype=dtype)}
+    per_frame |= {key: labels[key] for key in (*CONDITIONS, *PER_FRAME_LABELS) if key in labels}
     parts = {key: values.split(sizes) for key, values in per_atom.items() if values is not None}
     parts |= {key: values.split(1) for key, values in per_frame.items()}
     pairs = torch.from_numpy(edges.pairs.astype(np.int64))
     parts[EDGE_INDEX] = [block.view(2, -1) for block in pairs.split((2 * counts).tolist())]
     parts[SHIFTS] = torch.from_numpy(edges.shifts).to(dtype).split(counts.tolist())
-    order = [POSITIONS, SPECIES, EDGE_INDEX, SHIFTS, CELL, BATCH, ENERGY, FORCES, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS,
+    order = [POSITIONS, SPECIES, EDGE_INDEX, SHIFTS, CELL, BATCH, *CONDITIONS, ENERGY, FORCES, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS,
              DIPOLE, POLARIZABILITY, HAS_DIPOLE, HAS_POLARIZABILITY]
     names = [key for key in order if key in parts]
     return [dict(zip(names, values, strict=True)) for values in zip(*(parts[key] for key in names), strict=True)]

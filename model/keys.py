@@ -20,6 +20,14 @@ SHIFTS = "shifts"
 CELL = "cell"
 #: ``[n_atoms]`` int64: index of the graph each atom belongs to.
 BATCH = "batch"
+#: ``[n_graphs]`` float, e: total charge (``info["charge"]``, 0 when absent); a model input.
+TOTAL_CHARGE = "total_charge"
+#: ``[n_graphs]`` float: spin multiplicity 2S+1 (``info["spin"]``, 1 when absent); a model input.
+SPIN_MULTIPLICITY = "spin_multiplicity"
+#: ``[n_graphs]`` int64: level of theory of the labels (``info["fidelity"]``, 0 when absent); a model input.
+FIDELITY = "fidelity"
+#: ``[n_graphs, 3]`` float, V/Å: uniform external electric field (``info["electric_field"]``, 0 when absent).
+ELECTRIC_FIELD = "electric_field"
 #: ``[n_graphs]`` int64: atoms per graph (batches only).
 NUM_ATOMS = "num_atoms"
 
@@ -45,6 +53,8 @@ HAS_DIPOLE = "has_dipole"
 HAS_POLARIZABILITY = "has_polarizability"
 
 #: Entries with one row per graph, and with one row per atom: concatenated as they are when batching.
-PER_GRAPH = (CELL, ENERGY, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS, DIPOLE, POLARIZABILITY, HAS_DIPOLE,
+#: The conditions every graph carries, as :mod:`.conditions` reads them.
+CONDITIONS = (TOTAL_CHARGE, SPIN_MULTIPLICITY, FIDELITY, ELECTRIC_FIELD)
+PER_GRAPH = (CELL, *CONDITIONS, ENERGY, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS, DIPOLE, POLARIZABILITY, HAS_DIPOLE,
              HAS_POLARIZABILITY)
 PER_ATOM = (POSITIONS, SPECIES, FORCES)

@@ -1,7 +1,8 @@
 """Long-range electrostatics from latent charges (latent Ewald summation).
 
 Every atom gets a latent charge ``q_i`` (units of e) from its invariant node features through a
-small SiLU MLP; the charges of each structure are shifted to sum to zero. Charges are Gaussians of
+small SiLU MLP; the charges of each structure are shifted to sum to its total charge (0 unless
+``info["charge"]`` says otherwise). Charges are Gaussians of
 width ``sigma`` (Å), so two atoms interact through ``k_e q_i q_j erf(r / (sqrt(2) sigma)) / r``
 (``k_e`` = 14.3996 eV Å): bare Coulomb at long range, smooth and finite at short range.
 
@@ -34,7 +35,8 @@ COULOMB_CONSTANT = Hartree * Bohr
 
 
 class LatentCharges(nn.Module):
-    """Charges ``[..., n_atoms]`` (e), neutral per structure, from invariant features ``[..., n_atoms, d]``.
+    """Charges ``[..., n_atoms]`` (e) that sum to each structure's total charge ``[n_graphs]``, from
+    invariant features ``[..., n_atoms, d]``.
 
     The weights start random: the energy is quadratic in the charges, so all-zero charges would be
     a stationary point that training never leaves.
@@ -44,12 +46,13 @@ class LatentCharges(nn.Module):
         super().__init__()
         self.mlp = ScalarMLP(features, hidden, output_bias=False)
 
-    def forward(self, invariants: Tensor, graph_of_atom: Tensor, num_graphs: int) -> Tensor:
+    def forward(self, invariants: Tensor, graph_of_atom: Tensor, total_charge: Tensor) -> Tensor:
         raw = self.mlp(invariants)
+        num_graphs = total_charge.shape[0]
         ones = torch.ones_like(raw[..., :1]).expand_as(raw)
         counts = raw.new_zeros((*raw.shape[:-1], num_graphs)).index_add(-1, graph_of_atom, ones)
-        mean = raw.new_zeros((*raw.shape[:-1], num_graphs)).index_add(-1, graph_of_atom, raw) / counts
-        return raw - mean.index_select(-1, graph_of_atom)
+        excess = raw.new_zeros((*raw.shape[:-1], num_graphs)).index_add(-1, graph_of_atom, raw) - total_charge
+        return raw - (excess / counts).index_select(-1, graph_of_atom)
 
 
 def direct_potential(positions: Tensor, charges: Tensor, sigma: float) -> Tensor:
@@ -107,11 +110,14 @@ class LatentEwald(nn.Module):
         self.sigma = sigma
         self.k_max = 2 * math.pi / spacing
 
-    def forward(self, invariants: Tensor, positions: Tensor, cell: Tensor, graph_of_atom: Tensor) -> Tensor:
+    def forward(
+        self, invariants: Tensor, positions: Tensor, cell: Tensor, graph_of_atom: Tensor, total_charge: Tensor
+    ) -> Tensor:
         """``invariants`` ``[..., n_atoms, d]``, ``positions`` ``[..., n_atoms, 3]`` Å, ``cell``
-        ``[..., n_graphs, 3, 3]`` Å, ``graph_of_atom`` ``[n_atoms]`` (sorted) -> ``[..., n_atoms]`` eV."""
+        ``[..., n_graphs, 3, 3]`` Å, ``graph_of_atom`` ``[n_atoms]`` (sorted), ``total_charge`` ``[n_graphs]``
+        (e; a charged cell gets a neutralising background) -> ``[..., n_atoms]`` eV."""
         num_graphs = cell.shape[-3]
-        charges = self.charges(invariants, graph_of_atom, num_graphs)
+        charges = self.charges(invariants, graph_of_atom, total_charge)
         counts = torch.bincount(graph_of_atom, minlength=num_graphs).tolist()
         periodic_rows = (cell.detach().reshape(-1, num_graphs, 3, 3)[0].abs().sum(-1) > 0).sum(-1).tolist()
         potentials, start = [], 0

@@ -9,6 +9,7 @@ from torch import nn
 
 from . import keys
 from .blocks import EdgeHarmonics, InteractionBlock, LinearReadout, MLPReadout, ProductBasisBlock, SpeciesLinear
+from .conditions import ConditionEmbedding
 from .constants import ConstantsModule
 from .long_range import LatentEwald
 from .radial import RadialEmbedding
@@ -30,6 +31,9 @@ class ModelConfig:
     the Ewald sum of periodic cells (Å).
     ``dipole`` and ``polarizability`` add those outputs (:mod:`.tensor_outputs`); the last layer then
     keeps features up to rank 1 or 2.
+    ``embed_charge``, ``embed_spin``, ``num_fidelities`` (> 1: that many levels of theory) and
+    ``embed_field`` make the total charge, spin multiplicity, fidelity and electric field of a
+    structure inputs of the model (:mod:`.conditions`).
     """
 
     atomic_numbers: list[int]
@@ -52,6 +56,10 @@ class ModelConfig:
     long_range_spacing: float = 2.0
     dipole: bool = False
     polarizability: bool = False
+    embed_charge: bool = False
+    embed_spin: bool = False
+    num_fidelities: int = 0
+    embed_field: bool = False
 
     def __post_init__(self) -> None:
         if len(self.atomic_energies) != len(self.atomic_numbers):
@@ -62,6 +70,8 @@ class ModelConfig:
             raise ValueError(f"max_hidden_rank={self.max_hidden_rank} must lie in 0..max_edge_rank={self.max_edge_rank}")
         if self.correlation < 1 or self.num_interactions < 1:
             raise ValueError(f"correlation={self.correlation} and num_interactions={self.num_interactions} must be >= 1")
+        if self.num_fidelities < 0:
+            raise ValueError(f"num_fidelities={self.num_fidelities} must be >= 0")
         if self.long_range_sigma <= 0 or self.long_range_spacing <= 0:
             raise ValueError(
                 f"long_range_sigma={self.long_range_sigma} and long_range_spacing={self.long_range_spacing} must be > 0 (Å)"
@@ -127,6 +137,13 @@ class CartesianTensorPotential(ConstantsModule):
         self.register_constant("scale", torch.tensor(config.scale, dtype=torch.float64))
         self.register_constant("shift", torch.tensor(config.shift, dtype=torch.float64))
         self.embedding = nn.Linear(num_species, channels, bias=False)
+        conditioned = config.embed_charge or config.embed_spin or config.num_fidelities > 1 or config.embed_field
+        self.conditions = (
+            ConditionEmbedding(channels, num_species, config.embed_charge, config.embed_spin, config.num_fidelities,
+                               config.embed_field)
+            if conditioned
+            else None
+        )
         self.radial_embedding = RadialEmbedding(config.r_max, config.num_bessel, config.envelope_p)
         self.harmonics = EdgeHarmonics(config.max_edge_rank)
         self.interactions = nn.ModuleList()
@@ -134,7 +151,7 @@ class CartesianTensorPotential(ConstantsModule):
         self.mixers = nn.ModuleList()
         self.residuals = nn.ModuleList()
         self.readouts = nn.ModuleList()
-        node_rank = 0
+        node_rank = 1 if config.embed_field else 0
         tensor_rank = 2 if config.polarizability else 1 if config.dipole else 0
         layer_ranks = []
         for layer in range(config.num_interactions):
@@ -164,17 +181,21 @@ class CartesianTensorPotential(ConstantsModule):
         )
 
     def node_energies(
-        self, positions: Tensor, cell: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, graph_of_atom: Tensor
+        self, positions: Tensor, cell: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, graph_of_atom: Tensor,
+        conditions: dict[str, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Per-atom energies ``[..., n_atoms]`` (eV, E0s and the long-range term included) and the rank-0
-        node features of every layer ``[..., n_atoms, channels * num_interactions]``; inputs as in the batch dict."""
-        node_energy, invariants, _ = self.propagate(positions, cell, species, edge_index, shifts, graph_of_atom)
+        node features of every layer ``[..., n_atoms, channels * num_interactions]``; inputs as in the batch
+        dict, ``conditions`` its entries :data:`.keys.CONDITIONS` (absent ones take their neutral values)."""
+        node_energy, invariants, _ = self.propagate(positions, cell, species, edge_index, shifts, graph_of_atom, conditions)
         return node_energy, invariants
 
     def propagate(
-        self, positions: Tensor, cell: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, graph_of_atom: Tensor
+        self, positions: Tensor, cell: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, graph_of_atom: Tensor,
+        conditions: dict[str, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
         """:meth:`node_energies` and the node features of every layer, ``[..., n_atoms, channels, D_layer]``."""
+        conditions = self.complete_conditions(conditions or {}, cell.shape[-3], positions)
         sender, receiver = edge_index[0], edge_index[1]
         offsets = torch.einsum("ei,...eij->...ej", shifts, cell[..., graph_of_atom[receiver], :, :])
         vectors = positions[..., sender, :] - positions[..., receiver, :] + offsets
@@ -184,6 +205,14 @@ class CartesianTensorPotential(ConstantsModule):
 
         one_hot = nn.functional.one_hot(species, len(self.config.atomic_numbers)).to(positions.dtype)
         features = (one_hot @ self.embedding.weight.mT)[..., None]
+        if self.conditions is not None:
+            invariant = self.conditions.invariant(conditions[keys.TOTAL_CHARGE], conditions[keys.SPIN_MULTIPLICITY],
+                                                  conditions[keys.FIDELITY], graph_of_atom)
+            if invariant is not None:
+                features = features + invariant[..., None]
+            if self.conditions.field:
+                vector = self.conditions.vector(conditions[keys.ELECTRIC_FIELD], species, graph_of_atom)
+                features = torch.cat([features.expand(*vector.shape[:-1], 1), vector], dim=-1)
         node_energy = torch.zeros_like(positions[..., 0])
         invariants, layer_features = [], []
         for interaction, product, mixer, residual, readout in zip(
@@ -200,8 +229,25 @@ class CartesianTensorPotential(ConstantsModule):
         node_energy = self.scale[..., None] * node_energy + self.shift[..., None] + self.atomic_energies[..., species]
         invariants = torch.cat(invariants, dim=-1)
         if self.long_range is not None:
-            node_energy = node_energy + self.long_range(invariants, positions, cell, graph_of_atom)
+            node_energy = node_energy + self.long_range(invariants, positions, cell, graph_of_atom,
+                                                        conditions[keys.TOTAL_CHARGE])
         return node_energy, invariants, layer_features
+
+    def complete_conditions(self, conditions: dict[str, Tensor], num_graphs: int, like: Tensor) -> dict[str, Tensor]:
+        """``conditions`` with the absent ones at their neutral values (charge 0, singlet, fidelity 0, no
+        field); an error for a fidelity the model was not trained with."""
+        neutral = {
+            keys.TOTAL_CHARGE: like.new_zeros(num_graphs), keys.SPIN_MULTIPLICITY: like.new_ones(num_graphs),
+            keys.FIDELITY: torch.zeros(num_graphs, dtype=torch.long, device=like.device),
+            keys.ELECTRIC_FIELD: like.new_zeros(num_graphs, 3),
+        }
+        complete = neutral | {key: value for key, value in conditions.items() if key in neutral}
+        levels = max(self.config.num_fidelities, 1)
+        if self.conditions is not None and self.conditions.fidelity_weights is not None:
+            highest = int(complete[keys.FIDELITY].max())  # a host sync, only for multi-fidelity models
+            if highest >= levels:
+                raise ValueError(f"fidelity {highest} is not one of the model's {levels} levels (0..{levels - 1})")
+        return complete
 
     def forward(
         self,
@@ -235,8 +281,9 @@ class CartesianTensorPotential(ConstantsModule):
             strain = torch.zeros(*members, *cell.shape, dtype=cell.dtype, device=cell.device, requires_grad=True)
             positions, cell = apply_strain(positions, cell, graph_of_atom, strain)
 
+        conditions = {key: batch[key] for key in keys.CONDITIONS if key in batch}
         node_energy, invariants, layer_features = self.propagate(
-            positions, cell, batch[keys.SPECIES], batch[keys.EDGE_INDEX], batch[keys.SHIFTS], graph_of_atom
+            positions, cell, batch[keys.SPECIES], batch[keys.EDGE_INDEX], batch[keys.SHIFTS], graph_of_atom, conditions
         )
         energy = node_energy.new_zeros((*members, num_graphs)).index_add(-1, graph_of_atom, node_energy)
         outputs = Outputs(energy=energy, node_energy=node_energy)

@@ -157,6 +157,8 @@ MODEL_CASES = [
     model_case(max_edge_rank=2, correlation=2, max_hidden_rank=1, long_range=True, dtype=torch.float32),
     model_case(max_edge_rank=3, correlation=2, max_hidden_rank=1, dipole=True, polarizability=True),
     model_case(max_edge_rank=2, correlation=2, max_hidden_rank=0, num_interactions=1, dipole=True, dtype=torch.float32),
+    model_case(max_edge_rank=2, correlation=2, max_hidden_rank=1, embed_charge=True, embed_spin=True, num_fidelities=2,
+               embed_field=True, long_range=True),
     model_case(max_edge_rank=4, correlation=3, max_hidden_rank=2, slow=True),
     model_case(max_edge_rank=4, correlation=1, max_hidden_rank=4, slow=True),
     model_case(max_edge_rank=2, correlation=3, max_hidden_rank=2, channels=4, slow=True),

@@ -1,0 +1,133 @@
+"""Conditions as inputs: total charge, spin multiplicity, fidelity and an external electric field.
+
+The model test suite (``MODEL_CASES``) runs a model with all of them at their neutral values; here
+each one is set and shown to matter, the field to rotate with the structure, and the data paths
+(graphs, frame stores, calculator) to carry them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from tace_aiida.model.calculator import TACECalculator
+from tace_aiida.model.checkpoint import load_model, save_checkpoint
+from tace_aiida.model.data import LabelKeys, atoms_to_graph, collate
+from tace_aiida.model.ensemble import StackedEnsemble
+from tace_aiida.model.export import export_model
+from tace_aiida.model.frames import read_columns, write_frames
+from tace_aiida.model.graph_store import store_graphs
+
+from .conftest import SPECIES_3BPA, default_dtype, random_orthogonal, small_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SETTINGS = dict(max_edge_rank=2, correlation=2, max_hidden_rank=1, embed_charge=True, embed_spin=True,
+                num_fidelities=2, embed_field=True)
+
+
+def conditioned_model(seed: int = 1, **settings):
+    with default_dtype(torch.float64):
+        return small_model(seed=seed, scale=20.0, **(SETTINGS | settings))
+
+
+def with_info(atoms: Atoms, **info) -> Atoms:
+    atoms = atoms.copy()
+    atoms.info.update(info)
+    return atoms
+
+
+def evaluate(model, atoms: Atoms):
+    return model(collate([atoms_to_graph(atoms, SPECIES_3BPA, model.config.r_max, dtype=torch.float64)]))
+
+
+@pytest.mark.parametrize(("entry", "value"), [("charge", 1.0), ("spin", 3.0), ("fidelity", 1),
+                                              ("electric_field", np.array([0.0, 0.0, 0.5]))])
+def test_each_condition_changes_the_prediction(frames_300K, entry, value):
+    model = conditioned_model()
+    neutral, changed = evaluate(model, frames_300K[0]), evaluate(model, with_info(frames_300K[0], **{entry: value}))
+    assert abs(changed.energy.item() - neutral.energy.item()) > 1e-4
+    assert (changed.forces - neutral.forces).abs().max() > 1e-4
+
+
+def test_neutral_values_equal_no_conditions(frames_300K):
+    """Charge 0, a singlet, fidelity 0 and no field are what a structure without those entries gets."""
+    model = conditioned_model()
+    stated = with_info(frames_300K[0], charge=0.0, spin=1, fidelity=0, electric_field=[0.0, 0.0, 0.0])
+    assert evaluate(model, stated).energy.item() == evaluate(model, frames_300K[0]).energy.item()
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+def test_equivariant_with_the_field_as_an_input(frames_300K, reflect):
+    """Rotating (or reflecting) the structure and its field together: the same energy, rotated forces;
+    rotating the field alone changes the energy."""
+    model = conditioned_model()
+    q = random_orthogonal(4, reflect)
+    field = np.array([0.3, -0.2, 0.4])
+    atoms = with_info(frames_300K[1], electric_field=field)
+    moved = with_info(frames_300K[1], electric_field=q @ field)
+    moved.positions = atoms.positions @ q.T + np.array([2.0, -1.0, 0.5])
+    reference, transformed = evaluate(model, atoms), evaluate(model, moved)
+    scale = max(1.0, reference.forces.abs().max().item())
+    assert abs(transformed.energy.item() - reference.energy.item()) < 1e-10 * max(1.0, abs(reference.energy.item()))
+    assert (transformed.forces - reference.forces @ torch.tensor(q.T)).abs().max() < 1e-10 * scale
+    turned_field_only = evaluate(model, with_info(frames_300K[1], electric_field=q @ field))
+    assert abs(turned_field_only.energy.item() - reference.energy.item()) > 1e-6
+
+
+def test_latent_charges_sum_to_the_total_charge(frames_300K):
+    model = conditioned_model(long_range=True)
+    atoms = with_info(frames_300K[0], charge=-1.0)
+    graph = collate([atoms_to_graph(atoms, SPECIES_3BPA, 5.0, dtype=torch.float64)])
+    out = model(graph, compute_descriptors=True)
+    charges = model.long_range.charges(out.node_features, graph["batch"], graph["total_charge"])
+    assert abs(charges.sum().item() + 1.0) < 1e-12
+
+
+@pytest.mark.parametrize(("entry", "value", "message"), [
+    ("spin", 0, "spin multiplicity 2S\\+1 >= 1"), ("fidelity", 1.5, "integer >= 0"),
+    ("electric_field", [1.0, 2.0], "3 finite numbers"), ("charge", float("nan"), "one finite number"),
+])
+def test_bad_conditions_are_named(frames_300K, entry, value, message):
+    with pytest.raises(ValueError, match=f"info\\['{entry}'\\] must be .*{message}"):
+        atoms_to_graph(with_info(frames_300K[0], **{entry: value}), SPECIES_3BPA, 5.0)
+
+
+def test_a_fidelity_the_model_has_not_is_refused(frames_300K):
+    with pytest.raises(ValueError, match="fidelity 2 is not one of the model's 2 levels"):
+        evaluate(conditioned_model(), with_info(frames_300K[0], fidelity=2))
+
+
+def test_frame_store_carries_the_conditions(tmp_path, frames_300K):
+    frames = [with_info(frames_300K[0], charge=1.0, spin=2, fidelity=1, electric_field=[0.1, 0.0, -0.1]),
+              frames_300K[1], with_info(frames_300K[2], spin=0)]
+    write_frames(tmp_path / "frames.h5", frames[:2])
+    expected = [atoms_to_graph(atoms, SPECIES_3BPA, 5.0, LabelKeys(), torch.float64) for atoms in frames[:2]]
+    found = store_graphs(tmp_path / "frames.h5", read_columns(tmp_path / "frames.h5"), SPECIES_3BPA, 5.0, LabelKeys(),
+                         torch.float64)
+    for key in ("total_charge", "spin_multiplicity", "fidelity", "electric_field"):
+        assert torch.equal(torch.cat([g[key] for g in found]), torch.cat([g[key] for g in expected])), key
+    write_frames(tmp_path / "bad.h5", frames)
+    with pytest.raises(ValueError, match="frame 2 .*info\\['spin'\\]"):
+        store_graphs(tmp_path / "bad.h5", read_columns(tmp_path / "bad.h5"), SPECIES_3BPA, 5.0, LabelKeys(), torch.float64)
+
+
+def test_ensemble_and_calculator_read_the_conditions(tmp_path, frames_300K):
+    paths = [str(save_checkpoint(tmp_path / f"{seed}.pt", conditioned_model(seed))) for seed in (1, 2)]
+    models = [load_model(path)[0] for path in paths]
+    atoms = with_info(frames_300K[0], charge=1.0, spin=2, electric_field=[0.0, 0.2, 0.0])
+    batch = collate([atoms_to_graph(atoms, SPECIES_3BPA, 5.0, dtype=torch.float64)])
+    stacked = StackedEnsemble(models)(batch)
+    for index, model in enumerate(models):
+        assert (stacked.forces[index] - model(batch).forces).abs().max() < 1e-10
+    atoms.calc = TACECalculator(paths, device="cpu")
+    charged = atoms.get_potential_energy()
+    assert charged == pytest.approx(stacked.energy[:, 0].mean().item(), abs=1e-10)
+    atoms.info["charge"] = 0.0
+    assert abs(atoms.get_potential_energy() - charged) > 1e-4, "a new charge must be a new calculation"
+
+
+def test_export_refuses_a_conditioned_model(tmp_path):
+    with pytest.raises(ValueError, match="conditions"):
+        export_model(conditioned_model(), tmp_path / "model.ts")
