@@ -11,15 +11,19 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
+from ase.io import read, write
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.checkpoint import load_model, save_checkpoint
-from tace_aiida.model.data import LabelKeys, atoms_to_graph, collate
+from tace_aiida.model.config import TrainingConfig
+from tace_aiida.model.data import LabelKeys, atoms_to_graph, collate, frames_to_graphs
 from tace_aiida.model.ensemble import StackedEnsemble
+from tace_aiida.model.evaluation import evaluate
 from tace_aiida.model.export import export_model
 from tace_aiida.model.frames import read_columns, write_frames
 from tace_aiida.model.graph_store import store_graphs
+from tace_aiida.model.training import train
 
-from .conftest import SPECIES_3BPA, default_dtype, random_orthogonal, small_model
+from .conftest import DATA, SPECIES_3BPA, default_dtype, random_orthogonal, small_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,7 +42,7 @@ def with_info(atoms: Atoms, **info) -> Atoms:
     return atoms
 
 
-def evaluate(model, atoms: Atoms):
+def predict(model, atoms: Atoms):
     return model(collate([atoms_to_graph(atoms, SPECIES_3BPA, model.config.r_max, dtype=torch.float64)]))
 
 
@@ -46,7 +50,7 @@ def evaluate(model, atoms: Atoms):
                                               ("electric_field", np.array([0.0, 0.0, 0.5]))])
 def test_each_condition_changes_the_prediction(frames_300K, entry, value):
     model = conditioned_model()
-    neutral, changed = evaluate(model, frames_300K[0]), evaluate(model, with_info(frames_300K[0], **{entry: value}))
+    neutral, changed = predict(model, frames_300K[0]), predict(model, with_info(frames_300K[0], **{entry: value}))
     assert abs(changed.energy.item() - neutral.energy.item()) > 1e-4
     assert (changed.forces - neutral.forces).abs().max() > 1e-4
 
@@ -55,7 +59,7 @@ def test_neutral_values_equal_no_conditions(frames_300K):
     """Charge 0, a singlet, fidelity 0 and no field are what a structure without those entries gets."""
     model = conditioned_model()
     stated = with_info(frames_300K[0], charge=0.0, spin=1, fidelity=0, electric_field=[0.0, 0.0, 0.0])
-    assert evaluate(model, stated).energy.item() == evaluate(model, frames_300K[0]).energy.item()
+    assert predict(model, stated).energy.item() == predict(model, frames_300K[0]).energy.item()
 
 
 @pytest.mark.parametrize("reflect", [False, True])
@@ -68,11 +72,11 @@ def test_equivariant_with_the_field_as_an_input(frames_300K, reflect):
     atoms = with_info(frames_300K[1], electric_field=field)
     moved = with_info(frames_300K[1], electric_field=q @ field)
     moved.positions = atoms.positions @ q.T + np.array([2.0, -1.0, 0.5])
-    reference, transformed = evaluate(model, atoms), evaluate(model, moved)
+    reference, transformed = predict(model, atoms), predict(model, moved)
     scale = max(1.0, reference.forces.abs().max().item())
     assert abs(transformed.energy.item() - reference.energy.item()) < 1e-10 * max(1.0, abs(reference.energy.item()))
     assert (transformed.forces - reference.forces @ torch.tensor(q.T)).abs().max() < 1e-10 * scale
-    turned_field_only = evaluate(model, with_info(frames_300K[1], electric_field=q @ field))
+    turned_field_only = predict(model, with_info(frames_300K[1], electric_field=q @ field))
     assert abs(turned_field_only.energy.item() - reference.energy.item()) > 1e-6
 
 
@@ -96,7 +100,7 @@ def test_bad_conditions_are_named(frames_300K, entry, value, message):
 
 def test_a_fidelity_the_model_has_not_is_refused(frames_300K):
     with pytest.raises(ValueError, match="fidelity 2 is not one of the model's 2 levels"):
-        evaluate(conditioned_model(), with_info(frames_300K[0], fidelity=2))
+        predict(conditioned_model(), with_info(frames_300K[0], fidelity=2))
 
 
 def test_frame_store_carries_the_conditions(tmp_path, frames_300K):
@@ -131,3 +135,28 @@ def test_ensemble_and_calculator_read_the_conditions(tmp_path, frames_300K):
 def test_export_refuses_a_conditioned_model(tmp_path):
     with pytest.raises(ValueError, match="conditions"):
         export_model(conditioned_model(), tmp_path / "model.ts")
+
+
+@pytest.mark.slow
+def test_charge_and_spin_tell_apart_states_at_the_same_geometry(tmp_path):
+    """PySCF energies of O2 in four charge/spin states and of H2O in fields (tests/data/pyscf_conditions.xyz):
+    with the conditions embedded the test error is a fraction of that without, which can only average
+    over the states (about 5 eV apart)."""
+    frames = read(DATA / "pyscf_conditions.xyz", ":")
+    order = np.random.default_rng(0).permutation(len(frames))
+    write(tmp_path / "train.xyz", [frames[i] for i in order[:100]])
+    test = [frames[i] for i in order[100:]]
+    errors = {}
+    for conditioned in (False, True):
+        extra = {"embed_charge": True, "embed_spin": True, "embed_field": True} if conditioned else {}
+        config = TrainingConfig.from_dict(
+            {"train_file": "train.xyz", "valid_fraction": 0.1, "forces_weight": 0.0, "max_epochs": 60,
+             "model": {"channels": 8, "radial_mlp": [16, 16], "max_edge_rank": 2, "correlation": 2, **extra},
+             "batch_size": 5, "output_dir": f"run_{conditioned}", "progress_bar": False},
+            base_dir=tmp_path,
+        )
+        model, _ = load_model(train(config)["checkpoint"])
+        graphs = frames_to_graphs(test, "test", model.config.atomic_numbers, 5.0, LabelKeys(), torch.float64)
+        errors[conditioned] = evaluate(model, graphs)["energy_rmse"]
+    assert errors[False] > 1.0, errors
+    assert errors[True] < 0.25 * errors[False], errors
