@@ -124,7 +124,9 @@ def facts(pk: int) -> dict:
                          for atoms in frames if "source_frame" in atoms.info],
         label_processes_finished_ok=label_processes,
         excepted_descendants=[{"pk": n.pk, "class": type(n).__name__, "label": n.process_label,
-                               "outputs": len(n.base.links.get_outgoing(link_type=(LinkType.CREATE, LinkType.RETURN)).all())}
+                               "outputs": len(outputs_of(n)),
+                               "outputs_used": sum(len(output.base.links.get_outgoing(
+                                   link_type=(LinkType.INPUT_CALC, LinkType.INPUT_WORK)).all()) for output in outputs_of(n))}
                               for n in node.called_descendants if n.is_excepted],
         unterminated_descendants=[{"pk": n.pk, "label": n.process_label, "caller": n.caller.pk,
                                    "state": n.process_state.value if n.process_state else None,
@@ -376,3 +378,8 @@ if __name__ == "__main__":
         read_slowly(float(arguments[0]))
     else:
         raise SystemExit(f"unknown command {command!r}")
+
+
+def outputs_of(process) -> list:
+    """The nodes ``process`` created or returned."""
+    return [link.node for link in process.base.links.get_outgoing(link_type=(LinkType.CREATE, LinkType.RETURN)).all()]
