@@ -37,6 +37,7 @@ MODEL_RULES: dict[str, Rule] = {
     "channels": at_least(1), "max_edge_rank": at_least(0), "max_hidden_rank": at_least(0), "correlation": at_least(1),
     "num_interactions": at_least(1), "readout_mlp": each_at_least(1),
     "long_range_sigma": greater_than(0.0), "long_range_spacing": greater_than(0.0), "num_fidelities": at_least(0),
+    "cp_rank": at_least(0),
 }
 
 

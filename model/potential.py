@@ -11,6 +11,8 @@ from . import keys
 from .blocks import EdgeHarmonics, InteractionBlock, LinearReadout, MLPReadout, ProductBasisBlock, SpeciesLinear
 from .conditions import ConditionEmbedding
 from .constants import ConstantsModule
+from .decomposed_blocks import DecomposedInteractionBlock, DecomposedProductBasisBlock
+from .decomposition import default_cp_rank
 from .long_range import LatentEwald
 from .radial import RadialEmbedding
 from .tensor_outputs import TensorReadouts
@@ -34,6 +36,9 @@ class ModelConfig:
     ``embed_charge``, ``embed_spin``, ``num_fidelities`` (> 1: that many levels of theory) and
     ``embed_field`` make the total charge, spin multiplicity, fidelity and electric field of a
     structure inputs of the model (:mod:`.conditions`).
+    ``tensor_decomposition`` replaces every multi-path product by a CP decomposition of rank
+    ``cp_rank`` (0: ``7 max_edge_rank**2``) with one weight for all paths (TDN, :mod:`.decomposition`);
+    ``cp_trainable`` trains the CP factors instead of keeping them at their fit to the exact product.
     """
 
     atomic_numbers: list[int]
@@ -60,6 +65,9 @@ class ModelConfig:
     embed_spin: bool = False
     num_fidelities: int = 0
     embed_field: bool = False
+    tensor_decomposition: bool = False
+    cp_rank: int = 0
+    cp_trainable: bool = False
 
     def __post_init__(self) -> None:
         if len(self.atomic_energies) != len(self.atomic_numbers):
@@ -70,6 +78,8 @@ class ModelConfig:
             raise ValueError(f"max_hidden_rank={self.max_hidden_rank} must lie in 0..max_edge_rank={self.max_edge_rank}")
         if self.correlation < 1 or self.num_interactions < 1:
             raise ValueError(f"correlation={self.correlation} and num_interactions={self.num_interactions} must be >= 1")
+        if self.cp_rank < 0:
+            raise ValueError(f"cp_rank={self.cp_rank} must be >= 0 (0: 7 * max_edge_rank**2)")
         if self.num_fidelities < 0:
             raise ValueError(f"num_fidelities={self.num_fidelities} must be >= 0")
         if self.long_range_sigma <= 0 or self.long_range_spacing <= 0:
@@ -157,13 +167,17 @@ class CartesianTensorPotential(ConstantsModule):
         for layer in range(config.num_interactions):
             last = layer == config.num_interactions - 1
             out_rank = tensor_rank if last else config.max_hidden_rank
-            self.interactions.append(
-                InteractionBlock(
-                    node_rank, config.max_edge_rank, channels, config.num_bessel, config.radial_mlp,
-                    config.avg_num_neighbors,
-                )
+            interaction_settings = (
+                node_rank, config.max_edge_rank, channels, config.num_bessel, config.radial_mlp, config.avg_num_neighbors
             )
-            self.products.append(ProductBasisBlock(config.max_edge_rank, out_rank, config.correlation, channels, num_species))
+            product_settings = (config.max_edge_rank, out_rank, config.correlation, channels, num_species)
+            if config.tensor_decomposition:
+                cp = (config.cp_rank or default_cp_rank(config.max_edge_rank), config.cp_trainable)
+                self.interactions.append(DecomposedInteractionBlock(*interaction_settings, *cp))
+                self.products.append(DecomposedProductBasisBlock(*product_settings, *cp))
+            else:
+                self.interactions.append(InteractionBlock(*interaction_settings))
+                self.products.append(ProductBasisBlock(*product_settings))
             self.mixers.append(SpeciesLinear(out_rank, channels, channels, num_species))
             self.residuals.append(SpeciesLinear(min(node_rank, out_rank), channels, channels, num_species))
             self.readouts.append(MLPReadout(channels, config.readout_mlp) if last else LinearReadout(channels))

@@ -26,11 +26,12 @@ SPECIES_3BPA = [1, 6, 7, 8]
 
 @pytest.fixture(scope="session", autouse=True)
 def graph_cache(tmp_path_factory) -> Iterator[Path]:
-    """Edges cached by training go to a folder of the test session, not the user's ``~/.cache`` (inherited by
-    the processes the tests start: dask workers, daemons)."""
+    """Edges and CP factors cached by training go to folders of the test session, not the user's
+    ``~/.cache`` (inherited by the processes the tests start: dask workers, daemons)."""
     folder = tmp_path_factory.mktemp("graph-cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TACE_GRAPH_CACHE", str(folder))
+        patch.setenv("TACE_CP_CACHE", str(tmp_path_factory.mktemp("cp-factors")))
         yield folder
 
 
@@ -159,6 +160,9 @@ MODEL_CASES = [
     model_case(max_edge_rank=2, correlation=2, max_hidden_rank=0, num_interactions=1, dipole=True, dtype=torch.float32),
     model_case(max_edge_rank=2, correlation=2, max_hidden_rank=1, embed_charge=True, embed_spin=True, num_fidelities=2,
                embed_field=True, long_range=True),
+    model_case(max_edge_rank=2, correlation=3, max_hidden_rank=1, tensor_decomposition=True, cp_rank=40),
+    model_case(max_edge_rank=3, correlation=2, max_hidden_rank=1, tensor_decomposition=True, cp_trainable=True,
+               dtype=torch.float32),
     model_case(max_edge_rank=4, correlation=3, max_hidden_rank=2, slow=True),
     model_case(max_edge_rank=4, correlation=1, max_hidden_rank=4, slow=True),
     model_case(max_edge_rank=2, correlation=3, max_hidden_rank=2, channels=4, slow=True),

@@ -205,3 +205,18 @@ def test_loop_runs_members_with_the_long_range_term(fast_polling, installed_code
     assert md_runs and all(run.is_finished_ok for run in md_runs)
     (entry,) = results["report"].get_dict()["iterations"]
     assert entry["selected"] == 3
+
+
+def test_loop_runs_members_on_the_tdn_fast_path(fast_polling, installed_code):
+    """``model: {tensor_decomposition: true, cp_rank: 28}`` reaches every member: they train with
+    CP-decomposed products, run MD, and frames are selected from their spread."""
+    model = {"tensor_decomposition": True, "cp_rank": 28}
+    results, node = run_get_node(builder_for(installed_code, model=model, stopping={"max_iterations": 1}))
+    assert node.exit_status == ActiveLearningWorkChain.exit_codes.ERROR_MAX_ITERATIONS.status, node.exit_message
+    for potential in results["ensemble"].values():
+        config = potential.get_calculator(device="cpu").models[0].config
+        assert config.tensor_decomposition and config.cp_rank == 28
+    md_runs = called(node, "tace.md")
+    assert md_runs and all(run.is_finished_ok for run in md_runs)
+    (entry,) = results["report"].get_dict()["iterations"]
+    assert entry["selected"] == 3
