@@ -16,9 +16,10 @@ from benchmarks.common import MatchedSettings, TrainedModel, read_e0s
 NAME = "tace-aiida"
 
 
-def tace_config(settings: MatchedSettings, workdir: Path, e0s: dict[int, float] | None = None) -> TrainingConfig:
+def tace_config(settings: MatchedSettings, workdir: Path, e0s: dict[int, float] | None = None,
+                model_options: dict | None = None) -> TrainingConfig:
     """Training settings of tace-aiida that match ``settings`` (see :class:`MatchedSettings`); E0s (eV) ``e0s``,
-    else from 3BPA's ``iso_atoms.xyz``."""
+    else from 3BPA's ``iso_atoms.xyz``; ``model_options`` adds model settings beyond the matched ones."""
     return TrainingConfig(
         train_file=str(workdir / "train.xyz"),
         valid_file=str(workdir / "valid.xyz"),
@@ -33,6 +34,7 @@ def tace_config(settings: MatchedSettings, workdir: Path, e0s: dict[int, float] 
             "num_bessel": settings.num_bessel,
             "envelope_p": settings.polynomial_p,
             "radial_mlp": list(settings.radial_mlp),
+            **(model_options or {}),
         },
         energy_weight=settings.energy_weight,
         forces_weight=settings.forces_weight,
@@ -53,12 +55,13 @@ def tace_config(settings: MatchedSettings, workdir: Path, e0s: dict[int, float] 
 
 
 def train_tace(train_frames: list[Atoms], valid: list[Atoms], settings: MatchedSettings, workdir: Path,
-               e0s: dict[int, float] | None = None) -> TrainedModel:
-    """Train tace-aiida's potential with ``settings`` in ``workdir``; E0s as in :func:`tace_config`."""
+               e0s: dict[int, float] | None = None, model_options: dict | None = None) -> TrainedModel:
+    """Train tace-aiida's potential with ``settings`` in ``workdir``; E0s and ``model_options`` as in
+    :func:`tace_config`."""
     workdir.mkdir(parents=True, exist_ok=True)
     write(workdir / "train.xyz", train_frames, format="extxyz")
     write(workdir / "valid.xyz", valid, format="extxyz")
-    summary = train(tace_config(settings, workdir, e0s))
+    summary = train(tace_config(settings, workdir, e0s, model_options))
     epochs = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
     return TrainedModel(
         name=NAME,
