@@ -102,6 +102,11 @@ def watch(pk: int, poll: float = 0.3) -> None:
         time.sleep(poll)
 
 
+def outputs_of(process) -> list:
+    """The nodes ``process`` created or returned."""
+    return [link.node for link in process.base.links.get_outgoing(link_type=(LinkType.CREATE, LinkType.RETURN)).all()]
+
+
 def facts(pk: int) -> dict:
     node = orm.load_node(pk)
     facts = {"exit_status": node.exit_status, "exit_message": node.exit_message,
@@ -379,7 +384,3 @@ if __name__ == "__main__":
     else:
         raise SystemExit(f"unknown command {command!r}")
 
-
-def outputs_of(process) -> list:
-    """The nodes ``process`` created or returned."""
-    return [link.node for link in process.base.links.get_outgoing(link_type=(LinkType.CREATE, LinkType.RETURN)).all()]
