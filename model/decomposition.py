@@ -166,7 +166,7 @@ class CPProduct(nn.Module):
 
     def __init__(self, rank_x: int, rank_y: int, rank_out: int, cp_rank: int, trainable: bool) -> None:
         super().__init__()
-        a, b, c, self.fit_error = fit_cp_factors(rank_x, rank_y, rank_out, cp_rank)
+        a, b, c, _ = fit_cp_factors(rank_x, rank_y, rank_out, cp_rank)
         dtype = torch.get_default_dtype()
         for name, value in (("factor_x", a), ("factor_y", b), ("factor_out", c)):
             value = value.to(dtype).clone()
