@@ -302,7 +302,8 @@ class CartesianTensorPotential(ConstantsModule):
         energy = node_energy.new_zeros((*members, num_graphs)).index_add(-1, graph_of_atom, node_energy)
         outputs = Outputs(energy=energy, node_energy=node_energy)
         if self.tensor_readouts is not None:
-            outputs.dipole, outputs.polarizability = self.tensor_readouts(layer_features, positions, graph_of_atom, num_graphs)
+            outputs.dipole, outputs.polarizability = self.tensor_readouts(layer_features, positions, graph_of_atom, num_graphs,
+                                                                          conditions.get(keys.TOTAL_CHARGE))
         if compute_descriptors:
             ones = torch.ones_like(graph_of_atom, dtype=energy.dtype)
             counts = energy.new_zeros(num_graphs).index_add(0, graph_of_atom, ones)  # bincount syncs on a GPU

@@ -1,9 +1,11 @@
 """Tensorial outputs read from the equivariant node features: dipole (rank 1) and polarizability (rank 2).
 
-* Dipole ``mu = sum_i (q_i (r_i - c) + p_i)`` (e Å) per structure: charges ``q_i`` (e) from the rank-0
-  channels, made neutral per structure, times the positions about the structure's centroid ``c``,
-  plus atomic dipoles ``p_i`` from the rank-1 channels. Meant for molecules (a periodic cell's
-  dipole needs the Berry phase, which this does not give).
+* Dipole ``mu = sum_i (q_i (r_i - c) + p_i) + Q c`` (e Å) per structure: charges ``q_i`` (e) from the
+  rank-0 channels, made neutral per structure, times the positions about the structure's centroid
+  ``c``, plus atomic dipoles ``p_i`` from the rank-1 channels, plus the total charge ``Q`` at the
+  centroid: an ion's dipole about the origin of the coordinates, as electronic-structure codes give
+  it (it moves by ``Q t`` when the ion is translated by ``t``). Meant for molecules (a periodic
+  cell's dipole needs the Berry phase, which this does not give).
 * Polarizability ``alpha = sum_i (a_i I + A_i)`` (Å^3): an isotropic part ``a_i`` from the rank-0
   channels and a symmetric traceless part ``A_i`` from the rank-2 channels.
 
@@ -67,9 +69,11 @@ class TensorReadouts(ConstantsModule):
         return sum(channel_readout(layer, features, rank) for layer, features in zip(readouts, reaching, strict=True))
 
     def forward(
-        self, layer_features: list[Tensor], positions: Tensor, graph_of_atom: Tensor, num_graphs: int
+        self, layer_features: list[Tensor], positions: Tensor, graph_of_atom: Tensor, num_graphs: int,
+        total_charge: Tensor | None = None,
     ) -> tuple[Tensor | None, Tensor | None]:
-        """``layer_features`` ``[..., n_atoms, C, D_layer]`` per layer, ``positions`` ``[..., n_atoms, 3]`` Å."""
+        """``layer_features`` ``[..., n_atoms, C, D_layer]`` per layer, ``positions`` ``[..., n_atoms, 3]`` Å,
+        ``total_charge`` ``[n_graphs]`` e (None: neutral)."""
         dipole = polarizability = None
         counts = structure_sums(torch.ones_like(positions[..., 0]), graph_of_atom, num_graphs, 0)
         if self.dipole:
@@ -79,6 +83,8 @@ class TensorReadouts(ConstantsModule):
             relative = positions - centroids.index_select(-2, graph_of_atom)
             atomic = self._sum(self.atomic_dipole_readouts, layer_features, 1) @ self.vector_basis.T
             dipole = structure_sums(charges[..., None] * relative + atomic, graph_of_atom, num_graphs, 1)
+            if total_charge is not None:
+                dipole = dipole + total_charge.to(dipole.dtype)[:, None] * centroids
         if self.polarizability:
             isotropic = self._sum(self.trace_readouts, layer_features, 0)[..., 0]
             anisotropic = (self._sum(self.anisotropy_readouts, layer_features, 2) @ self.matrix_basis.T).unflatten(-1, (3, 3))

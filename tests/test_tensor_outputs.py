@@ -23,7 +23,7 @@ from tace_aiida.model.frames import read_columns, read_frames, write_frames
 from tace_aiida.model.graph_store import store_graphs
 from tace_aiida.model.training import train
 
-from .conftest import DATA, SPECIES_3BPA, default_dtype, periodic_cell, small_model
+from .conftest import DATA, SPECIES_3BPA, default_dtype, periodic_cell, random_orthogonal, small_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,6 +83,32 @@ def test_far_apart_copies_add_their_dipoles_and_polarizabilities(frames_300K):
     assert single.dipole.abs().max() > 1e-2
     assert torch.allclose(pair.dipole, 2 * single.dipole, atol=1e-10)
     assert torch.allclose(pair.polarizability, 2 * single.polarizability, atol=1e-10)
+
+
+def test_an_ions_dipole_is_about_the_origin_as_electronic_structure_codes_give_it(frames_300K):
+    """Translated by t, a structure of total charge Q changes its dipole by Q t (1e-10); rotated about the
+    origin, it rotates with it; the polarizability and a neutral structure's dipole do not move."""
+    model = tensor_model(embed_charge=True)
+    shift = np.array([0.7, -1.3, 2.1])
+
+    def outputs(atoms: Atoms, charge: float):
+        atoms = atoms.copy()
+        atoms.info["charge"] = charge
+        return model(collate([atoms_to_graph(atoms, SPECIES_3BPA, 5.0, dtype=torch.float64)]))
+
+    atoms = frames_300K[3]
+    moved = atoms.copy()
+    moved.positions += shift
+    for charge in (0.0, -1.0, 2.0):
+        here, there = outputs(atoms, charge), outputs(moved, charge)
+        expected = here.dipole + charge * torch.tensor(shift)
+        assert (there.dipole - expected).abs().max() < 1e-10, charge
+        assert (there.polarizability - here.polarizability).abs().max() < 1e-10
+    matrix = random_orthogonal(seed=5, reflect=False)
+    rotation = torch.as_tensor(matrix, dtype=torch.float64)
+    turned = atoms.copy()
+    turned.positions = atoms.positions @ matrix.T
+    assert (outputs(turned, -1.0).dipole - outputs(atoms, -1.0).dipole @ rotation.T).abs().max() < 1e-10
 
 
 def test_stacked_ensemble_and_calculator_give_the_members_tensors(tmp_path, frames_300K):
