@@ -1,10 +1,13 @@
-"""``PySCFCalculator``: an ASE calculator for molecules with PySCF's Kohn-Sham DFT (energy and analytic forces).
+"""``PySCFCalculator``: an ASE calculator for molecules with PySCF's Kohn-Sham DFT (energy, analytic forces, dipole).
 
 Use it through ``tace.label_ase`` with
 ``calculator='tace_aiida.labelling.pyscf_calculator.PySCFCalculator'`` and, e.g.,
 ``parameters={'xc': 'PBE', 'basis': 'def2-SVP'}``. Closed shells (``spin=0``) run restricted
-Kohn-Sham (RKS), open shells unrestricted (UKS); ``xc='HF'`` gives Hartree-Fock. Results: energy in
-eV, forces in eV/Å (PySCF works in Hartree and Bohr).
+Kohn-Sham (RKS), open shells unrestricted (UKS); ``xc='HF'`` gives Hartree-Fock. A uniform
+``electric_field`` (V/Å) adds ``F·r`` to every electron's one-electron Hamiltonian and ``-Z F·R`` to
+every nucleus, so the energy is that of the molecule in the field (about the origin of the
+coordinates) and the forces its exact gradient. Results: energy in eV, forces in eV/Å, dipole in
+e Å about the origin of the coordinates (PySCF works in Hartree and Bohr).
 """
 
 from __future__ import annotations
@@ -16,21 +19,26 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, CalculatorSetupError, SCFError, all_changes
 from ase.units import Bohr, Hartree
 
+#: One atomic unit of electric field (Hartree / (e Bohr)) in V/Å.
+FIELD_AU = Hartree / Bohr
+
 
 class PySCFCalculator(Calculator):
     """Kohn-Sham DFT of a non-periodic molecule with PySCF.
 
     Parameters: ``xc`` (functional, default PBE), ``basis`` (default def2-SVP), ``charge`` (e),
-    ``spin`` (number of unpaired electrons, 2S), ``conv_tol`` (Hartree), ``max_cycle``,
-    ``grid_level`` (DFT integration grid, 0-9), ``density_fit`` (RI-J with the default auxiliary basis).
+    ``spin`` (number of unpaired electrons, 2S), ``electric_field`` (3 values, V/Å, or None),
+    ``conv_tol`` (Hartree), ``max_cycle``, ``grid_level`` (DFT integration grid, 0-9),
+    ``density_fit`` (RI-J with the default auxiliary basis).
     """
 
-    implemented_properties = ["energy", "free_energy", "forces"]
+    implemented_properties = ["energy", "free_energy", "forces", "dipole"]
     default_parameters: dict[str, Any] = {
         "xc": "PBE",
         "basis": "def2-SVP",
         "charge": 0,
         "spin": 0,
+        "electric_field": None,
         "conv_tol": 1e-9,
         "max_cycle": 100,
         "grid_level": 3,
@@ -51,13 +59,40 @@ class PySCFCalculator(Calculator):
             raise CalculatorSetupError(f"PySCFCalculator handles molecules only; got pbc={self.atoms.pbc.tolist()}")
         if self._scf is None or system_changes:
             self._scf = self._run_scf()
-            self.results["energy"] = self.results["free_energy"] = float(self._scf.e_tot) * Hartree
+            nuclear = -np.dot(self._scf.mol.atom_charges(), self._scf.mol.atom_coords() @ self._field_au())
+            self.results["energy"] = self.results["free_energy"] = float(self._scf.e_tot + nuclear) * Hartree
         if "forces" in properties:
-            gradient = np.asarray(self._scf.nuc_grad_method().kernel())
+            gradient = np.asarray(self._scf.nuc_grad_method().kernel()) + self._field_gradient()
             self.results["forces"] = -gradient * Hartree / Bohr
+        if "dipole" in properties:
+            self.results["dipole"] = np.asarray(self._scf.dip_moment(unit="AU", verbose=0)) * Bohr
+
+    def _field_au(self) -> np.ndarray:
+        """The field in atomic units, ``[3]`` (zeros without one)."""
+        field = self.parameters["electric_field"]
+        values = np.zeros(3) if field is None else np.asarray(field, dtype=float)
+        if values.shape != (3,) or not np.isfinite(values).all():
+            raise CalculatorSetupError(f"electric_field must be 3 finite numbers (V/Å), not {field!r}")
+        return values / FIELD_AU
+
+    def _field_gradient(self) -> np.ndarray:
+        """The field's part of the energy gradient ``[n_atoms, 3]`` (Hartree/Bohr): the nuclei's ``-Z F`` and
+        the electrons' ``-2 sum_{p on A} D_pq <d_k p| F.r |q>`` from the moving basis functions."""
+        field = self._field_au()
+        mol = self._scf.mol
+        gradient = -mol.atom_charges()[:, None] * field[None, :]
+        if not field.any():
+            return gradient
+        density = np.asarray(self._scf.make_rdm1())
+        density = density.sum(axis=0) if density.ndim == 3 else density
+        # int1e_irp holds <q| r_j d_k |p> as component (j, k); its AO transpose is <d_k p| r_j |q>.
+        moving = np.einsum("j,jkqp->kpq", field, mol.intor("int1e_irp", comp=9).reshape(3, 3, mol.nao, mol.nao))
+        for atom, (_, _, start, stop) in enumerate(mol.aoslice_by_atom()):
+            gradient[atom] -= 2.0 * np.einsum("kpq,pq->k", moving[:, start:stop], density[start:stop])
+        return gradient
 
     def _run_scf(self):
-        """The converged PySCF mean-field object of ``self.atoms``."""
+        """The converged PySCF mean-field object of ``self.atoms`` (in the field, when there is one)."""
         from pyscf import dft, gto
 
         p = self.parameters
@@ -73,6 +108,11 @@ class PySCFCalculator(Calculator):
         method.grids.level = p["grid_level"]
         if p["density_fit"]:
             method = method.density_fit()
+        field = self._field_au()
+        if field.any():
+            hcore = method.get_hcore()
+            potential = np.einsum("x,xij->ij", field, molecule.intor("int1e_r", comp=3))
+            method.get_hcore = lambda *_: hcore + potential
         method.kernel()
         if not method.converged:
             raise SCFError(f"PySCF {p['xc']}/{p['basis']} SCF did not converge in {p['max_cycle']} cycles")
