@@ -12,7 +12,7 @@ A graph is a dict of tensors:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,11 +111,19 @@ def periodic_rows(atoms: Atoms) -> np.ndarray:
     return atoms.cell[:] * atoms.pbc[:, None]
 
 
+#: The ``atoms.info`` entries that hold a structure's conditions (see :func:`conditions`).
+CONDITION_INFO = ("charge", "spin", "fidelity", "electric_field")
+
+
 def conditions(atoms: Atoms) -> dict[str, np.ndarray]:
     """The structure's conditions from ``atoms.info``: ``charge`` (e, default 0), ``spin`` (multiplicity
     2S+1 >= 1, default 1), ``fidelity`` (integer >= 0, default 0), ``electric_field`` (3 values, V/Å,
     default 0); an error names the entry that is not valid."""
-    info = atoms.info
+    return read_conditions(atoms.info)
+
+
+def read_conditions(info: Mapping) -> dict[str, np.ndarray]:
+    """The conditions in ``info`` (a frame's info or a mapping of the same keys), checked as :func:`conditions`."""
     charge = np.asarray(info.get("charge", 0.0), dtype=float)
     spin = np.asarray(info.get("spin", 1.0), dtype=float)
     fidelity = np.asarray(info.get("fidelity", 0), dtype=float)
@@ -129,6 +137,22 @@ def conditions(atoms: Atoms) -> dict[str, np.ndarray]:
     if field.shape != (3,) or not np.isfinite(field).all():
         raise ValueError(f"info['electric_field'] must be 3 finite numbers (V/Å), not {info['electric_field']!r}")
     return {TOTAL_CHARGE: charge, SPIN_MULTIPLICITY: spin, FIDELITY: fidelity.astype(np.int64), ELECTRIC_FIELD: field}
+
+
+def condition_info(values: Mapping) -> dict:
+    """``values`` (some of :data:`CONDITION_INFO`) checked and completed as plain JSON values for ``atoms.info``:
+    ``{"charge": float, "spin": float, "fidelity": int, "electric_field": [3 floats]}``; an unknown key is named."""
+    unknown = sorted(set(values) - set(CONDITION_INFO))
+    if unknown:
+        raise ValueError(f"unknown conditions {unknown}; the conditions are {list(CONDITION_INFO)}")
+    read = read_conditions(values)
+    return {"charge": float(read[TOTAL_CHARGE]), "spin": float(read[SPIN_MULTIPLICITY]),
+            "fidelity": int(read[FIDELITY]), "electric_field": [float(x) for x in read[ELECTRIC_FIELD]]}
+
+
+def condition_info_of(atoms: Atoms) -> dict:
+    """The conditions of ``atoms`` as :func:`condition_info` gives them (neutral values where ``info`` has none)."""
+    return condition_info({name: atoms.info[name] for name in CONDITION_INFO if name in atoms.info})
 
 
 def atoms_to_graph(

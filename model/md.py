@@ -21,7 +21,9 @@ Settings (units: K, GPa, fs, eV/Å, Å, 1/fs):
 ``npt`` (isotropic MTK barostat with Nose-Hoover chains). The trajectory arrays, frame-major:
 ``positions`` [F, N, 3] Å, ``cells`` [F, 3, 3] Å, ``energies`` [F] eV, ``forces`` [F, N, 3] eV/Å,
 ``energy_std`` [F] eV, ``forces_std`` [F, N] eV/Å, ``max_force_std`` [F] eV/Å,
-``descriptors`` [F, D], ``temperatures`` [F] K, ``steps`` [F], plus ``numbers`` [N] and ``pbc`` [3].
+``descriptors`` [F, D], ``temperatures`` [F] K, ``steps`` [F], plus ``numbers`` [N] and ``pbc`` [3], and
+the conditions the model ran with (from the info of ``structure.extxyz``, neutral when absent):
+``charge`` [F] e, ``spin`` [F] (multiplicity), ``fidelity`` [F], ``electric_field`` [F, 3] V/Å.
 
 ``bias_strength`` (eV) above 0 drives the dynamics with the uncertainty bias of
 :class:`~tace_aiida.model.bias.UncertaintyBias` (``bias_width`` in eV per sqrt(atom)); the trajectory
@@ -52,7 +54,7 @@ from ase.md.verlet import VelocityVerlet
 from .bias import UncertaintyBias
 from .calculator import UNCERTAINTIES, TACECalculator, keep_freed_memory
 from .checkpoint import read_checkpoint
-from .data import is_device, species_indices
+from .data import condition_info_of, is_device, species_indices
 from .validation import (
     Rule,
     at_least,
@@ -189,6 +191,9 @@ class FrameRecorder:
         arrays = {key: np.asarray(values) for key, values in self.frames.items()}
         arrays["numbers"] = self.atoms.numbers.copy()
         arrays["pbc"] = self.atoms.pbc.copy()
+        frames = len(self.frames["steps"])
+        for name, value in condition_info_of(self.atoms).items():
+            arrays[name] = np.repeat(np.asarray(value)[None], frames, axis=0)
         return arrays
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode, ProcessBuilder, ToContext, WorkChain, calcfunction, if_, while_
 from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin
+from tace_aiida.model.data import condition_info, condition_info_of
 
 from tace_aiida.calculations.functions import merge_datasets, structures_to_dataset
 from tace_aiida.calculations.md import MDCalculation
@@ -92,7 +93,42 @@ def validate_inputs(inputs: dict, _) -> str | None:
     molecules = sorted(label for label, structure in inputs.get("structures", {}).items() if not all(structure.pbc))
     if "label_qe" in inputs and molecules:
         return f"`label_qe` labels periodic cells only: structures {molecules} are not periodic in all three directions"
+    if "conditions" in inputs:
+        problem = conditions_problem(inputs)
+        if problem:
+            return problem
     return uncertainty_problem(inputs.get("ensemble_size"), inputs.get("selection"))
+
+
+def conditions_problem(inputs: dict) -> str | None:
+    """Why the ``conditions`` cannot be honoured, or None: they name given structures, the labeller receives
+    every charge, spin and field that is not neutral, and the model embeds every condition that varies."""
+    given = inputs["conditions"].get_dict()
+    unknown = sorted(set(given) - set(inputs.get("structures", {})))
+    if unknown:
+        return f"`conditions` name structures {unknown} that are not in `structures` ({sorted(inputs.get('structures', {}))})"
+    values = {label: condition_info(entry) for label, entry in given.items()}
+    mapping = inputs["label_ase"]["condition_parameters"].get_dict() if "condition_parameters" in inputs.get(
+        "label_ase", {}) else {}
+    receives = {"charge": {"charge"}, "spin": {"multiplicity", "unpaired_electrons"}, "electric_field": {"electric_field"}}
+    neutral = condition_info({})
+    for name in ("charge", "spin", "electric_field"):
+        charged = sorted(label for label, entry in values.items() if entry[name] != neutral[name])
+        if charged and not receives[name] & set(mapping.values()):
+            labeller = "`label_qe`" if "label_qe" in inputs else "`label_ase.condition_parameters`"
+            return (f"structures {charged} have a {name} that is not neutral, but {labeller} passes no {name} to the "
+                    "labeller, which would label them as neutral")
+    model = inputs["train"]["parameters"].get_dict().get("model", {}) if "parameters" in inputs.get("train", {}) else {}
+    embeds = {"charge": model.get("embed_charge", False), "spin": model.get("embed_spin", False),
+              "fidelity": model.get("num_fidelities", 0) > 1, "electric_field": model.get("embed_field", False)}
+    for name, embedded in embeds.items():
+        distinct = {str(entry[name]) for entry in values.values()} | ({str(neutral[name])} if set(
+            inputs.get("structures", {})) - set(values) else set())
+        if len(distinct) > 1 and not embedded:
+            key = {"fidelity": "num_fidelities"}.get(name, f"embed_{name.replace('electric_', '')}")
+            return (f"the structures differ in {name} ({sorted(distinct)}), but the model does not embed it: set "
+                    f"`train.parameters.model.{key}`")
+    return None
 
 
 def uncertainty_problem(ensemble_size: orm.Int | None, selection: orm.Dict | None) -> str | None:
@@ -106,10 +142,28 @@ def uncertainty_problem(ensemble_size: orm.Int | None, selection: orm.Dict | Non
 
 @calcfunction
 def extract_structures(dataset: TrainingSetData, count: orm.Int) -> dict:
-    """Up to ``count`` frames of ``dataset``, evenly spread, as StructureData (exploration starts)."""
+    """Up to ``count`` frames of ``dataset``, evenly spread, as StructureData ``frame_<i>`` (exploration starts),
+    and their ``conditions`` ({frame_<i>: {charge, spin, fidelity, electric_field}}, from each frame's info)."""
     frames = dataset.get_atoms()
     picks = np.unique(np.linspace(0, len(frames) - 1, num=min(count.value, len(frames))).round().astype(int))
-    return {f"frame_{i}": orm.StructureData(ase=frames[i]) for i in picks}
+    outputs: dict[str, orm.Data] = {f"frame_{i}": orm.StructureData(ase=frames[i]) for i in picks}
+    outputs["conditions"] = orm.Dict({f"frame_{i}": condition_info_of(frames[i]) for i in picks})
+    return outputs
+
+
+def exploration_starts(extracted: dict) -> tuple[dict[str, orm.StructureData], dict[str, dict]]:
+    """The starting structures and their conditions from the outputs of :func:`extract_structures`."""
+    starts = {label: node for label, node in extracted.items() if label.startswith("frame_")}
+    return starts, extracted["conditions"].get_dict()
+
+
+def validate_conditions(value: orm.Dict, _) -> str | None:
+    for label, values in value.get_dict().items():
+        try:
+            condition_info(values)
+        except (TypeError, ValueError) as error:
+            return f"conditions of structure {label!r}: {error}"
+    return None
 
 
 @calcfunction
@@ -126,6 +180,10 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         super().define(spec)
         spec.input_namespace("structures", valid_type=orm.StructureData, dynamic=True, required=False,
                              help="Initial structures: labelled first, and the starting points of exploration.")
+        spec.input("conditions", valid_type=orm.Dict, required=False, validator=validate_conditions,
+                   help="Conditions of the initial structures, {label: {charge (e), spin (multiplicity 2S+1), fidelity, "
+                        "electric_field (V/Å)}}, neutral where absent: every frame explored from a structure, and "
+                        "its labels, keep them (frames of the `dataset` keep those in their info).")
         spec.input("dataset", valid_type=TrainingSetData, required=False,
                    help="An initial labelled training set, e.g. the `dataset` output of a previous run.")
         spec.input_namespace("initial_ensemble", valid_type=PotentialData, dynamic=True, required=False,
@@ -275,7 +333,8 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
 
     def label_initial(self) -> ToContext:
         """Label the initial structures."""
-        unlabelled = structures_to_dataset(**self.inputs.structures)
+        conditions = {"conditions": self.inputs.conditions} if "conditions" in self.inputs else {}
+        unlabelled = structures_to_dataset(**conditions, **self.inputs.structures)
         self.report(f"labelling {unlabelled.num_structures} initial structures")
         return ToContext(initial_labels=self._label(unlabelled, "label_initial"))
 
@@ -293,8 +352,11 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         """The initial structures, or frames spread over the initial dataset, start the exploration."""
         if "structures" in self.inputs:
             self.ctx.starts = dict(self.inputs.structures)
+            given = self.inputs.conditions.get_dict() if "conditions" in self.inputs else {}
+            self.ctx.start_conditions = {label: condition_info(given[label]) for label in given}
         else:
-            self.ctx.starts = extract_structures(self.ctx.dataset, orm.Int(self.stages[0].dataset_starts))
+            extracted = extract_structures(self.ctx.dataset, orm.Int(self.stages[0].dataset_starts))
+            self.ctx.starts, self.ctx.start_conditions = exploration_starts(extracted)
 
     # ---------------------------------------------------------------------------------- loop
 
@@ -346,10 +408,11 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
     def plan_exploration(self) -> None:
         """The MD runs of this iteration (:func:`.exploration.plan_md_runs`), launched by :meth:`launch_md_runs`."""
         stage = self.stages[self.ctx.stage]
-        starts = self.ctx.starts
+        starts, conditions = self.ctx.starts, self.ctx.get("start_conditions", {})
         if stage.start_from == "dataset":
-            starts = extract_structures(self.ctx.dataset, orm.Int(stage.dataset_starts))
+            starts, conditions = exploration_starts(extract_structures(self.ctx.dataset, orm.Int(stage.dataset_starts)))
         self.ctx.md_starts = dict(starts)
+        self.ctx.md_conditions = conditions
         self.ctx.md_runs = plan_md_runs(list(starts), stage)
         open_window(self, "md_window")
         self.report(f"iteration {self.ctx.iteration}: stage {self.ctx.stage} ({stage.name or 'unnamed'}), "
@@ -371,7 +434,9 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
             start_label, temperature, run = self.ctx.md_runs[index]
             parameters = md_parameters(stage, temperature, run, self.ctx.iteration, threshold,
                                        self.selection_settings.uncertainty)
-            return submit_once(self, MDCalculation, labels[index], **inputs, potentials=potentials,
+            conditions = self.ctx.get("md_conditions", {}).get(start_label)
+            extra = {"conditions": orm.Dict(conditions)} if conditions and conditions != condition_info({}) else {}
+            return submit_once(self, MDCalculation, labels[index], **inputs, **extra, potentials=potentials,
                                structure=self.ctx.md_starts[start_label], parameters=orm.Dict(parameters))
 
         launched, wait = fill_window(self, "md_window", labels, self.inputs.md.max_concurrent.value, launch)

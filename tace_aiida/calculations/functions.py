@@ -6,6 +6,7 @@ from aiida import orm
 from aiida.engine import calcfunction
 
 from tace_aiida.data import TrainingSetData
+from tace_aiida.model.data import condition_info
 
 
 @calcfunction
@@ -20,6 +21,13 @@ def merge_datasets(**datasets: TrainingSetData) -> TrainingSetData:
 
 
 @calcfunction
-def structures_to_dataset(**structures: orm.StructureData) -> TrainingSetData:
-    """Unlabelled frames from StructureData inputs; each frame's info records its ``source_uuid``."""
-    return TrainingSetData.from_structures(structures[label] for label in sorted(structures))
+def structures_to_dataset(conditions: orm.Dict | None = None, **structures: orm.StructureData) -> TrainingSetData:
+    """Unlabelled frames from StructureData inputs; each frame's info records its ``source_uuid`` and, from
+    ``conditions`` ({structure label: {charge, spin, fidelity, electric_field}}), its conditions."""
+    of_label = conditions.get_dict() if conditions is not None else {}
+    frames = []
+    for label in sorted(structures):
+        atoms = structures[label].get_ase()
+        atoms.info.update(source_uuid=structures[label].uuid, **condition_info(of_label.get(label, {})))
+        frames.append(atoms)
+    return TrainingSetData(frames)

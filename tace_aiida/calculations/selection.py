@@ -8,6 +8,7 @@ from aiida.engine import calcfunction
 from ase import Atoms
 
 from tace_aiida.data import TrainingSetData
+from tace_aiida.model.data import CONDITION_INFO
 from tace_aiida.selection import (
     ACCURATE,
     CANDIDATE,
@@ -21,7 +22,8 @@ from tace_aiida.selection import (
 
 
 def trajectory_frame(trajectory: orm.TrajectoryData, index: int) -> Atoms:
-    """Frame ``index`` of a ``tace.md`` trajectory as ASE Atoms, with the ensemble's predictions attached."""
+    """Frame ``index`` of a ``tace.md`` trajectory as ASE Atoms, with the ensemble's predictions attached and the
+    conditions it ran with (charge, spin, fidelity, electric_field) in its info."""
     _, _, cell, symbols, positions, _ = trajectory.get_step_data(index)
     atoms = Atoms(symbols=symbols, positions=positions, cell=cell, pbc=trajectory.pbc)
     atoms.new_array("predicted_forces", trajectory.get_array("forces")[index])
@@ -34,6 +36,8 @@ def trajectory_frame(trajectory: orm.TrajectoryData, index: int) -> Atoms:
         predicted_max_force_std=float(trajectory.get_array("max_force_std")[index]),
         temperature=float(trajectory.get_array("temperatures")[index]),
     )
+    names = trajectory.get_arraynames()
+    atoms.info.update({name: trajectory.get_array(name)[index].tolist() for name in CONDITION_INFO if name in names})
     return atoms
 
 

@@ -1,7 +1,9 @@
 """Ready-made ``calculator``/``parameters`` settings of ``tace.label_ase`` for common labellers.
 
-Each function returns ``{"calculator": import path, "parameters": keyword arguments}``;
-:func:`as_inputs` turns one into the CalcJob's ``calculator`` (Str) and ``parameters`` (Dict) inputs::
+Each function returns ``{"calculator": import path, "parameters": keyword arguments}`` and, for
+labellers that take a charge, spin or field, ``"condition_parameters"`` (which keyword gets which
+condition of each structure, see :mod:`.runner`); :func:`as_inputs` turns one into the CalcJob's
+inputs::
 
     builder = AseLabelCalculation.get_builder()
     builder.update(as_inputs(cp2k_pbe(kpoints=(3, 3, 3))))
@@ -10,8 +12,9 @@ The values behind them, for use without these helpers:
 
 - EMT (tests only): ``calculator='ase.calculators.emt.EMT'``, no parameters.
 - GFN2-xTB (``pip install tblite``): ``calculator='tblite.ase.TBLite'``,
-  ``parameters={'method': 'GFN2-xTB', 'accuracy': 1.0, 'electronic_temperature': 300.0, 'verbosity': 0}``
-  (molecules and periodic cells; stress for periodic cells).
+  ``parameters={'method': 'GFN2-xTB', 'accuracy': 1.0, 'electronic_temperature': 300.0, 'verbosity': 0}``,
+  ``condition_parameters={'charge': 'charge', 'multiplicity': 'multiplicity'}``
+  (molecules and periodic cells; stress for periodic cells; dipoles of molecules).
 - CP2K PBE (Debian ``cp2k cp2k-data``; ASE's ``CP2K`` calculator drives ``cp2k_shell.psmp``):
   ``calculator='ase.calculators.cp2k.CP2K'``, ``parameters={'command': 'cp2k_shell.psmp', 'xc': 'PBE',
   'basis_set': 'DZVP-MOLOPT-SR-GTH', 'basis_set_file': 'BASIS_MOLOPT', 'pseudo_potential': 'GTH-PBE',
@@ -23,7 +26,9 @@ The values behind them, for use without these helpers:
   shear stress of 0.04 eV/Å^3; with 3x3x3: zero forces, isotropic stress).
 - PySCF (``pip install pyscf``; molecules only):
   ``calculator='tace_aiida.labelling.pyscf_calculator.PySCFCalculator'``,
-  ``parameters={'xc': 'PBE', 'basis': 'def2-SVP', 'charge': 0, 'spin': 0}``.
+  ``parameters={'xc': 'PBE', 'basis': 'def2-SVP'}``,
+  ``condition_parameters={'charge': 'charge', 'spin': 'unpaired_electrons', 'electric_field': 'electric_field'}``
+  (dipoles too; forces in a field are the exact gradient).
 
 All labels come out in eV, eV/Å and eV/Å^3 (ASE's units).
 """
@@ -39,8 +44,11 @@ Recipe = dict[str, Any]
 
 
 def as_inputs(recipe: Recipe) -> dict[str, orm.Data]:
-    """The ``calculator`` and ``parameters`` inputs of ``tace.label_ase`` for ``recipe``."""
-    return {"calculator": orm.Str(recipe["calculator"]), "parameters": orm.Dict(recipe["parameters"])}
+    """The ``calculator``, ``parameters`` (and ``condition_parameters``) inputs of ``tace.label_ase`` for ``recipe``."""
+    inputs = {"calculator": orm.Str(recipe["calculator"]), "parameters": orm.Dict(recipe["parameters"])}
+    if recipe.get("condition_parameters"):
+        inputs["condition_parameters"] = orm.Dict(recipe["condition_parameters"])
+    return inputs
 
 
 def emt() -> Recipe:
@@ -50,14 +58,24 @@ def emt() -> Recipe:
 
 def gfn2_xtb(accuracy: float = 1.0, electronic_temperature: float = 300.0, charge: int | None = None,
              multiplicity: int | None = None) -> Recipe:
-    """GFN2-xTB tight binding from tblite; ``electronic_temperature`` in K."""
+    """GFN2-xTB tight binding from tblite; ``electronic_temperature`` in K.
+
+    Each structure's charge and multiplicity (its info) reach the calculator, except a ``charge`` or
+    ``multiplicity`` given here, which then holds for every structure. Not the electric field: tblite
+    0.8's Python interface fails on any field (it hands a NumPy array to its C library).
+    """
     parameters: dict[str, Any] = {"method": "GFN2-xTB", "accuracy": accuracy,
                                   "electronic_temperature": electronic_temperature, "verbosity": 0}
+    condition_parameters = {}
     if charge is not None:
         parameters["charge"] = charge
+    else:
+        condition_parameters["charge"] = "charge"
     if multiplicity is not None:
         parameters["multiplicity"] = multiplicity
-    return {"calculator": "tblite.ase.TBLite", "parameters": parameters}
+    else:
+        condition_parameters["multiplicity"] = "multiplicity"
+    return {"calculator": "tblite.ase.TBLite", "parameters": parameters, "condition_parameters": condition_parameters}
 
 
 def cp2k_kpoints_template(kpoints: tuple[int, int, int]) -> str:
@@ -99,9 +117,21 @@ def cp2k_pbe(kpoints: tuple[int, int, int] | None = (3, 3, 3), cutoff_ry: float 
     return {"calculator": "ase.calculators.cp2k.CP2K", "parameters": parameters}
 
 
-def pyscf_dft(xc: str = "PBE", basis: str = "def2-SVP", charge: int = 0, spin: int = 0) -> Recipe:
-    """Kohn-Sham DFT of molecules with PySCF (RKS when ``spin`` = 2S = 0, else UKS)."""
-    return {
-        "calculator": "tace_aiida.labelling.pyscf_calculator.PySCFCalculator",
-        "parameters": {"xc": xc, "basis": basis, "charge": charge, "spin": spin},
-    }
+def pyscf_dft(xc: str = "PBE", basis: str = "def2-SVP", charge: int | None = None, spin: int | None = None) -> Recipe:
+    """Kohn-Sham DFT of molecules with PySCF (RKS when ``spin`` = 2S = 0, else UKS).
+
+    Each structure's charge, spin and electric field (its info) reach the calculator, except a
+    ``charge`` or ``spin`` given here, which then holds for every structure.
+    """
+    parameters: dict[str, Any] = {"xc": xc, "basis": basis}
+    condition_parameters = {"electric_field": "electric_field"}
+    if charge is not None:
+        parameters["charge"] = charge
+    else:
+        condition_parameters["charge"] = "charge"
+    if spin is not None:
+        parameters["spin"] = spin
+    else:
+        condition_parameters["spin"] = "unpaired_electrons"
+    return {"calculator": "tace_aiida.labelling.pyscf_calculator.PySCFCalculator", "parameters": parameters,
+            "condition_parameters": condition_parameters}

@@ -3,9 +3,16 @@
 Runs in a CalcJob's working directory (locally, on a cluster, on a dask worker) and needs no
 database. Reads ``label.json``::
 
-    {"calculator": "ase.calculators.emt.EMT", "parameters": {...}, "properties": ["energy", "forces"]}
+    {"calculator": "ase.calculators.emt.EMT", "parameters": {...}, "properties": ["energy", "forces"],
+     "condition_parameters": {"charge": "charge", "multiplicity": "multiplicity"}}
 
-and writes ``labelled.extxyz`` (the structures that succeeded, labels in eV, eV/Å, eV/Å^3, each
+``condition_parameters`` maps a keyword of the calculator to a condition of each structure (its
+``info``, as the model reads it: :func:`~tace_aiida.model.data.conditions`): ``charge`` (e),
+``multiplicity`` (2S+1), ``unpaired_electrons`` (2S) or ``electric_field`` (3 values, V/Å), so a
+structure is labelled at its own charge, spin and field. A structure whose charge, spin or field is
+not neutral but reaches no keyword fails (it would be labelled as neutral); the ``fidelity`` is the
+labeller's own level of theory and needs no keyword. ``properties`` may add ``dipole`` (e Å,
+molecules only) for models with a dipole head. The job writes ``labelled.extxyz`` (the structures that succeeded, labels in eV, eV/Å, eV/Å^3, each
 frame's info keeping ``input_index``) and ``label_report.json`` (one entry per input structure:
 ``{"index": i, "status": "ok" | "failed", "error": "...", "seconds": t}``). One structure's
 failure (overlapping atoms or a collapsed cell as the trainer refuses them, no SCF convergence, a
@@ -29,6 +36,8 @@ from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
+from tace_aiida.model.data import conditions
+from tace_aiida.model.keys import ELECTRIC_FIELD, SPIN_MULTIPLICITY, TOTAL_CHARGE
 from tace_aiida.model.validation import check_settings, check_structure, read_structures
 
 SETTINGS = "label.json"
@@ -36,7 +45,9 @@ STRUCTURES = "structures.extxyz"
 LABELLED = "labelled.extxyz"
 REPORT = "label_report.json"
 PROPERTIES = ("energy", "forces", "stress")
-SETTING_TYPES = {"calculator": str, "parameters": dict, "properties": list[str]}
+OPTIONAL_PROPERTIES = ("dipole",)
+CONDITION_VALUES = ("charge", "multiplicity", "unpaired_electrons", "electric_field")
+SETTING_TYPES = {"calculator": str, "parameters": dict, "properties": list[str], "condition_parameters": dict}
 
 
 def calculator_class(path: str) -> type[Calculator]:
@@ -70,10 +81,37 @@ def read_settings(folder: Path) -> dict:
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read {path}: {error}") from None
     if not isinstance(settings, dict) or "calculator" not in settings or set(settings) - set(SETTING_TYPES):
-        raise ValueError(f"{path} must map 'calculator' (and optionally 'parameters', 'properties') to values, not {settings!r}")
-    rules = {"properties": (lambda names: 0 < len(names) and set(names) <= set(PROPERTIES), f"a non-empty list of {PROPERTIES}")}
+        raise ValueError(f"{path} must map 'calculator' (and optionally {sorted(set(SETTING_TYPES) - {'calculator'})}) "
+                         f"to values, not {settings!r}")
+    known = PROPERTIES + OPTIONAL_PROPERTIES
+    rules = {
+        "properties": (lambda names: 0 < len(names) and set(names) <= set(known), f"a non-empty list of {known}"),
+        "condition_parameters": (lambda mapping: set(mapping.values()) <= set(CONDITION_VALUES),
+                                 f"a mapping of calculator keywords to {CONDITION_VALUES}"),
+    }
     check_settings(settings, SETTING_TYPES, rules, f"{path} setting")
     return settings
+
+
+def condition_keywords(atoms: Atoms, condition_parameters: dict[str, str]) -> dict:
+    """The calculator keywords that carry the conditions of ``atoms`` (``condition_parameters``: keyword ->
+    condition); an error when a charge, spin or field that is not neutral reaches no keyword."""
+    values = conditions(atoms)
+    charge, multiplicity = float(values[TOTAL_CHARGE]), float(values[SPIN_MULTIPLICITY])
+    field = values[ELECTRIC_FIELD]
+    if charge != round(charge) or multiplicity != round(multiplicity):
+        raise ValueError(f"a labeller needs an integer charge and multiplicity, not {charge} and {multiplicity}")
+    by_name = {"charge": int(round(charge)), "multiplicity": int(round(multiplicity)),
+               "unpaired_electrons": int(round(multiplicity)) - 1, "electric_field": np.array(field, dtype=float)}
+    passed = set(condition_parameters.values())
+    lost = {"charge": charge != 0, "spin": multiplicity != 1, "electric_field": bool(np.any(field != 0))}
+    reaches = {"charge": {"charge"}, "spin": {"multiplicity", "unpaired_electrons"}, "electric_field": {"electric_field"}}
+    for name, not_neutral in lost.items():
+        if not_neutral and not reaches[name] & passed:
+            value = {"charge": charge, "spin": multiplicity, "electric_field": field.tolist()}[name]
+            raise ValueError(f"the structure's {name} is {value}, but condition_parameters passes it to no keyword "
+                             "of the calculator, which would label it as neutral")
+    return {keyword: by_name[name] for keyword, name in condition_parameters.items()}
 
 
 def label_structure(atoms: Atoms, calculator: Calculator, properties: list[str]) -> Atoms:
@@ -85,6 +123,8 @@ def label_structure(atoms: Atoms, calculator: Calculator, properties: list[str])
         results["forces"] = work.get_forces()
     if "stress" in properties and work.pbc.all():
         results["stress"] = work.get_stress(voigt=True)
+    if "dipole" in properties and not work.pbc.any():
+        results["dipole"] = work.get_dipole_moment()
     for key, value in results.items():
         if not np.all(np.isfinite(value)):
             raise ValueError(f"the calculator returned a non-finite {key}")
@@ -104,7 +144,8 @@ def label_all(folder: Path) -> list[dict]:
         started = time.monotonic()
         try:
             check_structure(atoms)
-            calculator = calculator_type(**settings.get("parameters", {}))
+            keywords = condition_keywords(atoms, settings.get("condition_parameters", {}))
+            calculator = calculator_type(**{**settings.get("parameters", {}), **keywords})
             frame = label_structure(atoms, calculator, properties)
         except Exception as error:  # a labeller may fail in any way; record it and go on
             report.append({"index": index, "status": "failed", "error": f"{type(error).__name__}: {error}",

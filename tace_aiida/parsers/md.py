@@ -11,9 +11,12 @@ from aiida import orm
 from ase.data import chemical_symbols
 
 from tace_aiida.model import md
+from tace_aiida.model.data import CONDITION_INFO
 from tace_aiida.parsers.base import TaceParser
 
 PER_FRAME_ARRAYS = ("energies", "forces", "energy_std", "forces_std", "max_force_std", "descriptors", "temperatures")
+#: The conditions each frame ran with (``tace-md`` before they were recorded wrote none).
+CONDITION_ARRAYS = CONDITION_INFO
 
 
 class MDParser(TaceParser):
@@ -42,7 +45,7 @@ class MDParser(TaceParser):
             cells=arrays["cells"],
             pbc=[bool(x) for x in arrays["pbc"]],
         )
-        for name in PER_FRAME_ARRAYS:
+        for name in PER_FRAME_ARRAYS + tuple(name for name in CONDITION_ARRAYS if name in arrays):
             trajectory.set_array(name, arrays[name])
         self.out("trajectory", trajectory)
         self.out("result", orm.Dict(result))
