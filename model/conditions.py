@@ -5,7 +5,8 @@ Per-structure scalars enter every atom's rank-0 channels before the first layer:
 channel weights each, and a fidelity label (an integer, one level of theory per value) through a
 learned vector per level. An external electric field (V/Å, a rank-1 tensor) enters the rank-1
 channels, scaled by learned per-species, per-channel weights, so it rotates with the structure and
-equivariance holds with the field as an input.
+equivariance holds with the field as an input. A charged structure in a field also gets the exact
+energy ``-Q F·c`` of its charge at its centroid (:func:`ion_field_energy`), so that it is pushed by ``Q F``.
 
 Weights may carry leading member axes (:mod:`.ensemble`); conditions are ``[n_graphs, ...]``.
 """
@@ -43,6 +44,16 @@ class ConditionEmbedding(nn.Module):
         return sum(terms) if terms else None
 
     def vector(self, field: Tensor, species: Tensor, graph_of_atom: Tensor) -> Tensor:
-        """``[..., n_atoms, C, 3]`` for the rank-1 channels from the field ``[n_graphs, 3]`` (V/Å)."""
-        per_atom = field.index_select(0, graph_of_atom).to(self.field_weights.dtype)
-        return self.field_weights.index_select(-2, species)[..., None] * per_atom[:, None, :]
+        """``[..., n_atoms, C, 3]`` for the rank-1 channels from the field ``[..., n_graphs, 3]`` (V/Å)."""
+        per_atom = field.index_select(-2, graph_of_atom).to(self.field_weights.dtype)
+        return self.field_weights.index_select(-2, species)[..., None] * per_atom[..., None, :]
+
+
+def ion_field_energy(total_charge: Tensor, field: Tensor, positions: Tensor, graph_of_atom: Tensor) -> Tensor:
+    """``[..., n_atoms]`` eV: an equal share of ``-Q F·r_i`` per atom, summing to ``-Q F·c`` per structure (``c``
+    the centroid): the energy of a structure of total charge ``Q`` (e) in the field ``F`` ``[..., n_graphs, 3]`` (V/Å)
+    about the origin, which a translation by ``t`` changes by ``-Q F·t``; zero for neutral structures."""
+    counts = torch.zeros_like(total_charge).index_add(0, graph_of_atom, torch.ones_like(graph_of_atom, dtype=total_charge.dtype))
+    share = (total_charge / counts).index_select(0, graph_of_atom).to(positions.dtype)
+    along = (field.index_select(-2, graph_of_atom).to(positions.dtype) * positions).sum(dim=-1)
+    return -share * along

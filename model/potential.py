@@ -9,7 +9,7 @@ from torch import nn
 
 from . import keys
 from .blocks import EdgeHarmonics, InteractionBlock, LinearReadout, MLPReadout, ProductBasisBlock, SpeciesLinear
-from .conditions import ConditionEmbedding
+from .conditions import ConditionEmbedding, ion_field_energy
 from .constants import ConstantsModule
 from .decomposed_blocks import DecomposedInteractionBlock, DecomposedProductBasisBlock
 from .decomposition import default_cp_rank
@@ -35,7 +35,9 @@ class ModelConfig:
     keeps features up to rank 1 or 2.
     ``embed_charge``, ``embed_spin``, ``num_fidelities`` (> 1: that many levels of theory) and
     ``embed_field`` make the total charge, spin multiplicity, fidelity and electric field of a
-    structure inputs of the model (:mod:`.conditions`).
+    structure inputs of the model (:mod:`.conditions`). ``field_dipole`` (with ``embed_field``, instead
+    of the ``dipole`` head) makes the dipole the field derivative ``-dE/dF`` (e Å), so it is trained
+    on and predicted consistently with the energy in a field.
     ``tensor_decomposition`` replaces every multi-path product by a CP decomposition of rank
     ``cp_rank`` (0: ``7 max_edge_rank**2``) with one weight for all paths (TDN, :mod:`.decomposition`);
     ``cp_trainable`` trains the CP factors instead of keeping them at their fit to the exact product.
@@ -65,6 +67,7 @@ class ModelConfig:
     embed_spin: bool = False
     num_fidelities: int = 0
     embed_field: bool = False
+    field_dipole: bool = False
     tensor_decomposition: bool = False
     cp_rank: int = 0
     cp_trainable: bool = False
@@ -82,6 +85,9 @@ class ModelConfig:
             raise ValueError(f"cp_rank={self.cp_rank} must be >= 0 (0: 7 * max_edge_rank**2)")
         if self.num_fidelities < 0:
             raise ValueError(f"num_fidelities={self.num_fidelities} must be >= 0")
+        if self.field_dipole and (not self.embed_field or self.dipole):
+            raise ValueError(f"field_dipole: true takes the dipole as -dE/dF: it needs embed_field: true (not "
+                             f"{self.embed_field}) and no dipole head (dipole: {self.dipole})")
         if self.long_range_sigma <= 0 or self.long_range_spacing <= 0:
             raise ValueError(
                 f"long_range_sigma={self.long_range_sigma} and long_range_spacing={self.long_range_spacing} must be > 0 (Å)"
@@ -245,6 +251,9 @@ class CartesianTensorPotential(ConstantsModule):
         if self.long_range is not None:
             node_energy = node_energy + self.long_range(invariants, positions, cell, graph_of_atom,
                                                         conditions[keys.TOTAL_CHARGE])
+        if self.conditions is not None and self.conditions.field:
+            node_energy = node_energy + ion_field_energy(conditions[keys.TOTAL_CHARGE], conditions[keys.ELECTRIC_FIELD],
+                                                         positions, graph_of_atom)
         return node_energy, invariants, layer_features
 
     def complete_conditions(self, conditions: dict[str, Tensor], num_graphs: int, like: Tensor) -> dict[str, Tensor]:
@@ -296,6 +305,11 @@ class CartesianTensorPotential(ConstantsModule):
             positions, cell = apply_strain(positions, cell, graph_of_atom, strain)
 
         conditions = {key: batch[key] for key in keys.CONDITIONS if key in batch}
+        field = None
+        if self.config.field_dipole:
+            given = conditions.get(keys.ELECTRIC_FIELD, cell.new_zeros(num_graphs, 3))
+            field = given.to(positions.dtype).expand(*members, num_graphs, 3).clone().requires_grad_(True)
+            conditions[keys.ELECTRIC_FIELD] = field
         node_energy, invariants, layer_features = self.propagate(
             positions, cell, batch[keys.SPECIES], batch[keys.EDGE_INDEX], batch[keys.SHIFTS], graph_of_atom, conditions
         )
@@ -310,9 +324,13 @@ class CartesianTensorPotential(ConstantsModule):
             summed = invariants.new_zeros((*members, num_graphs, invariants.shape[-1])).index_add(-2, graph_of_atom, invariants)
             outputs.descriptors = summed / counts[:, None]
             outputs.node_features = invariants
-        if compute_forces or compute_stress:
-            wrt = ([leaf_positions] if compute_forces else []) + ([strain] if strain is not None else [])
+        if compute_forces or compute_stress or field is not None:
+            wrt = (([leaf_positions] if compute_forces else []) + ([strain] if strain is not None else [])
+                   + ([field] if field is not None else []))
             gradients = torch.autograd.grad(outputs.energy.sum(), wrt, create_graph=training)
+            if field is not None:
+                outputs.dipole = -gradients[-1]
+                gradients = gradients[:-1]
             if compute_forces:
                 outputs.forces = -gradients[0]
             if strain is not None:
