@@ -17,7 +17,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from . import keys
 from .bias import UncertaintyBias
 from .checkpoint import load_model, read_checkpoint
-from .data import atoms_to_graph, collate, conditions, resolve_device, to_device
+from .data import atoms_to_graph, collate, conditions_differ, resolve_device, to_device
 from .ensemble import StackedEnsemble, stacking_obstacle
 from .feature_uncertainty import FeatureUncertainty
 from .potential import CartesianTensorPotential, Outputs
@@ -78,8 +78,9 @@ class TACECalculator(Calculator):
     Models with conditions read them from ``atoms.info`` (``charge``, ``spin``, ``fidelity``,
     ``electric_field``; :func:`~tace_aiida.model.data.conditions`), and a change of one is a change of state.
 
-    Models with tensorial heads add, for molecules, the members' mean ``dipole`` [3] (e Å, about
-    the centroid; ``atoms.get_dipole_moment()``) and ``polarizability`` [3, 3] (Å^3).
+    Models with tensorial heads (or ``field_dipole``) add, for molecules, the members' mean ``dipole`` [3]
+    (e Å, about the origin of the coordinates; ``atoms.get_dipole_moment()``) and ``polarizability``
+    [3, 3] (Å^3).
 
     With ``uncertainty="features"`` the force deviations (``forces_std``, ``max_force_std``) come from
     each member's own features instead (:mod:`~tace_aiida.model.feature_uncertainty`, the expected force
@@ -147,10 +148,8 @@ class TACECalculator(Calculator):
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
         """ASE's changes, plus ``info`` when a condition (charge, spin, fidelity, electric_field) changed."""
         changes = super().check_state(atoms, tol)
-        if self.atoms is not None and not changes:
-            before, after = conditions(self.atoms), conditions(atoms)
-            if any(not np.array_equal(before[key], after[key]) for key in before):
-                changes.append("info")
+        if self.atoms is not None and not changes and conditions_differ(self.atoms, atoms):
+            changes.append("info")
         return changes
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:

@@ -155,6 +155,12 @@ def condition_info_of(atoms: Atoms) -> dict:
     return condition_info({name: atoms.info[name] for name in CONDITION_INFO if name in atoms.info})
 
 
+def conditions_differ(first: Atoms, second: Atoms) -> bool:
+    """Whether two structures' conditions differ (ASE's calculators compare positions, cell and numbers, not info)."""
+    before, after = conditions(first), conditions(second)
+    return any(not np.array_equal(before[key], after[key]) for key in before)
+
+
 def atoms_to_graph(
     atoms: Atoms,
     atomic_numbers: Sequence[int],

@@ -6,11 +6,15 @@ the strain and takes the derivatives, so the file gives energies (eV), forces (e
 (eV) and stresses (eV/Å^3) without the Python model code. Load it with ``torch.jit.load``; inputs
 are the graph tensors of :mod:`tace_aiida.model.data` in the file's dtype::
 
-    out = torch.jit.load("model.ts")(positions, cell, species, edge_index, shifts, batch, True)
+    module = torch.jit.load("model.ts")
+    out = module(positions, cell, species, edge_index, shifts, batch, True)
+    out = module(positions, cell, species, edge_index, shifts, batch, True, total_charge, spin, fidelity, field)
 
 ``species`` are indices into the file's ``atomic_numbers`` attribute, ``edge_index`` [2, n_edges]
 (sender, receiver) lists every pair closer than its ``r_max`` attribute (Å), ``shifts`` [n_edges, 3]
-are the integer cell shifts of the sender's image. :class:`DeployedCalculator` does this for ASE.
+are the integer cell shifts of the sender's image; the optional conditions (total charge [n_graphs] e,
+spin multiplicity [n_graphs], fidelity [n_graphs] int64, field [n_graphs, 3] V/Å) are neutral when
+left out. :class:`DeployedCalculator` does this for ASE, with the conditions from ``atoms.info``.
 
 For LAMMPS: the file is TorchScript, which libtorch (C++) loads, as ``pair_style mace`` does
 for MACE. No LAMMPS interface is provided yet: ML-IAP's unified interface hands over pair
@@ -33,24 +37,28 @@ from ase.neighborlist import neighbor_list
 from ase.stress import full_3x3_to_voigt_6_stress
 from torch import nn
 
+from . import keys
 from .checkpoint import load_model
-from .data import periodic_rows
+from .data import conditions, conditions_differ, periodic_rows
 from .potential import CartesianTensorPotential, apply_strain
 
 Tensor = torch.Tensor
 
 
 class _NodeEnergies(nn.Module):
-    """``model.node_energies`` with plain tensor inputs and one output, for tracing."""
+    """``model.node_energies`` with plain tensor inputs (the conditions among them) and one output, for tracing."""
 
     def __init__(self, model: CartesianTensorPotential) -> None:
         super().__init__()
         self.model = model
 
     def forward(
-        self, positions: Tensor, cell: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, batch: Tensor
+        self, positions: Tensor, cell: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, batch: Tensor,
+        total_charge: Tensor, spin_multiplicity: Tensor, fidelity: Tensor, electric_field: Tensor,
     ) -> Tensor:
-        return self.model.node_energies(positions, cell, species, edge_index, shifts, batch)[0]
+        conditions = {keys.TOTAL_CHARGE: total_charge, keys.SPIN_MULTIPLICITY: spin_multiplicity,
+                      keys.FIDELITY: fidelity, keys.ELECTRIC_FIELD: electric_field}
+        return self.model.node_energies(positions, cell, species, edge_index, shifts, batch, conditions)[0]
 
 
 class DeployedPotential(nn.Module):
@@ -61,6 +69,7 @@ class DeployedPotential(nn.Module):
         self.node_energies = node_energies
         self.atomic_numbers = atomic_numbers
         self.r_max = r_max
+        self.takes_conditions = True
 
     def forward(
         self,
@@ -71,13 +80,28 @@ class DeployedPotential(nn.Module):
         shifts: Tensor,
         batch: Tensor,
         compute_stress: bool,
+        total_charge: Tensor | None = None,
+        spin_multiplicity: Tensor | None = None,
+        fidelity: Tensor | None = None,
+        electric_field: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """``energy`` [n_graphs], ``node_energy`` [n_atoms], ``forces`` [n_atoms, 3], ``virial`` and
-        (periodic cells only) ``stress`` [n_graphs, 3, 3]."""
+        (periodic cells only) ``stress`` [n_graphs, 3, 3]. The conditions, ``[n_graphs]`` (e; 2S+1; level)
+        and ``[n_graphs, 3]`` (V/Å), take their neutral values when not given."""
+        num_graphs = cell.shape[0]
+        if total_charge is None:
+            total_charge = cell.new_zeros(num_graphs)
+        if spin_multiplicity is None:
+            spin_multiplicity = cell.new_ones(num_graphs)
+        if fidelity is None:
+            fidelity = torch.zeros(num_graphs, dtype=torch.long, device=cell.device)
+        if electric_field is None:
+            electric_field = cell.new_zeros(num_graphs, 3)
         positions = positions.detach().requires_grad_(True)
         strain = torch.zeros_like(cell).requires_grad_(True)
         strained_positions, strained_cell = apply_strain(positions, cell, batch, strain)
-        node_energy = self.node_energies(strained_positions, strained_cell, species, edge_index, shifts, batch)
+        node_energy = self.node_energies(strained_positions, strained_cell, species, edge_index, shifts, batch,
+                                         total_charge, spin_multiplicity, fidelity, electric_field)
         energy = torch.zeros(cell.shape[0], dtype=node_energy.dtype, device=node_energy.device).index_add(
             0, batch, node_energy
         )
@@ -93,6 +117,15 @@ class DeployedPotential(nn.Module):
         if compute_stress:
             out["stress"] = strain_gradient / torch.linalg.det(cell).abs()[:, None, None]
         return out
+
+
+def condition_inputs(atoms: Atoms, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """(total_charge, spin_multiplicity, fidelity, electric_field) of one structure, from its info."""
+    values = conditions(atoms)
+    return (torch.tensor([float(values[keys.TOTAL_CHARGE])], dtype=dtype),
+            torch.tensor([float(values[keys.SPIN_MULTIPLICITY])], dtype=dtype),
+            torch.tensor([int(values[keys.FIDELITY])], dtype=torch.long),
+            torch.tensor(values[keys.ELECTRIC_FIELD], dtype=dtype).unsqueeze(0))
 
 
 def graph_inputs(atoms: Atoms, atomic_numbers: list[int], r_max: float, dtype: torch.dtype) -> tuple[Tensor, ...]:
@@ -118,20 +151,22 @@ def graph_inputs(atoms: Atoms, atomic_numbers: list[int], r_max: float, dtype: t
 def export_model(model: CartesianTensorPotential, path: str | Path) -> Path:
     """Write ``model`` (in its dtype) as a TorchScript file that needs only PyTorch to run.
 
-    Models with the long-range term are refused: its sum branches on each structure's periodicity
-    and sizes its wave-vector set by the cell, which a trace would freeze to the example's. So are
-    models with conditions (charge, spin, fidelity, field), which the file's inputs do not carry.
+    Models with conditions (charge, spin, fidelity, field) take them as the file's last inputs. Models
+    with the long-range term are refused: its sum branches on each structure's periodicity and sizes
+    its wave-vector set by the cell, which a trace would freeze to the example's. So are models with
+    tensor heads or ``field_dipole``, whose outputs the file does not give.
     """
     if model.config.long_range:
         raise ValueError("a model with long_range: true cannot be exported yet; use its checkpoint with TACECalculator")
-    if model.conditions is not None:
-        raise ValueError("a model with conditions (embed_charge, embed_spin, num_fidelities, embed_field) cannot be "
-                         "exported yet; use its checkpoint with TACECalculator")
+    if model.tensor_readouts is not None or model.config.field_dipole:
+        raise ValueError("a model with dipole, polarizability or field_dipole outputs cannot be exported yet; use its "
+                         "checkpoint with TACECalculator")
     model = model.eval()
     dtype = next(model.parameters()).dtype
     example = Atoms("HCNO", positions=[[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.9, 1.0, 1.1]])
     example.numbers = [model.config.atomic_numbers[i % len(model.config.atomic_numbers)] for i in range(4)]
-    inputs = graph_inputs(example, model.config.atomic_numbers, model.config.r_max, dtype)
+    example.info.update(charge=1.0, spin=2.0, electric_field=[0.1, -0.2, 0.3])
+    inputs = graph_inputs(example, model.config.atomic_numbers, model.config.r_max, dtype) + condition_inputs(example, dtype)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     traced = torch.jit.trace(_NodeEnergies(model), inputs, check_trace=False)
@@ -155,12 +190,22 @@ class DeployedCalculator(Calculator):
         self.module = torch.jit.load(str(path), map_location=device)
         self.device = torch.device(device)
         self.dtype = next(self.module.parameters()).dtype
+        self.takes_conditions = bool(getattr(self.module, "takes_conditions", False))
+
+    def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
+        """ASE's changes, plus ``info`` when a condition (charge, spin, fidelity, electric_field) changed."""
+        changes = super().check_state(atoms, tol)
+        if self.takes_conditions and self.atoms is not None and not changes and conditions_differ(self.atoms, atoms):
+            changes.append("info")
+        return changes
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         periodic = bool(self.atoms.pbc.all())
         inputs = graph_inputs(self.atoms, self.module.atomic_numbers, self.module.r_max, self.dtype)
-        out = self.module(*[tensor.to(self.device) for tensor in inputs], periodic)
+        extra = condition_inputs(self.atoms, self.dtype) if self.takes_conditions else ()
+        out = self.module(*[tensor.to(self.device) for tensor in inputs], periodic,
+                          *[tensor.to(self.device) for tensor in extra])
         energy = float(out["energy"][0])
         self.results = {
             "energy": energy,

@@ -18,12 +18,12 @@ from tace_aiida.model.config import TrainingConfig
 from tace_aiida.model.data import LabelKeys, atoms_to_graph, collate, frames_to_graphs
 from tace_aiida.model.ensemble import StackedEnsemble
 from tace_aiida.model.evaluation import evaluate
-from tace_aiida.model.export import export_model
+from tace_aiida.model.export import DeployedCalculator, export_model
 from tace_aiida.model.frames import read_columns, write_frames
 from tace_aiida.model.graph_store import store_graphs
 from tace_aiida.model.training import train
 
-from .conftest import DATA, SPECIES_3BPA, default_dtype, random_orthogonal, small_model
+from .conftest import DATA, SPECIES_3BPA, default_dtype, periodic_cell, random_orthogonal, small_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,9 +132,66 @@ def test_ensemble_and_calculator_read_the_conditions(tmp_path, frames_300K):
     assert abs(atoms.get_potential_energy() - charged) > 1e-4, "a new charge must be a new calculation"
 
 
-def test_export_refuses_a_conditioned_model(tmp_path):
-    with pytest.raises(ValueError, match="conditions"):
-        export_model(conditioned_model(), tmp_path / "model.ts")
+def test_an_ion_in_a_field_is_pushed_by_its_charge_times_the_field(frames_300K):
+    """Translated by t, a structure of charge Q in a field F changes its energy by -Q F·t (1e-10) and its forces
+    sum to Q F; a neutral one stays put."""
+    model = conditioned_model()
+    field, shift = np.array([0.1, -0.3, 0.2]), np.array([1.5, 0.5, -2.0])
+    moved = frames_300K[0].copy()
+    moved.positions += shift
+    for charge in (0.0, -1.0, 2.0):
+        here = predict(model, with_info(frames_300K[0], charge=charge, electric_field=field))
+        there = predict(model, with_info(moved, charge=charge, electric_field=field))
+        assert there.energy.item() - here.energy.item() == pytest.approx(-charge * field @ shift, abs=1e-10)
+        assert np.allclose(here.forces.sum(0).detach().numpy(), charge * field, atol=1e-10)
+
+
+def test_the_field_dipole_is_minus_the_field_derivative_of_the_energy(frames_300K):
+    """``field_dipole``: dipole = -dE/dF by central differences of 1e-3 V/Å (1e-8 e Å, float64), for a neutral molecule and an ion;
+    a stacked ensemble gives each member's; the setting needs embed_field and no dipole head."""
+    model = conditioned_model(field_dipole=True)
+    field = np.array([0.05, 0.1, -0.2])
+    for charge in (0.0, 1.0):
+        atoms = with_info(frames_300K[0], charge=charge, electric_field=field)
+        dipole = predict(model, atoms).dipole[0].detach().numpy()
+        for axis in range(3):
+            step = np.eye(3)[axis] * 1e-3
+            energies = [predict(model, with_info(atoms, electric_field=field + sign * step)).energy.item()
+                        for sign in (1, -1)]
+            assert dipole[axis] == pytest.approx(-(energies[0] - energies[1]) / 2e-3, abs=1e-8), (charge, axis)
+    batch = collate([atoms_to_graph(with_info(frames_300K[1], electric_field=field), SPECIES_3BPA, 5.0,
+                                    dtype=torch.float64)])
+    members = [conditioned_model(seed, field_dipole=True) for seed in (1, 2)]
+    stacked = StackedEnsemble(members)(batch)
+    for index, member in enumerate(members):
+        assert (stacked.dipole[index] - member(batch).dipole).abs().max() < 1e-10
+    for settings in ({"embed_field": False}, {"dipole": True}):
+        with pytest.raises(ValueError, match="field_dipole: true takes the dipole as -dE/dF"):
+            conditioned_model(field_dipole=True, **settings)
+
+
+def test_an_exported_file_takes_the_conditions_and_equals_the_model(tmp_path, frames_300K):
+    """Energy, forces and stress of the TorchScript file equal the Python model's (1e-10, float64) at conditions
+    other than the ones it was traced at; a field_dipole model is refused."""
+    model = conditioned_model()
+    calculator = DeployedCalculator(export_model(model, tmp_path / "model.ts"))
+    cell = periodic_cell(seed=3)
+    cases = [with_info(frames_300K[2], charge=-1.0, spin=3.0, fidelity=1, electric_field=[0.3, 0.0, -0.1]),
+             frames_300K[2], with_info(cell, fidelity=1, electric_field=[0.0, 0.2, 0.0])]
+    energies = []
+    for atoms in cases:
+        expected = model(collate([atoms_to_graph(atoms, SPECIES_3BPA, 5.0, dtype=torch.float64)]),
+                         compute_stress=bool(atoms.pbc.all()))
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        energies.append(atoms.get_potential_energy())
+        assert energies[-1] == pytest.approx(expected.energy.item(), abs=1e-10)
+        assert np.abs(atoms.get_forces() - expected.forces.detach().numpy()).max() < 1e-10
+        if atoms.pbc.all():
+            assert np.abs(atoms.get_stress(voigt=False) - expected.stress[0].detach().numpy()).max() < 1e-10
+    assert abs(energies[0] - energies[1]) > 1e-3
+    with pytest.raises(ValueError, match="field_dipole"):
+        export_model(conditioned_model(field_dipole=True), tmp_path / "refused.ts")
 
 
 @pytest.mark.slow
