@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .decomposition import stored_factor_ranks
 from .potential import CartesianTensorPotential, ModelConfig
 
 FORMAT_NAME = "tace-aiida-potential"
@@ -87,7 +88,8 @@ def load_model(
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        model = CartesianTensorPotential(ModelConfig.from_dict(payload["model_config"]))
+        with stored_factor_ranks(payload["state_dict"]):
+            model = CartesianTensorPotential(ModelConfig.from_dict(payload["model_config"]))
     finally:
         torch.set_default_dtype(previous)
     try:

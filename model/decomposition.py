@@ -17,6 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
 from pathlib import Path
 
@@ -155,10 +158,34 @@ def fit_factors(rank_x: int, rank_y: int, rank_out: int, cp_rank: int) -> tuple[
     return a, b, c, error
 
 
+#: Within :func:`stored_factor_ranks`: (rank_x, rank_y, rank_out) -> R of the factors about to be loaded.
+_stored_ranks: ContextVar[dict[tuple[int, int, int], int] | None] = ContextVar("stored_cp_ranks", default=None)
+
+
+@contextmanager
+def stored_factor_ranks(state_dict: dict[str, Tensor]) -> Iterator[None]:
+    """While a model is built to take ``state_dict`` (a checkpoint's), its :class:`CPProduct` s make zero factors
+    of the stored shapes instead of fitting (up to 20 s each on a machine without the cache); loading the state
+    dict then fills them in."""
+    ranks = {}
+    for key, factor_x in state_dict.items():
+        if key.endswith("factor_x"):
+            prefix = key[: -len("factor_x")]
+            dims = (factor_x.shape[-2], state_dict[prefix + "factor_y"].shape[-2],
+                    state_dict[prefix + "factor_out"].shape[-2])
+            ranks[tuple(round(d**0.5) - 1 for d in dims)] = factor_x.shape[-1]
+    token = _stored_ranks.set(ranks)
+    try:
+        yield
+    finally:
+        _stored_ranks.reset(token)
+
+
 class CPProduct(nn.Module):
     """``z = C @ ((A.T x) * (B.T y))``: the CP-decomposed stacked product, per channel.
 
-    The factors are fitted at construction; ``trainable`` makes them parameters, otherwise they
+    The factors are fitted at construction (unless a checkpoint's are about to be loaded,
+    :func:`stored_factor_ranks`); ``trainable`` makes them parameters, otherwise they
     are buffers saved with the model (so a checkpoint always evaluates with the factors it was
     trained with). The three steps are exposed separately so that callers can move ``left`` and
     ``out`` off the edges (see :class:`.blocks.DecomposedInteractionBlock`).
@@ -166,7 +193,11 @@ class CPProduct(nn.Module):
 
     def __init__(self, rank_x: int, rank_y: int, rank_out: int, cp_rank: int, trainable: bool) -> None:
         super().__init__()
-        a, b, c, _ = fit_cp_factors(rank_x, rank_y, rank_out, cp_rank)
+        stored = (_stored_ranks.get() or {}).get((rank_x, rank_y, rank_out))
+        if stored is None:
+            a, b, c, _ = fit_cp_factors(rank_x, rank_y, rank_out, cp_rank)
+        else:
+            a, b, c = (torch.zeros((rank + 1) ** 2, stored) for rank in (rank_x, rank_y, rank_out))
         dtype = torch.get_default_dtype()
         for name, value in (("factor_x", a), ("factor_y", b), ("factor_out", c)):
             value = value.to(dtype).clone()

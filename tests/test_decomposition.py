@@ -121,6 +121,29 @@ def test_frozen_factors_are_saved_buffers_and_trainable_ones_parameters(tmp_path
         assert torch.equal(loaded.state_dict()[factor], model.state_dict()[factor])
 
 
+def test_a_checkpoint_loads_its_factors_without_fitting_on_a_machine_without_the_cache(tmp_path, monkeypatch,
+                                                                                   frames_300K):
+    """A fresh machine (empty cache folder, nothing fitted in this process) loads a TDN checkpoint without a fit
+    and evaluates it exactly as the saved model; building a new model still fits."""
+    import tace_aiida.model.decomposition as decomposition
+
+    model = tdn_model(cp_trainable=True)
+    path = save_checkpoint(tmp_path / "model.pt", model)
+    monkeypatch.setenv("TACE_CP_CACHE", str(tmp_path / "empty-cache"))
+    fit_cp_factors.cache_clear()
+
+    def no_fit(*args):
+        raise AssertionError(f"fitted CP factors {args} while loading a checkpoint")
+
+    monkeypatch.setattr(decomposition, "fit_factors", no_fit)
+    loaded, _ = load_model(path)
+    batch = collate([atoms_to_graph(frames_300K[0], SPECIES_3BPA, 5.0, dtype=torch.float64)])
+    assert (loaded(batch).forces - model(batch).forces).abs().max() == 0
+    with pytest.raises(AssertionError, match="fitted CP factors"):
+        tdn_model()
+    fit_cp_factors.cache_clear()
+
+
 def test_stacked_ensemble_of_tdn_models_equals_its_members(tmp_path, frames_300K):
     models = [tdn_model(seed, cp_trainable=True) for seed in (1, 2)]
     ensemble = StackedEnsemble([load_model(save_checkpoint(tmp_path / f"{i}.pt", m))[0] for i, m in enumerate(models)])
