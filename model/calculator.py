@@ -80,7 +80,9 @@ class TACECalculator(Calculator):
 
     Models with tensorial heads (or ``field_dipole``) add, for molecules, the members' mean ``dipole`` [3]
     (e Å, about the origin of the coordinates; ``atoms.get_dipole_moment()``) and ``polarizability``
-    [3, 3] (Å^3).
+    [3, 3] (Å^3). ``field_dipole`` models give, when asked for them
+    (``calc.get_property("born_effective_charges", atoms)``), the polarizability and the Born effective
+    charges [n_atoms, 3, 3] (e) as second derivatives of the energy.
 
     With ``uncertainty="features"`` the force deviations (``forces_std``, ``max_force_std``) come from
     each member's own features instead (:mod:`~tace_aiida.model.feature_uncertainty`, the expected force
@@ -104,8 +106,10 @@ class TACECalculator(Calculator):
     implemented_properties = [
         "energy", "free_energy", "energies", "forces", "stress",
         "energy_std", "energy_std_per_atom", "forces_std", "max_force_std", "stress_std", "descriptors",
-        "bias_energy", "unbiased_energy", "unbiased_forces", "dipole", "polarizability",
+        "bias_energy", "unbiased_energy", "unbiased_forces", "dipole", "polarizability", "born_effective_charges",
     ]
+    #: Results of ``field_dipole`` models that cost three more backward passes: computed only when asked for.
+    FIELD_RESPONSE = ("polarizability", "born_effective_charges")
 
     def __init__(
         self,
@@ -155,11 +159,13 @@ class TACECalculator(Calculator):
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         periodic = bool(self.atoms.pbc.all())
+        response = self.models[0].config.field_dipole and bool(set(properties or ()) & set(self.FIELD_RESPONSE))
         if self.ensemble is not None:
-            members, species = self._evaluate(self.ensemble, self.atoms, periodic)
+            members, species = self._evaluate(self.ensemble, self.atoms, periodic, response)
             node_features = list(members.node_features)
         else:
-            outputs, species = zip(*(self._evaluate(model, self.atoms, periodic) for model in self.models), strict=True)
+            outputs, species = zip(*(self._evaluate(model, self.atoms, periodic, response) for model in self.models),
+                                   strict=True)
             node_features = [out.node_features for out in outputs]
             members, species = stack_outputs(outputs), species[0]
         energies = members.energy[:, 0].detach().cpu().double().numpy()
@@ -186,6 +192,8 @@ class TACECalculator(Calculator):
             values = getattr(members, name)
             if values is not None and not self.atoms.pbc.any():
                 self.results[name] = values[:, 0].detach().cpu().double().numpy().mean(axis=0)
+        if members.born_charges is not None and not self.atoms.pbc.any():
+            self.results["born_effective_charges"] = members.born_charges.detach().cpu().double().numpy().mean(axis=0)
         stresses = members.stress[:, 0].detach().cpu().double().numpy() if periodic else None
         if periodic:
             self.results["stress"] = full_3x3_to_voigt_6_stress(stresses.mean(axis=0))
@@ -204,13 +212,14 @@ class TACECalculator(Calculator):
             self.results["stress"] = self.results["stress"] + full_3x3_to_voigt_6_stress(bias_stress)
 
     def _evaluate(self, model: CartesianTensorPotential | StackedEnsemble, atoms: Atoms, periodic: bool,
-                  ) -> tuple[Outputs, torch.Tensor]:
-        """Forces, descriptors, node features (and stress of periodic cells) of ``atoms`` from one model or
-        a stack, and the atoms' species indices ``[n_atoms]``."""
+                  field_response: bool = False) -> tuple[Outputs, torch.Tensor]:
+        """Forces, descriptors, node features (and stress of periodic cells, the field response when asked) of
+        ``atoms`` from one model or a stack, and the atoms' species indices ``[n_atoms]``."""
         dtype = next(model.parameters()).dtype
         graph = atoms_to_graph(atoms, model.config.atomic_numbers, model.config.r_max, dtype=dtype)
         batch = to_device(collate([graph]), self.device)
-        return model(batch, compute_stress=periodic, compute_descriptors=True), batch[keys.SPECIES]
+        outputs = model(batch, compute_stress=periodic, compute_descriptors=True, compute_field_response=field_response)
+        return outputs, batch[keys.SPECIES]
 
 
 def load_feature_uncertainty(path: str | Path) -> FeatureUncertainty:

@@ -7,6 +7,8 @@ learned vector per level. An external electric field (V/Å, a rank-1 tensor) ent
 channels, scaled by learned per-species, per-channel weights, so it rotates with the structure and
 equivariance holds with the field as an input. A charged structure in a field also gets the exact
 energy ``-Q F·c`` of its charge at its centroid (:func:`ion_field_energy`), so that it is pushed by ``Q F``.
+With the dipole taken as ``-dE/dF``, :func:`field_response` gives the polarizability and the Born
+effective charges as second derivatives of the same energy.
 
 Weights may carry leading member axes (:mod:`.ensemble`); conditions are ``[n_graphs, ...]``.
 """
@@ -16,9 +18,13 @@ from __future__ import annotations
 import math
 
 import torch
+from ase.units import Bohr, Hartree
 from torch import nn
 
 Tensor = torch.Tensor
+
+#: The Coulomb constant 1/(4 pi eps0) in eV Å / e^2: a polarizability in e Å^2/V times this is a volume in Å^3.
+COULOMB = Hartree * Bohr
 
 
 class ConditionEmbedding(nn.Module):
@@ -57,3 +63,15 @@ def ion_field_energy(total_charge: Tensor, field: Tensor, positions: Tensor, gra
     share = (total_charge / counts).index_select(0, graph_of_atom).to(positions.dtype)
     along = (field.index_select(-2, graph_of_atom).to(positions.dtype) * positions).sum(dim=-1)
     return -share * along
+
+
+def field_response(dipole: Tensor, field: Tensor, positions: Tensor | None, keep_graph: bool) -> tuple[Tensor, Tensor | None]:
+    """Second field derivatives from the dipole ``-dE/dF`` ``[..., n_graphs, 3]`` (e Å): the polarizability
+    ``d mu_j / d F_k`` ``[..., n_graphs, 3, 3]`` as a volume (Å^3) and, when ``positions`` ``[..., n_atoms, 3]``
+    is a leaf of the graph, the Born effective charges ``Z_A[j, k] = d mu_j / d R_Ak = d F_Ak / d E_j``
+    ``[..., n_atoms, 3, 3]`` (e; row: field or dipole direction, column: displacement)."""
+    wrt = [field] + ([positions] if positions is not None else [])
+    rows = [torch.autograd.grad(dipole[..., j].sum(), wrt, create_graph=keep_graph, retain_graph=True) for j in range(3)]
+    polarizability = torch.stack([row[0] for row in rows], dim=-2) * COULOMB
+    born = torch.stack([row[1] for row in rows], dim=-2) if positions is not None else None
+    return polarizability, born

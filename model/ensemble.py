@@ -72,13 +72,15 @@ class StackedEnsemble(nn.Module):
         """The first member's settings (architecture, species and cutoff are common to all)."""
         return self.template.config
 
-    def forward(self, batch: dict[str, Tensor], compute_stress: bool = False, compute_descriptors: bool = False) -> Outputs:
-        """Energies, forces (and stress, descriptors) of every member for ``batch``."""
+    def forward(self, batch: dict[str, Tensor], compute_stress: bool = False, compute_descriptors: bool = False,
+                compute_field_response: bool = False) -> Outputs:
+        """Energies, forces (and stress, descriptors, field response) of every member for ``batch``."""
         positions = batch[keys.POSITIONS].detach()
         per_member = {**batch, keys.POSITIONS: positions.expand(self.num_members, *positions.shape).contiguous()}
         return functional_call(
             self.template,
             self.stacked,
             (per_member,),
-            {"compute_forces": True, "compute_stress": compute_stress, "compute_descriptors": compute_descriptors},
+            {"compute_forces": True, "compute_stress": compute_stress, "compute_descriptors": compute_descriptors,
+             "compute_field_response": compute_field_response},
         )

@@ -9,7 +9,7 @@ from torch import nn
 
 from . import keys
 from .blocks import EdgeHarmonics, InteractionBlock, LinearReadout, MLPReadout, ProductBasisBlock, SpeciesLinear
-from .conditions import ConditionEmbedding, ion_field_energy
+from .conditions import ConditionEmbedding, field_response, ion_field_energy
 from .constants import ConstantsModule
 from .decomposed_blocks import DecomposedInteractionBlock, DecomposedProductBasisBlock
 from .decomposition import default_cp_rank
@@ -132,6 +132,7 @@ class Outputs:
     node_features: Tensor | None = None
     dipole: Tensor | None = None
     polarizability: Tensor | None = None
+    born_charges: Tensor | None = None
 
 
 class CartesianTensorPotential(ConstantsModule):
@@ -279,6 +280,7 @@ class CartesianTensorPotential(ConstantsModule):
         compute_stress: bool = False,
         compute_descriptors: bool = False,
         training: bool = False,
+        compute_field_response: bool = False,
     ) -> Outputs:
         """Energies (eV), forces = -dE/dR (eV/Å), virial = -dE/de (eV), stress = (dE/de)/V (eV/Å^3).
 
@@ -287,7 +289,9 @@ class CartesianTensorPotential(ConstantsModule):
         ``[n_graphs, channels * num_interactions]``: invariant fingerprints for selection, and the per-atom
         features they average, ``node_features`` ``[n_atoms, channels * num_interactions]``.
         Models with tensorial heads also return ``dipole`` ``[n_graphs, 3]`` (e Å) and/or
-        ``polarizability`` ``[n_graphs, 3, 3]`` (Å^3).
+        ``polarizability`` ``[n_graphs, 3, 3]`` (Å^3). A ``field_dipole`` model returns ``dipole`` = -dE/dF,
+        and with ``compute_field_response`` the polarizability ``d mu/dF`` and (with forces) the Born effective
+        charges ``born_charges`` ``[n_atoms, 3, 3]`` (e) as second derivatives (:func:`.conditions.field_response`).
 
         Positions ``[..., n_atoms, 3]`` with leading member axes (one copy per ensemble member,
         matching weights stacked as ``[members, ...]``) give every output those leading axes.
@@ -327,10 +331,14 @@ class CartesianTensorPotential(ConstantsModule):
         if compute_forces or compute_stress or field is not None:
             wrt = (([leaf_positions] if compute_forces else []) + ([strain] if strain is not None else [])
                    + ([field] if field is not None else []))
-            gradients = torch.autograd.grad(outputs.energy.sum(), wrt, create_graph=training)
+            response = compute_field_response and field is not None
+            gradients = torch.autograd.grad(outputs.energy.sum(), wrt, create_graph=training or response)
             if field is not None:
                 outputs.dipole = -gradients[-1]
                 gradients = gradients[:-1]
+            if response:
+                outputs.polarizability, outputs.born_charges = field_response(
+                    outputs.dipole, field, leaf_positions if compute_forces else None, keep_graph=training)
             if compute_forces:
                 outputs.forces = -gradients[0]
             if strain is not None:

@@ -170,6 +170,46 @@ def test_the_field_dipole_is_minus_the_field_derivative_of_the_energy(frames_300
             conditioned_model(field_dipole=True, **settings)
 
 
+def test_polarizability_and_born_charges_are_second_field_derivatives(tmp_path, frames_300K):
+    """``field_dipole`` with ``compute_field_response``: the polarizability is d mu/dF (central differences,
+    symmetric), the Born charges d F/dE = d mu/dR (central differences), they sum to Q I over the atoms, and
+    the calculator gives both on request."""
+    from tace_aiida.model.conditions import COULOMB
+
+    model = conditioned_model(field_dipole=True)
+    field = np.array([0.05, 0.1, -0.2])
+    atoms = with_info(frames_300K[0], charge=1.0, electric_field=field)
+
+    def run(structure: Atoms, response: bool = False):
+        graph = atoms_to_graph(structure, SPECIES_3BPA, 5.0, dtype=torch.float64)
+        return model(collate([graph]), compute_field_response=response)
+
+    out = run(atoms, response=True)
+    alpha, born = out.polarizability[0].detach().numpy(), out.born_charges.detach().numpy()
+    assert np.abs(alpha - alpha.T).max() < 1e-10 and np.abs(alpha).max() > 1e-3
+    step = 1e-3
+    for j in range(3):
+        shifted = [run(with_info(atoms, electric_field=field + sign * step * np.eye(3)[j])) for sign in (1, -1)]
+        d_dipole = (shifted[0].dipole - shifted[1].dipole)[0].detach().numpy() / (2 * step)
+        d_forces = (shifted[0].forces - shifted[1].forces).detach().numpy() / (2 * step)
+        assert np.abs(alpha[:, j] - COULOMB * d_dipole).max() < 1e-7, j
+        assert np.abs(born[:, j, :] - d_forces).max() < 1e-7, j
+    for atom, k in ((0, 0), (5, 2)):
+        moved = [atoms.copy() for _ in range(2)]
+        moved[0].positions[atom, k] += step / 10
+        moved[1].positions[atom, k] -= step / 10
+        d_dipole = (run(moved[0]).dipole - run(moved[1]).dipole)[0].detach().numpy() / (2 * step / 10)
+        assert np.abs(born[atom, :, k] - d_dipole).max() < 1e-7
+    assert np.abs(born.sum(axis=0) - np.eye(3)).max() < 1e-10, "the acoustic sum rule with Q = 1"
+
+    path = save_checkpoint(tmp_path / "field.pt", model)
+    atoms.calc = TACECalculator([path], device="cpu")
+    atoms.get_forces()
+    assert "born_effective_charges" not in atoms.calc.results, "computed only when asked for"
+    assert np.abs(atoms.calc.get_property("born_effective_charges", atoms) - born).max() < 1e-10
+    assert np.abs(atoms.calc.get_property("polarizability", atoms) - alpha).max() < 1e-10
+
+
 def test_an_exported_file_takes_the_conditions_and_equals_the_model(tmp_path, frames_300K):
     """Energy, forces and stress of the TorchScript file equal the Python model's (1e-10, float64) at conditions
     other than the ones it was traced at; a field_dipole model is refused."""
