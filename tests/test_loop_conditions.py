@@ -125,6 +125,25 @@ def test_pyscf_in_a_field_gives_forces_as_the_energy_gradient_and_the_dipole_as_
     assert abs(energy(atoms.positions, field) - energy(atoms.positions, np.zeros(3))) > 1e-2
 
 
+def test_pyscf_born_charges_obey_the_sum_rule_and_the_polarizability_is_symmetric():
+    """Finite-field response of Hartree-Fock water and its cation: the Born charges sum to Q I over the atoms (the
+    field pushes the ion by Q F), the polarizability is symmetric and positive definite."""
+    require_module("pyscf")
+    from tace_aiida.labelling.pyscf_calculator import PySCFCalculator
+
+    for charge, spin in ((0, 0), (1, 1)):
+        atoms = molecule("H2O")
+        atoms.rattle(0.05, seed=2)
+        atoms.calc = PySCFCalculator(xc="HF", basis="6-31g", charge=charge, spin=spin, conv_tol=1e-12,
+                                     electric_field=[0.0, 0.1, 0.0])
+        born = atoms.calc.get_property("born_effective_charges", atoms)
+        alpha = atoms.calc.get_property("polarizability", atoms)
+        assert born.shape == (3, 3, 3)
+        assert np.abs(born.sum(axis=0) - charge * np.eye(3)).max() < 1e-4, charge
+        assert np.abs(alpha - alpha.T).max() < 1e-3 * np.abs(alpha).max()
+        assert np.linalg.eigvalsh(alpha).min() > 0.1, "Å^3, a few tenths for water in a small basis"
+
+
 def test_bad_condition_settings_stop_the_job_by_name(tmp_path):
     (tmp_path / runner.SETTINGS).write_text(json.dumps({"calculator": "ase.calculators.emt.EMT",
                                                         "condition_parameters": {"charge": "total_charge"}}))

@@ -7,7 +7,10 @@ Kohn-Sham (RKS), open shells unrestricted (UKS); ``xc='HF'`` gives Hartree-Fock.
 ``electric_field`` (V/Å) adds ``F·r`` to every electron's one-electron Hamiltonian and ``-Z F·R`` to
 every nucleus, so the energy is that of the molecule in the field (about the origin of the
 coordinates) and the forces its exact gradient. Results: energy in eV, forces in eV/Å, dipole in
-e Å about the origin of the coordinates (PySCF works in Hartree and Bohr).
+e Å about the origin of the coordinates (PySCF works in Hartree and Bohr); on request, by central
+differences in fields of +-``field_step`` V/Å along x, y and z (six more SCF runs), the
+polarizability (Å^3, the volume alpha / (4 pi eps0)) and the Born effective charges
+``Z_A[j, k] = dF_Ak / dE_j`` (e, ``[n_atoms, 3, 3]``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ from ase.units import Bohr, Hartree
 
 #: One atomic unit of electric field (Hartree / (e Bohr)) in V/Å.
 FIELD_AU = Hartree / Bohr
+#: The Coulomb constant 1/(4 pi eps0) in eV Å / e^2 (e Å^2/V times this is Å^3).
+COULOMB = Hartree * Bohr
+#: Properties from the finite-field differences.
+FIELD_RESPONSE = ("polarizability", "born_effective_charges")
 
 
 class PySCFCalculator(Calculator):
@@ -29,10 +36,11 @@ class PySCFCalculator(Calculator):
     Parameters: ``xc`` (functional, default PBE), ``basis`` (default def2-SVP), ``charge`` (e),
     ``spin`` (number of unpaired electrons, 2S), ``electric_field`` (3 values, V/Å, or None),
     ``conv_tol`` (Hartree), ``max_cycle``, ``grid_level`` (DFT integration grid, 0-9),
-    ``density_fit`` (RI-J with the default auxiliary basis).
+    ``density_fit`` (RI-J with the default auxiliary basis), ``field_step`` (V/Å, of the finite-field
+    differences; 10^-3 au).
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "dipole"]
+    implemented_properties = ["energy", "free_energy", "forces", "dipole", *FIELD_RESPONSE]
     default_parameters: dict[str, Any] = {
         "xc": "PBE",
         "basis": "def2-SVP",
@@ -43,6 +51,7 @@ class PySCFCalculator(Calculator):
         "max_cycle": 100,
         "grid_level": 3,
         "density_fit": False,
+        "field_step": 1e-3 * FIELD_AU,
     }
 
     def __init__(self, **kwargs) -> None:
@@ -66,6 +75,24 @@ class PySCFCalculator(Calculator):
             self.results["forces"] = -gradient * Hartree / Bohr
         if "dipole" in properties:
             self.results["dipole"] = np.asarray(self._scf.dip_moment(unit="AU", verbose=0)) * Bohr
+        if set(properties) & set(FIELD_RESPONSE):
+            self.results.update(self._finite_field_response())
+
+    def _finite_field_response(self) -> dict[str, np.ndarray]:
+        """Polarizability ``[3, 3]`` (Å^3) and Born charges ``[n_atoms, 3, 3]`` (e) by central differences of the
+        dipole and the forces in fields of +-``field_step`` along each axis."""
+        step = float(self.parameters["field_step"])
+        centre = self._field_au() * FIELD_AU
+        d_dipole, d_forces = np.zeros((3, 3)), np.zeros((len(self.atoms), 3, 3))
+        for axis in range(3):
+            results = []
+            for sign in (1.0, -1.0):
+                shifted = self.atoms.copy()
+                shifted.calc = PySCFCalculator(**{**self.parameters, "electric_field": centre + sign * step * np.eye(3)[axis]})
+                results.append((shifted.get_dipole_moment(), shifted.get_forces()))
+            d_dipole[:, axis] = (results[0][0] - results[1][0]) / (2 * step)
+            d_forces[:, axis, :] = (results[0][1] - results[1][1]) / (2 * step)
+        return {"polarizability": d_dipole * COULOMB, "born_effective_charges": d_forces}
 
     def _field_au(self) -> np.ndarray:
         """The field in atomic units, ``[3]`` (zeros without one)."""
