@@ -144,6 +144,25 @@ def test_pyscf_born_charges_obey_the_sum_rule_and_the_polarizability_is_symmetri
         assert np.linalg.eigvalsh(alpha).min() > 0.1, "Å^3, a few tenths for water in a small basis"
 
 
+def test_tace_label_labels_dipoles_and_polarizabilities_with_pyscf(tmp_path):
+    """The tensor labels of a molecule in a field land where training reads them (dipole and polarizability)."""
+    require_module("pyscf")
+    from tace_aiida.labelling.pyscf_calculator import PySCFCalculator
+
+    write(tmp_path / runner.STRUCTURES, [with_info(molecule("H2O"), electric_field=[0.0, 0.0, 0.2])], format="extxyz")
+    recipe = recipes.pyscf_dft("HF", "sto-3g")
+    (tmp_path / runner.SETTINGS).write_text(json.dumps({
+        "calculator": recipe["calculator"], "parameters": recipe["parameters"],
+        "condition_parameters": recipe["condition_parameters"], "properties": ["energy", "dipole", "polarizability"]}))
+    assert runner.label_all(tmp_path)[0]["status"] == "ok"
+    (frame,) = runner.read_structures(tmp_path / runner.LABELLED)
+    direct = molecule("H2O")
+    direct.calc = PySCFCalculator(**recipe["parameters"], electric_field=[0.0, 0.0, 0.2])
+    assert np.allclose(frame.get_dipole_moment(), direct.get_dipole_moment(), atol=1e-6)
+    assert np.allclose(np.reshape(frame.info["polarizability"], (3, 3)), direct.calc.get_property("polarizability", direct),
+                       atol=1e-6)
+
+
 def test_bad_condition_settings_stop_the_job_by_name(tmp_path):
     (tmp_path / runner.SETTINGS).write_text(json.dumps({"calculator": "ase.calculators.emt.EMT",
                                                         "condition_parameters": {"charge": "total_charge"}}))

@@ -11,8 +11,9 @@ database. Reads ``label.json``::
 ``multiplicity`` (2S+1), ``unpaired_electrons`` (2S) or ``electric_field`` (3 values, V/Å), so a
 structure is labelled at its own charge, spin and field. A structure whose charge, spin or field is
 not neutral but reaches no keyword fails (it would be labelled as neutral); the ``fidelity`` is the
-labeller's own level of theory and needs no keyword. ``properties`` may add ``dipole`` (e Å,
-molecules only) for models with a dipole head. The job writes ``labelled.extxyz`` (the structures that succeeded, labels in eV, eV/Å, eV/Å^3, each
+labeller's own level of theory and needs no keyword. ``properties`` may add ``dipole`` (e Å) and
+``polarizability`` (Å^3, into the frame's info; PySCFCalculator gives it), molecules only, for
+models with those heads. The job writes ``labelled.extxyz`` (the structures that succeeded, labels in eV, eV/Å, eV/Å^3, each
 frame's info keeping ``input_index``) and ``label_report.json`` (one entry per input structure:
 ``{"index": i, "status": "ok" | "failed", "error": "...", "seconds": t}``). One structure's
 failure (overlapping atoms or a collapsed cell as the trainer refuses them, no SCF convergence, a
@@ -45,7 +46,7 @@ STRUCTURES = "structures.extxyz"
 LABELLED = "labelled.extxyz"
 REPORT = "label_report.json"
 PROPERTIES = ("energy", "forces", "stress")
-OPTIONAL_PROPERTIES = ("dipole",)
+OPTIONAL_PROPERTIES = ("dipole", "polarizability")
 CONDITION_VALUES = ("charge", "multiplicity", "unpaired_electrons", "electric_field")
 SETTING_TYPES = {"calculator": str, "parameters": dict, "properties": list[str], "condition_parameters": dict}
 
@@ -125,11 +126,15 @@ def label_structure(atoms: Atoms, calculator: Calculator, properties: list[str])
         results["stress"] = work.get_stress(voigt=True)
     if "dipole" in properties and not work.pbc.any():
         results["dipole"] = work.get_dipole_moment()
+    if "polarizability" in properties and not work.pbc.any():
+        results["polarizability"] = work.calc.get_property("polarizability", work)
     for key, value in results.items():
         if not np.all(np.isfinite(value)):
             raise ValueError(f"the calculator returned a non-finite {key}")
     labelled = atoms.copy()
+    info = {key: results.pop(key) for key in ("polarizability",) if key in results}
     labelled.calc = SinglePointCalculator(labelled, **results)
+    labelled.info.update(info)
     return labelled
 
 
