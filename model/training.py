@@ -291,6 +291,9 @@ def _train(config: TrainingConfig) -> dict:
     evaluated = ema.module if ema is not None else model
     generator = torch.Generator().manual_seed(config.seed)
     use_stress = any(bool(g[keys.HAS_STRESS]) for g in data.train)
+    # A field_dipole model's polarizability is a second derivative, worth three more backward passes only with labels.
+    use_field_response = data.model_config.field_dipole and config.polarizability_weight > 0 and any(
+        bool(g.get(keys.HAS_POLARIZABILITY, False)) for g in data.train)
 
     metrics_path = output_dir / config.metrics_name
     checkpoint_path = output_dir / config.checkpoint_name
@@ -320,7 +323,8 @@ def _train(config: TrainingConfig) -> dict:
         for batch in batches:
             batch = to_device(batch, device)
             optimizer.zero_grad(set_to_none=True)
-            out = model(batch, compute_forces=True, compute_stress=use_stress, training=True)
+            out = model(batch, compute_forces=True, compute_stress=use_stress, training=True,
+                        compute_field_response=use_field_response)
             loss = loss_function(out, batch, config)
             loss.backward()
             optimizer.step()
