@@ -40,6 +40,7 @@ from torch import nn
 from . import keys
 from .checkpoint import load_model
 from .data import conditions, conditions_differ, periodic_rows
+from .long_range import LatentEwald, electrostatic_energies
 from .potential import CartesianTensorPotential, apply_strain
 
 Tensor = torch.Tensor
@@ -55,21 +56,32 @@ class _NodeEnergies(nn.Module):
     def forward(
         self, positions: Tensor, cell: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, batch: Tensor,
         total_charge: Tensor, spin_multiplicity: Tensor, fidelity: Tensor, electric_field: Tensor,
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
+        """Short-range node energies ``[n_atoms]`` (eV) and the long-range term's latent charges ``[n_atoms]`` (e; zeros
+        without one): the electrostatic sum branches on each structure's periodicity and cell, which a trace would
+        freeze, so the scripted :class:`DeployedPotential` adds it."""
         conditions = {keys.TOTAL_CHARGE: total_charge, keys.SPIN_MULTIPLICITY: spin_multiplicity,
                       keys.FIDELITY: fidelity, keys.ELECTRIC_FIELD: electric_field}
-        return self.model.node_energies(positions, cell, species, edge_index, shifts, batch, conditions)[0]
+        node_energy, invariants = self.model.node_energies(positions, cell, species, edge_index, shifts, batch, conditions,
+                                                           long_range=False)
+        if self.model.long_range is None:
+            return node_energy, torch.zeros_like(node_energy)
+        return node_energy, self.model.long_range.charges(invariants, batch, total_charge)
 
 
 class DeployedPotential(nn.Module):
     """Energy, forces, virial and (with ``compute_stress``) stress from a traced energy graph."""
 
-    def __init__(self, node_energies: torch.jit.ScriptModule, atomic_numbers: list[int], r_max: float) -> None:
+    def __init__(self, node_energies: torch.jit.ScriptModule, atomic_numbers: list[int], r_max: float,
+                 long_range: LatentEwald | None) -> None:
         super().__init__()
         self.node_energies = node_energies
         self.atomic_numbers = atomic_numbers
         self.r_max = r_max
         self.takes_conditions = True
+        self.long_range = long_range is not None
+        self.sigma = long_range.sigma if long_range is not None else 1.0
+        self.k_max = long_range.k_max if long_range is not None else 1.0
 
     def forward(
         self,
@@ -100,8 +112,11 @@ class DeployedPotential(nn.Module):
         positions = positions.detach().requires_grad_(True)
         strain = torch.zeros_like(cell).requires_grad_(True)
         strained_positions, strained_cell = apply_strain(positions, cell, batch, strain)
-        node_energy = self.node_energies(strained_positions, strained_cell, species, edge_index, shifts, batch,
-                                         total_charge, spin_multiplicity, fidelity, electric_field)
+        node_energy, charges = self.node_energies(strained_positions, strained_cell, species, edge_index, shifts, batch,
+                                                  total_charge, spin_multiplicity, fidelity, electric_field)
+        if self.long_range:
+            node_energy = node_energy + electrostatic_energies(strained_positions, charges, strained_cell, batch,
+                                                               self.sigma, self.k_max)
         energy = torch.zeros(cell.shape[0], dtype=node_energy.dtype, device=node_energy.device).index_add(
             0, batch, node_energy
         )
@@ -151,13 +166,11 @@ def graph_inputs(atoms: Atoms, atomic_numbers: list[int], r_max: float, dtype: t
 def export_model(model: CartesianTensorPotential, path: str | Path) -> Path:
     """Write ``model`` (in its dtype) as a TorchScript file that needs only PyTorch to run.
 
-    Models with conditions (charge, spin, fidelity, field) take them as the file's last inputs. Models
-    with the long-range term are refused: its sum branches on each structure's periodicity and sizes
-    its wave-vector set by the cell, which a trace would freeze to the example's. So are models with
-    tensor heads or ``field_dipole``, whose outputs the file does not give.
+    Models with conditions (charge, spin, fidelity, field) take them as the file's last inputs. The
+    long-range term's electrostatic sum is scripted, not traced (it branches on each structure's
+    periodicity and sizes its wave vectors by the cell). Models with tensor heads or ``field_dipole``
+    are refused: the file does not give those outputs.
     """
-    if model.config.long_range:
-        raise ValueError("a model with long_range: true cannot be exported yet; use its checkpoint with TACECalculator")
     if model.tensor_readouts is not None or model.config.field_dipole:
         raise ValueError("a model with dipole, polarizability or field_dipole outputs cannot be exported yet; use its "
                          "checkpoint with TACECalculator")
@@ -170,7 +183,8 @@ def export_model(model: CartesianTensorPotential, path: str | Path) -> Path:
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     traced = torch.jit.trace(_NodeEnergies(model), inputs, check_trace=False)
-    scripted = torch.jit.script(DeployedPotential(traced, list(model.config.atomic_numbers), model.config.r_max))
+    scripted = torch.jit.script(DeployedPotential(traced, list(model.config.atomic_numbers), model.config.r_max,
+                                                  model.long_range))
     path = Path(path)
     scripted.save(str(path))
     return path

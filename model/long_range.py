@@ -55,32 +55,35 @@ class LatentCharges(nn.Module):
         return raw - (excess / counts).index_select(-1, graph_of_atom)
 
 
-def direct_potential(positions: Tensor, charges: Tensor, sigma: float) -> Tensor:
+def direct_potential(positions: Tensor, charges: Tensor, sigma: float, coulomb: float = COULOMB_CONSTANT) -> Tensor:
     """Potential ``[..., n]`` (V = eV/e) at each of ``n`` atoms of one molecule from all the others'
     Gaussian charges; ``positions`` ``[..., n, 3]`` Å, ``charges`` ``[..., n]`` e."""
     n = positions.shape[-2]
-    first, second = torch.triu_indices(n, n, offset=1, device=positions.device)
-    distances = (positions[..., first, :] - positions[..., second, :]).norm(dim=-1)
-    coupling = COULOMB_CONSTANT * torch.erf(distances / (math.sqrt(2.0) * sigma)) / distances
+    pairs = torch.triu_indices(n, n, offset=1, device=positions.device)
+    first, second = pairs[0], pairs[1]
+    distances = torch.linalg.vector_norm(positions.index_select(-2, first) - positions.index_select(-2, second), dim=-1)
+    coupling = coulomb * torch.erf(distances / (math.sqrt(2.0) * sigma)) / distances
     potential = torch.zeros_like(charges)
-    potential = potential.index_add(-1, first, coupling * charges[..., second])
-    return potential.index_add(-1, second, coupling * charges[..., first])
+    potential = potential.index_add(-1, first, coupling * charges.index_select(-1, second))
+    return potential.index_add(-1, second, coupling * charges.index_select(-1, first))
 
 
 def wave_vectors(cell: Tensor, k_max: float) -> Tensor:
     """Integer triples ``[n_k, 3]`` of half of the reciprocal lattice vectors with ``0 < |k| <= k_max``
     (1/Å) of ``cell`` ``[3, 3]`` (rows are lattice vectors, Å); ``-k`` of each is left out."""
     cell = cell.detach().to(torch.float64)
-    bounds = [math.floor(k_max * length / (2 * math.pi)) for length in cell.norm(dim=-1).tolist()]
+    lengths: list[float] = torch.linalg.vector_norm(cell, dim=-1).tolist()
+    bounds = [int(math.floor(k_max * length / (2 * math.pi))) for length in lengths]
     ranges = [torch.arange(-bound, bound + 1, dtype=torch.float64, device=cell.device) for bound in bounds]
-    triples = torch.cartesian_prod(*ranges).reshape(-1, 3)
+    triples = torch.cartesian_prod(ranges[0], ranges[1], ranges[2]).reshape(-1, 3)
     first_nonzero = torch.where(triples[:, 0] != 0, triples[:, 0], torch.where(triples[:, 1] != 0, triples[:, 1], triples[:, 2]))
     half = triples[first_nonzero > 0]
-    lengths = (half @ (2 * math.pi * torch.linalg.inv(cell).mT)).norm(dim=-1)
-    return half[lengths <= k_max]
+    k_lengths = torch.linalg.vector_norm(half @ (2 * math.pi * torch.linalg.inv(cell).mT), dim=-1)
+    return half[k_lengths <= k_max]
 
 
-def reciprocal_potential(positions: Tensor, charges: Tensor, cell: Tensor, sigma: float, k_max: float) -> Tensor:
+def reciprocal_potential(positions: Tensor, charges: Tensor, cell: Tensor, sigma: float, k_max: float,
+                         coulomb: float = COULOMB_CONSTANT) -> Tensor:
     """Ewald potential ``[..., n]`` (V = eV/e) at each atom of one periodic cell ``[..., 3, 3]`` (Å),
     self-interaction removed; ``positions`` ``[..., n, 3]`` Å, ``charges`` ``[..., n]`` e."""
     triples = wave_vectors(cell.reshape(-1, 3, 3)[0], k_max).to(positions.dtype)
@@ -88,13 +91,13 @@ def reciprocal_potential(positions: Tensor, charges: Tensor, cell: Tensor, sigma
     k = triples @ reciprocal
     k_squared = (k * k).sum(-1)
     volume = torch.linalg.det(cell).abs()
-    weight = 2 * (4 * math.pi * COULOMB_CONSTANT) * torch.exp(-0.5 * sigma**2 * k_squared) / k_squared / volume[..., None]
+    weight = 2 * (4 * math.pi * coulomb) * torch.exp(-0.5 * sigma**2 * k_squared) / k_squared / volume[..., None]
     phase = positions @ k.mT
     cosine, sine = torch.cos(phase), torch.sin(phase)
     structure_cos = (charges[..., :, None] * cosine).sum(-2)
     structure_sin = (charges[..., :, None] * sine).sum(-2)
     potential = (cosine * (weight * structure_cos)[..., None, :] + sine * (weight * structure_sin)[..., None, :]).sum(-1)
-    return potential - 2 * COULOMB_CONSTANT * charges / (math.sqrt(2 * math.pi) * sigma)
+    return potential - 2 * coulomb * charges / (math.sqrt(2 * math.pi) * sigma)
 
 
 class LatentEwald(nn.Module):
@@ -116,25 +119,30 @@ class LatentEwald(nn.Module):
         """``invariants`` ``[..., n_atoms, d]``, ``positions`` ``[..., n_atoms, 3]`` Å, ``cell``
         ``[..., n_graphs, 3, 3]`` Å, ``graph_of_atom`` ``[n_atoms]`` (sorted), ``total_charge`` ``[n_graphs]``
         (e; a charged cell gets a neutralising background) -> ``[..., n_atoms]`` eV."""
-        num_graphs = cell.shape[-3]
         charges = self.charges(invariants, graph_of_atom, total_charge)
-        counts = torch.bincount(graph_of_atom, minlength=num_graphs).tolist()
-        periodic_rows = (cell.detach().reshape(-1, num_graphs, 3, 3)[0].abs().sum(-1) > 0).sum(-1).tolist()
-        potentials, start = [], 0
-        for graph, (count, rows) in enumerate(zip(counts, periodic_rows, strict=True)):
-            atoms = slice(start, start + count)
-            start += count
-            if rows == 0:
-                potentials.append(direct_potential(positions[..., atoms, :], charges[..., atoms], self.sigma))
-            elif rows == 3:
-                potentials.append(
-                    reciprocal_potential(
-                        positions[..., atoms, :], charges[..., atoms], cell[..., graph, :, :], self.sigma, self.k_max
-                    )
-                )
-            else:
-                raise ValueError(
-                    f"structure {graph} of the batch is periodic along {rows} of 3 cell vectors; the long-range "
-                    "term needs a cell periodic in all three directions (Ewald sum) or in none (molecule)"
-                )
-        return 0.5 * charges * torch.cat(potentials, dim=-1)
+        return electrostatic_energies(positions, charges, cell, graph_of_atom, self.sigma, self.k_max)
+
+
+def electrostatic_energies(positions: Tensor, charges: Tensor, cell: Tensor, graph_of_atom: Tensor, sigma: float,
+                           k_max: float) -> Tensor:
+    """Per-atom energies ``[..., n_atoms]`` (eV) of Gaussian ``charges`` ``[..., n_atoms]`` (e) of width ``sigma``
+    (Å): a direct sum in molecules, an Ewald sum with wave vectors up to ``k_max`` (1/Å) in periodic cells
+    ``[..., n_graphs, 3, 3]``. Written for TorchScript too (exported models script it)."""
+    num_graphs = cell.shape[-3]
+    counts: list[int] = torch.bincount(graph_of_atom, minlength=num_graphs).tolist()
+    periodic_rows: list[int] = (cell.detach().reshape(-1, num_graphs, 3, 3)[0].abs().sum(-1) > 0).sum(-1).tolist()
+    potentials: list[Tensor] = []
+    start = 0
+    for graph in range(num_graphs):
+        end = start + counts[graph]
+        if periodic_rows[graph] == 0:
+            potentials.append(direct_potential(positions[..., start:end, :], charges[..., start:end], sigma))
+        elif periodic_rows[graph] == 3:
+            potentials.append(reciprocal_potential(positions[..., start:end, :], charges[..., start:end],
+                                                   cell[..., graph, :, :], sigma, k_max))
+        else:
+            raise ValueError("structure " + str(graph) + " of the batch is periodic along " + str(periodic_rows[graph])
+                             + " of 3 cell vectors; the long-range term needs a cell periodic in all three directions "
+                             "(Ewald sum) or in none (molecule)")
+        start = end
+    return 0.5 * charges * torch.cat(potentials, dim=-1)

@@ -203,17 +203,19 @@ class CartesianTensorPotential(ConstantsModule):
 
     def node_energies(
         self, positions: Tensor, cell: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, graph_of_atom: Tensor,
-        conditions: dict[str, Tensor] | None = None,
+        conditions: dict[str, Tensor] | None = None, long_range: bool = True,
     ) -> tuple[Tensor, Tensor]:
-        """Per-atom energies ``[..., n_atoms]`` (eV, E0s and the long-range term included) and the rank-0
-        node features of every layer ``[..., n_atoms, channels * num_interactions]``; inputs as in the batch
-        dict, ``conditions`` its entries :data:`.keys.CONDITIONS` (absent ones take their neutral values)."""
-        node_energy, invariants, _ = self.propagate(positions, cell, species, edge_index, shifts, graph_of_atom, conditions)
+        """Per-atom energies ``[..., n_atoms]`` (eV, E0s and, unless ``long_range`` is False, the long-range term
+        included) and the rank-0 node features of every layer ``[..., n_atoms, channels * num_interactions]``;
+        inputs as in the batch dict, ``conditions`` its entries :data:`.keys.CONDITIONS` (absent ones take their
+        neutral values)."""
+        node_energy, invariants, _ = self.propagate(positions, cell, species, edge_index, shifts, graph_of_atom, conditions,
+                                                    long_range)
         return node_energy, invariants
 
     def propagate(
         self, positions: Tensor, cell: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, graph_of_atom: Tensor,
-        conditions: dict[str, Tensor] | None = None,
+        conditions: dict[str, Tensor] | None = None, long_range: bool = True,
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
         """:meth:`node_energies` and the node features of every layer, ``[..., n_atoms, channels, D_layer]``."""
         conditions = self.complete_conditions(conditions or {}, cell.shape[-3], positions)
@@ -249,7 +251,7 @@ class CartesianTensorPotential(ConstantsModule):
             layer_features.append(features)
         node_energy = self.scale[..., None] * node_energy + self.shift[..., None] + self.atomic_energies[..., species]
         invariants = torch.cat(invariants, dim=-1)
-        if self.long_range is not None:
+        if self.long_range is not None and long_range:
             node_energy = node_energy + self.long_range(invariants, positions, cell, graph_of_atom,
                                                         conditions[keys.TOTAL_CHARGE])
         if self.conditions is not None and self.conditions.field:

@@ -18,7 +18,7 @@ from tace_aiida.model.checkpoint import load_model, save_checkpoint
 from tace_aiida.model.config import TrainingConfig
 from tace_aiida.model.data import atoms_to_graph, collate
 from tace_aiida.model.ensemble import StackedEnsemble
-from tace_aiida.model.export import export_model
+from tace_aiida.model.export import DeployedCalculator, export_model
 from tace_aiida.model.long_range import COULOMB_CONSTANT, direct_potential, reciprocal_potential
 from tace_aiida.model.training import train
 
@@ -154,9 +154,30 @@ def test_bad_settings_are_named(tmp_path, name, value):
         TrainingConfig(train_file="x.xyz", model={"long_range": True, name: value})
 
 
-def test_export_refuses_a_long_range_model(tmp_path):
-    with pytest.raises(ValueError, match="long_range"):
-        export_model(long_range_model(), tmp_path / "model.ts")
+def test_an_exported_long_range_model_equals_the_python_model(tmp_path, frames_300K):
+    """The TorchScript file (Ewald sum scripted, not traced) gives the Python model's energy, forces and stress
+    (1e-10, float64) on a molecule, a charged molecule and periodic cells of other sizes than the traced example."""
+    model = long_range_model()
+    calculator = DeployedCalculator(export_model(model, tmp_path / "model.ts"))
+    charged = frames_300K[1].copy()
+    charged.info["charge"] = 1.0
+    small, large = periodic_cell(seed=2), periodic_cell(seed=4).repeat((2, 1, 1))
+    energies = []
+    for atoms in (frames_300K[1], charged, small, large):
+        periodic = bool(atoms.pbc.all())
+        expected = model(collate([atoms_to_graph(atoms, SPECIES_3BPA, 4.0, dtype=torch.float64)]), compute_stress=periodic)
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        energies.append(atoms.get_potential_energy())
+        assert energies[-1] == pytest.approx(expected.energy.item(), abs=1e-10)
+        assert np.abs(atoms.get_forces() - expected.forces.detach().numpy()).max() < 1e-10
+        if periodic:
+            assert np.abs(atoms.get_stress(voigt=False) - expected.stress[0].detach().numpy()).max() < 1e-10
+    batch = collate([atoms_to_graph(frames_300K[1], SPECIES_3BPA, 4.0, dtype=torch.float64)])
+    short_range = model.node_energies(*(batch[key] for key in ("positions", "cell", "species", "edge_index", "shifts",
+                                                               "batch")), long_range=False)[0].sum().item()
+    assert abs(short_range - energies[0]) > 1e-3, "the file holds the long-range term"
+    assert abs(energies[0] - energies[1]) > 1e-3, "and the total charge"
 
 
 def ion_pair(distance: float) -> Atoms:
