@@ -163,6 +163,24 @@ def test_tace_label_labels_dipoles_and_polarizabilities_with_pyscf(tmp_path):
                        atol=1e-6)
 
 
+def test_pyscf_finishes_an_scf_diis_does_not_converge_with_the_second_order_solver():
+    """Three DIIS cycles are too few; the second-order solver then reaches the same state (energy 1e-8 eV, forces
+    1e-4 eV/Å), in a field too."""
+    require_module("pyscf")
+    from tace_aiida.labelling.pyscf_calculator import PySCFCalculator
+
+    atoms = molecule("H2O")
+    atoms.rattle(0.1, seed=3)
+    results = []
+    for cycles in (100, 3):
+        trial = atoms.copy()
+        trial.calc = PySCFCalculator(xc="PBE", basis="sto-3g", max_cycle=cycles, conv_tol=1e-10,
+                                     electric_field=[0.1, 0.0, 0.3])
+        results.append((trial.get_potential_energy(), trial.get_forces()))
+    assert results[1][0] == pytest.approx(results[0][0], abs=1e-8)
+    assert np.abs(results[1][1] - results[0][1]).max() < 1e-4
+
+
 def test_bad_condition_settings_stop_the_job_by_name(tmp_path):
     (tmp_path / runner.SETTINGS).write_text(json.dumps({"calculator": "ase.calculators.emt.EMT",
                                                         "condition_parameters": {"charge": "total_charge"}}))

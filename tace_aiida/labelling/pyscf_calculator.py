@@ -3,7 +3,9 @@
 Use it through ``tace.label_ase`` with
 ``calculator='tace_aiida.labelling.pyscf_calculator.PySCFCalculator'`` and, e.g.,
 ``parameters={'xc': 'PBE', 'basis': 'def2-SVP'}``. Closed shells (``spin=0``) run restricted
-Kohn-Sham (RKS), open shells unrestricted (UKS); ``xc='HF'`` gives Hartree-Fock. A uniform
+Kohn-Sham (RKS), open shells unrestricted (UKS); ``xc='HF'`` gives Hartree-Fock. An SCF that DIIS
+does not converge in ``max_cycle`` cycles (stretched bonds MD explores) continues with PySCF's
+second-order solver from the last density before it counts as failed. A uniform
 ``electric_field`` (V/Å) adds ``F·r`` to every electron's one-electron Hamiltonian and ``-Z F·R`` to
 every nucleus, so the energy is that of the molecule in the field (about the origin of the
 coordinates) and the forces its exact gradient. Results: energy in eV, forces in eV/Å, dipole in
@@ -142,5 +144,11 @@ class PySCFCalculator(Calculator):
             method.get_hcore = lambda *_: hcore + potential
         method.kernel()
         if not method.converged:
-            raise SCFError(f"PySCF {p['xc']}/{p['basis']} SCF did not converge in {p['max_cycle']} cycles")
+            # DIIS oscillates on stretched bonds; the second-order solver, from the last density, converges there.
+            second_order = method.newton()
+            second_order.kernel(method.make_rdm1())
+            method = second_order
+        if not method.converged:
+            raise SCFError(f"PySCF {p['xc']}/{p['basis']} SCF did not converge in {p['max_cycle']} cycles, nor with "
+                           "the second-order solver after them")
         return method
