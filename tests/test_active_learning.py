@@ -96,6 +96,8 @@ def test_too_many_failed_labels_stop_with_an_exit_code(fast_polling, installed_c
     assert node.exit_status == ActiveLearningWorkChain.exit_codes.ERROR_TOO_MANY_LABEL_FAILURES.status
     assert "100%" in node.exit_message
     assert {"dataset", "report"} <= set(node.outputs) and len(node.outputs.ensemble) == 2, "outputs made so far are kept"
+    (entry,) = node.outputs.report["iterations"]
+    assert entry["label_failures"] == entry["selected"] == 3, "the iteration that stopped the run is in the report"
 
 
 def test_a_failing_member_is_retried_once_then_left_out(fast_polling, installed_code, aiida_localhost):

@@ -495,6 +495,7 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
             self.ctx.dataset = merge_datasets(previous=self.ctx.dataset, new=labelled)
         if over_failure_budget(fraction, self.stopping):
             self.report(f"iteration {self.ctx.iteration}: {self.ctx.label_failures} of {selected} labels failed")
+            self.ctx.iterations.append(self._iteration_entry())
             return self._stop_with(self.exit_codes.ERROR_TOO_MANY_LABEL_FAILURES.format(fraction=fraction))
         return None
 
