@@ -143,29 +143,33 @@ def test_training_refuses_a_head_without_labels(tmp_path):
         train(config)
 
 
+def train_on_pyscf_tensors(folder, model: dict) -> tuple[dict, dict[str, float]]:
+    """Train ``model`` (40 epochs) on the first 60 PySCF frames, test on the rest: (training summary, RMSE of
+    predicting the training mean for ``dipole`` and ``polarizability``)."""
+    frames = read(PYSCF_TENSORS, ":")
+    write(folder / "train.xyz", frames[:60])
+    write(folder / "test.xyz", frames[60:])
+    config = TrainingConfig.from_dict(
+        {"train_file": "train.xyz", "test_file": "test.xyz", "valid_fraction": 0.1,
+         "model": {"channels": 16, "radial_mlp": [32, 32], "max_edge_rank": 2, "correlation": 2, **model},
+         "forces_weight": 10.0, "dipole_weight": 100.0, "polarizability_weight": 10.0,
+         "max_epochs": 40, "batch_size": 5, "output_dir": "out", "progress_bar": False},
+        base_dir=folder,
+    )
+    dipoles = np.array([atoms.get_dipole_moment() for atoms in frames])
+    alphas = np.array([np.reshape(atoms.info["polarizability"], (3, 3)) for atoms in frames])
+    baselines = {name: float(np.sqrt(((values[60:] - values[:60].mean(0)) ** 2).mean()))
+                 for name, values in (("dipole", dipoles), ("polarizability", alphas))}
+    return train(config), baselines
+
+
 @pytest.mark.slow
 def test_training_on_pyscf_labels_learns_dipoles_and_polarizabilities(tmp_path, capsys):
     """60 PySCF frames, 40 epochs: test errors well below those of predicting the training mean."""
-    frames = read(PYSCF_TENSORS, ":")
-    write(tmp_path / "train.xyz", frames[:60])
-    write(tmp_path / "test.xyz", frames[60:])
-    config = TrainingConfig.from_dict(
-        {"train_file": "train.xyz", "test_file": "test.xyz", "valid_fraction": 0.1,
-         "model": {"channels": 16, "radial_mlp": [32, 32], "max_edge_rank": 2, "correlation": 2,
-                   "dipole": True, "polarizability": True},
-         "forces_weight": 10.0, "dipole_weight": 100.0, "polarizability_weight": 10.0,
-         "max_epochs": 40, "batch_size": 5, "output_dir": "out", "progress_bar": False},
-        base_dir=tmp_path,
-    )
-    summary = train(config)
+    summary, baselines = train_on_pyscf_tensors(tmp_path, {"dipole": True, "polarizability": True})
     test = summary["test"]
-    train_dipoles = np.array([a.get_dipole_moment() for a in frames[:60]])
-    test_dipoles = np.array([a.get_dipole_moment() for a in frames[60:]])
-    baseline = np.sqrt(((test_dipoles - train_dipoles.mean(0)) ** 2).mean())
-    assert test["dipole_rmse"] < 0.5 * baseline, (test["dipole_rmse"], baseline)
-    alphas = [np.reshape(a.info["polarizability"], (3, 3)) for a in frames]
-    baseline = np.sqrt(((np.array(alphas[60:]) - np.mean(alphas[:60], axis=0)) ** 2).mean())
-    assert test["polarizability_rmse"] < 0.5 * baseline, (test["polarizability_rmse"], baseline)
+    for name, baseline in baselines.items():
+        assert test[f"{name}_rmse"] < 0.5 * baseline, (name, test[f"{name}_rmse"], baseline)
     assert eval_main(["--checkpoint", summary["checkpoint"], "--data", str(tmp_path / "test.xyz"), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["dipole_rmse"] == pytest.approx(test["dipole_rmse"])
@@ -175,21 +179,6 @@ def test_training_on_pyscf_labels_learns_dipoles_and_polarizabilities(tmp_path, 
 def test_a_field_dipole_model_learns_polarizabilities_as_a_second_field_derivative(tmp_path):
     """``field_dipole`` trained on the same PySCF frames: the dipole (-dE/dF) and the polarizability (d mu/dF,
     with polarizability labels in the loss) end well below predicting the training mean."""
-    frames = read(PYSCF_TENSORS, ":")
-    write(tmp_path / "train.xyz", frames[:60])
-    write(tmp_path / "test.xyz", frames[60:])
-    config = TrainingConfig.from_dict(
-        {"train_file": "train.xyz", "test_file": "test.xyz", "valid_fraction": 0.1,
-         "model": {"channels": 16, "radial_mlp": [32, 32], "max_edge_rank": 2, "correlation": 2,
-                   "embed_field": True, "field_dipole": True},
-         "forces_weight": 10.0, "dipole_weight": 100.0, "polarizability_weight": 10.0,
-         "max_epochs": 40, "batch_size": 5, "output_dir": "out", "progress_bar": False},
-        base_dir=tmp_path,
-    )
-    test = train(config)["test"]
-    test_dipoles = np.array([a.get_dipole_moment() for a in frames[60:]])
-    baseline = np.sqrt(((test_dipoles - np.array([a.get_dipole_moment() for a in frames[:60]]).mean(0)) ** 2).mean())
-    assert test["dipole_rmse"] < 0.5 * baseline, (test["dipole_rmse"], baseline)
-    alphas = [np.reshape(a.info["polarizability"], (3, 3)) for a in frames]
-    baseline = np.sqrt(((np.array(alphas[60:]) - np.mean(alphas[:60], axis=0)) ** 2).mean())
-    assert test["polarizability_rmse"] < 0.5 * baseline, (test["polarizability_rmse"], baseline)
+    summary, baselines = train_on_pyscf_tensors(tmp_path, {"embed_field": True, "field_dipole": True})
+    for name, baseline in baselines.items():
+        assert summary["test"][f"{name}_rmse"] < 0.5 * baseline, (name, summary["test"][f"{name}_rmse"], baseline)
