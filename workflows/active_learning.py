@@ -27,6 +27,7 @@ from tace_aiida.calculations.md import MDCalculation
 from tace_aiida.calculations.selection import select_frames
 from tace_aiida.calculations.train import TrainCalculation
 from tace_aiida.data import PotentialData, TrainingSetData
+from tace_aiida.labelling.runner import CARRIED_BY
 from tace_aiida.selection import SelectionSettings
 
 from .decisions import advance, label_failure_fraction, over_failure_budget, required_members
@@ -110,11 +111,10 @@ def conditions_problem(inputs: dict) -> str | None:
     values = {label: condition_info(entry) for label, entry in given.items()}
     mapping = inputs["label_ase"]["condition_parameters"].get_dict() if "condition_parameters" in inputs.get(
         "label_ase", {}) else {}
-    receives = {"charge": {"charge"}, "spin": {"multiplicity", "unpaired_electrons"}, "electric_field": {"electric_field"}}
     neutral = condition_info({})
-    for name in ("charge", "spin", "electric_field"):
+    for name in CARRIED_BY:
         charged = sorted(label for label, entry in values.items() if entry[name] != neutral[name])
-        if charged and not receives[name] & set(mapping.values()):
+        if charged and not CARRIED_BY[name] & set(mapping.values()):
             labeller = "`label_qe`" if "label_qe" in inputs else "`label_ase.condition_parameters`"
             return (f"structures {charged} have a {name} that is not neutral, but {labeller} passes no {name} to the "
                     "labeller, which would label them as neutral")

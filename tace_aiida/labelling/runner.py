@@ -48,6 +48,8 @@ REPORT = "label_report.json"
 PROPERTIES = ("energy", "forces", "stress")
 OPTIONAL_PROPERTIES = ("dipole", "polarizability")
 CONDITION_VALUES = ("charge", "multiplicity", "unpaired_electrons", "electric_field")
+#: The info condition that is not neutral -> the values of ``condition_parameters`` that pass it to a calculator.
+CARRIED_BY = {"charge": {"charge"}, "spin": {"multiplicity", "unpaired_electrons"}, "electric_field": {"electric_field"}}
 SETTING_TYPES = {"calculator": str, "parameters": dict, "properties": list[str], "condition_parameters": dict}
 
 
@@ -106,9 +108,8 @@ def condition_keywords(atoms: Atoms, condition_parameters: dict[str, str]) -> di
                "unpaired_electrons": int(round(multiplicity)) - 1, "electric_field": np.array(field, dtype=float)}
     passed = set(condition_parameters.values())
     lost = {"charge": charge != 0, "spin": multiplicity != 1, "electric_field": bool(np.any(field != 0))}
-    reaches = {"charge": {"charge"}, "spin": {"multiplicity", "unpaired_electrons"}, "electric_field": {"electric_field"}}
     for name, not_neutral in lost.items():
-        if not_neutral and not reaches[name] & passed:
+        if not_neutral and not CARRIED_BY[name] & passed:
             value = {"charge": charge, "spin": multiplicity, "electric_field": field.tolist()}[name]
             raise ValueError(f"the structure's {name} is {value}, but condition_parameters passes it to no keyword "
                              "of the calculator, which would label it as neutral")
