@@ -82,7 +82,7 @@ class TACECalculator(Calculator):
     (e Å, about the origin of the coordinates; ``atoms.get_dipole_moment()``) and ``polarizability``
     [3, 3] (Å^3). ``field_dipole`` models give, when asked for them
     (``calc.get_property("born_effective_charges", atoms)``), the polarizability and the Born effective
-    charges [n_atoms, 3, 3] (e) as second derivatives of the energy.
+    charges [n_atoms, 3, 3] (e) as second derivatives of the energy; the Born charges of periodic cells too.
 
     With ``uncertainty="features"`` the force deviations (``forces_std``, ``max_force_std``) come from
     each member's own features instead (:mod:`~tace_aiida.model.feature_uncertainty`, the expected force
@@ -192,7 +192,7 @@ class TACECalculator(Calculator):
             values = getattr(members, name)
             if values is not None and not self.atoms.pbc.any():
                 self.results[name] = values[:, 0].detach().cpu().double().numpy().mean(axis=0)
-        if members.born_charges is not None and not self.atoms.pbc.any():
+        if members.born_charges is not None:
             self.results["born_effective_charges"] = members.born_charges.detach().cpu().double().numpy().mean(axis=0)
         stresses = members.stress[:, 0].detach().cpu().double().numpy() if periodic else None
         if periodic:

@@ -58,7 +58,7 @@ def _positive_int(text: str) -> int:
 
 
 def eval_main(argv: list[str] | None = None) -> int:
-    """Print energy/force/stress (and dipole/polarizability) MAE and RMSE of a checkpoint on an extxyz file."""
+    """Print energy/force/stress (and dipole/polarizability/Born charge) MAE and RMSE of a checkpoint on an extxyz file."""
     parser = argparse.ArgumentParser(prog="tace-eval", description="Errors of a potential on labelled structures.")
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by tace-train")
     parser.add_argument("--data", required=True, help="extxyz file with energy/forces labels")
@@ -67,6 +67,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stress-key", default="stress")
     parser.add_argument("--dipole-key", default="dipole", help="read by models with a dipole head")
     parser.add_argument("--polarizability-key", default="polarizability", help="read by models with a polarizability head")
+    parser.add_argument("--born-charges-key", default="born_effective_charges",
+                        help="per-atom Born effective charges (9 values, e), read by field_dipole models")
     parser.add_argument("--batch-size", type=_positive_int, default=10)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
@@ -78,10 +80,11 @@ def eval_main(argv: list[str] | None = None) -> int:
         parser.error(f"--device {args.device!r}: {error}")
     try:
         model, _ = load_model(args.checkpoint, device=device)
-        keys = LabelKeys(args.energy_key, args.forces_key, args.stress_key, args.dipole_key, args.polarizability_key)
+        keys = LabelKeys(args.energy_key, args.forces_key, args.stress_key, args.dipole_key, args.polarizability_key,
+                         args.born_charges_key)
         dtype = next(model.parameters()).dtype
         graphs = frames_to_graphs(read_structures(args.data), args.data, model.config.atomic_numbers, model.config.r_max, keys, dtype)
-        names = ("energy", "forces", "stress", "dipole", "polarizability")
+        names = ("energy", "forces", "stress", "dipole", "polarizability", "born_charges")
         if not any(bool(g[f"has_{name}"]) for g in graphs for name in names):
             raise ValueError(f"{args.data} has no labels under {', '.join(repr(getattr(keys, n)) for n in names)}")
     except ValueError as error:
@@ -91,7 +94,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         print(json.dumps({"structures": len(graphs), **metrics}))
         return 0
     units = {"energy": "meV", "energy_per_atom": "meV/atom", "forces": "meV/Å", "stress": "meV/Å^3",
-             "dipole": "me Å", "polarizability": "10^-3 Å^3"}
+             "dipole": "me Å", "polarizability": "10^-3 Å^3", "born_charges": "10^-3 e"}
     print(f"{len(graphs)} structures from {args.data}")
     print(f"{'quantity':<18}{'MAE':>12}{'RMSE':>12}  unit")
     for name, unit in units.items():

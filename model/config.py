@@ -44,12 +44,12 @@ MODEL_RULES: dict[str, Rule] = {
 #: Ranges of the training settings (lr in the optimiser's units, time_budget in s).
 TRAINING_RULES: dict[str, Rule] = {
     "train_file": NON_EMPTY, "energy_key": NON_EMPTY, "forces_key": NON_EMPTY, "stress_key": NON_EMPTY,
-    "dipole_key": NON_EMPTY, "polarizability_key": NON_EMPTY,
+    "dipole_key": NON_EMPTY, "polarizability_key": NON_EMPTY, "born_charges_key": NON_EMPTY,
     "valid_fraction": within(0.0, 1.0),
     "atomic_energies": (lambda table: all(1 <= z <= 118 and math.isfinite(e) for z, e in table.items()),
                         "a mapping of atomic numbers (1-118) to finite energies in eV"),
     "energy_weight": at_least(0.0), "forces_weight": at_least(0.0), "stress_weight": at_least(0.0),
-    "dipole_weight": at_least(0.0), "polarizability_weight": at_least(0.0),
+    "dipole_weight": at_least(0.0), "polarizability_weight": at_least(0.0), "born_charges_weight": at_least(0.0),
     "optimizer": one_of("adam", "adamw"), "lr": greater_than(0.0), "weight_decay": at_least(0.0),
     "ema_decay": within(0.0, 1.0), "scheduler_factor": (lambda value: 0 < value < 1, "in (0, 1)"),
     "scheduler_patience": at_least(0), "batch_size": at_least(1), "valid_batch_size": at_least(1),
@@ -85,8 +85,9 @@ class TrainingConfig:
     from such a file (:mod:`.restart`), e.g. after a job reached its wall time.
 
     Energies in eV, forces in eV/Å, stress in eV/Å^3, dipoles in e Å, polarizabilities in Å^3 (the
-    last two are learnt by models with ``dipole`` / ``polarizability`` heads, from molecules that have
-    them); ``time_budget`` in seconds of wall clock
+    last two are learnt by models with ``dipole`` / ``polarizability`` heads, or with ``field_dipole``, from
+    molecules that have them), Born effective charges in e (per atom, learnt by ``field_dipole`` models from
+    any structure that has them); ``time_budget`` in seconds of wall clock
     spent training, summed over the jobs of a resumed training.
     ``atomic_energies`` maps atomic number -> E0 (eV); without it ``e0s_file`` (an extxyz of
     isolated atoms) is used, else E0s are fitted by least squares.
@@ -104,6 +105,7 @@ class TrainingConfig:
     stress_key: str = "stress"
     dipole_key: str = "dipole"
     polarizability_key: str = "polarizability"
+    born_charges_key: str = "born_effective_charges"
     atomic_energies: dict[int, float] | None = None
     e0s_file: str | None = None
     model: dict = field(default_factory=dict)
@@ -112,6 +114,7 @@ class TrainingConfig:
     stress_weight: float = 1.0
     dipole_weight: float = 1.0
     polarizability_weight: float = 1.0
+    born_charges_weight: float = 1.0
     optimizer: str = "adam"
     lr: float = 0.01
     amsgrad: bool = True

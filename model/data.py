@@ -7,7 +7,8 @@ A graph is a dict of tensors:
   ``shifts`` [n_edges, 3] integer cell shifts (the sender's image is ``r_j + shifts @ cell``),
   ``cell`` [1, 3, 3] Å, ``batch`` [n_atoms] (all zero for one structure);
 * labels, where present: ``energy`` [1] eV, ``forces`` [n_atoms, 3] eV/Å, ``stress`` [1, 3, 3]
-  eV/Å^3, each with a mask ``has_energy`` / ``has_forces`` / ``has_stress`` [1].
+  eV/Å^3, each with a mask ``has_energy`` / ``has_forces`` / ``has_stress`` [1]; dipole,
+  polarizability and Born effective charges likewise (:mod:`.keys` lists every entry).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ase.stress import voigt_6_to_full_3x3_stress
 
 from .keys import (
     BATCH,
+    BORN_CHARGES,
     CELL,
     DIPOLE,
     EDGE_INDEX,
@@ -30,6 +32,7 @@ from .keys import (
     ENERGY,
     FIDELITY,
     FORCES,
+    HAS_BORN_CHARGES,
     HAS_DIPOLE,
     HAS_ENERGY,
     HAS_FORCES,
@@ -61,6 +64,7 @@ class LabelKeys:
     stress: str = "stress"
     dipole: str = "dipole"
     polarizability: str = "polarizability"
+    born_charges: str = "born_effective_charges"
 
 
 def edges_within_cutoff(atoms: Atoms, r_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -172,7 +176,9 @@ def atoms_to_graph(
 
     A stress label is read only for cells periodic in all three directions: the stress of a
     molecule or a slab (periodic in one or two) depends on its arbitrary vacuum, so is no label.
-    Dipole (3 values, e Å) and polarizability (9 values or 3 x 3, Å^3) labels are read for molecules only.
+    Dipole (3 values, e Å) and polarizability (9 values or 3 x 3, Å^3) labels are read for molecules only;
+    Born effective charges (per atom 9 values, row-major, or 3 x 3, e; ``Z_A[j, k] = dF_Ak / dE_j``) for
+    any structure, since they are derivatives that a periodic cell has as well.
     """
     dtype = dtype or torch.get_default_dtype()
     senders, receivers, shifts = edges_within_cutoff(atoms, r_max)
@@ -216,6 +222,11 @@ def atoms_to_graph(
     graph[POLARIZABILITY] = torch.tensor(np.zeros((3, 3)) if polarizability is None else polarizability, dtype=dtype).unsqueeze(0)
     graph[HAS_DIPOLE] = torch.tensor([dipole is not None], dtype=dtype)
     graph[HAS_POLARIZABILITY] = torch.tensor([polarizability is not None], dtype=dtype)
+    born = read_label(atoms, keys.born_charges, per_atom=True)
+    if born is not None:
+        born = checked_label(born, keys.born_charges, [(n_atoms, 9), (n_atoms, 3, 3)], per_atom=True).reshape(n_atoms, 3, 3)
+    graph[BORN_CHARGES] = torch.tensor(np.zeros((n_atoms, 3, 3)) if born is None else born, dtype=dtype)
+    graph[HAS_BORN_CHARGES] = torch.tensor([born is not None], dtype=dtype)
     return graph
 
 

@@ -51,15 +51,16 @@ def evaluate(
 
     Keys: ``energy_per_atom_*`` (eV/atom), ``energy_*`` (eV), ``forces_*`` (eV/Å per component),
     ``stress_*`` (eV/Å^3 per component), ``dipole_*`` (e Å per component) and ``polarizability_*``
-    (Å^3 per component) of models with those heads (or ``field_dipole``: -dE/dF and its field derivative), each
-    ``_mae`` and ``_rmse``; only for labels present.
+    (Å^3 per component) of models with those heads (or ``field_dipole``: -dE/dF and its field derivative), and
+    ``born_charges_*`` (e per component) of ``field_dipole`` models, each ``_mae`` and ``_rmse``; only for labels present.
     """
     errors = ErrorAccumulator()
     dtype = next(model.parameters()).dtype
     for batch in batches(graphs, batch_size):
         batch = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in to_device(batch, device).items()}
         has_stress = bool(batch[keys.HAS_STRESS].any())
-        response = model.config.field_dipole and bool(batch.get(keys.HAS_POLARIZABILITY, torch.zeros(1)).any())
+        response = model.config.field_dipole and any(bool(batch[key].any()) for key in (keys.HAS_POLARIZABILITY, keys.HAS_BORN_CHARGES)
+                                                     if key in batch)
         out = model(batch, compute_forces=True, compute_stress=has_stress, compute_field_response=response)
         energy_mask = batch[keys.HAS_ENERGY].bool()
         energy_error = (out.energy - batch[keys.ENERGY]).detach()[energy_mask]
@@ -73,4 +74,7 @@ def evaluate(
                                      (keys.POLARIZABILITY, out.polarizability, keys.HAS_POLARIZABILITY)):
             if predicted is not None and name in batch and bool(batch[present].any()):
                 errors.add(name, (predicted - batch[name]).detach()[batch[present].bool()])
+        if out.born_charges is not None and keys.BORN_CHARGES in batch:
+            atom_mask = batch[keys.HAS_BORN_CHARGES].bool()[batch[keys.BATCH]]
+            errors.add(keys.BORN_CHARGES, (out.born_charges - batch[keys.BORN_CHARGES]).detach()[atom_mask])
     return errors.metrics()

@@ -184,7 +184,8 @@ def write_frames(target: Source, frames: Sequence[Atoms], metadata: dict | None 
     """Write ``frames`` (labels from calculators or info/arrays) to ``target`` (a path or a binary file object).
 
     Other per-atom arrays and info entries are kept; labels must be finite and forces [n_atoms, 3].
-    A calculator's ``dipole`` result (as ASE's extxyz reader attaches it) is kept as an info entry.
+    A calculator's ``dipole`` result (as ASE's extxyz reader attaches it) is kept as an info entry, its
+    ``born_effective_charges`` as a per-atom array of 9 values.
     """
     labels = [_checked_labels(atoms, index) for index, atoms in enumerate(frames)]
     sizes = np.array([len(atoms) for atoms in frames], dtype=np.int64)
@@ -208,7 +209,7 @@ def write_frames(target: Source, frames: Sequence[Atoms], metadata: dict | None 
             handle.create_dataset("stress", data=np.array([found.get("stress", np.full((3, 3), np.nan)) for found in labels], dtype=float))
         _write_entries(handle, "info", [_info_entries(atoms) for atoms in frames], None)
         excluded = {"numbers", "positions", *LABELS}
-        _write_entries(handle, "arrays", [{k: v for k, v in a.arrays.items() if k not in excluded} for a in frames], sizes)
+        _write_entries(handle, "arrays", [_array_entries(atoms, excluded) for atoms in frames], sizes)
 
 
 def _info_entries(atoms: Atoms) -> dict:
@@ -216,6 +217,14 @@ def _info_entries(atoms: Atoms) -> dict:
     results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
     extra = {"dipole": np.asarray(results["dipole"], dtype=float)} if "dipole" in results else {}
     return extra | {key: value for key, value in atoms.info.items() if key not in LABELS}
+
+
+def _array_entries(atoms: Atoms, excluded: set[str]) -> dict:
+    """``atoms.arrays`` without ``excluded``, with a calculator's Born charges ``[n_atoms, 9]`` where arrays have none."""
+    results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+    born = results.get("born_effective_charges")
+    extra = {"born_effective_charges": np.asarray(born, dtype=float).reshape(len(atoms), -1)} if born is not None else {}
+    return extra | {key: value for key, value in atoms.arrays.items() if key not in excluded}
 
 
 def _read_dataset(handle: h5py.File, path: str, rows: int, kind: str = "number", row_shape: tuple | None = None) -> np.ndarray | list:

@@ -35,6 +35,7 @@ from .data import LabelKeys, frame_graph
 from .frames import LABELS, FrameColumns
 from .keys import (
     BATCH,
+    BORN_CHARGES,
     CELL,
     CONDITIONS,
     DIPOLE,
@@ -43,6 +44,7 @@ from .keys import (
     ENERGY,
     FIDELITY,
     FORCES,
+    HAS_BORN_CHARGES,
     HAS_DIPOLE,
     HAS_ENERGY,
     HAS_FORCES,
@@ -73,7 +75,7 @@ INTEGER_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.int64)
 
 #: Labels with one row per frame: energy [n_frames], stress [n_frames, 3, 3], the masks [n_frames].
 PER_FRAME_LABELS = (ENERGY, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS, DIPOLE, POLARIZABILITY, HAS_DIPOLE,
-                    HAS_POLARIZABILITY)
+                    HAS_POLARIZABILITY, HAS_BORN_CHARGES)
 
 #: Relative margin of the column-wise checks: a frame this near a limit is checked as Atoms.
 MARGIN = 1e-9
@@ -328,7 +330,8 @@ def label_tensors(columns: FrameColumns, keys: LabelKeys, dtype: torch.dtype) ->
         return None
     dipole = read_label(columns, keys.dipole, per_atom=False)
     polarizability = read_label(columns, keys.polarizability, per_atom=False)
-    if dipole is None or polarizability is None:
+    born = read_label(columns, keys.born_charges, per_atom=True)
+    if dipole is None or polarizability is None or born is None:
         return None
     stress.present &= columns.pbc.all(axis=1)
     molecules = ~columns.pbc.any(axis=1)
@@ -336,7 +339,7 @@ def label_tensors(columns: FrameColumns, keys: LabelKeys, dtype: torch.dtype) ->
     polarizability.present &= molecules
     suspects = (label_suspects(energy, [(), (1,)]) | label_suspects(forces, [(3,)], columns.offsets)
                 | label_suspects(stress, [(6,), (3, 3)]) | label_suspects(dipole, [(3,)])
-                | label_suspects(polarizability, [(9,), (3, 3)]))
+                | label_suspects(polarizability, [(9,), (3, 3)]) | label_suspects(born, [(9,), (3, 3)], columns.offsets))
     n_frames, n_atoms = len(columns), int(columns.offsets[-1])
     atom_present = np.repeat(forces.present, np.diff(columns.offsets))
     stress_values = stress.values
@@ -353,6 +356,8 @@ def label_tensors(columns: FrameColumns, keys: LabelKeys, dtype: torch.dtype) ->
         POLARIZABILITY: masked(polarizability.values, polarizability.present, (n_frames, 3, 3)),
         HAS_DIPOLE: dipole.present,
         HAS_POLARIZABILITY: polarizability.present,
+        BORN_CHARGES: masked(born.values, np.repeat(born.present, np.diff(columns.offsets)), (n_atoms, 3, 3)),
+        HAS_BORN_CHARGES: born.present,
     }
     return {key: torch.tensor(values, dtype=dtype) for key, values in tensors.items()}, suspects
 
@@ -445,6 +450,7 @@ def graph_views(columns: FrameColumns, edges: Edges, species: np.ndarray, labels
         SPECIES: torch.from_numpy(species),
         BATCH: torch.zeros(len(species), dtype=torch.long),
         FORCES: labels.get(FORCES),
+        BORN_CHARGES: labels.get(BORN_CHARGES),
     }
     per_frame = {CELL: torch.tensor(columns.cell * columns.pbc[..., None], dtype=dtype)}
     per_frame |= {key: labels[key] for key in (*CONDITIONS, *PER_FRAME_LABELS) if key in labels}
@@ -454,6 +460,6 @@ def graph_views(columns: FrameColumns, edges: Edges, species: np.ndarray, labels
     parts[EDGE_INDEX] = [block.view(2, -1) for block in pairs.split((2 * counts).tolist())]
     parts[SHIFTS] = torch.from_numpy(edges.shifts).to(dtype).split(counts.tolist())
     order = [POSITIONS, SPECIES, EDGE_INDEX, SHIFTS, CELL, BATCH, *CONDITIONS, ENERGY, FORCES, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS,
-             DIPOLE, POLARIZABILITY, HAS_DIPOLE, HAS_POLARIZABILITY]
+             DIPOLE, POLARIZABILITY, HAS_DIPOLE, HAS_POLARIZABILITY, BORN_CHARGES, HAS_BORN_CHARGES]
     names = [key for key in order if key in parts]
     return [dict(zip(names, values, strict=True)) for values in zip(*(parts[key] for key in names), strict=True)]

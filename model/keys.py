@@ -41,6 +41,8 @@ STRESS = "stress"
 DIPOLE = "dipole"
 #: ``[n_graphs, 3, 3]`` float, Å^3: polarizability (volume) label of a molecule (0 where absent).
 POLARIZABILITY = "polarizability"
+#: ``[n_atoms, 3, 3]`` float, e: Born effective charge labels ``Z_A[j, k] = dF_Ak / dE_j`` (0 where absent).
+BORN_CHARGES = "born_charges"
 #: ``[n_graphs]`` float, 1 or 0: whether the graph has an energy label.
 HAS_ENERGY = "has_energy"
 #: ``[n_graphs]`` float, 1 or 0: whether the graph has force labels.
@@ -51,10 +53,12 @@ HAS_STRESS = "has_stress"
 HAS_DIPOLE = "has_dipole"
 #: ``[n_graphs]`` float, 1 or 0: whether the graph has a polarizability label.
 HAS_POLARIZABILITY = "has_polarizability"
+#: ``[n_graphs]`` float, 1 or 0: whether the graph has Born effective charge labels.
+HAS_BORN_CHARGES = "has_born_charges"
 
 #: Entries with one row per graph, and with one row per atom: concatenated as they are when batching.
 #: The conditions every graph carries, as :mod:`.conditions` reads them.
 CONDITIONS = (TOTAL_CHARGE, SPIN_MULTIPLICITY, FIDELITY, ELECTRIC_FIELD)
 PER_GRAPH = (CELL, *CONDITIONS, ENERGY, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS, DIPOLE, POLARIZABILITY, HAS_DIPOLE,
-             HAS_POLARIZABILITY)
-PER_ATOM = (POSITIONS, SPECIES, FORCES)
+             HAS_POLARIZABILITY, HAS_BORN_CHARGES)
+PER_ATOM = (POSITIONS, SPECIES, FORCES, BORN_CHARGES)

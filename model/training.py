@@ -153,6 +153,13 @@ def check_tensor_labels(graphs: Sequence[dict[str, Tensor]], source: str, config
                                  f"{key!r} (labels of periodic cells are not read)")
 
 
+def field_response_labelled(graphs: Sequence[dict[str, Tensor]], config: TrainingConfig) -> bool:
+    """Whether some of ``graphs`` have polarizability or Born-charge labels of nonzero weight: a ``field_dipole``
+    model's are second derivatives, worth three more backward passes per batch only then."""
+    weighted = [(keys.HAS_POLARIZABILITY, config.polarizability_weight), (keys.HAS_BORN_CHARGES, config.born_charges_weight)]
+    return any(weight > 0 and any(bool(g.get(key, False)) for g in graphs) for key, weight in weighted)
+
+
 @dataclass
 class PreparedData:
     train: list[dict[str, Tensor]]
@@ -171,7 +178,7 @@ def prepare_data(config: TrainingConfig, base_model: ModelConfig | None = None) 
     bootstrapped or not).
     """
     label_keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key, config.dipole_key,
-                           config.polarizability_key)
+                           config.polarizability_key, config.born_charges_key)
     files = {"train": config.train_file, "valid": config.valid_file, "test": config.test_file}
     sources = {name: training_sources(path) for name, path in files.items() if path is not None}
     settings = base_model.to_dict() if base_model is not None else dict(config.model)
@@ -241,6 +248,10 @@ def loss_function(out, batch: dict[str, Tensor], config: TrainingConfig) -> Tens
         has_polarizability = batch[keys.HAS_POLARIZABILITY][:, None, None]
         error = out.polarizability - batch[keys.POLARIZABILITY]
         loss = loss + config.polarizability_weight * masked_mean(error**2, has_polarizability)
+    if out.born_charges is not None and keys.BORN_CHARGES in batch:
+        has_born_charges = batch[keys.HAS_BORN_CHARGES][batch[keys.BATCH]][:, None, None]
+        error = out.born_charges - batch[keys.BORN_CHARGES]
+        loss = loss + config.born_charges_weight * masked_mean(error**2, has_born_charges)
     return loss
 
 
@@ -291,9 +302,7 @@ def _train(config: TrainingConfig) -> dict:
     evaluated = ema.module if ema is not None else model
     generator = torch.Generator().manual_seed(config.seed)
     use_stress = any(bool(g[keys.HAS_STRESS]) for g in data.train)
-    # A field_dipole model's polarizability is a second derivative, worth three more backward passes only with labels.
-    use_field_response = data.model_config.field_dipole and config.polarizability_weight > 0 and any(
-        bool(g.get(keys.HAS_POLARIZABILITY, False)) for g in data.train)
+    use_field_response = data.model_config.field_dipole and field_response_labelled(data.train, config)
 
     metrics_path = output_dir / config.metrics_name
     checkpoint_path = output_dir / config.checkpoint_name
@@ -430,6 +439,7 @@ def validation_loss(
     loss += config.stress_weight * metrics.get("stress_rmse", 0.0) ** 2
     loss += config.dipole_weight * metrics.get("dipole_rmse", 0.0) ** 2
     loss += config.polarizability_weight * metrics.get("polarizability_rmse", 0.0) ** 2
+    loss += config.born_charges_weight * metrics.get("born_charges_rmse", 0.0) ** 2
     return loss, metrics
 
 

@@ -197,7 +197,7 @@ def test_tace_eval_names_an_unknown_element_and_unlabelled_data(tmp_path, capsys
     write(path, [Atoms(a.numbers, a.positions) for a in frames_300K[:2]], format="extxyz")
     with pytest.raises(SystemExit):
         eval_main(["--checkpoint", checkpoint, "--data", str(path)])
-    assert "has no labels under 'energy', 'forces', 'stress', 'dipole', 'polarizability'" in capsys.readouterr().err
+    assert "has no labels under 'energy', 'forces', 'stress', 'dipole', 'polarizability', 'born_effective_charges'" in capsys.readouterr().err
 
 
 def catalysis_frames() -> list[Atoms]:
@@ -356,7 +356,7 @@ def test_labeller_import_path_names_the_part_that_failed(tmp_path, monkeypatch, 
     ({"calculator": "ase.calculators.emt.EMT"}, "2\nProperties=species:S:1:pos:R:3\nCu 0 0 0\nCu 2 x 0\n",
      "structures.extxyz: cannot read frame 0 \\(from line 1\\): ValueError: could not convert string to float: 'x'"),
     ({"calculator": "ase.calculators.emt.EMT", "properties": ["energy", "charges"]}, None,
-     "label.json setting properties=\\['energy', 'charges'\\] must be a non-empty list of \\('energy', 'forces', 'stress', 'dipole', 'polarizability'\\)"),
+     "label.json setting properties=\\['energy', 'charges'\\] must be a non-empty list of \\('energy', 'forces', 'stress', 'dipole', 'polarizability', 'born_effective_charges'\\)"),
     ({"calculator": "ase.calculators.emt.EMT", "parameters": [1]}, None, "label.json setting parameters: \\[1\\] is not a mapping"),
     ({"calculator": "ase.calculators.emt.EMT", "params": {}}, None, "label.json must map 'calculator'"),
     ({"calculator": "nopackage.Calc"}, None, "module 'nopackage' was not found"),

@@ -11,11 +11,11 @@ from aiida import orm
 from aiida.engine import run_get_node
 from ase import Atoms
 from ase.build import molecule
-from ase.io import write
+from ase.io import read, write
 from tace_aiida.model import md
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.checkpoint import save_checkpoint
-from tace_aiida.model.data import condition_info
+from tace_aiida.model.data import LabelKeys, atoms_to_graph, condition_info
 from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
 
 from tace_aiida.labelling import recipes, runner
@@ -144,23 +144,40 @@ def test_pyscf_born_charges_obey_the_sum_rule_and_the_polarizability_is_symmetri
         assert np.linalg.eigvalsh(alpha).min() > 0.1, "Å^3, a few tenths for water in a small basis"
 
 
-def test_tace_label_labels_dipoles_and_polarizabilities_with_pyscf(tmp_path):
-    """The tensor labels of a molecule in a field land where training reads them (dipole and polarizability)."""
+def test_tace_label_labels_dipoles_polarizabilities_and_born_charges_with_pyscf(tmp_path):
+    """The tensor labels of a molecule in a field land where training reads them (dipole, polarizability, Born
+    charges), equal to PySCF's run directly; tensor labels the input carried are replaced, not kept."""
     require_module("pyscf")
     from tace_aiida.labelling.pyscf_calculator import PySCFCalculator
 
-    write(tmp_path / runner.STRUCTURES, [with_info(molecule("H2O"), electric_field=[0.0, 0.0, 0.2])], format="extxyz")
+    stale = with_info(molecule("H2O"), electric_field=[0.0, 0.0, 0.2], polarizability=np.full(9, 7.0))
+    stale.new_array("born_effective_charges", np.full((3, 9), 7.0))
+    second = with_info(molecule("H2O"), polarizability=np.full(9, 7.0))
+    second.new_array("born_effective_charges", np.full((3, 9), 7.0))
+    write(tmp_path / runner.STRUCTURES, [stale, second], format="extxyz")
     recipe = recipes.pyscf_dft("HF", "sto-3g")
+    properties = ["energy", "forces", "dipole", "polarizability", "born_effective_charges"]
     (tmp_path / runner.SETTINGS).write_text(json.dumps({
         "calculator": recipe["calculator"], "parameters": recipe["parameters"],
-        "condition_parameters": recipe["condition_parameters"], "properties": ["energy", "dipole", "polarizability"]}))
-    assert runner.label_all(tmp_path)[0]["status"] == "ok"
-    (frame,) = runner.read_structures(tmp_path / runner.LABELLED)
+        "condition_parameters": recipe["condition_parameters"], "properties": properties}))
+    assert [entry["status"] for entry in runner.label_all(tmp_path)] == ["ok", "ok"]
+    frame, _ = read(tmp_path / runner.LABELLED, ":")
     direct = molecule("H2O")
     direct.calc = PySCFCalculator(**recipe["parameters"], electric_field=[0.0, 0.0, 0.2])
     assert np.allclose(frame.get_dipole_moment(), direct.get_dipole_moment(), atol=1e-6)
     assert np.allclose(np.reshape(frame.info["polarizability"], (3, 3)), direct.calc.get_property("polarizability", direct),
                        atol=1e-6)
+    born = direct.calc.get_property("born_effective_charges", direct)
+    graph = atoms_to_graph(frame, [1, 8], 5.0, LabelKeys(), torch.float64)
+    assert bool(graph["has_born_charges"]) and np.allclose(graph["born_charges"].numpy(), born, atol=1e-6)
+    assert np.abs(born).max() > 0.1
+
+    (tmp_path / runner.SETTINGS).write_text(json.dumps({"calculator": recipe["calculator"], "parameters": recipe["parameters"],
+                                                         "condition_parameters": recipe["condition_parameters"]}))
+    runner.label_all(tmp_path)
+    for frame in read(tmp_path / runner.LABELLED, ":"):
+        graph = atoms_to_graph(frame, [1, 8], 5.0, LabelKeys(), torch.float64)
+        assert not bool(graph["has_born_charges"]) and not bool(graph["has_polarizability"])
 
 
 def test_pyscf_finishes_an_scf_diis_does_not_converge_with_the_second_order_solver():
@@ -242,6 +259,13 @@ def test_conditions_the_loop_cannot_honour_are_refused_by_name(aiida_profile, in
 
     with pytest.raises(ValueError, match=message):
         run(water_builder(installed_code, conditions, model, mapping, labels=["neutral", "cation"]))
+
+
+def test_a_structure_label_the_loop_needs_for_itself_is_refused(aiida_profile, installed_code):
+    from aiida.engine import run
+
+    with pytest.raises(ValueError, match=r"structure labels \['conditions'\] are reserved"):
+        run(water_builder(installed_code, {}, labels=["neutral", "conditions"]))
 
 
 @pytest.mark.slow

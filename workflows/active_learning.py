@@ -76,6 +76,10 @@ def at_least_one(name: str):
     return validate
 
 
+#: Names that :func:`structures_to_dataset` takes as inputs of its own, so no structure label may use them.
+RESERVED_LABELS = {"conditions", "metadata"}
+
+
 def validate_inputs(inputs: dict, _) -> str | None:
     """Initial data that is not empty, exactly one labeller, periodic initial structures for ``label_qe``, and an
     uncertainty that one member can give when ``ensemble_size`` is 1."""
@@ -83,6 +87,9 @@ def validate_inputs(inputs: dict, _) -> str | None:
         return "give initial `structures`, an initial `dataset`, or both"
     if "structures" in inputs and not inputs["structures"]:
         return "the `structures` namespace is empty: give at least one structure, or leave it out and give a `dataset`"
+    reserved = sorted(set(inputs.get("structures", {})) & RESERVED_LABELS)
+    if reserved:
+        return f"structure labels {reserved} are reserved (inputs of the step that gathers them): rename those structures"
     if "dataset" in inputs and inputs["dataset"].num_structures == 0:
         return f"the initial `dataset` {inputs['dataset'].pk or ''} holds no structure"
     given = [namespace for namespace in LABELLERS if namespace in inputs]

@@ -47,7 +47,8 @@ class AseLabelCalculation(TaceCalcJob):
                    help="Keyword arguments of the calculator class (JSON-serialisable).")
         spec.input("properties", valid_type=orm.List, required=False, validator=validate_properties,
                    help="Labels to compute among energy, forces, stress (stress only for fully periodic cells), "
-                        "dipole and polarizability (molecules only). Default: energy, forces, stress.")
+                        "dipole and polarizability (molecules only), born_effective_charges (per atom, into the frame's "
+                        "arrays). Default: energy, forces, stress.")
         spec.input("condition_parameters", valid_type=orm.Dict, required=False, validator=validate_condition_parameters,
                    help="Calculator keyword -> condition of each structure (charge, multiplicity, unpaired_electrons, "
                         "electric_field), so every structure is labelled at the charge, spin and field in its info; "

@@ -13,7 +13,9 @@ structure is labelled at its own charge, spin and field. A structure whose charg
 not neutral but reaches no keyword fails (it would be labelled as neutral); the ``fidelity`` is the
 labeller's own level of theory and needs no keyword. ``properties`` may add ``dipole`` (e Å) and
 ``polarizability`` (Å^3, into the frame's info; PySCFCalculator gives it), molecules only, for
-models with those heads. The job writes ``labelled.extxyz`` (the structures that succeeded, labels in eV, eV/Å, eV/Å^3, each
+models with those heads, and ``born_effective_charges`` (e, ``Z_A[j, k] = dF_Ak / dE_j``, into the
+frame's arrays as 9 values per atom; any structure whose calculator gives them), for ``field_dipole``
+models. The job writes ``labelled.extxyz`` (the structures that succeeded, labels in eV, eV/Å, eV/Å^3, each
 frame's info keeping ``input_index``) and ``label_report.json`` (one entry per input structure:
 ``{"index": i, "status": "ok" | "failed", "error": "...", "seconds": t}``). One structure's
 failure (overlapping atoms or a collapsed cell as the trainer refuses them, no SCF convergence, a
@@ -46,7 +48,7 @@ STRUCTURES = "structures.extxyz"
 LABELLED = "labelled.extxyz"
 REPORT = "label_report.json"
 PROPERTIES = ("energy", "forces", "stress")
-OPTIONAL_PROPERTIES = ("dipole", "polarizability")
+OPTIONAL_PROPERTIES = ("dipole", "polarizability", "born_effective_charges")
 CONDITION_VALUES = ("charge", "multiplicity", "unpaired_electrons", "electric_field")
 #: The info condition that is not neutral -> the values of ``condition_parameters`` that pass it to a calculator.
 CARRIED_BY = {"charge": {"charge"}, "spin": {"multiplicity", "unpaired_electrons"}, "electric_field": {"electric_field"}}
@@ -129,11 +131,23 @@ def label_structure(atoms: Atoms, calculator: Calculator, properties: list[str])
         results["dipole"] = work.get_dipole_moment()
     if "polarizability" in properties and not work.pbc.any():
         results["polarizability"] = work.calc.get_property("polarizability", work)
+    if "born_effective_charges" in properties:
+        results["born_effective_charges"] = work.calc.get_property("born_effective_charges", work)
     for key, value in results.items():
         if not np.all(np.isfinite(value)):
             raise ValueError(f"the calculator returned a non-finite {key}")
     labelled = atoms.copy()
+    # Tensor labels the input brought are replaced, like energy and forces, not kept beside the new ones.
+    labelled.info.pop("polarizability", None)
+    if "born_effective_charges" in labelled.arrays:
+        labelled.set_array("born_effective_charges", None)
     info = {key: results.pop(key) for key in ("polarizability",) if key in results}
+    if "born_effective_charges" in results:
+        born = np.asarray(results.pop("born_effective_charges"), dtype=float)
+        if born.shape != (len(atoms), 3, 3):
+            raise ValueError(f"the calculator returned born_effective_charges of shape {born.shape}, "
+                             f"expected ({len(atoms)}, 3, 3)")
+        labelled.new_array("born_effective_charges", born.reshape(len(atoms), 9))
     labelled.calc = SinglePointCalculator(labelled, **results)
     labelled.info.update(info)
     return labelled
