@@ -3,12 +3,16 @@
 The energy graph of a :class:`CartesianTensorPotential` is traced (its loops over layers, ranks
 and paths are unrolled, all shapes stay dynamic) and wrapped in a scripted module that applies
 the strain and takes the derivatives, so the file gives energies (eV), forces (eV/Å), virials
-(eV) and stresses (eV/Å^3) without the Python model code. Load it with ``torch.jit.load``; inputs
+(eV) and stresses (eV/Å^3) without the Python model code; models with tensor heads also their
+``dipole`` (e Å) and ``polarizability`` (Å^3), and ``field_dipole`` models the dipole ``-dE/dF``
+and, with ``compute_field_response``, the polarizability and the Born effective charges
+``born_charges`` [n_atoms, 3, 3] (e) as second derivatives. Load it with ``torch.jit.load``; inputs
 are the graph tensors of :mod:`tace_aiida.model.data` in the file's dtype::
 
     module = torch.jit.load("model.ts")
     out = module(positions, cell, species, edge_index, shifts, batch, True)
     out = module(positions, cell, species, edge_index, shifts, batch, True, total_charge, spin, fidelity, field)
+    out = module(positions, cell, species, edge_index, shifts, batch, False, total_charge, spin, fidelity, field, True)
 
 ``species`` are indices into the file's ``atomic_numbers`` attribute, ``edge_index`` [2, n_edges]
 (sender, receiver) lists every pair closer than its ``r_max`` attribute (Å), ``shifts`` [n_edges, 3]
@@ -39,6 +43,7 @@ from torch import nn
 
 from . import keys
 from .checkpoint import load_model
+from .conditions import COULOMB
 from .data import conditions, conditions_differ, periodic_rows
 from .long_range import LatentEwald, electrostatic_energies
 from .potential import CartesianTensorPotential, apply_strain
@@ -56,29 +61,40 @@ class _NodeEnergies(nn.Module):
     def forward(
         self, positions: Tensor, cell: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor, batch: Tensor,
         total_charge: Tensor, spin_multiplicity: Tensor, fidelity: Tensor, electric_field: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        """Short-range node energies ``[n_atoms]`` (eV) and the long-range term's latent charges ``[n_atoms]`` (e; zeros
-        without one): the electrostatic sum branches on each structure's periodicity and cell, which a trace would
-        freeze, so the scripted :class:`DeployedPotential` adds it."""
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Short-range node energies ``[n_atoms]`` (eV), the long-range term's latent charges ``[n_atoms]`` (e; zeros
+        without one: the electrostatic sum branches on each structure's periodicity and cell, which a trace would
+        freeze, so the scripted :class:`DeployedPotential` adds it) and the tensor heads' dipoles ``[n_graphs, 3]``
+        (e Å) and polarizabilities ``[n_graphs, 3, 3]`` (Å^3; zeros without a head)."""
         conditions = {keys.TOTAL_CHARGE: total_charge, keys.SPIN_MULTIPLICITY: spin_multiplicity,
                       keys.FIDELITY: fidelity, keys.ELECTRIC_FIELD: electric_field}
-        node_energy, invariants = self.model.node_energies(positions, cell, species, edge_index, shifts, batch, conditions,
-                                                           long_range=False)
-        if self.model.long_range is None:
-            return node_energy, torch.zeros_like(node_energy)
-        return node_energy, self.model.long_range.charges(invariants, batch, total_charge)
+        node_energy, invariants, layer_features = self.model.propagate(positions, cell, species, edge_index, shifts, batch,
+                                                                       conditions, long_range=False)
+        charges = (torch.zeros_like(node_energy) if self.model.long_range is None
+                   else self.model.long_range.charges(invariants, batch, total_charge))
+        dipole, polarizability = cell.new_zeros(cell.shape[0], 3), cell.new_zeros(cell.shape[0], 3, 3)
+        if self.model.tensor_readouts is not None:
+            heads = self.model.tensor_readouts(layer_features, positions, batch, cell.shape[0], total_charge)
+            dipole = heads[0] if heads[0] is not None else dipole
+            polarizability = heads[1] if heads[1] is not None else polarizability
+        return node_energy, charges, dipole, polarizability
 
 
 class DeployedPotential(nn.Module):
-    """Energy, forces, virial and (with ``compute_stress``) stress from a traced energy graph."""
+    """Energy, forces, virial and (with ``compute_stress``) stress from a traced energy graph; the tensor outputs
+    the model has (attributes ``dipole_head``, ``polarizability_head`` and ``field_dipole`` say which)."""
 
     def __init__(self, node_energies: torch.jit.ScriptModule, atomic_numbers: list[int], r_max: float,
-                 long_range: LatentEwald | None) -> None:
+                 long_range: LatentEwald | None, dipole_head: bool, polarizability_head: bool, field_dipole: bool) -> None:
         super().__init__()
         self.node_energies = node_energies
         self.atomic_numbers = atomic_numbers
         self.r_max = r_max
         self.takes_conditions = True
+        self.dipole_head = dipole_head
+        self.polarizability_head = polarizability_head
+        self.field_dipole = field_dipole
+        self.coulomb = COULOMB
         self.long_range = long_range is not None
         self.sigma = long_range.sigma if long_range is not None else 1.0
         self.k_max = long_range.k_max if long_range is not None else 1.0
@@ -96,10 +112,14 @@ class DeployedPotential(nn.Module):
         spin_multiplicity: Tensor | None = None,
         fidelity: Tensor | None = None,
         electric_field: Tensor | None = None,
+        compute_field_response: bool = False,
     ) -> dict[str, Tensor]:
         """``energy`` [n_graphs], ``node_energy`` [n_atoms], ``forces`` [n_atoms, 3], ``virial`` and
-        (periodic cells only) ``stress`` [n_graphs, 3, 3]. The conditions, ``[n_graphs]`` (e; 2S+1; level)
-        and ``[n_graphs, 3]`` (V/Å), take their neutral values when not given."""
+        (periodic cells only) ``stress`` [n_graphs, 3, 3]; ``dipole`` [n_graphs, 3] and ``polarizability``
+        [n_graphs, 3, 3] of the heads the model has; for a ``field_dipole`` model ``dipole`` = -dE/dF and, with
+        ``compute_field_response``, ``polarizability`` (Å^3) and ``born_charges`` [n_atoms, 3, 3] (e). The
+        conditions, ``[n_graphs]`` (e; 2S+1; level) and ``[n_graphs, 3]`` (V/Å), take their neutral values when
+        not given."""
         num_graphs = cell.shape[0]
         if total_charge is None:
             total_charge = cell.new_zeros(num_graphs)
@@ -111,27 +131,53 @@ class DeployedPotential(nn.Module):
             electric_field = cell.new_zeros(num_graphs, 3)
         positions = positions.detach().requires_grad_(True)
         strain = torch.zeros_like(cell).requires_grad_(True)
+        if self.field_dipole:
+            electric_field = electric_field.detach().requires_grad_(True)
         strained_positions, strained_cell = apply_strain(positions, cell, batch, strain)
-        node_energy, charges = self.node_energies(strained_positions, strained_cell, species, edge_index, shifts, batch,
-                                                  total_charge, spin_multiplicity, fidelity, electric_field)
+        node_energy, charges, dipole, polarizability = self.node_energies(
+            strained_positions, strained_cell, species, edge_index, shifts, batch, total_charge, spin_multiplicity,
+            fidelity, electric_field)
         if self.long_range:
             node_energy = node_energy + electrostatic_energies(strained_positions, charges, strained_cell, batch,
                                                                self.sigma, self.k_max)
         energy = torch.zeros(cell.shape[0], dtype=node_energy.dtype, device=node_energy.device).index_add(
             0, batch, node_energy
         )
-        gradients = torch.autograd.grad([energy.sum()], [positions, strain])
+        wrt = [positions, strain, electric_field] if self.field_dipole else [positions, strain]
+        response = self.field_dipole and compute_field_response
+        gradients = torch.autograd.grad([energy.sum()], wrt, create_graph=response)
         position_gradient, strain_gradient = gradients[0], gradients[1]
         assert position_gradient is not None and strain_gradient is not None
         out = {
             "energy": energy.detach(),
             "node_energy": node_energy.detach(),
-            "forces": -position_gradient,
-            "virial": -strain_gradient,
+            "forces": -position_gradient.detach(),
+            "virial": -strain_gradient.detach(),
         }
         if compute_stress:
-            out["stress"] = strain_gradient / torch.linalg.det(cell).abs()[:, None, None]
+            out["stress"] = strain_gradient.detach() / torch.linalg.det(cell).abs()[:, None, None]
+        if self.dipole_head:
+            out["dipole"] = dipole.detach()
+        if self.polarizability_head:
+            out["polarizability"] = polarizability.detach()
+        if self.field_dipole:
+            field_gradient = gradients[2]
+            assert field_gradient is not None
+            out["dipole"] = -field_gradient.detach()
+            if response:
+                out["polarizability"], out["born_charges"] = self._field_response(-field_gradient, electric_field, positions)
         return out
+
+    def _field_response(self, dipole: Tensor, field: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """``d mu_j / d F_k`` ``[n_graphs, 3, 3]`` (Å^3) and ``d mu_j / d R_Ak`` ``[n_atoms, 3, 3]`` (e), as
+        :func:`.conditions.field_response` gives them."""
+        alpha_rows, born_rows = [], []
+        for j in range(3):
+            rows = torch.autograd.grad([dipole[:, j].sum()], [field, positions], retain_graph=True, allow_unused=True)
+            alpha_row, born_row = rows[0], rows[1]
+            alpha_rows.append(torch.zeros_like(field) if alpha_row is None else alpha_row)
+            born_rows.append(torch.zeros_like(positions) if born_row is None else born_row)
+        return torch.stack(alpha_rows, dim=-2) * self.coulomb, torch.stack(born_rows, dim=-2)
 
 
 def condition_inputs(atoms: Atoms, dtype: torch.dtype) -> tuple[Tensor, ...]:
@@ -168,12 +214,9 @@ def export_model(model: CartesianTensorPotential, path: str | Path) -> Path:
 
     Models with conditions (charge, spin, fidelity, field) take them as the file's last inputs. The
     long-range term's electrostatic sum is scripted, not traced (it branches on each structure's
-    periodicity and sizes its wave vectors by the cell). Models with tensor heads or ``field_dipole``
-    are refused: the file does not give those outputs.
+    periodicity and sizes its wave vectors by the cell). Tensor heads and ``field_dipole`` outputs are
+    among the file's outputs.
     """
-    if model.tensor_readouts is not None or model.config.field_dipole:
-        raise ValueError("a model with dipole, polarizability or field_dipole outputs cannot be exported yet; use its "
-                         "checkpoint with TACECalculator")
     model = model.eval()
     dtype = next(model.parameters()).dtype
     example = Atoms("HCNO", positions=[[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.9, 1.0, 1.1]])
@@ -184,20 +227,25 @@ def export_model(model: CartesianTensorPotential, path: str | Path) -> Path:
         parameter.requires_grad_(False)
     traced = torch.jit.trace(_NodeEnergies(model), inputs, check_trace=False)
     scripted = torch.jit.script(DeployedPotential(traced, list(model.config.atomic_numbers), model.config.r_max,
-                                                  model.long_range))
+                                                  model.long_range, model.config.dipole, model.config.polarizability,
+                                                  model.config.field_dipole))
     path = Path(path)
     scripted.save(str(path))
     return path
 
 
 class DeployedCalculator(Calculator):
-    """ASE calculator of an exported file: energy (eV), forces (eV/Å), stress (eV/Å^3, periodic).
+    """ASE calculator of an exported file: energy (eV), forces (eV/Å), stress (eV/Å^3, periodic); for molecules
+    the ``dipole`` (e Å) and ``polarizability`` (Å^3) of a file that has them, and for ``field_dipole`` files,
+    when asked for (``calc.get_property("born_effective_charges", atoms)``), the polarizability and the Born
+    effective charges [n_atoms, 3, 3] (e), as :class:`~tace_aiida.model.calculator.TACECalculator` gives them.
 
     Load only files you trust: unlike a checkpoint (read with ``weights_only``), an exported
     file carries the model as TorchScript code, which ``torch.jit.load`` runs.
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "dipole", "polarizability",
+                              "born_effective_charges"]
 
     def __init__(self, path: str | Path, device: str = "cpu", **kwargs) -> None:
         super().__init__(**kwargs)
@@ -205,6 +253,7 @@ class DeployedCalculator(Calculator):
         self.device = torch.device(device)
         self.dtype = next(self.module.parameters()).dtype
         self.takes_conditions = bool(getattr(self.module, "takes_conditions", False))
+        self.field_dipole = bool(getattr(self.module, "field_dipole", False))
 
     def check_state(self, atoms: Atoms, tol: float = 1e-15) -> list[str]:
         """ASE's changes, plus ``info`` when a condition (charge, spin, fidelity, electric_field) changed."""
@@ -218,8 +267,9 @@ class DeployedCalculator(Calculator):
         periodic = bool(self.atoms.pbc.all())
         inputs = graph_inputs(self.atoms, self.module.atomic_numbers, self.module.r_max, self.dtype)
         extra = condition_inputs(self.atoms, self.dtype) if self.takes_conditions else ()
+        response = self.field_dipole and bool(set(properties or ()) & {"polarizability", "born_effective_charges"})
         out = self.module(*[tensor.to(self.device) for tensor in inputs], periodic,
-                          *[tensor.to(self.device) for tensor in extra])
+                          *[tensor.to(self.device) for tensor in extra], *((response,) if self.field_dipole else ()))
         energy = float(out["energy"][0])
         self.results = {
             "energy": energy,
@@ -229,6 +279,11 @@ class DeployedCalculator(Calculator):
         }
         if periodic:
             self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0].detach().cpu().double().numpy())
+        for name in ("dipole", "polarizability"):
+            if name in out and not self.atoms.pbc.any():
+                self.results[name] = out[name][0].detach().cpu().double().numpy()
+        if "born_charges" in out:
+            self.results["born_effective_charges"] = out["born_charges"].detach().cpu().double().numpy()
 
 
 def main(argv: list[str] | None = None) -> int:

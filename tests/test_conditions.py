@@ -212,7 +212,7 @@ def test_polarizability_and_born_charges_are_second_field_derivatives(tmp_path, 
 
 def test_an_exported_file_takes_the_conditions_and_equals_the_model(tmp_path, frames_300K):
     """Energy, forces and stress of the TorchScript file equal the Python model's (1e-10, float64) at conditions
-    other than the ones it was traced at; a field_dipole model is refused."""
+    other than the ones it was traced at."""
     model = conditioned_model()
     calculator = DeployedCalculator(export_model(model, tmp_path / "model.ts"))
     cell = periodic_cell(seed=3)
@@ -230,8 +230,38 @@ def test_an_exported_file_takes_the_conditions_and_equals_the_model(tmp_path, fr
         if atoms.pbc.all():
             assert np.abs(atoms.get_stress(voigt=False) - expected.stress[0].detach().numpy()).max() < 1e-10
     assert abs(energies[0] - energies[1]) > 1e-3
-    with pytest.raises(ValueError, match="field_dipole"):
-        export_model(conditioned_model(field_dipole=True), tmp_path / "refused.ts")
+
+
+def test_an_exported_field_dipole_file_gives_the_dipole_polarizability_and_born_charges(tmp_path, frames_300K):
+    """A ``field_dipole`` model's file: dipole -dE/dF always, polarizability and Born charges when asked for, equal
+    to the Python model's (1e-10, float64) for an ion in a field and a periodic cell (Born charges only there),
+    and through the module directly for two structures in one batch."""
+    model = conditioned_model(field_dipole=True)
+    path = export_model(model, tmp_path / "field.ts")
+    calculator = DeployedCalculator(path)
+    ion = with_info(frames_300K[1], charge=1.0, electric_field=[0.1, -0.3, 0.2])
+    cell = with_info(periodic_cell(seed=3), electric_field=[0.0, 0.2, 0.1])
+    for atoms in (ion, cell):
+        expected = model(collate([atoms_to_graph(atoms, SPECIES_3BPA, 5.0, dtype=torch.float64)]),
+                         compute_stress=bool(atoms.pbc.all()), compute_field_response=True)
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        atoms.get_forces()
+        assert "born_effective_charges" not in atoms.calc.results, "computed only when asked for"
+        born = atoms.calc.get_property("born_effective_charges", atoms)
+        assert np.abs(born - expected.born_charges.detach().numpy()).max() < 1e-10
+        assert np.abs(born).max() > 1e-3
+        if not atoms.pbc.any():
+            assert np.abs(atoms.get_dipole_moment() - expected.dipole[0].detach().numpy()).max() < 1e-10
+            alpha = atoms.calc.get_property("polarizability", atoms)
+            assert np.abs(alpha - expected.polarizability[0].detach().numpy()).max() < 1e-10
+    module = torch.jit.load(str(path))
+    batch = collate([atoms_to_graph(atoms, SPECIES_3BPA, 5.0, dtype=torch.float64) for atoms in (ion, frames_300K[2])])
+    expected = model(batch, compute_field_response=True)
+    out = module(batch["positions"], batch["cell"], batch["species"], batch["edge_index"], batch["shifts"], batch["batch"],
+                 False, batch["total_charge"], batch["spin_multiplicity"], batch["fidelity"], batch["electric_field"], True)
+    for name in ("energy", "forces", "dipole", "polarizability", "born_charges"):
+        assert (out[name] - getattr(expected, name)).abs().max() < 1e-10, name
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from tace_aiida.model.cli import eval_main
 from tace_aiida.model.config import TrainingConfig
 from tace_aiida.model.data import LabelKeys, atoms_to_graph, collate
 from tace_aiida.model.ensemble import StackedEnsemble
+from tace_aiida.model.export import DeployedCalculator, export_model
 from tace_aiida.model.frames import read_columns, read_frames, write_frames
 from tace_aiida.model.graph_store import store_graphs
 from tace_aiida.model.training import train
@@ -29,6 +30,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: PBE/def2-SVP labels of displaced H2O, NH3, CH4, H2CO, CH3OH (benchmarks/pyscf_tensor_dataset.py).
 PYSCF_TENSORS = DATA / "pyscf_tensors.xyz"
+#: PBE/def2-SVP labels of H2O and NH3 in fields, with polarizabilities and Born charges (benchmarks/pyscf_field_dataset.py).
+PYSCF_FIELD = DATA / "pyscf_field.xyz"
+#: Born-charge test error with labels / without, at most (measured: see the test).
+BORN_GAIN = 0.7
 
 
 def tensor_model(seed: int = 1, **settings):
@@ -53,6 +58,23 @@ def test_labels_are_read_for_molecules_only():
     assert not bool(graph["has_dipole"]) and graph["dipole"].abs().max() == 0
 
 
+def test_born_charges_are_read_per_atom_for_molecules_and_cells():
+    """9 values per atom (row-major ``Z[j, k]``) or 3 x 3; a periodic cell's too, since they are derivatives."""
+    water = labelled_water()
+    born = np.arange(27.0).reshape(3, 3, 3)
+    water.new_array("born_effective_charges", born.reshape(3, 9))
+    graph = atoms_to_graph(water, SPECIES_3BPA, 5.0, LabelKeys(), torch.float64)
+    assert graph["born_charges"].numpy().tolist() == born.tolist() and bool(graph["has_born_charges"])
+    cell = periodic_cell(seed=1)
+    cell.new_array("born_effective_charges", np.ones((len(cell), 9)))
+    assert bool(atoms_to_graph(cell, SPECIES_3BPA, 5.0, LabelKeys(), torch.float64)["has_born_charges"])
+    graph = atoms_to_graph(periodic_cell(seed=1), SPECIES_3BPA, 5.0, LabelKeys(), torch.float64)
+    assert not bool(graph["has_born_charges"]) and graph["born_charges"].shape == (len(cell), 3, 3)
+    water.arrays["born_effective_charges"][1, 4] = np.nan
+    with pytest.raises(ValueError, match="'born_effective_charges' label is not finite at atom 1"):
+        atoms_to_graph(water, SPECIES_3BPA, 5.0, LabelKeys())
+
+
 def test_a_misshapen_label_is_named():
     with pytest.raises(ValueError, match="'polarizability' label has shape \\(4,\\)"):
         atoms_to_graph(labelled_water(polarizability=np.ones(4)), SPECIES_3BPA, 5.0, LabelKeys())
@@ -61,6 +83,8 @@ def test_a_misshapen_label_is_named():
 def test_frame_store_keeps_tensor_labels(tmp_path):
     """Labels written to an HDF5 frame store (a dipole from an extxyz calculator result, too) give the same graphs."""
     frames = [labelled_water(), labelled_water(dipole=(1.0, 2.0, 3.0)), periodic_cell(seed=2)]
+    frames[1].new_array("born_effective_charges", np.arange(27.0).reshape(3, 9))
+    frames[2].new_array("born_effective_charges", -np.ones((len(frames[2]), 9)))
     write(tmp_path / "frames.xyz", frames)
     frames = read(tmp_path / "frames.xyz", ":")
     assert "dipole" not in frames[0].info, "ASE's reader moves the dipole into the calculator's results"
@@ -68,9 +92,11 @@ def test_frame_store_keeps_tensor_labels(tmp_path):
     expected = [atoms_to_graph(atoms, SPECIES_3BPA, 5.0, LabelKeys(), torch.float64) for atoms in frames]
     found = store_graphs(tmp_path / "frames.h5", read_columns(tmp_path / "frames.h5"), SPECIES_3BPA, 5.0, LabelKeys(),
                          torch.float64)
-    for name in ("dipole", "polarizability", "has_dipole", "has_polarizability"):
+    for name in ("dipole", "polarizability", "has_dipole", "has_polarizability", "born_charges", "has_born_charges"):
         assert torch.equal(torch.cat([g[name] for g in found]), torch.cat([g[name] for g in expected])), name
     assert [bool(g["has_dipole"]) for g in found] == [True, True, False]
+    assert [bool(g["has_born_charges"]) for g in found] == [False, True, True]
+    assert found[1]["born_charges"][2, 1, 0] == 21.0
     assert read_frames(tmp_path / "frames.h5")[1].info["dipole"].tolist() == [1.0, 2.0, 3.0]
 
 
@@ -135,6 +161,31 @@ def test_stacked_ensemble_and_calculator_give_the_members_tensors(tmp_path, fram
     assert "dipole" not in cell.calc.results, "a periodic cell's dipole is not defined by this head"
 
 
+def test_an_exported_file_gives_the_heads_dipole_and_polarizability(tmp_path, frames_300K):
+    """The TorchScript file of a model with both heads equals the Python model (1e-10, float64) for an ion, and for
+    two molecules in one batch; a periodic cell gets energy and stress but no dipole."""
+    model = tensor_model(embed_charge=True)
+    path = export_model(model, tmp_path / "heads.ts")
+    ion = frames_300K[4].copy()
+    ion.info["charge"] = -1.0
+    expected = model(collate([atoms_to_graph(ion, SPECIES_3BPA, 5.0, dtype=torch.float64)]))
+    ion.calc = DeployedCalculator(path)
+    assert np.abs(ion.get_dipole_moment() - expected.dipole[0].detach().numpy()).max() < 1e-10
+    assert np.abs(ion.calc.results["polarizability"] - expected.polarizability[0].detach().numpy()).max() < 1e-10
+    assert np.abs(expected.dipole.detach().numpy()).max() > 1e-2
+    module = torch.jit.load(str(path))
+    batch = collate([atoms_to_graph(atoms, SPECIES_3BPA, 5.0, dtype=torch.float64) for atoms in frames_300K[:2]])
+    expected = model(batch)
+    out = module(batch["positions"], batch["cell"], batch["species"], batch["edge_index"], batch["shifts"], batch["batch"],
+                 False)
+    for name in ("energy", "forces", "dipole", "polarizability"):
+        assert (out[name] - getattr(expected, name)).abs().max() < 1e-10, name
+    cell = periodic_cell(seed=1)
+    cell.calc = DeployedCalculator(path)
+    cell.get_stress()
+    assert "dipole" not in cell.calc.results
+
+
 def test_training_refuses_a_head_without_labels(tmp_path):
     shutil.copy(DATA / "3bpa_300K_40.xyz", tmp_path / "train.xyz")
     config = TrainingConfig.from_dict({"train_file": "train.xyz", "model": {"dipole": True}, "max_epochs": 1,
@@ -182,3 +233,28 @@ def test_a_field_dipole_model_learns_polarizabilities_as_a_second_field_derivati
     summary, baselines = train_on_pyscf_tensors(tmp_path, {"embed_field": True, "field_dipole": True})
     for name, baseline in baselines.items():
         assert summary["test"][f"{name}_rmse"] < 0.5 * baseline, (name, summary["test"][f"{name}_rmse"], baseline)
+
+
+@pytest.mark.slow
+def test_born_charge_labels_train_a_field_dipole_model(tmp_path, capsys):
+    """H2O and NH3 in fields, 60 frames, 40 epochs, the same seed: with Born-charge labels in the loss the test
+    Born-charge error is well below that of the same model trained without them; tace-eval reports it."""
+    frames = read(PYSCF_FIELD, ":")
+    write(tmp_path / "train.xyz", frames[:60])
+    write(tmp_path / "test.xyz", frames[60:])
+    errors = {}
+    for weight in (0.0, 100.0):
+        config = TrainingConfig.from_dict(
+            {"train_file": "train.xyz", "test_file": "test.xyz", "valid_fraction": 0.1,
+             "model": {"channels": 16, "radial_mlp": [32, 32], "max_edge_rank": 2, "correlation": 2, "embed_field": True,
+                       "field_dipole": True},
+             "forces_weight": 10.0, "dipole_weight": 100.0, "polarizability_weight": 0.0, "born_charges_weight": weight,
+             "max_epochs": 40, "batch_size": 5, "output_dir": f"out_{weight}", "progress_bar": False},
+            base_dir=tmp_path,
+        )
+        summary = train(config)
+        errors[weight] = summary["test"]["born_charges_rmse"]
+    assert errors[100.0] < BORN_GAIN * errors[0.0], errors
+    assert eval_main(["--checkpoint", summary["checkpoint"], "--data", str(tmp_path / "test.xyz"), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["born_charges_rmse"] == pytest.approx(errors[100.0])
