@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from aiida import orm
 from aiida.engine import run_get_node
 from ase import Atoms
 from ase.build import bulk, molecule
+from tace_aiida.model.data import LabelKeys, atoms_to_graph
 
 from tace_aiida.calculations.label_ase import AseLabelCalculation
 from tace_aiida.data import TrainingSetData
@@ -189,9 +191,10 @@ def finite_difference_force(atoms: Atoms, calculator, atom: int, axis: int, step
     return -(energies[0] - energies[1]) / (2 * step)
 
 
-def label_with(installed_code, frames: list[Atoms], recipe: dict):
+def label_with(installed_code, frames: list[Atoms], recipe: dict, properties: list[str] | None = None):
+    extra = {"properties": orm.List(properties)} if properties else {}
     return run_get_node(AseLabelCalculation, code=installed_code("tace-label"), structures=TrainingSetData(frames),
-                        **recipes.as_inputs(recipe))
+                        **recipes.as_inputs(recipe), **extra)
 
 
 def water() -> Atoms:
@@ -244,3 +247,28 @@ def test_cp2k_labels_silicon(aiida_profile, installed_code):
     assert np.allclose(perfect.get_stress()[3:], 0.0, atol=1e-5)
     assert rattled.get_potential_energy() > perfect.get_potential_energy()
     assert perfect.get_potential_energy() / 2 == pytest.approx(-106.5, abs=1.5)
+
+
+@pytest.mark.slow
+def test_quantum_espresso_labels_born_charges_of_a_crystal(aiida_profile, installed_code):
+    """AlAs (LDA, norm-conserving): pw.x energy, forces and stress and ph.x's Born charges land where training reads
+    them. The ideal cell's are isotropic and obey the acoustic sum rule; a rattled cell's differ from them."""
+    require_program("pw.x")
+    require_program("ph.x")
+    ideal = bulk("AlAs", "zincblende", a=5.66)
+    rattled = ideal.copy()
+    rattled.rattle(0.05, seed=1)
+    recipe = recipes.espresso_dfpt({"Al": "Al.pz-vbc.UPF", "As": "As.pz-bhs.UPF"}, ecutwfc_ry=16.0, kpts=(4, 4, 4),
+                                   threads=1)
+    results, node = label_with(installed_code, [ideal, rattled], recipe,
+                               ["energy", "forces", "stress", "born_effective_charges"])
+    assert node.is_finished_ok, node.exit_message
+    assert results["report"]["num_labelled"] == 2, results["report"]["failures"]
+    graphs = [atoms_to_graph(atoms, [13, 33], 5.0, LabelKeys(), torch.float64) for atoms in results["dataset"].get_atoms()]
+    assert all(bool(graph["has_born_charges"]) and bool(graph["has_stress"]) for graph in graphs)
+    born = [graph["born_charges"].numpy() for graph in graphs]
+    assert np.abs(born[0][0] - born[0][0, 0, 0] * np.eye(3)).max() < 1e-3, "isotropic in the cubic cell"
+    assert 1.8 < born[0][0, 0, 0] < 2.6, "Al in AlAs: about +2.2 e"
+    assert np.abs(born[0].sum(axis=0)).max() < 0.05, "acoustic sum rule"
+    assert np.abs(graphs[0]["forces"].numpy()).max() < 1e-3
+    assert np.abs(born[1] - born[0]).max() > 1e-3

@@ -32,8 +32,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 PYSCF_TENSORS = DATA / "pyscf_tensors.xyz"
 #: PBE/def2-SVP labels of H2O and NH3 in fields, with polarizabilities and Born charges (benchmarks/pyscf_field_dataset.py).
 PYSCF_FIELD = DATA / "pyscf_field.xyz"
-#: Born-charge test error with labels / without, at most (measured: see the test).
-BORN_GAIN = 0.7
+#: Born-charge test error with labels / without, at most (measured 0.19: 0.012 against 0.065 e).
+BORN_GAIN = 0.5
 
 
 def tensor_model(seed: int = 1, **settings):
@@ -73,6 +73,35 @@ def test_born_charges_are_read_per_atom_for_molecules_and_cells():
     water.arrays["born_effective_charges"][1, 4] = np.nan
     with pytest.raises(ValueError, match="'born_effective_charges' label is not finite at atom 1"):
         atoms_to_graph(water, SPECIES_3BPA, 5.0, LabelKeys())
+
+
+def test_born_charge_labels_of_periodic_cells_enter_the_loss_of_a_field_dipole_model(tmp_path):
+    """A field_dipole model trains on crystals' Born charges (a crystal has them, though not a dipole): the loss
+    moves them, and the validation metrics report them; the cells' Born charges sum to zero over the atoms."""
+    from tace_aiida.model.training import field_response_labelled, loss_function
+
+    frames = []
+    for seed in range(6):
+        cell = periodic_cell(seed=seed, n_atoms=6)
+        born = np.random.default_rng(seed).normal(size=(6, 3, 3))
+        cell.new_array("born_effective_charges", (born - born.mean(axis=0)).reshape(6, 9))
+        cell.info["energy"] = -float(seed)
+        frames.append(cell)
+    config = TrainingConfig.from_dict({"train_file": "train.xyz", "model": {"embed_field": True, "field_dipole": True},
+                                       "forces_weight": 0.0, "stress_weight": 0.0, "max_epochs": 2, "batch_size": 3,
+                                       "output_dir": "out", "progress_bar": False}, base_dir=tmp_path)
+    graphs = [atoms_to_graph(atoms, SPECIES_3BPA, 5.0, LabelKeys(), torch.float64) for atoms in frames]
+    assert field_response_labelled(graphs, config)
+    with default_dtype(torch.float64):
+        model = small_model(seed=1, embed_field=True, field_dipole=True)
+    out = model(collate(graphs), training=True, compute_field_response=True)
+    assert torch.allclose(out.born_charges.sum(dim=0), torch.zeros(3, 3, dtype=torch.float64), atol=1e-10)
+    with_born = loss_function(out, collate(graphs), config)
+    config.born_charges_weight = 0.0
+    assert float(with_born - loss_function(out, collate(graphs), config)) > 0.1
+    write(tmp_path / "train.xyz", frames)
+    config.born_charges_weight = 1.0
+    assert "valid_born_charges_rmse" in train(config)["best"]
 
 
 def test_a_misshapen_label_is_named():

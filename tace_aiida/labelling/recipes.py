@@ -29,6 +29,12 @@ The values behind them, for use without these helpers:
   ``parameters={'xc': 'PBE', 'basis': 'def2-SVP'}``,
   ``condition_parameters={'charge': 'charge', 'spin': 'unpaired_electrons', 'electric_field': 'electric_field'}``
   (dipoles too; forces in a field are the exact gradient).
+- Quantum ESPRESSO with Born effective charges (Debian ``quantum-espresso``; periodic insulators):
+  ``calculator='tace_aiida.labelling.espresso_dfpt.EspressoDFPTCalculator'``,
+  ``parameters={'pseudopotentials': {symbol: UPF file}, 'kpts': [n1, n2, n3], 'koffset': [1, 1, 1],
+  'input_data': {'system': {'ecutwfc': <Ry>}}}``; ``properties`` may add ``born_effective_charges``
+  (ph.x at Γ). For energies and forces alone, ``tace.label_qe`` (aiida-quantumespresso) is the
+  better choice: it restarts failed runs and keeps pw.x's outputs in the provenance graph.
 
 All labels come out in eV, eV/Å and eV/Å^3 (ASE's units).
 """
@@ -135,3 +141,24 @@ def pyscf_dft(xc: str = "PBE", basis: str = "def2-SVP", charge: int | None = Non
         condition_parameters["spin"] = "unpaired_electrons"
     return {"calculator": "tace_aiida.labelling.pyscf_calculator.PySCFCalculator", "parameters": parameters,
             "condition_parameters": condition_parameters}
+
+
+def espresso_dfpt(pseudopotentials: dict[str, str], ecutwfc_ry: float, kpts: tuple[int, int, int] = (4, 4, 4),
+                  koffset: tuple[int, int, int] = (1, 1, 1), pseudo_dir: str | None = None,
+                  threads: int | None = None) -> Recipe:
+    """pw.x energies, forces and stress and ph.x Born effective charges of periodic insulators.
+
+    ``pseudopotentials``: {symbol: UPF file name} in ``pseudo_dir`` (default Debian's
+    ``/usr/share/espresso/pseudo``); ``ecutwfc_ry``: wave-function cutoff (Ry); ``kpts``/``koffset``:
+    Monkhorst-Pack mesh and shift (Born charges converge slowly with it: check the acoustic sum
+    rule, ``sum_A Z_A = 0``); ``threads``: ``OMP_NUM_THREADS`` of both programs.
+    """
+    if not ecutwfc_ry > 0:
+        raise ValueError(f"ecutwfc_ry must be a positive cutoff in Ry, not {ecutwfc_ry!r}")
+    prefix = [] if threads is None else ["env", f"OMP_NUM_THREADS={int(threads)}"]
+    parameters: dict[str, Any] = {"pseudopotentials": dict(pseudopotentials), "kpts": list(kpts), "koffset": list(koffset),
+                                  "input_data": {"system": {"ecutwfc": float(ecutwfc_ry)}},
+                                  "pw_command": [*prefix, "pw.x"], "ph_command": [*prefix, "ph.x"]}
+    if pseudo_dir is not None:
+        parameters["pseudo_dir"] = str(pseudo_dir)
+    return {"calculator": "tace_aiida.labelling.espresso_dfpt.EspressoDFPTCalculator", "parameters": parameters}
