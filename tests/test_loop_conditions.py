@@ -271,17 +271,17 @@ def test_a_structure_label_the_loop_needs_for_itself_is_refused(aiida_profile, i
 @pytest.mark.slow
 def test_the_loop_labels_trains_and_explores_a_cation_and_a_molecule_in_a_field(fast_polling, installed_code):
     """Every frame explored from the cation carries charge 1 and spin 2, every frame explored from the molecule
-    in a field carries the field: MD runs at them, the labels (energy, forces, dipole) equal PySCF's at them,
-    and the members embed them and learn dipoles."""
+    in a field carries the field: MD runs at them, the labels (energy, forces, dipole, Born charges) equal PySCF's at
+    them, and the members embed them and learn dipoles and Born charges as field derivatives (``field_dipole``)."""
     require_module("pyscf")
     from tace_aiida.labelling.pyscf_calculator import PySCFCalculator
 
     recipe = recipes.pyscf_dft("HF", "sto-3g")
     conditions = {"cation": {"charge": 1, "spin": 2}, "in_field": {"electric_field": [0.0, 0.2, 0.3]}}
-    model = {"embed_charge": True, "embed_spin": True, "embed_field": True, "dipole": True}
+    model = {"embed_charge": True, "embed_spin": True, "embed_field": True, "field_dipole": True}
     builder = water_builder(installed_code, conditions, model=model, mapping=recipe["condition_parameters"],
                             recipe=recipe)
-    builder.label_ase.properties = orm.List(["energy", "forces", "dipole"])
+    builder.label_ase.properties = orm.List(["energy", "forces", "dipole", "born_effective_charges"])
     builder.stopping = orm.Dict({"max_iterations": 1})
     builder.exploration = orm.List([{"temperatures": [300], "steps": 20, "timestep": 0.5, "save_interval": 4}])
     results, node = run_get_node(builder)
@@ -311,10 +311,16 @@ def test_the_loop_labels_trains_and_explores_a_cation_and_a_molecule_in_a_field(
         assert frame.get_potential_energy() == pytest.approx(direct.get_potential_energy(), abs=1e-5)
         assert np.allclose(frame.get_forces(), direct.get_forces(), atol=1e-4)
         assert np.allclose(frame.info["dipole"], direct.get_dipole_moment(), atol=1e-5)
+        born = direct.calc.get_property("born_effective_charges", direct)
+        labels = atoms_to_graph(frame, [1, 8], 5.0, LabelKeys(), torch.float64)
+        assert bool(labels["has_born_charges"]) and np.allclose(labels["born_charges"].numpy(), born, atol=1e-4)
     for potential in results["ensemble"].values():
         calculator = potential.get_calculator(device="cpu")
         config = calculator.models[0].config
-        assert config.embed_charge and config.embed_spin and config.embed_field and config.dipole
+        assert config.embed_charge and config.embed_spin and config.embed_field and config.field_dipole
         cation = with_info(frames[0], charge=1, spin=2)
         cation.calc = calculator
         assert cation.get_dipole_moment().shape == (3,)
+        born = calculator.get_property("born_effective_charges", cation)
+        assert np.abs(born.sum(axis=0) - np.eye(3)).max() < 1e-5, "the sum rule with Q = 1 (members in float32)"
+
