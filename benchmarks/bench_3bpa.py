@@ -6,6 +6,10 @@ with the ratios to mace-torch, and writes it with the raw figures to ``--output`
 
     python -m benchmarks.bench_3bpa                 # full run (about an hour on 2 cores)
     python -m benchmarks.bench_3bpa --quick         # 40 frames, 2 epochs: checks the script works
+    python -m benchmarks.bench_3bpa --seed 2 --tace-model '{"message_normalization": "sqrt"}'
+
+``--seed`` draws the validation split and the initial weights of both models; ``--tace-model`` adds
+model settings (JSON) to tace-aiida's matched ones, for A/B runs of an option.
 
 Needs the ``benchmarks`` extra (``pip install -e .[benchmarks]``) and ``../shared/data/3bpa``.
 """
@@ -34,11 +38,13 @@ def main() -> None:
     parser.add_argument("--time-budget", type=float, help="training wall-clock cap per model (s)")
     parser.add_argument("--quick", action="store_true", help="tiny run that only checks the script works")
     parser.add_argument("--models", nargs="+", choices=list(RUNNERS), default=list(RUNNERS))
+    parser.add_argument("--seed", type=int, default=MatchedSettings.seed)
+    parser.add_argument("--tace-model", type=json.loads, default={}, help="extra tace-aiida model settings, JSON")
     parser.add_argument("--output", type=Path, default=Path("bench_3bpa.json"))
     args = parser.parse_args()
 
     torch.set_num_threads(torch.get_num_threads())
-    settings = MatchedSettings(epochs=args.epochs, channels=args.channels, time_budget_s=args.time_budget)
+    settings = MatchedSettings(epochs=args.epochs, channels=args.channels, time_budget_s=args.time_budget, seed=args.seed)
     train, valid, test, _ = load_3bpa_split(seed=settings.seed, valid_fraction=settings.valid_fraction)
     if args.quick:
         settings = replace(settings, epochs=2, channels=8)
@@ -49,12 +55,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_3bpa_") as scratch:
         for name in args.models:
             print(f"training {name} ...", flush=True)
-            model = RUNNERS[name](train, valid, settings, Path(scratch) / name)
+            extra = {"model_options": args.tace_model} if name == "tace-aiida" else {}
+            model = RUNNERS[name](train, valid, settings, Path(scratch) / name, **extra)
             rows[name] = benchmark_metrics(model, test, cell, repeats=2 if args.quick else 3, md_steps=20 if args.quick else 100)
             print(format_table({name: rows[name]}), flush=True)
     table = format_table(rows)
     print("\n" + table)
-    args.output.write_text(json.dumps({"settings": asdict(settings), "rows": rows, "table": table}, indent=1))
+    args.output.write_text(json.dumps({"settings": asdict(settings), "tace_model": args.tace_model, "rows": rows,
+                                       "table": table}, indent=1))
 
 
 if __name__ == "__main__":

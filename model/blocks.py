@@ -80,7 +80,9 @@ class SpeciesLinear(nn.Module):
 
 
 class InteractionBlock(ConstantsModule):
-    """Equivariant message passing: ``A_i = sum_j sum_paths w_p(r_ij) (h_j (x) T(r_ij)) -> l3 / <n_nbr>``.
+    """Equivariant message passing: ``A_i = sum_j sum_paths w_p(r_ij) (h_j (x) T(r_ij)) -> l3 / d``.
+
+    ``d`` is ``message_divisor``: the mean number of neighbours, or its square root (``ModelConfig.message_normalization``).
 
     Paths: node rank l1 <= ``max_node_rank``, edge rank l2 <= ``max_edge_rank``, output rank
     l3 <= ``max_edge_rank``, parity-even. All paths are fused into one coupling array
@@ -95,7 +97,7 @@ class InteractionBlock(ConstantsModule):
         channels: int,
         num_radial: int,
         radial_mlp: tuple[int, ...],
-        avg_num_neighbors: float,
+        message_divisor: float,
     ) -> None:
         super().__init__()
         self.linear_up = RankwiseLinear(max_node_rank, channels, channels)
@@ -123,7 +125,7 @@ class InteractionBlock(ConstantsModule):
         self.register_constant("target", target)
         self.radial = RadialMLP(num_radial, radial_mlp, len(paths), channels)
         self.linear = RankwiseLinear(max_edge_rank, channels, channels)
-        self.register_constant("avg_num_neighbors", torch.tensor(float(avg_num_neighbors), dtype=torch.float64))
+        self.register_constant("message_divisor", torch.tensor(float(message_divisor), dtype=torch.float64))
 
     def forward(self, node_features: Tensor, harmonics: Tensor, radial: Tensor, edge_index: Tensor) -> Tensor:
         """``node_features`` [..., n_nodes, C, D_node], ``harmonics`` [..., n_edges, D_edge],
@@ -136,7 +138,7 @@ class InteractionBlock(ConstantsModule):
         messages = messages * (self.radial(radial) @ self.spread)
         shape = (*messages.shape[:-3], node_features.shape[-3], *messages.shape[-2:])
         summed = messages.new_zeros(shape).index_add(-3, receiver, messages)
-        aggregated = summed @ self.target / self.avg_num_neighbors[..., None, None, None]
+        aggregated = summed @ self.target / self.message_divisor[..., None, None, None]
         return self.linear(aggregated)
 
 

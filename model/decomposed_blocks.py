@@ -22,7 +22,7 @@ Tensor = torch.Tensor
 
 
 class DecomposedInteractionBlock(ConstantsModule):
-    """``A_i = C @ sum_j w(r_ij) * (A.T h_j) * (B.T T(r_ij)) / <n_nbr>``.
+    """``A_i = C @ sum_j w(r_ij) * (A.T h_j) * (B.T T(r_ij)) / d``, ``d`` as in :class:`.blocks.InteractionBlock`.
 
     The node factor ``A`` is applied per node before the gather and the output factor ``C`` per
     node after the sum over neighbours, so an edge costs ``O(channels * R)``: one radial weight per
@@ -36,7 +36,7 @@ class DecomposedInteractionBlock(ConstantsModule):
         channels: int,
         num_radial: int,
         radial_mlp: tuple[int, ...],
-        avg_num_neighbors: float,
+        message_divisor: float,
         cp_rank: int,
         trainable: bool,
     ) -> None:
@@ -45,7 +45,7 @@ class DecomposedInteractionBlock(ConstantsModule):
         self.product = CPProduct(max_node_rank, max_edge_rank, max_edge_rank, cp_rank, trainable)
         self.radial = RadialMLP(num_radial, radial_mlp, 1, channels)
         self.linear = RankwiseLinear(max_edge_rank, channels, channels)
-        self.register_constant("avg_num_neighbors", torch.tensor(float(avg_num_neighbors), dtype=torch.float64))
+        self.register_constant("message_divisor", torch.tensor(float(message_divisor), dtype=torch.float64))
 
     def forward(self, node_features: Tensor, harmonics: Tensor, radial: Tensor, edge_index: Tensor) -> Tensor:
         """As :meth:`.blocks.InteractionBlock.forward`: ``[..., n_nodes, C, D_node] -> [..., n_nodes, C, D_edge]``."""
@@ -55,7 +55,7 @@ class DecomposedInteractionBlock(ConstantsModule):
         messages = left[..., sender, :, :] * edge_weights
         shape = (*messages.shape[:-3], node_features.shape[-3], *messages.shape[-2:])
         summed = messages.new_zeros(shape).index_add(-3, receiver, messages)
-        aggregated = self.product.out(summed) / self.avg_num_neighbors[..., None, None, None]
+        aggregated = self.product.out(summed) / self.message_divisor[..., None, None, None]
         return self.linear(aggregated)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -18,6 +19,10 @@ from .radial import RadialEmbedding
 from .tensor_outputs import TensorReadouts
 
 Tensor = torch.Tensor
+
+
+#: How each atom's sum of messages is normalised: by the mean number of neighbours, or its square root.
+MESSAGE_NORMALIZATIONS = ("mean", "sqrt")
 
 
 @dataclass
@@ -41,6 +46,9 @@ class ModelConfig:
     ``tensor_decomposition`` replaces every multi-path product by a CP decomposition of rank
     ``cp_rank`` (0: ``7 max_edge_rank**2``) with one weight for all paths (TDN, :mod:`.decomposition`);
     ``cp_trainable`` trains the CP factors instead of keeping them at their fit to the exact product.
+    ``message_normalization`` divides each atom's sum of messages by ``avg_num_neighbors`` (``mean``, as
+    MACE does) or by its square root (``sqrt``: the scale of a sum of that many uncorrelated messages,
+    which keeps the many-body features of the product basis from vanishing).
     """
 
     atomic_numbers: list[int]
@@ -71,6 +79,7 @@ class ModelConfig:
     tensor_decomposition: bool = False
     cp_rank: int = 0
     cp_trainable: bool = False
+    message_normalization: str = "mean"
 
     def __post_init__(self) -> None:
         if len(self.atomic_energies) != len(self.atomic_numbers):
@@ -88,12 +97,19 @@ class ModelConfig:
         if self.field_dipole and (not self.embed_field or self.dipole):
             raise ValueError(f"field_dipole: true takes the dipole as -dE/dF: it needs embed_field: true (not "
                              f"{self.embed_field}) and no dipole head (dipole: {self.dipole})")
+        if self.message_normalization not in MESSAGE_NORMALIZATIONS:
+            raise ValueError(f"message_normalization={self.message_normalization!r} must be one of {MESSAGE_NORMALIZATIONS}")
         if self.long_range_sigma <= 0 or self.long_range_spacing <= 0:
             raise ValueError(
                 f"long_range_sigma={self.long_range_sigma} and long_range_spacing={self.long_range_spacing} must be > 0 (Å)"
             )
         self.radial_mlp = tuple(self.radial_mlp)
         self.readout_mlp = tuple(self.readout_mlp)
+
+    @property
+    def message_divisor(self) -> float:
+        """What each atom's sum of messages is divided by (``message_normalization``)."""
+        return self.avg_num_neighbors if self.message_normalization == "mean" else math.sqrt(self.avg_num_neighbors)
 
     def to_dict(self) -> dict:
         """Plain types only (lists, numbers), safe for ``torch.load(weights_only=True)``."""
@@ -175,7 +191,7 @@ class CartesianTensorPotential(ConstantsModule):
             last = layer == config.num_interactions - 1
             out_rank = tensor_rank if last else config.max_hidden_rank
             interaction_settings = (
-                node_rank, config.max_edge_rank, channels, config.num_bessel, config.radial_mlp, config.avg_num_neighbors
+                node_rank, config.max_edge_rank, channels, config.num_bessel, config.radial_mlp, config.message_divisor
             )
             product_settings = (config.max_edge_rank, out_rank, config.correlation, channels, num_species)
             if config.tensor_decomposition:

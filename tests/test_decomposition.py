@@ -39,7 +39,7 @@ def tdn_model(seed: int = 1, **settings) -> torch.nn.Module:
 
 def test_stacked_map_is_the_sum_of_the_exact_interaction_paths():
     """The TDN map equals the exact block's per-path couplings summed into their output ranks."""
-    exact = InteractionBlock(1, 3, channels=2, num_radial=4, radial_mlp=(4,), avg_num_neighbors=1.0).double()
+    exact = InteractionBlock(1, 3, channels=2, num_radial=4, radial_mlp=(4,), message_divisor=1.0).double()
     summed_paths = exact.coupling @ exact.target
     assert torch.allclose(stacked_product_map(1, 3, 3), summed_paths, atol=1e-14)
 

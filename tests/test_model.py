@@ -39,3 +39,18 @@ def test_model_settings_reject_inconsistent_values():
         ModelConfig(atomic_numbers=SPECIES_3BPA, atomic_energies=[0.0, 0.0])
     with pytest.raises(ValueError, match="max_hidden_rank=4"):
         ModelConfig(atomic_numbers=[1], atomic_energies=[0.0], max_hidden_rank=4, max_edge_rank=3)
+
+
+def test_sqrt_message_normalization_divides_the_neighbour_sum_by_the_root_of_the_mean_count(frames_300K):
+    """The same weights: the first interaction's output is sqrt(avg_num_neighbors) = sqrt(15) times that of the
+    default ``mean``; an unknown value is refused by name."""
+    batch = collate([atoms_to_graph(frames_300K[0], SPECIES_3BPA, 5.0, dtype=torch.float64)])
+    outputs = {}
+    for mode in ("mean", "sqrt"):
+        with default_dtype(torch.float64):
+            model = small_model(seed=2, message_normalization=mode)
+        model.interactions[0].register_forward_hook(lambda module, inputs, output, mode=mode: outputs.update({mode: output}))
+        model(batch)
+    assert torch.allclose(outputs["sqrt"], 15.0**0.5 * outputs["mean"], rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="message_normalization='median' must be one of"):
+        ModelConfig(atomic_numbers=[1], atomic_energies=[0.0], message_normalization="median")
