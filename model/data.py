@@ -44,6 +44,7 @@ from .keys import (
     POLARIZABILITY,
     POSITIONS,
     SHIFTS,
+    SPARSE_LABELS,
     SPECIES,
     SPIN_MULTIPLICITY,
     STRESS,
@@ -225,7 +226,8 @@ def atoms_to_graph(
     born = read_label(atoms, keys.born_charges, per_atom=True)
     if born is not None:
         born = checked_label(born, keys.born_charges, [(n_atoms, 9), (n_atoms, 3, 3)], per_atom=True).reshape(n_atoms, 3, 3)
-    graph[BORN_CHARGES] = torch.tensor(np.zeros((n_atoms, 3, 3)) if born is None else born, dtype=dtype)
+    if born is not None:
+        graph[BORN_CHARGES] = torch.tensor(born, dtype=dtype)
     graph[HAS_BORN_CHARGES] = torch.tensor([born is not None], dtype=dtype)
     return graph
 
@@ -261,7 +263,9 @@ def frames_to_graphs(
 
 
 def collate(graphs: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Concatenate graphs into one batch; edge indices are offset, ``batch`` numbers the graphs."""
+    """Concatenate graphs into one batch; edge indices are offset, ``batch`` numbers the graphs.
+
+    A sparse label (:data:`.keys.SPARSE_LABELS`) that only some graphs carry is filled with zeros for the others."""
     atom_counts = torch.tensor([len(g[POSITIONS]) for g in graphs])
     offsets = torch.cumsum(atom_counts, 0) - atom_counts
     batch = {
@@ -273,6 +277,11 @@ def collate(graphs: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
     for key in PER_GRAPH + PER_ATOM:
         if all(key in g for g in graphs):
             batch[key] = torch.cat([g[key] for g in graphs])
+    for key in SPARSE_LABELS:
+        template = next((g[key] for g in graphs if key in g), None)
+        if template is not None and key not in batch:
+            batch[key] = torch.cat([g[key] if key in g else template.new_zeros((int(n), *template.shape[1:]))
+                                    for g, n in zip(graphs, atom_counts, strict=True)])
     return batch
 
 

@@ -320,7 +320,8 @@ def label_suspects(label: Label, shapes: Sequence[tuple[int, ...]], offsets: np.
 
 
 def label_tensors(columns: FrameColumns, keys: LabelKeys, dtype: torch.dtype) -> tuple[dict[str, Tensor], np.ndarray] | None:
-    """Labels of every frame as tensors over all frames (zero where absent) with their masks, and
+    """Labels of every frame as tensors over all frames (zero where absent; Born charges only when some frame
+    has them) with their masks, and
     [n_frames] bool the frames whose labels :func:`.data.atoms_to_graph` refuses; None when some
     label is not readable column-wise."""
     energy = read_label(columns, keys.energy, per_atom=False)
@@ -356,9 +357,10 @@ def label_tensors(columns: FrameColumns, keys: LabelKeys, dtype: torch.dtype) ->
         POLARIZABILITY: masked(polarizability.values, polarizability.present, (n_frames, 3, 3)),
         HAS_DIPOLE: dipole.present,
         HAS_POLARIZABILITY: polarizability.present,
-        BORN_CHARGES: masked(born.values, np.repeat(born.present, np.diff(columns.offsets)), (n_atoms, 3, 3)),
         HAS_BORN_CHARGES: born.present,
     }
+    if born.present.any():
+        tensors[BORN_CHARGES] = masked(born.values, np.repeat(born.present, np.diff(columns.offsets)), (n_atoms, 3, 3))
     return {key: torch.tensor(values, dtype=dtype) for key, values in tensors.items()}, suspects
 
 
@@ -462,4 +464,8 @@ def graph_views(columns: FrameColumns, edges: Edges, species: np.ndarray, labels
     order = [POSITIONS, SPECIES, EDGE_INDEX, SHIFTS, CELL, BATCH, *CONDITIONS, ENERGY, FORCES, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS,
              DIPOLE, POLARIZABILITY, HAS_DIPOLE, HAS_POLARIZABILITY, BORN_CHARGES, HAS_BORN_CHARGES]
     names = [key for key in order if key in parts]
-    return [dict(zip(names, values, strict=True)) for values in zip(*(parts[key] for key in names), strict=True)]
+    graphs = [dict(zip(names, values, strict=True)) for values in zip(*(parts[key] for key in names), strict=True)]
+    for graph in graphs:
+        if BORN_CHARGES in graph and not graph[HAS_BORN_CHARGES].item():
+            del graph[BORN_CHARGES]
+    return graphs

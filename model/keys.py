@@ -41,7 +41,8 @@ STRESS = "stress"
 DIPOLE = "dipole"
 #: ``[n_graphs, 3, 3]`` float, Å^3: polarizability (volume) label of a molecule (0 where absent).
 POLARIZABILITY = "polarizability"
-#: ``[n_atoms, 3, 3]`` float, e: Born effective charge labels ``Z_A[j, k] = dF_Ak / dE_j`` (0 where absent).
+#: ``[n_atoms, 3, 3]`` float, e: Born effective charge labels ``Z_A[j, k] = dF_Ak / dE_j``; only graphs that have
+#: them carry the entry (a batch has zeros for the others).
 BORN_CHARGES = "born_charges"
 #: ``[n_graphs]`` float, 1 or 0: whether the graph has an energy label.
 HAS_ENERGY = "has_energy"
@@ -62,3 +63,5 @@ CONDITIONS = (TOTAL_CHARGE, SPIN_MULTIPLICITY, FIDELITY, ELECTRIC_FIELD)
 PER_GRAPH = (CELL, *CONDITIONS, ENERGY, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS, DIPOLE, POLARIZABILITY, HAS_DIPOLE,
              HAS_POLARIZABILITY, HAS_BORN_CHARGES)
 PER_ATOM = (POSITIONS, SPECIES, FORCES, BORN_CHARGES)
+#: Per-atom labels a graph carries only when it has them (9 floats per atom are too many to store as zeros).
+SPARSE_LABELS = (BORN_CHARGES,)

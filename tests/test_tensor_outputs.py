@@ -69,10 +69,25 @@ def test_born_charges_are_read_per_atom_for_molecules_and_cells():
     cell.new_array("born_effective_charges", np.ones((len(cell), 9)))
     assert bool(atoms_to_graph(cell, SPECIES_3BPA, 5.0, LabelKeys(), torch.float64)["has_born_charges"])
     graph = atoms_to_graph(periodic_cell(seed=1), SPECIES_3BPA, 5.0, LabelKeys(), torch.float64)
-    assert not bool(graph["has_born_charges"]) and graph["born_charges"].shape == (len(cell), 3, 3)
+    assert not bool(graph["has_born_charges"]) and "born_charges" not in graph, "no 9 zeros per atom stored"
     water.arrays["born_effective_charges"][1, 4] = np.nan
     with pytest.raises(ValueError, match="'born_effective_charges' label is not finite at atom 1"):
         atoms_to_graph(water, SPECIES_3BPA, 5.0, LabelKeys())
+
+
+def test_a_batch_of_graphs_with_and_without_born_charges_fills_zeros_where_absent():
+    """Only labelled graphs store Born charges; a mixed batch has each graph's rows in place, zeros (masked) elsewhere."""
+    labelled = labelled_water()
+    labelled.new_array("born_effective_charges", np.arange(1.0, 28.0).reshape(3, 9))
+    cell = periodic_cell(seed=1, n_atoms=6)
+    graphs = [atoms_to_graph(atoms, SPECIES_3BPA, 5.0, LabelKeys(), torch.float64)
+              for atoms in (cell, labelled, labelled_water())]
+    batch = collate(graphs)
+    assert batch["born_charges"].shape == (12, 3, 3)
+    assert batch["born_charges"][:6].abs().max() == 0 and batch["born_charges"][9:].abs().max() == 0
+    assert batch["born_charges"][6:9].reshape(3, 9).tolist() == np.arange(1.0, 28.0).reshape(3, 9).tolist()
+    assert batch["has_born_charges"].tolist() == [0.0, 1.0, 0.0]
+    assert "born_charges" not in collate([graphs[0], graphs[2]])
 
 
 def test_born_charge_labels_of_periodic_cells_enter_the_loss_of_a_field_dipole_model(tmp_path):
@@ -121,8 +136,10 @@ def test_frame_store_keeps_tensor_labels(tmp_path):
     expected = [atoms_to_graph(atoms, SPECIES_3BPA, 5.0, LabelKeys(), torch.float64) for atoms in frames]
     found = store_graphs(tmp_path / "frames.h5", read_columns(tmp_path / "frames.h5"), SPECIES_3BPA, 5.0, LabelKeys(),
                          torch.float64)
-    for name in ("dipole", "polarizability", "has_dipole", "has_polarizability", "born_charges", "has_born_charges"):
+    for name in ("dipole", "polarizability", "has_dipole", "has_polarizability", "has_born_charges"):
         assert torch.equal(torch.cat([g[name] for g in found]), torch.cat([g[name] for g in expected])), name
+    assert [sorted(g) for g in found] == [sorted(g) for g in expected]
+    assert torch.equal(collate(found)["born_charges"], collate(expected)["born_charges"])
     assert [bool(g["has_dipole"]) for g in found] == [True, True, False]
     assert [bool(g["has_born_charges"]) for g in found] == [False, True, True]
     assert found[1]["born_charges"][2, 1, 0] == 21.0
