@@ -15,6 +15,9 @@ from .potential import CartesianTensorPotential, ModelConfig
 
 FORMAT_NAME = "tace-aiida-potential"
 FORMAT_VERSION = 1
+#: Model settings whose default changed after checkpoints were written without them: the value those
+#: checkpoints were trained with (messages were divided by the mean neighbour count before 2026-12-03).
+SETTINGS_BEFORE_THEY_EXISTED = {"message_normalization": "mean"}
 
 
 class CheckpointError(ValueError):
@@ -89,7 +92,7 @@ def load_model(
     torch.set_default_dtype(dtype)
     try:
         with stored_factor_ranks(payload["state_dict"]):
-            model = CartesianTensorPotential(ModelConfig.from_dict(payload["model_config"]))
+            model = CartesianTensorPotential(ModelConfig.from_dict({**SETTINGS_BEFORE_THEY_EXISTED, **payload["model_config"]}))
     finally:
         torch.set_default_dtype(previous)
     try:

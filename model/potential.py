@@ -46,9 +46,10 @@ class ModelConfig:
     ``tensor_decomposition`` replaces every multi-path product by a CP decomposition of rank
     ``cp_rank`` (0: ``7 max_edge_rank**2``) with one weight for all paths (TDN, :mod:`.decomposition`);
     ``cp_trainable`` trains the CP factors instead of keeping them at their fit to the exact product.
-    ``message_normalization`` divides each atom's sum of messages by ``avg_num_neighbors`` (``mean``, as
-    MACE does) or by its square root (``sqrt``: the scale of a sum of that many uncorrelated messages,
-    which keeps the many-body features of the product basis from vanishing).
+    ``message_normalization`` divides each atom's sum of messages by the square root of ``avg_num_neighbors``
+    (``sqrt``, the default: the scale of a sum of that many uncorrelated messages, which keeps the many-body
+    features of the product basis from vanishing) or by ``avg_num_neighbors`` itself (``mean``, as MACE does,
+    and as checkpoints saved before the option existed do).
     """
 
     atomic_numbers: list[int]
@@ -79,7 +80,7 @@ class ModelConfig:
     tensor_decomposition: bool = False
     cp_rank: int = 0
     cp_trainable: bool = False
-    message_normalization: str = "mean"
+    message_normalization: str = "sqrt"
 
     def __post_init__(self) -> None:
         if len(self.atomic_energies) != len(self.atomic_numbers):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from ase import Atoms
+from tace_aiida.model.checkpoint import load_model, save_checkpoint
 from tace_aiida.model.data import atoms_to_graph, collate
 from tace_aiida.model.potential import ModelConfig
 
@@ -42,8 +43,8 @@ def test_model_settings_reject_inconsistent_values():
 
 
 def test_sqrt_message_normalization_divides_the_neighbour_sum_by_the_root_of_the_mean_count(frames_300K):
-    """The same weights: the first interaction's output is sqrt(avg_num_neighbors) = sqrt(15) times that of the
-    default ``mean``; an unknown value is refused by name."""
+    """The same weights: the first interaction's output with ``sqrt`` (the default) is sqrt(avg_num_neighbors) =
+    sqrt(15) times that with ``mean``; an unknown value is refused by name."""
     batch = collate([atoms_to_graph(frames_300K[0], SPECIES_3BPA, 5.0, dtype=torch.float64)])
     outputs = {}
     for mode in ("mean", "sqrt"):
@@ -54,3 +55,19 @@ def test_sqrt_message_normalization_divides_the_neighbour_sum_by_the_root_of_the
     assert torch.allclose(outputs["sqrt"], 15.0**0.5 * outputs["mean"], rtol=1e-12, atol=0)
     with pytest.raises(ValueError, match="message_normalization='median' must be one of"):
         ModelConfig(atomic_numbers=[1], atomic_energies=[0.0], message_normalization="median")
+
+
+def test_a_checkpoint_saved_before_message_normalization_existed_loads_with_mean(tmp_path, frames_300K):
+    """Older checkpoints have no ``message_normalization``; they were trained dividing by the mean neighbour
+    count, so they must load that way, not with today's default, and give the energies they gave."""
+    with default_dtype(torch.float64):
+        model = small_model(seed=3, message_normalization="mean")
+    path = save_checkpoint(tmp_path / "old.pt", model)
+    payload = torch.load(path, weights_only=True)
+    del payload["model_config"]["message_normalization"]
+    torch.save(payload, path)
+    loaded, _ = load_model(path)
+    assert loaded.config.message_normalization == "mean"
+    assert ModelConfig(atomic_numbers=[1], atomic_energies=[0.0]).message_normalization == "sqrt"
+    batch = collate([atoms_to_graph(frames_300K[0], SPECIES_3BPA, 5.0, dtype=torch.float64)])
+    assert torch.equal(loaded(batch).energy, model.eval()(batch).energy)
