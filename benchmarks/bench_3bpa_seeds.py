@@ -1,0 +1,74 @@
+"""Mean and spread over seeds of several ``bench_3bpa`` runs, with ratios to mace-torch.
+
+Each input is a JSON file written by ``python -m benchmarks.bench_3bpa --output``. Rows are grouped by
+model and by the extra tace-aiida model settings (``--tace-model``), so A/B runs of an option appear as
+columns of their own:
+
+    python -m benchmarks.bench_3bpa_seeds benchmarks/results/bench_3bpa_2026-12-03_*.json
+
+Only the accuracy rows are summarised: the timings of runs made side by side are not comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import REFERENCE_MODEL
+
+#: The metrics summarised: the test errors (the rows' labels as ``bench_3bpa`` writes them).
+ACCURACY_PREFIXES = ("E RMSE", "F RMSE")
+
+
+def column_name(model: str, tace_model: dict) -> str:
+    """``model`` with the extra model settings of its run, e.g. ``tace-aiida {"message_normalization": "mean"}``."""
+    return model if model != "tace-aiida" or not tace_model else f"{model} {json.dumps(tace_model, sort_keys=True)}"
+
+
+def collect(paths: list[Path]) -> dict[str, dict[str, dict[int, float]]]:
+    """column -> metric -> seed -> value, from the ``bench_3bpa`` output files ``paths``."""
+    found: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for path in paths:
+        result = json.loads(path.read_text())
+        seed = int(result["settings"]["seed"])
+        for model, row in result["rows"].items():
+            column = column_name(model, result.get("tace_model", {}))
+            for metric, value in row.items():
+                if metric.startswith(ACCURACY_PREFIXES):
+                    if seed in found[column][metric]:
+                        raise ValueError(f"{path}: a second {column!r} run with seed {seed}")
+                    found[column][metric][seed] = float(value)
+    return found
+
+
+def seed_table(found: dict[str, dict[str, dict[int, float]]], reference: str = REFERENCE_MODEL) -> str:
+    """Markdown table: mean ± standard deviation over seeds per column, and each column's mean over the
+    reference's mean (the seeds each column ran are listed in the header)."""
+    columns = list(found)
+    compared = [c for c in columns if c != reference] if reference in found else []
+    metrics = list(dict.fromkeys(m for column in found.values() for m in column))
+    seeds = {c: sorted({s for values in found[c].values() for s in values}) for c in columns}
+    header = ["metric", *(f"{c} (seeds {', '.join(map(str, seeds[c]))})" for c in columns),
+              *(f"{c} / {reference}" for c in compared)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for metric in metrics:
+        means = {c: np.mean(list(found[c][metric].values())) for c in columns if found[c].get(metric)}
+        cells = [f"{means[c]:.1f} ± {np.std(list(found[c][metric].values())):.1f}" if c in means else "–" for c in columns]
+        cells += [f"{means[c] / means[reference]:.2f}×" if c in means and reference in means else "–" for c in compared]
+        lines.append("| " + " | ".join([metric, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="+", type=Path, help="bench_3bpa output files (JSON)")
+    args = parser.parse_args()
+    print(seed_table(collect(args.files)))
+
+
+if __name__ == "__main__":
+    main()
