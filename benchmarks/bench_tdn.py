@@ -12,7 +12,8 @@ Three parts, each its own command:
 * ``accuracy --seed N``: exact, TDN (frozen factors) and TDN (trained factors) at the matched settings,
   trained on ``--train-frames`` frames of ``train_300K`` for ``--epochs``, test RMSE on the
   mixed-temperature frames by temperature (about 20 minutes per seed on one core); ``--variants``
-  picks among them and ``exact, sqrt messages`` (the exact model with ``message_normalization: sqrt``).
+  picks among them and ``exact, mean messages`` (the exact model with ``message_normalization: mean``, the
+  default before 2026-12-03).
 
     python -m benchmarks.bench_tdn equivariance
     python -m benchmarks.bench_tdn speed
@@ -56,7 +57,7 @@ ACCURACY_VARIANTS = {
     "exact": {},
     "TDN (frozen factors)": {"tensor_decomposition": True},
     "TDN (trained factors)": {"tensor_decomposition": True, "cp_trainable": True},
-    "exact, sqrt messages": {"message_normalization": "sqrt"},
+    "exact, mean messages": {"message_normalization": "mean"},
 }
 #: The products of the default architecture (edge rank 3, hidden rank 1, correlation 3): interaction
 #: from node rank 0 and 1, intermediate and final product-basis orders.
