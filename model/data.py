@@ -226,7 +226,6 @@ def atoms_to_graph(
     born = read_label(atoms, keys.born_charges, per_atom=True)
     if born is not None:
         born = checked_label(born, keys.born_charges, [(n_atoms, 9), (n_atoms, 3, 3)], per_atom=True).reshape(n_atoms, 3, 3)
-    if born is not None:
         graph[BORN_CHARGES] = torch.tensor(born, dtype=dtype)
     graph[HAS_BORN_CHARGES] = torch.tensor([born is not None], dtype=dtype)
     return graph
