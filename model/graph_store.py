@@ -320,8 +320,8 @@ def label_suspects(label: Label, shapes: Sequence[tuple[int, ...]], offsets: np.
 
 
 def label_tensors(columns: FrameColumns, keys: LabelKeys, dtype: torch.dtype) -> tuple[dict[str, Tensor], np.ndarray] | None:
-    """Labels of every frame as tensors over all frames (zero where absent; Born charges only when some frame
-    has them) with their masks, and
+    """Labels of every frame as tensors over all frames (zero where absent; Born charges ``[n, 3, 3]`` over the
+    atoms of the frames that have them only) with their masks, and
     [n_frames] bool the frames whose labels :func:`.data.atoms_to_graph` refuses; None when some
     label is not readable column-wise."""
     energy = read_label(columns, keys.energy, per_atom=False)
@@ -360,7 +360,8 @@ def label_tensors(columns: FrameColumns, keys: LabelKeys, dtype: torch.dtype) ->
         HAS_BORN_CHARGES: born.present,
     }
     if born.present.any():
-        tensors[BORN_CHARGES] = masked(born.values, np.repeat(born.present, np.diff(columns.offsets)), (n_atoms, 3, 3))
+        labelled_atoms = np.repeat(born.present, np.diff(columns.offsets))
+        tensors[BORN_CHARGES] = masked(born.values, labelled_atoms, (n_atoms, 3, 3))[labelled_atoms]
     return {key: torch.tensor(values, dtype=dtype) for key, values in tensors.items()}, suspects
 
 
@@ -452,7 +453,6 @@ def graph_views(columns: FrameColumns, edges: Edges, species: np.ndarray, labels
         SPECIES: torch.from_numpy(species),
         BATCH: torch.zeros(len(species), dtype=torch.long),
         FORCES: labels.get(FORCES),
-        BORN_CHARGES: labels.get(BORN_CHARGES),
     }
     per_frame = {CELL: torch.tensor(columns.cell * columns.pbc[..., None], dtype=dtype)}
     per_frame |= {key: labels[key] for key in (*CONDITIONS, *PER_FRAME_LABELS) if key in labels}
@@ -462,10 +462,13 @@ def graph_views(columns: FrameColumns, edges: Edges, species: np.ndarray, labels
     parts[EDGE_INDEX] = [block.view(2, -1) for block in pairs.split((2 * counts).tolist())]
     parts[SHIFTS] = torch.from_numpy(edges.shifts).to(dtype).split(counts.tolist())
     order = [POSITIONS, SPECIES, EDGE_INDEX, SHIFTS, CELL, BATCH, *CONDITIONS, ENERGY, FORCES, STRESS, HAS_ENERGY, HAS_FORCES, HAS_STRESS,
-             DIPOLE, POLARIZABILITY, HAS_DIPOLE, HAS_POLARIZABILITY, BORN_CHARGES, HAS_BORN_CHARGES]
+             DIPOLE, POLARIZABILITY, HAS_DIPOLE, HAS_POLARIZABILITY, HAS_BORN_CHARGES]
     names = [key for key in order if key in parts]
     graphs = [dict(zip(names, values, strict=True)) for values in zip(*(parts[key] for key in names), strict=True)]
-    for graph in graphs:
-        if BORN_CHARGES in graph and not graph[HAS_BORN_CHARGES].item():
-            del graph[BORN_CHARGES]
+    if BORN_CHARGES in labels:
+        labelled = labels[HAS_BORN_CHARGES].bool().tolist()
+        rows = iter(labels[BORN_CHARGES].split([size for size, flag in zip(sizes, labelled, strict=True) if flag]))
+        for graph, flag in zip(graphs, labelled, strict=True):
+            if flag:
+                graph[BORN_CHARGES] = next(rows)
     return graphs

@@ -116,6 +116,23 @@ def test_labels_under_other_keys_and_partial_info_equal_the_graphs_from_atoms(tm
     assert_same_graphs(store_graphs(path, read_columns(path), SPECIES, R_MAX, keys), expected)
 
 
+def test_born_charges_of_some_frames_are_stored_for_their_atoms_only(tmp_path):
+    """Frames with Born charges get them as from Atoms; the others carry none, and the one tensor behind the
+    labelled frames' views holds their atoms only (9 numbers per labelled atom, not per atom of the set)."""
+    frames = mixed_frames()
+    for index in (1, 3):
+        count = len(frames[index])
+        frames[index].new_array("born_effective_charges", np.arange(9.0 * count).reshape(count, 9) + index)
+    path = tmp_path / "born.h5"
+    write_frames(path, frames)
+    expected = frames_to_graphs(read_frames(path), str(path), SPECIES, R_MAX, LabelKeys(), torch.float64)
+    found = store_graphs(path, read_columns(path), SPECIES, R_MAX, LabelKeys(), torch.float64)
+    assert_same_graphs(found, expected)
+    assert [index for index, graph in enumerate(found) if "born_charges" in graph] == [1, 3]
+    labelled_atoms = len(frames[1]) + len(frames[3])
+    assert found[3]["born_charges"].untyped_storage().nbytes() == labelled_atoms * 9 * 8
+
+
 def test_graphs_are_views_of_few_tensors(store):
     graphs = store_graphs(store, read_columns(store), SPECIES, R_MAX, LabelKeys())
     for key in ("positions", "edge_index", "forces", "energy"):
