@@ -87,7 +87,9 @@ class InteractionBlock(ConstantsModule):
     Paths: node rank l1 <= ``max_node_rank``, edge rank l2 <= ``max_edge_rank``, output rank
     l3 <= ``max_edge_rank``, parity-even. All paths are fused into one coupling array
     ``[D_node, D_edge, Q]`` (Q = sum over paths of 2*l3+1). The edge harmonics are contracted first
-    (channel-independent), then one batched matmul per edge handles every channel and path.
+    (channel-independent), then one batched matmul per edge handles every channel and path. Each edge sums
+    its weighted paths into the ``D_edge`` output components before the sum over neighbours, so that sum
+    (and its backward, a gather) moves ``D_edge`` rather than Q numbers per channel and edge.
     """
 
     def __init__(
@@ -135,11 +137,10 @@ class InteractionBlock(ConstantsModule):
         up = self.linear_up(node_features)
         edge_coupling = torch.einsum("...ej,ijq->...eiq", harmonics, self.coupling)
         messages = torch.matmul(up[..., sender, :, :], edge_coupling)
-        messages = messages * (self.radial(radial) @ self.spread)
+        messages = (messages * (self.radial(radial) @ self.spread)) @ self.target
         shape = (*messages.shape[:-3], node_features.shape[-3], *messages.shape[-2:])
         summed = messages.new_zeros(shape).index_add(-3, receiver, messages)
-        aggregated = summed @ self.target / self.message_divisor[..., None, None, None]
-        return self.linear(aggregated)
+        return self.linear(summed / self.message_divisor[..., None, None, None])
 
 
 class ProductBasisBlock(ConstantsModule):
