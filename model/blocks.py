@@ -232,71 +232,46 @@ class ProductBasisBlock(ConstantsModule):
         return torch.cat(result, dim=-1)
 
 
-class Dense(nn.Linear):
-    """``nn.Linear`` with a choice of parametrisation, the same state-dict keys either way.
-
-    ``normalized``: weights start unit-normal and are multiplied by ``1/sqrt(fan-in)`` in the forward
-    pass, biases start at zero (e3nn style, as :class:`RankwiseLinear` and the radial MLP); with Adam the
-    effective step of the weights then shrinks with the fan-in like theirs. Otherwise torch's default.
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, normalized: bool = False) -> None:
-        self.normalized = normalized
-        super().__init__(in_features, out_features, bias=bias)
-        self.weight_scale = 1.0 / math.sqrt(in_features) if normalized else 1.0
-
-    def reset_parameters(self) -> None:
-        if not self.normalized:
-            super().reset_parameters()
-            return
-        nn.init.normal_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return linear(self, x)
-
-
 def linear(layer: nn.Linear, x: Tensor) -> Tensor:
     """``layer(x)`` that also broadcasts over leading member axes of the layer's weights."""
-    weight = layer.weight * layer.weight_scale if isinstance(layer, Dense) else layer.weight
-    y = x @ weight.mT
+    y = x @ layer.weight.mT
     return y if layer.bias is None else y + layer.bias.unsqueeze(-2)
 
 
 class LinearReadout(nn.Module):
-    """Per-atom energy from the rank-0 channels: ``[..., n, C, D] -> [..., n]`` (``normalized``: see :class:`Dense`)."""
+    """Per-atom energy from the rank-0 channels: ``[..., n, C, D] -> [..., n]``."""
 
-    def __init__(self, channels: int, normalized: bool = False) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        self.linear = Dense(channels, 1, bias=False, normalized=normalized)
+        self.linear = nn.Linear(channels, 1, bias=False)
 
     def forward(self, features: Tensor) -> Tensor:
-        return self.linear(features[..., 0]).squeeze(-1)
+        return linear(self.linear, features[..., 0]).squeeze(-1)
 
 
 class ScalarMLP(nn.Module):
-    """SiLU MLP to one number per row, ``[..., n, d] -> [..., n]``, broadcasting over member axes
-    (``normalized``: see :class:`Dense`)."""
+    """SiLU MLP to one number per row, ``[..., n, d] -> [..., n]``, broadcasting over member axes."""
 
-    def __init__(self, features: int, hidden: tuple[int, ...], output_bias: bool = True, normalized: bool = False) -> None:
+    def __init__(self, features: int, hidden: tuple[int, ...], output_bias: bool = True) -> None:
         super().__init__()
         sizes = (features, *hidden)
         layers: list[nn.Module] = []
         for size_in, size_out in pairwise(sizes):
-            layers += [Dense(size_in, size_out, normalized=normalized), nn.SiLU()]
-        layers.append(Dense(sizes[-1], 1, bias=output_bias, normalized=normalized))
+            layers += [nn.Linear(size_in, size_out), nn.SiLU()]
+        layers.append(nn.Linear(sizes[-1], 1, bias=output_bias))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x).squeeze(-1)
+        for layer in self.net:
+            x = linear(layer, x) if isinstance(layer, nn.Linear) else layer(x)
+        return x.squeeze(-1)
 
 
 class MLPReadout(ScalarMLP):
     """Per-atom energy from the rank-0 channels through a SiLU MLP: ``[..., n, C, D] -> [..., n]``."""
 
-    def __init__(self, channels: int, hidden: tuple[int, ...], normalized: bool = False) -> None:
-        super().__init__(channels, hidden, normalized=normalized)
+    def __init__(self, channels: int, hidden: tuple[int, ...]) -> None:
+        super().__init__(channels, hidden)
 
     def forward(self, features: Tensor) -> Tensor:
         return super().forward(features[..., 0])

@@ -50,8 +50,6 @@ class ModelConfig:
     (``sqrt``, the default: the scale of a sum of that many uncorrelated messages, which keeps the many-body
     features of the product basis from vanishing) or by ``avg_num_neighbors`` itself (``mean``, as MACE does,
     and as checkpoints saved before the option existed do).
-    ``normalized_readout`` parametrises the energy readouts as every other layer (unit-normal weights times
-    ``1/sqrt(fan-in)``, zero biases) instead of with torch's ``nn.Linear`` default.
     """
 
     atomic_numbers: list[int]
@@ -83,7 +81,6 @@ class ModelConfig:
     cp_rank: int = 0
     cp_trainable: bool = False
     message_normalization: str = "sqrt"
-    normalized_readout: bool = False
 
     def __post_init__(self) -> None:
         if len(self.atomic_energies) != len(self.atomic_numbers):
@@ -207,10 +204,7 @@ class CartesianTensorPotential(ConstantsModule):
                 self.products.append(ProductBasisBlock(*product_settings))
             self.mixers.append(SpeciesLinear(out_rank, channels, channels, num_species))
             self.residuals.append(SpeciesLinear(min(node_rank, out_rank), channels, channels, num_species))
-            self.readouts.append(
-                MLPReadout(channels, config.readout_mlp, config.normalized_readout) if last
-                else LinearReadout(channels, config.normalized_readout)
-            )
+            self.readouts.append(MLPReadout(channels, config.readout_mlp) if last else LinearReadout(channels))
             node_rank = out_rank
             layer_ranks.append(out_rank)
         self.tensor_readouts = (

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 from ase import Atoms
-from tace_aiida.model.blocks import Dense
 from tace_aiida.model.checkpoint import load_model, save_checkpoint
 from tace_aiida.model.data import atoms_to_graph, collate
 from tace_aiida.model.potential import ModelConfig
@@ -72,17 +71,3 @@ def test_a_checkpoint_saved_before_message_normalization_existed_loads_with_mean
     assert ModelConfig(atomic_numbers=[1], atomic_energies=[0.0]).message_normalization == "sqrt"
     batch = collate([atoms_to_graph(frames_300K[0], SPECIES_3BPA, 5.0, dtype=torch.float64)])
     assert torch.equal(loaded(batch).energy, model.eval()(batch).energy)
-
-
-def test_a_normalized_dense_layer_multiplies_unit_normal_weights_by_one_over_root_fan_in():
-    """``normalized_readout``'s layer: weights start N(0, 1), biases at zero, and its output is ``x W^T / sqrt(fan_in)``;
-    without it the layer is torch's ``nn.Linear`` (uniform weights within 1/sqrt(fan_in), same output formula)."""
-    torch.manual_seed(0)
-    layer = Dense(400, 300, normalized=True)
-    assert abs(layer.weight.std().item() - 1.0) < 0.01 and abs(layer.weight.mean().item()) < 0.01
-    assert torch.all(layer.bias == 0)
-    x = torch.randn(7, 400)
-    assert torch.allclose(layer(x), x @ layer.weight.T / 20.0 + layer.bias, rtol=1e-5, atol=1e-6)
-    default = Dense(400, 300)
-    assert default.weight.abs().max() <= 1 / 20 and default.bias.abs().max() > 0
-    assert torch.allclose(default(x), torch.nn.functional.linear(x, default.weight, default.bias), rtol=1e-5, atol=1e-6)
