@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=MatchedSettings.epochs)
     parser.add_argument("--channels", type=int, default=MatchedSettings.channels)
     parser.add_argument("--time-budget", type=float, help="training wall-clock cap per model (s)")
+    parser.add_argument("--scheduler-patience", type=int, default=MatchedSettings.scheduler_patience,
+                        help="epochs without improvement before the learning rate falls by 0.8 (both models)")
+    parser.add_argument("--stage-two-start", type=int, help="epoch at which both models switch to mace-torch's stage two")
     parser.add_argument("--quick", action="store_true", help="tiny run that only checks the script works")
     parser.add_argument("--models", nargs="+", choices=list(RUNNERS), default=list(RUNNERS))
     parser.add_argument("--seed", type=int, default=MatchedSettings.seed)
@@ -44,7 +47,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(torch.get_num_threads())
-    settings = MatchedSettings(epochs=args.epochs, channels=args.channels, time_budget_s=args.time_budget, seed=args.seed)
+    settings = MatchedSettings(epochs=args.epochs, channels=args.channels, time_budget_s=args.time_budget, seed=args.seed,
+                               scheduler_patience=args.scheduler_patience, stage_two_start=args.stage_two_start)
     train, valid, test, _ = load_3bpa_split(seed=settings.seed, valid_fraction=settings.valid_fraction)
     if args.quick:
         settings = replace(settings, epochs=2, channels=8)

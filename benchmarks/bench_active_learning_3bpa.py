@@ -54,7 +54,7 @@ from benchmarks.tace_peer import tace_config
 from tace_aiida.selection import CANDIDATE, SelectionSettings, TrustWindow, classify, frame_deviation, pick_diverse
 
 #: Smaller than the side-by-side benchmark's model so that a whole run fits in about an hour.
-SETTINGS = MatchedSettings(channels=16, max_edge_rank=2, radial_mlp=(32, 32), epochs=60)
+SETTINGS = MatchedSettings(channels=16, max_edge_rank=2, radial_mlp=(32, 32), epochs=60, scheduler_patience=5)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,11 @@ class MatchedSettings:
     ``max_edge_rank`` is the highest tensor rank of the edge (spherical/Cartesian)
     basis (MACE ``max_ell``); ``hidden_rank`` the highest rank of the node
     features (MACE ``max_L``); ``r_max`` in Å; ``time_budget_s`` caps the
-    training wall time (s) when set. The loss per batch is, as mace-torch's
+    training wall time (s) when set. The learning rate falls by 0.8 after
+    ``scheduler_patience`` epochs without a lower validation loss (mace-torch's
+    default, 50; tace-aiida's own default is 5). With ``stage_two_start`` both
+    switch at that epoch to mace-torch's stage two (energy weight 1000, forces
+    100, learning rate 1e-3). The loss per batch is, as mace-torch's
     "weighted" loss, ``energy_weight * mean((ΔE / N)²) + forces_weight *
     mean(ΔF_i²)`` over structures and force components (eV², eV²/Å²); energies
     are referenced to the isolated-atom E0s of ``iso_atoms.xyz``.
@@ -64,6 +68,8 @@ class MatchedSettings:
     energy_weight: float = 1.0
     forces_weight: float = 100.0
     epochs: int = 30
+    scheduler_patience: int = 50
+    stage_two_start: int | None = None
     time_budget_s: float | None = None
     seed: int = 1
     dtype: str = "float32"

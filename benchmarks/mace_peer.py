@@ -4,7 +4,9 @@ Settings not covered by :class:`MatchedSettings` keep the mace-torch 0.3.16
 defaults, except ``--model=ScaleShiftMACE`` so that, as tace-aiida's model, it is
 shifted by the mean interaction energy per atom and scaled by the RMS training
 force: readout MLP 16x0e, Adam weight decay 5e-7, gradient
-clipping at 10, ReduceLROnPlateau (factor 0.8, patience 50 epochs). As in the
+clipping at 10, ReduceLROnPlateau (factor 0.8, patience from the settings, by
+default mace-torch's 50 epochs); with ``stage_two_start``, ``--stage_two`` from
+that epoch with its default weights and learning rate, and the stage-two model. As in the
 CLI, the returned model is the EMA-weighted checkpoint of the epoch with the
 lowest validation loss. With a time budget the CLI is stopped once training has
 run that long (model construction excluded) and restarted with
@@ -74,6 +76,8 @@ def mace_cli_args(settings: MatchedSettings, workdir: Path, e0s: dict[int, float
         "--ema",
         f"--ema_decay={settings.ema_decay}",
         f"--max_num_epochs={settings.epochs}",
+        f"--scheduler_patience={settings.scheduler_patience}",
+        *(["--stage_two", f"--start_stage_two={settings.stage_two_start}"] if settings.stage_two_start is not None else []),
         "--eval_interval=1",
         "--keep_checkpoints",
         "--save_cpu",
@@ -151,13 +155,14 @@ def train_mace(train: list[Atoms], valid: list[Atoms], settings: MatchedSettings
     log = workdir / "logs" / f"{RUN_NAME}_run-{settings.seed}.log"
     _run(args, workdir, log, settings.time_budget_s)
     stamps = _validation_times(log.read_text())
-    if not (workdir / f"{RUN_NAME}.model").exists():  # stopped by the time budget
+    model_path = workdir / f"{RUN_NAME}{'_stagetwo' if settings.stage_two_start is not None else ''}.model"
+    if not model_path.exists():  # stopped by the time budget
         _drop_partial_checkpoint(workdir / "checkpoints")
         _run([*args, "--restart_latest", "--max_num_epochs=0"], workdir, log, None)
     epochs_run = len(stamps) - 1
     return TrainedModel(
         name=REFERENCE_MODEL,
-        calculator=load_mace_calculator(workdir / f"{RUN_NAME}.model", settings.dtype),
+        calculator=load_mace_calculator(model_path, settings.dtype),
         seconds_per_epoch=(stamps[-1] - stamps[0]).total_seconds() / epochs_run,
         epochs_run=epochs_run,
     )

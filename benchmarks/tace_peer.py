@@ -41,6 +41,8 @@ def tace_config(settings: MatchedSettings, workdir: Path, e0s: dict[int, float] 
         lr=settings.lr,
         amsgrad=settings.amsgrad,
         ema_decay=settings.ema_decay,
+        scheduler_patience=settings.scheduler_patience,
+        stage_two={"start": settings.stage_two_start} if settings.stage_two_start is not None else None,
         batch_size=settings.batch_size,
         valid_batch_size=settings.batch_size,
         max_epochs=settings.epochs,

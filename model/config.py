@@ -61,6 +61,32 @@ TRAINING_RULES: dict[str, Rule] = {
 }
 
 
+#: Ranges of the stage-two settings (lr in the optimiser's units).
+STAGE_TWO_RULES: dict[str, Rule] = {
+    "start": at_least(0), "energy_weight": at_least(0.0), "forces_weight": at_least(0.0), "lr": greater_than(0.0),
+}
+
+
+@dataclass
+class StageTwo:
+    """A late training stage with another loss balance, as mace-torch's ``--stage_two`` (its defaults).
+
+    From epoch ``start`` on (0-based; earlier if early stopping would end the first stage), the loss uses
+    ``energy_weight`` and ``forces_weight`` (other weights are kept), the learning rate is set to ``lr`` and held,
+    and the saved checkpoint is the best of this stage by its own validation loss.
+    """
+
+    start: int
+    energy_weight: float = 1000.0
+    forces_weight: float = 100.0
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        check_dataclass(self, STAGE_TWO_RULES, "stage_two setting")
+        if self.energy_weight == 0 and self.forces_weight == 0:
+            raise ValueError("stage_two settings energy_weight and forces_weight are both 0: there is nothing to learn")
+
+
 class _YAMLLoader(yaml.SafeLoader):
     """Safe loader that reads ``1e-3`` as a number, as YAML 1.2 does (PyYAML's YAML 1.1 reads a string)."""
 
@@ -139,11 +165,21 @@ class TrainingConfig:
     resume_from: str | None = None
     progress_bar: bool = True
     graph_cache_dir: str | None = None
+    stage_two: StageTwo | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.stage_two, dict):
+            unknown = set(self.stage_two) - {f.name for f in fields(StageTwo)}
+            if unknown or "start" not in self.stage_two:
+                raise ValueError(f"training setting stage_two={self.stage_two!r} needs 'start' (an epoch) and may set "
+                                 f"{[f.name for f in fields(StageTwo)][1:]}")
+            self.stage_two = StageTwo(**self.stage_two)
         if isinstance(self.atomic_energies, dict):
             self.atomic_energies = {_atomic_number(z): e for z, e in self.atomic_energies.items()}
         check_dataclass(self, TRAINING_RULES, "training setting")
+        if self.stage_two is not None and self.stage_two.start >= self.max_epochs:
+            raise ValueError(f"stage_two start {self.stage_two.start} must be before max_epochs {self.max_epochs}, "
+                             "else the stage never runs")
         if self.energy_weight == 0 and self.forces_weight == 0:
             raise ValueError("training settings energy_weight and forces_weight are both 0: there is nothing to learn")
         if self.atomic_energies is not None:

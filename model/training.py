@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -255,6 +255,11 @@ def loss_function(out, batch: dict[str, Tensor], config: TrainingConfig) -> Tens
     return loss
 
 
+def stage_two_config(config: TrainingConfig) -> TrainingConfig:
+    """``config`` with the energy and force weights of its ``stage_two``."""
+    return replace(config, energy_weight=config.stage_two.energy_weight, forces_weight=config.stage_two.forces_weight)
+
+
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``values`` with the entries where ``mask`` is false (or 0) counted as zero."""
     return torch.where(mask.bool(), values, torch.zeros_like(values)).mean()
@@ -308,7 +313,7 @@ def _train(config: TrainingConfig) -> dict:
     checkpoint_path = output_dir / config.checkpoint_name
     restart_path = output_dir / config.restart_name
     progress_state = {"epoch": -1, "best": {"selection_loss": math.inf, "epoch": -1}, "best_weights": None,
-                      "stale_epochs": 0, "records": [], "trained_seconds": 0.0}
+                      "stale_epochs": 0, "records": [], "trained_seconds": 0.0, "stage_two_from": None}
     if config.resume_from is not None:
         progress_state = _resume(config, model, ema, optimizer, scheduler, generator)
         if progress_state["best_weights"] is not None:
@@ -319,12 +324,22 @@ def _train(config: TrainingConfig) -> dict:
     metrics_path.write_text("".join(json.dumps(record) + "\n" for record in progress_state["records"]))
     best, best_weights = progress_state["best"], progress_state["best_weights"]
     stale_epochs, records = progress_state["stale_epochs"], progress_state["records"]
+    stage_two_from = progress_state["stage_two_from"]
+    stage_two_loss = stage_two_config(config) if config.stage_two is not None else None
     first_epoch = progress_state["epoch"] + 1
     started = time.monotonic() - progress_state["trained_seconds"]  # the time budget counts the earlier jobs too
     progress = tqdm(range(first_epoch, config.max_epochs), desc="training", unit="epoch",
                     disable=not config.progress_bar, initial=first_epoch, total=config.max_epochs)
     stop_reason, epoch = "max_epochs", first_epoch - 1
     for epoch in progress:
+        if stage_two_loss is not None and stage_two_from is None and (
+            epoch >= config.stage_two.start or stale_epochs >= config.patience
+        ):
+            stage_two_from, best, stale_epochs = epoch, {"selection_loss": math.inf, "epoch": -1}, 0
+            for group in optimizer.param_groups:
+                group["lr"] = config.stage_two.lr
+            logger.info("stage two from epoch %d: %s", epoch, config.stage_two)
+        loss_config = config if stage_two_from is None else stage_two_loss
         epoch_start = time.monotonic()
         # Summed on the device and read once per epoch: a read per batch would wait for a GPU at every step.
         epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
@@ -334,7 +349,7 @@ def _train(config: TrainingConfig) -> dict:
             optimizer.zero_grad(set_to_none=True)
             out = model(batch, compute_forces=True, compute_stress=use_stress, training=True,
                         compute_field_response=use_field_response)
-            loss = loss_function(out, batch, config)
+            loss = loss_function(out, batch, loss_config)
             loss.backward()
             optimizer.step()
             if ema is not None:
@@ -344,11 +359,13 @@ def _train(config: TrainingConfig) -> dict:
         if not math.isfinite(train_loss):
             raise FloatingPointError(f"loss became {train_loss} in epoch {epoch}; lower the learning rate")
 
-        valid_loss, valid_metrics = validation_loss(evaluated, data.valid, config, device)
+        valid_loss, valid_metrics = validation_loss(evaluated, data.valid, loss_config, device)
         selection_loss = valid_loss if data.valid else train_loss
-        scheduler.step(selection_loss)
+        if stage_two_from is None:  # stage two holds its learning rate
+            scheduler.step(selection_loss)
         record = {
             "epoch": epoch,
+            "stage": 1 if stage_two_from is None else 2,
             "train_loss": train_loss,
             "valid_loss": valid_loss,
             "lr": optimizer.param_groups[0]["lr"],
@@ -369,11 +386,12 @@ def _train(config: TrainingConfig) -> dict:
         save_restart(restart_path, {
             "training": config.to_dict(), "epoch": epoch, "best": best, "best_weights": best_weights,
             "stale_epochs": stale_epochs, "records": records, "trained_seconds": time.monotonic() - started,
+            "stage_two_from": stage_two_from,
             "model": model.state_dict(),
             "ema": ema.state_dict() if ema is not None else None, "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
         })
-        if stale_epochs >= config.patience:
+        if stale_epochs >= config.patience and (stage_two_loss is None or stage_two_from is not None):
             stop_reason = "early_stopping"
             break
         if config.time_budget is not None and time.monotonic() - started > config.time_budget:
@@ -392,6 +410,7 @@ def _train(config: TrainingConfig) -> dict:
         "epochs_run": epoch + 1,
         "resumed_after_epoch": first_epoch - 1 if config.resume_from is not None else None,
         "stop_reason": stop_reason,
+        "stage_two_from": stage_two_from,
         "wall_seconds": time.monotonic() - started,
         "num_train": len(data.train),
         "num_valid": len(data.valid),
@@ -424,7 +443,8 @@ def _resume(config: TrainingConfig, model: CartesianTensorPotential, ema: Averag
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])
-    return {key: state[key] for key in ("epoch", "best", "best_weights", "stale_epochs", "records", "trained_seconds")}
+    progress = {key: state[key] for key in ("epoch", "best", "best_weights", "stale_epochs", "records", "trained_seconds")}
+    return progress | {"stage_two_from": state.get("stage_two_from")}  # absent in files written before stage two existed
 
 
 def validation_loss(

@@ -35,6 +35,22 @@ def test_resumed_training_matches_an_uninterrupted_one(tmp_path):
 
     assert first["epochs_run"] == 2 and resumed["resumed_after_epoch"] == 1 and resumed["epochs_run"] == 4
     assert [e["epoch"] for e in epochs(resumed)] == [0, 1, 2, 3], "the metrics hold every epoch once"
+    assert_same_training(resumed, whole)
+
+
+def test_training_resumed_in_stage_two_matches_an_uninterrupted_one(tmp_path):
+    stage_two = {"start": 2, "lr": 2e-3}
+    whole = run(tmp_path / "whole", stage_two=stage_two)
+    first = run(tmp_path / "first", max_epochs=3, stage_two=stage_two)
+    resumed = run(tmp_path / "resumed", stage_two=stage_two, resume_from=str(tmp_path / "first" / "restart.pt"))
+
+    assert first["stage_two_from"] == resumed["stage_two_from"] == whole["stage_two_from"] == 2
+    assert [e["stage"] for e in epochs(resumed)] == [1, 1, 2, 2]
+    assert_same_training(resumed, whole)
+
+
+def assert_same_training(resumed: dict, whole: dict) -> None:
+    """The two trainings' per-epoch losses and learning rates, best epochs and saved weights agree (1e-12)."""
     for key in ("train_loss", "valid_loss", "lr"):
         assert [e[key] for e in epochs(resumed)] == pytest.approx([e[key] for e in epochs(whole)], rel=1e-12, abs=0)
     assert resumed["best_epoch"] == whole["best_epoch"]
