@@ -152,8 +152,12 @@ class ProductBasisBlock(ConstantsModule):
 
     Layout: the paths of one correlation order are kept in one array ``[n, C, columns]`` ordered by
     rank, path-major, so rank l is a contiguous block viewable as ``[n, C, paths_l, 2l+1]``. A step
-    ``nu -> nu+1`` is one outer product and one matmul per input rank (the couplings of all paths
-    leaving that rank fused into one matrix), then one column gather that sorts the result by rank.
+    ``nu -> nu+1`` contracts, per input rank l, ``A`` with the couplings of every kind of path
+    ``(l, l_new) -> l_out`` leaving it (one matrix ``[(L+1)**2, (2l+1) K_l]``, K_l the summed widths
+    ``2 l_out + 1``), then multiplies the result by the ``[paths_l, 2l+1]`` block; one column gather
+    sorts the new paths by rank. The couplings do not depend on the path, so this costs
+    ``paths_l (2l+1) K_l`` per channel instead of the ``paths_l (2l+1) (L+1)**2`` of an outer product:
+    4-16 times less at the last order of invariant or vector outputs.
     """
 
     def __init__(self, max_in_rank: int, max_out_rank: int, correlation: int, channels: int, num_species: int) -> None:
@@ -167,32 +171,30 @@ class ProductBasisBlock(ConstantsModule):
         self.group_ranks: list[list[int]] = []
         for nu in range(2, correlation + 1):
             limit = max_out_rank if nu == correlation else max_in_rank
-            groups: list[tuple[int, list[tuple[int, int, int]]]] = []
+            groups: list[tuple[int, list[tuple[int, int]]]] = []  # (l_prev, its kinds of path (l_new, l_out))
             for l_prev in sorted(paths_per_rank):
-                paths = [
-                    (p, l_new, l_out)
-                    for p in range(paths_per_rank[l_prev])
+                kinds = [
+                    (l_new, l_out)
                     for l_new in range(l_prev if nu == 2 else 0, max_in_rank + 1)
                     for l_out in range(limit + 1)
                     if is_allowed_path(l_prev, l_new, l_out)
                 ]
-                if paths:
-                    groups.append((l_prev, paths))
+                if kinds:
+                    groups.append((l_prev, kinds))
             next_counts: dict[int, int] = {}
             sort_keys = []
-            for l_prev, paths in groups:
-                width_prev = 2 * l_prev + 1
-                matrix = torch.zeros(
-                    paths_per_rank[l_prev] * width_prev, in_dim, sum(2 * lo + 1 for _, _, lo in paths), dtype=torch.float64
-                )
+            for l_prev, kinds in groups:
+                contraction = torch.zeros(in_dim, 2 * l_prev + 1, sum(2 * lo + 1 for _, lo in kinds), dtype=torch.float64)
                 column = 0
-                for p, l_new, l_out in paths:
-                    rows = slice(p * width_prev, (p + 1) * width_prev)
-                    matrix[rows, in_slices[l_new], column : column + 2 * l_out + 1] = packed_coupling(l_prev, l_new, l_out)
-                    sort_keys += [(l_out, next_counts.get(l_out, 0), m) for m in range(2 * l_out + 1)]
-                    next_counts[l_out] = next_counts.get(l_out, 0) + 1
+                for l_new, l_out in kinds:
+                    coupling = packed_coupling(l_prev, l_new, l_out).permute(1, 0, 2)
+                    contraction[in_slices[l_new], :, column : column + 2 * l_out + 1] = coupling
                     column += 2 * l_out + 1
-                self.register_constant(f"coupling_{nu}_{l_prev}", matrix.reshape(-1, column))
+                self.register_constant(f"contraction_{nu}_{l_prev}", contraction.reshape(in_dim, -1))
+                for _path in range(paths_per_rank[l_prev]):  # new paths, path-major as the contraction's output
+                    for _, l_out in kinds:
+                        sort_keys += [(l_out, next_counts.get(l_out, 0), m) for m in range(2 * l_out + 1)]
+                        next_counts[l_out] = next_counts.get(l_out, 0) + 1
             order = sorted(range(len(sort_keys)), key=sort_keys.__getitem__)
             self.register_constant(f"sort_{nu}", torch.tensor(order, dtype=torch.long))
             self.group_ranks.append([l_prev for l_prev, _ in groups])
@@ -221,8 +223,9 @@ class ProductBasisBlock(ConstantsModule):
             blocks = self._blocks(current, self.layouts[nu - 2])
             parts = []
             for l_prev in ranks:
-                outer = blocks[l_prev].flatten(-2)[..., :, None] * features[..., None, :]
-                parts.append(outer.flatten(-2) @ getattr(self, f"coupling_{nu}_{l_prev}"))
+                width_prev = 2 * l_prev + 1
+                contracted = (features @ getattr(self, f"contraction_{nu}_{l_prev}")).unflatten(-1, (width_prev, -1))
+                parts.append((blocks[l_prev] @ contracted).flatten(-2))
             current = torch.cat(parts, dim=-1).index_select(-1, getattr(self, f"sort_{nu}"))
             per_order.append(self._blocks(current, self.layouts[nu - 1]))
         result = []
