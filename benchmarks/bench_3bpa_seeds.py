@@ -1,7 +1,8 @@
 """Mean and spread over seeds of several ``bench_3bpa`` runs, with ratios to mace-torch.
 
 Each input is a JSON file written by ``python -m benchmarks.bench_3bpa --output``. Rows are grouped by
-model and by the extra tace-aiida model settings (``--tace-model``), so A/B runs of an option appear as
+model, by the extra tace-aiida model settings (``--tace-model``) and by the training settings that differ
+from the matched defaults (the scheduler's patience, stage two), so A/B runs of an option appear as
 columns of their own:
 
     python -m benchmarks.bench_3bpa_seeds benchmarks/results/bench_3bpa_2026-12-03_*.json
@@ -18,15 +19,28 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REFERENCE_MODEL
+from benchmarks.common import REFERENCE_MODEL, MatchedSettings
 
 #: The metrics summarised: the test errors (the rows' labels as ``bench_3bpa`` writes them).
 ACCURACY_PREFIXES = ("E RMSE", "F RMSE")
 
+#: The plateau patience each model trained with in runs written before ``bench_3bpa`` matched it
+#: (their settings have no ``scheduler_patience``): each model's own default.
+OWN_PATIENCE = {"tace-aiida": 5, "mace-torch": 50}
 
-def column_name(model: str, tace_model: dict) -> str:
-    """``model`` with the extra model settings of its run, e.g. ``tace-aiida {"message_normalization": "mean"}``."""
-    return model if model != "tace-aiida" or not tace_model else f"{model} {json.dumps(tace_model, sort_keys=True)}"
+
+def column_name(model: str, tace_model: dict, settings: dict) -> str:
+    """``model`` with what its run changed from the matched settings, e.g.
+    ``tace-aiida {"message_normalization": "mean"}, patience 5``."""
+    parts = [model]
+    if model == "tace-aiida" and tace_model:
+        parts.append(json.dumps(tace_model, sort_keys=True))
+    patience = settings.get("scheduler_patience", OWN_PATIENCE[model])
+    if patience != MatchedSettings.scheduler_patience:
+        parts.append(f"patience {patience}")
+    if settings.get("stage_two_start") is not None:
+        parts.append(f"stage two from {settings['stage_two_start']}")
+    return ", ".join([" ".join(parts[:2]), *parts[2:]])
 
 
 def collect(paths: list[Path]) -> dict[str, dict[str, dict[int, float]]]:
@@ -36,7 +50,7 @@ def collect(paths: list[Path]) -> dict[str, dict[str, dict[int, float]]]:
         result = json.loads(path.read_text())
         seed = int(result["settings"]["seed"])
         for model, row in result["rows"].items():
-            column = column_name(model, result.get("tace_model", {}))
+            column = column_name(model, result.get("tace_model", {}), result["settings"])
             for metric, value in row.items():
                 if metric.startswith(ACCURACY_PREFIXES):
                     if seed in found[column][metric]:
