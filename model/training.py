@@ -216,11 +216,13 @@ def ema_with_warmup(decay: float):
     """EMA update whose decay grows as ``min(decay, (1+n)/(10+n))`` over the first updates.
 
     Without the warm-up the average of a short run (few hundred steps) stays close to the random
-    initial weights.
+    initial weights. The decay is computed on the parameters' device: reading the count back to the
+    host would wait for a GPU once per parameter and step.
     """
 
     def update(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
-        step_decay = min(decay, (1.0 + float(num_averaged)) / (10.0 + float(num_averaged)))
+        count = num_averaged.to(torch.float64)  # as exact as the Python float it replaces, in any parameter dtype
+        step_decay = torch.clamp((1.0 + count) / (10.0 + count), max=decay)
         return step_decay * averaged + (1.0 - step_decay) * current
 
     return update

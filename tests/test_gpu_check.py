@@ -1,5 +1,5 @@
 """``benchmarks/gpu_check.py``: a clean exit without a GPU, and every step of the check run on the CPU; and the
-forward pass of a potential or a stacked ensemble asks nothing of the host (no synchronisation on a GPU)."""
+forward pass of a potential or a stacked ensemble, and a training step, ask nothing of the host (no synchronisation on a GPU)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tace_aiida.model.data import atoms_to_graph, collate
+from tace_aiida.model.config import TrainingConfig
+from tace_aiida.model.data import LabelKeys, atoms_to_graph, collate
 from tace_aiida.model.ensemble import StackedEnsemble
+from tace_aiida.model.training import ema_with_warmup, loss_function
 
 from .conftest import SPECIES_3BPA, default_dtype, periodic_cell, small_model
 
@@ -25,7 +27,7 @@ def no_host_reads(monkeypatch):
     """Make every :data:`HOST_READS` method, and ``torch.bincount`` (it reads its maximum), raise."""
     def refused(name: str):
         def method(*args, **kwargs):
-            raise AssertionError(f"{name} in the forward pass: a host synchronisation on a GPU")
+            raise AssertionError(f"{name} in the hot path: a host synchronisation on a GPU")
         return method
 
     for name in HOST_READS:
@@ -43,6 +45,27 @@ def test_the_forward_pass_reads_nothing_back_to_the_host(stacked, request):
     request.getfixturevalue("no_host_reads")
     out = model(batch, compute_stress=True, compute_descriptors=True)
     assert out.stress.shape[-3:] == (2, 3, 3) and out.descriptors.shape[-2] == 2
+
+
+def test_a_training_step_reads_nothing_back_to_the_host(frames_300K, request):
+    """Forward with forces, the loss and its gradient: only the optimiser's CPU step counter is read."""
+    with default_dtype(torch.float64):
+        model = small_model(seed=0)
+        batch = collate([atoms_to_graph(atoms, SPECIES_3BPA, 5.0, LabelKeys()) for atoms in frames_300K[:3]])
+    request.getfixturevalue("no_host_reads")
+    out = model(batch, compute_forces=True, training=True)
+    loss_function(out, batch, TrainingConfig(train_file="unused.xyz")).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("count", [0, 5, 10_000])
+def test_the_averaged_weights_update_reads_nothing_back_to_the_host(count, request, monkeypatch):
+    averaged, current = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    request.getfixturevalue("no_host_reads")
+    updated = ema_with_warmup(0.99)(averaged, current, torch.tensor(count))
+    monkeypatch.undo()
+    torch.testing.assert_close(updated, torch.full((4,), 1.0 - min(0.99, (1 + count) / (10 + count)), dtype=torch.float64),
+                               rtol=0, atol=1e-15)
 
 
 def test_without_cuda_the_default_run_says_so_and_exits_0(monkeypatch, capsys):
