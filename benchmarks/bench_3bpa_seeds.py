@@ -32,15 +32,12 @@ OWN_PATIENCE = {"tace-aiida": 5, "mace-torch": 50}
 def column_name(model: str, tace_model: dict, settings: dict) -> str:
     """``model`` with what its run changed from the matched settings, e.g.
     ``tace-aiida {"message_normalization": "mean"}, patience 5``."""
-    parts = [model]
-    if model == "tace-aiida" and tace_model:
-        parts.append(json.dumps(tace_model, sort_keys=True))
+    name = f"{model} {json.dumps(tace_model, sort_keys=True)}" if model == "tace-aiida" and tace_model else model
     patience = settings.get("scheduler_patience", OWN_PATIENCE[model])
-    if patience != MatchedSettings.scheduler_patience:
-        parts.append(f"patience {patience}")
+    changed = [f"patience {patience}"] if patience != MatchedSettings.scheduler_patience else []
     if settings.get("stage_two_start") is not None:
-        parts.append(f"stage two from {settings['stage_two_start']}")
-    return ", ".join([" ".join(parts[:2]), *parts[2:]])
+        changed.append(f"stage two from {settings['stage_two_start']}")
+    return ", ".join([name, *changed])
 
 
 def collect(paths: list[Path]) -> dict[str, dict[str, dict[int, float]]]:
