@@ -51,7 +51,7 @@ TRAINING_RULES: dict[str, Rule] = {
     "energy_weight": at_least(0.0), "forces_weight": at_least(0.0), "stress_weight": at_least(0.0),
     "dipole_weight": at_least(0.0), "polarizability_weight": at_least(0.0), "born_charges_weight": at_least(0.0),
     "optimizer": one_of("adam", "adamw"), "lr": greater_than(0.0), "weight_decay": at_least(0.0),
-    "ema_decay": within(0.0, 1.0), "scheduler_factor": (lambda value: 0 < value < 1, "in (0, 1)"),
+    "clip_grad_norm": greater_than(0.0), "ema_decay": within(0.0, 1.0), "scheduler_factor": (lambda value: 0 < value < 1, "in (0, 1)"),
     "scheduler_patience": at_least(0), "batch_size": at_least(1), "valid_batch_size": at_least(1),
     "max_epochs": at_least(1), "time_budget": greater_than(0.0), "patience": at_least(1), "seed": at_least(0),
     "device": (is_device, "'auto' or a torch device such as 'cpu', 'cuda' or 'cuda:1'"),
@@ -120,6 +120,8 @@ class TrainingConfig:
     ``graph_cache_dir`` is the folder where the graph edges of HDF5 frame stores are cached
     (:mod:`.graph_store`); null: ``$TACE_GRAPH_CACHE``, else ``~/.cache/tace-aiida/graphs``;
     ``off`` builds without a cache.
+    ``clip_grad_norm`` rescales the gradient of every step whose norm (over all weights) exceeds it, as
+    mace-torch's ``--clip_grad`` (its default there is 10); null leaves gradients alone.
     """
 
     train_file: str | list[str]
@@ -145,6 +147,7 @@ class TrainingConfig:
     lr: float = 0.01
     amsgrad: bool = True
     weight_decay: float = 0.0
+    clip_grad_norm: float | None = None
     ema_decay: float | None = 0.99
     scheduler_factor: float = 0.8
     scheduler_patience: int = 5

@@ -353,6 +353,8 @@ def _train(config: TrainingConfig) -> dict:
                         compute_field_response=use_field_response)
             loss = loss_function(out, batch, loss_config)
             loss.backward()
+            if config.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
             optimizer.step()
             if ema is not None:
                 ema.update_parameters(model)
