@@ -48,7 +48,7 @@ def test_the_forward_pass_reads_nothing_back_to_the_host(stacked, request):
 
 
 def test_a_training_step_reads_nothing_back_to_the_host(frames_300K, request):
-    """Forward with forces, the loss and its gradient: only the optimiser's CPU step counter is read."""
+    """Forward with forces, the loss and its gradient (the optimiser step is left out: torch's Adam reads its CPU step counter)."""
     with default_dtype(torch.float64):
         model = small_model(seed=0)
         batch = collate([atoms_to_graph(atoms, SPECIES_3BPA, 5.0, LabelKeys()) for atoms in frames_300K[:3]])
