@@ -31,6 +31,11 @@ from benchmarks.tace_peer import train_tace
 RUNNERS = {"tace-aiida": train_tace, "mace-torch": train_mace}
 
 
+def float_or_none(text: str) -> float | None:
+    """A float from the command line, or None for the text ``None``."""
+    return None if text == "None" else float(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=MatchedSettings.epochs)
@@ -39,6 +44,10 @@ def main() -> None:
     parser.add_argument("--scheduler-patience", type=int, default=MatchedSettings.scheduler_patience,
                         help="epochs without improvement before the learning rate falls by 0.8 (both models)")
     parser.add_argument("--stage-two-start", type=int, help="epoch at which both models switch to mace-torch's stage two")
+    parser.add_argument("--clip-grad-norm", type=float_or_none, default=MatchedSettings.clip_grad_norm,
+                        help="gradient norm at which both models clip a step, or None")
+    parser.add_argument("--weight-decay", type=float, default=MatchedSettings.weight_decay,
+                        help="both models' L2 penalty in Adam's update")
     parser.add_argument("--quick", action="store_true", help="tiny run that only checks the script works")
     parser.add_argument("--models", nargs="+", choices=list(RUNNERS), default=list(RUNNERS))
     parser.add_argument("--seed", type=int, default=MatchedSettings.seed)
@@ -48,7 +57,8 @@ def main() -> None:
 
     torch.set_num_threads(torch.get_num_threads())
     settings = MatchedSettings(epochs=args.epochs, channels=args.channels, time_budget_s=args.time_budget, seed=args.seed,
-                               scheduler_patience=args.scheduler_patience, stage_two_start=args.stage_two_start)
+                               scheduler_patience=args.scheduler_patience, stage_two_start=args.stage_two_start,
+                               clip_grad_norm=args.clip_grad_norm, weight_decay=args.weight_decay)
     train, valid, test, _ = load_3bpa_split(seed=settings.seed, valid_fraction=settings.valid_fraction)
     if args.quick:
         settings = replace(settings, epochs=2, channels=8)

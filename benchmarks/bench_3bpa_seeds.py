@@ -27,14 +27,23 @@ ACCURACY_PREFIXES = ("E RMSE", "F RMSE")
 #: The plateau patience each model trained with in runs written before ``bench_3bpa`` matched it
 #: (their settings have no ``scheduler_patience``): each model's own default.
 OWN_PATIENCE = {"tace-aiida": 5, "mace-torch": 50}
+#: The gradient clipping and weight decay of runs written before they were matched: each model's own.
+OWN_CLIP_GRAD_NORM = {"tace-aiida": None, "mace-torch": 10.0}
+OWN_WEIGHT_DECAY = {"tace-aiida": 0.0, "mace-torch": 5e-7}
 
 
 def column_name(model: str, tace_model: dict, settings: dict) -> str:
     """``model`` with what its run changed from the matched settings, e.g.
-    ``tace-aiida {"message_normalization": "mean"}, patience 5``."""
+    ``tace-aiida {"message_normalization": "mean"}, patience 5, no clipping``."""
     name = f"{model} {json.dumps(tace_model, sort_keys=True)}" if model == "tace-aiida" and tace_model else model
     patience = settings.get("scheduler_patience", OWN_PATIENCE[model])
     changed = [f"patience {patience}"] if patience != MatchedSettings.scheduler_patience else []
+    clip = settings.get("clip_grad_norm", OWN_CLIP_GRAD_NORM[model])
+    if clip != MatchedSettings.clip_grad_norm:
+        changed.append("no clipping" if clip is None else f"clip {clip:g}")
+    weight_decay = settings.get("weight_decay", OWN_WEIGHT_DECAY[model])
+    if weight_decay != MatchedSettings.weight_decay:
+        changed.append(f"weight decay {weight_decay:g}")
     if settings.get("stage_two_start") is not None:
         changed.append(f"stage two from {settings['stage_two_start']}")
     return ", ".join([name, *changed])

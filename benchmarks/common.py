@@ -46,7 +46,10 @@ class MatchedSettings:
     ``scheduler_patience`` epochs without a lower validation loss (mace-torch's
     default, 50; tace-aiida's own default is 5). With ``stage_two_start`` both
     switch at that epoch to mace-torch's stage two (energy weight 1000, forces
-    100, learning rate 1e-3). The loss per batch is, as mace-torch's
+    100, learning rate 1e-3). Both clip a step's gradient norm at ``clip_grad_norm``
+    (None: no clipping) and add ``weight_decay`` (an L2 penalty in Adam's update)
+    as mace-torch does by default; mace-torch decays only the weights of its
+    interaction linears and products, tace-aiida every weight. The loss per batch is, as mace-torch's
     "weighted" loss, ``energy_weight * mean((ΔE / N)²) + forces_weight *
     mean(ΔF_i²)`` over structures and force components (eV², eV²/Å²); energies
     are referenced to the isolated-atom E0s of ``iso_atoms.xyz``.
@@ -70,6 +73,8 @@ class MatchedSettings:
     epochs: int = 30
     scheduler_patience: int = 50
     stage_two_start: int | None = None
+    clip_grad_norm: float | None = 10.0
+    weight_decay: float = 5e-7
     time_budget_s: float | None = None
     seed: int = 1
     dtype: str = "float32"

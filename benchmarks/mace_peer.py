@@ -71,6 +71,8 @@ def mace_cli_args(settings: MatchedSettings, workdir: Path, e0s: dict[int, float
         "--optimizer=adam",
         "--amsgrad",
         f"--lr={settings.lr}",
+        f"--weight_decay={settings.weight_decay}",
+        f"--clip_grad={settings.clip_grad_norm}",
         f"--batch_size={settings.batch_size}",
         f"--valid_batch_size={settings.batch_size}",
         "--ema",

@@ -39,6 +39,8 @@ def tace_config(settings: MatchedSettings, workdir: Path, e0s: dict[int, float] 
         energy_weight=settings.energy_weight,
         forces_weight=settings.forces_weight,
         lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        clip_grad_norm=settings.clip_grad_norm,
         amsgrad=settings.amsgrad,
         ema_decay=settings.ema_decay,
         scheduler_patience=settings.scheduler_patience,
