@@ -16,6 +16,9 @@ Labels come from :class:`LookupLabeller`, which reads the stored DFT labels of t
   (``diversity`` fps, lcmd, maxdet) in place of k-means.
 * ``active_features``: as ``active``, but with one potential whose deviation is its own expected force
   error from its features (``uncertainty`` ``features``), so it trains a third of the models.
+* ``oracle``: as ``active_features``, but the deviation is the potential's true largest force error on
+  the frame (eV/Å, from the stored labels): not a strategy a user can run, but the best any
+  uncertainty could do with this selection, so it bounds what better uncertainties can gain.
 
 Both are scored the same way: the test force RMSE (meV/Å) of the first member (seed 1), trained
 from scratch (or, with ``--warm-start``, from its weights of the round before) on the labels of that
@@ -61,7 +64,8 @@ SETTINGS = MatchedSettings(channels=16, max_edge_rank=2, radial_mlp=(32, 32), ep
 
 @dataclass(frozen=True)
 class Strategy:
-    """The selection's ``diversity`` (None: uniformly random) and where its uncertainty comes from."""
+    """The selection's ``diversity`` (None: uniformly random) and where its uncertainty comes from: the
+    calculator's ``uncertainty`` (``ensemble``, ``features``) or, for ``oracle``, the true force error."""
 
     diversity: str | None
     uncertainty: str = "ensemble"
@@ -69,7 +73,7 @@ class Strategy:
 
 STRATEGIES = {"random": Strategy(None), "active": Strategy("kmeans"), "active_fps": Strategy("fps"),
               "active_lcmd": Strategy("lcmd"), "active_maxdet": Strategy("maxdet"),
-              "active_features": Strategy("kmeans", "features")}
+              "active_features": Strategy("kmeans", "features"), "oracle": Strategy("kmeans", "oracle")}
 
 
 @dataclass
@@ -152,18 +156,22 @@ def train_ensemble(frames: list[Atoms], members: int, settings: MatchedSettings,
 
 
 def most_informative(calc: TACECalculator, frames: list[Atoms], count: int, candidates: int,
-                     seed: int, diversity: str = "kmeans") -> tuple[list[int], np.ndarray]:
+                     seed: int, diversity: str = "kmeans",
+                     true_forces: list[np.ndarray] | None = None) -> tuple[list[int], np.ndarray]:
     """Positions in ``frames`` the loop's selection would label, and every frame's deviation (eV/Å).
 
     The trust window opens at the deviation of the ``candidates``-th most uncertain frame (none is
     unphysical: every pool frame has a DFT label); ``count`` of those are picked by ``diversity``.
+    With ``true_forces`` (``[n_atoms, 3]`` eV/Å per frame) a frame's deviation is its largest atomic
+    force error instead of the calculator's uncertainty.
     """
     forces, forces_std, descriptors = [], [], []
-    for atoms in frames:
+    for index, atoms in enumerate(frames):
         atoms = atoms.copy()
         atoms.calc = calc
         forces.append(atoms.get_forces())
-        forces_std.append(calc.results["forces_std"])
+        forces_std.append(calc.results["forces_std"] if true_forces is None
+                          else np.linalg.norm(forces[-1] - true_forces[index], axis=-1))
         descriptors.append(calc.results["descriptors"])
     deviation = frame_deviation(np.stack(forces), np.stack(forces_std), TrustWindow(0.0, np.inf))
     window = TrustWindow(trust_low=float(np.sort(deviation)[::-1][min(candidates, len(deviation)) - 1]), trust_high=np.inf)
@@ -193,13 +201,16 @@ def run_strategy(strategy: str, split: PoolSplit, args: argparse.Namespace, sett
         row = {"labels": len(training), "forces_rmse": first["forces_rmse_meV_per_A"],
                "energy_rmse_per_atom": first["energy_rmse_meV_per_atom"]}
         if active:
-            ensemble = TACECalculator(checkpoints, device="cpu", uncertainty=choice.uncertainty)
+            ensemble = TACECalculator(checkpoints, device="cpu",
+                                      uncertainty="ensemble" if choice.uncertainty == "oracle" else choice.uncertainty)
             if members > 1:
                 row["ensemble_forces_rmse"] = energy_force_rmse(ensemble, split.test)["forces_rmse_meV_per_A"]
         if round_index < args.rounds:
             if active:
+                true_forces = ([split.pool[i].get_forces() for i in remaining] if choice.uncertainty == "oracle"
+                               else None)
                 picks, deviation = most_informative(ensemble, [pool_view[i] for i in remaining], args.step,
-                                                    args.candidates * args.step, args.seed, choice.diversity)
+                                                    args.candidates * args.step, args.seed, choice.diversity, true_forces)
                 row["picked_deviation_mean"] = float(deviation[picks].mean())
                 row["pool_deviation_mean"] = float(deviation.mean())
             else:
