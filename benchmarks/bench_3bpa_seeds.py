@@ -2,7 +2,7 @@
 
 Each input is a JSON file written by ``python -m benchmarks.bench_3bpa --output``. Rows are grouped by
 model, by the extra tace-aiida model settings (``--tace-model``) and by the training settings that differ
-from the matched defaults (the scheduler's patience, stage two), so A/B runs of an option appear as
+from the matched defaults (the scheduler's patience, clipping, weight decay, stage two), so A/B runs appear as
 columns of their own:
 
     python -m benchmarks.bench_3bpa_seeds benchmarks/results/bench_3bpa_2026-12-03_*.json
@@ -86,8 +86,10 @@ def seed_table(found: dict[str, dict[str, dict[int, float]]], reference: str = R
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", type=Path, help="bench_3bpa output files (JSON)")
+    parser.add_argument("--reference", default=REFERENCE_MODEL,
+                        help="the column every other is divided by, e.g. 'mace-torch, stage two from 22'")
     args = parser.parse_args()
-    print(seed_table(collect(args.files)))
+    print(seed_table(collect(args.files), args.reference))
 
 
 if __name__ == "__main__":
