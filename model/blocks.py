@@ -255,12 +255,12 @@ class LinearReadout(nn.Module):
 class ScalarMLP(nn.Module):
     """SiLU MLP to one number per row, ``[..., n, d] -> [..., n]``, broadcasting over member axes."""
 
-    def __init__(self, features: int, hidden: tuple[int, ...], output_bias: bool = True, hidden_bias: bool = True) -> None:
+    def __init__(self, features: int, hidden: tuple[int, ...], output_bias: bool = True) -> None:
         super().__init__()
         sizes = (features, *hidden)
         layers: list[nn.Module] = []
         for size_in, size_out in pairwise(sizes):
-            layers += [nn.Linear(size_in, size_out, bias=hidden_bias), nn.SiLU()]
+            layers += [nn.Linear(size_in, size_out), nn.SiLU()]
         layers.append(nn.Linear(sizes[-1], 1, bias=output_bias))
         self.net = nn.Sequential(*layers)
 
@@ -271,11 +271,10 @@ class ScalarMLP(nn.Module):
 
 
 class MLPReadout(ScalarMLP):
-    """Per-atom energy from the rank-0 channels through a SiLU MLP: ``[..., n, C, D] -> [..., n]``; without
-    ``bias`` its layers have no biases, so it has no per-atom constant of its own."""
+    """Per-atom energy from the rank-0 channels through a SiLU MLP: ``[..., n, C, D] -> [..., n]``."""
 
-    def __init__(self, channels: int, hidden: tuple[int, ...], bias: bool = True) -> None:
-        super().__init__(channels, hidden, output_bias=bias, hidden_bias=bias)
+    def __init__(self, channels: int, hidden: tuple[int, ...]) -> None:
+        super().__init__(channels, hidden)
 
     def forward(self, features: Tensor) -> Tensor:
         return super().forward(features[..., 0])

@@ -46,8 +46,6 @@ class ModelConfig:
     ``tensor_decomposition`` replaces every multi-path product by a CP decomposition of rank
     ``cp_rank`` (0: ``7 max_edge_rank**2``) with one weight for all paths (TDN, :mod:`.decomposition`);
     ``cp_trainable`` trains the CP factors instead of keeping them at their fit to the exact product.
-    ``readout_bias`` gives the last layer's energy MLP biases (a trainable per-atom constant on top of the
-    fixed E0s and shift); mace-torch's readouts have none.
     ``message_normalization`` divides each atom's sum of messages by the square root of ``avg_num_neighbors``
     (``sqrt``, the default: the scale of a sum of that many uncorrelated messages, which keeps the many-body
     features of the product basis from vanishing) or by ``avg_num_neighbors`` itself (``mean``, as MACE does,
@@ -66,7 +64,6 @@ class ModelConfig:
     correlation: int = 3
     num_interactions: int = 2
     readout_mlp: tuple[int, ...] = (16,)
-    readout_bias: bool = True
     avg_num_neighbors: float = 1.0
     scale: float = 1.0
     shift: float = 0.0
@@ -207,7 +204,7 @@ class CartesianTensorPotential(ConstantsModule):
                 self.products.append(ProductBasisBlock(*product_settings))
             self.mixers.append(SpeciesLinear(out_rank, channels, channels, num_species))
             self.residuals.append(SpeciesLinear(min(node_rank, out_rank), channels, channels, num_species))
-            self.readouts.append(MLPReadout(channels, config.readout_mlp, config.readout_bias) if last else LinearReadout(channels))
+            self.readouts.append(MLPReadout(channels, config.readout_mlp) if last else LinearReadout(channels))
             node_rank = out_rank
             layer_ranks.append(out_rank)
         self.tensor_readouts = (

@@ -71,16 +71,3 @@ def test_a_checkpoint_saved_before_message_normalization_existed_loads_with_mean
     assert ModelConfig(atomic_numbers=[1], atomic_energies=[0.0]).message_normalization == "sqrt"
     batch = collate([atoms_to_graph(frames_300K[0], SPECIES_3BPA, 5.0, dtype=torch.float64)])
     assert torch.equal(loaded(batch).energy, model.eval()(batch).energy)
-
-
-def test_readout_without_bias_has_no_per_atom_constant():
-    """With ``readout_bias: false`` the last layer's energy MLP has no biases, so an atom whose features are all
-    zero gets exactly zero readout energy (only its E0 and the shift); with the biases (the default) it does not."""
-    zero_features = torch.zeros(3, 8, 1, dtype=torch.float64)
-    readouts = {}
-    for bias in (True, False):
-        with default_dtype(torch.float64):
-            readouts[bias] = small_model(seed=4, readout_bias=bias).readouts[-1]
-    assert not [name for name, _ in readouts[False].named_parameters() if name.endswith("bias")]
-    assert torch.equal(readouts[False](zero_features), torch.zeros(3, dtype=torch.float64))
-    assert readouts[True](zero_features).abs().min() > 1e-6
