@@ -57,8 +57,7 @@ from benchmarks.tace_peer import tace_config
 from tace_aiida.selection import CANDIDATE, SelectionSettings, TrustWindow, classify, frame_deviation, pick_diverse
 
 #: Smaller than the side-by-side benchmark's model so that a whole run fits in about an hour; trained
-#: with patience 5, no clipping and no weight decay (the loop's defaults until 2026-12-04), so that every
-#: row in the README was measured alike.
+#: with tace-aiida's own defaults (patience 5, no clipping, no weight decay), as the loop trains.
 SETTINGS = MatchedSettings(channels=16, max_edge_rank=2, radial_mlp=(32, 32), epochs=60, scheduler_patience=5,
                            clip_grad_norm=None, weight_decay=0.0)
 

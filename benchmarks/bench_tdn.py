@@ -117,7 +117,7 @@ def speed(args) -> None:
 
 def accuracy(args) -> None:
     torch.set_num_threads(1)
-    # tace-aiida only: the settings its README rows were measured with (the loop's defaults until 2026-12-04)
+    # tace-aiida only: its own training defaults
     settings = MatchedSettings(epochs=args.epochs, seed=args.seed, scheduler_patience=5, clip_grad_norm=None, weight_decay=0.0)
     train, valid, test, e0s = load_3bpa_split(seed=args.seed)
     rng = np.random.default_rng(args.seed)

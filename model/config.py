@@ -121,9 +121,7 @@ class TrainingConfig:
     (:mod:`.graph_store`); null: ``$TACE_GRAPH_CACHE``, else ``~/.cache/tace-aiida/graphs``;
     ``off`` builds without a cache.
     ``clip_grad_norm`` rescales the gradient of every step whose norm (over all weights) exceeds it, as
-    mace-torch's ``--clip_grad``; null leaves gradients alone. ``weight_decay`` is an L2 penalty on every
-    weight in Adam's update. Their defaults, 10 and 5e-7, are mace-torch's: on 3BPA they lowered the test
-    force RMSE by 2-4 % (README, accuracy benchmark).
+    mace-torch's ``--clip_grad`` (its default there is 10); null leaves gradients alone.
     """
 
     train_file: str | list[str]
@@ -148,8 +146,8 @@ class TrainingConfig:
     optimizer: str = "adam"
     lr: float = 0.01
     amsgrad: bool = True
-    weight_decay: float = 5e-7
-    clip_grad_norm: float | None = 10.0
+    weight_decay: float = 0.0
+    clip_grad_norm: float | None = None
     ema_decay: float | None = 0.99
     scheduler_factor: float = 0.8
     scheduler_patience: int = 5

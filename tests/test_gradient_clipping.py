@@ -13,7 +13,7 @@ from tace_aiida.model.training import train
 from .conftest import training_settings
 
 TINY = {"model": {"channels": 4, "radial_mlp": [8], "max_edge_rank": 1, "max_hidden_rank": 1, "correlation": 2},
-        "max_epochs": 1, "ema_decay": None, "batch_size": 8, "weight_decay": 0.0}
+        "max_epochs": 1, "ema_decay": None, "batch_size": 8}
 
 
 def weights_after_one_epoch(folder: Path, **overrides) -> dict[str, torch.Tensor]:
@@ -31,17 +31,11 @@ def test_a_clip_norm_that_is_not_positive_is_named(value):
         TrainingConfig(train_file="train.xyz", clip_grad_norm=value)
 
 
-def test_training_clips_and_decays_as_mace_torch_by_default():
-    config = TrainingConfig(train_file="train.xyz")
-    assert (config.clip_grad_norm, config.weight_decay) == (10.0, 5e-7)
-
-
 def test_steps_use_the_clipped_gradient(tmp_path):
     """Adam's step does not depend on the gradient's scale unless the gradient is far below its epsilon
-    (1e-8): clipped to a norm of 1e-12, the steps shrink by about 1e-5; a loose clip changes nothing.
-    Without weight decay, whose penalty Adam adds after the clipping."""
+    (1e-8): clipped to a norm of 1e-12, the steps shrink by about 1e-5; a loose clip changes nothing."""
     initial = weights_after_one_epoch(tmp_path / "frozen", lr=1e-30)
-    free = weights_after_one_epoch(tmp_path / "free", clip_grad_norm=None)
+    free = weights_after_one_epoch(tmp_path / "free")
     loose = weights_after_one_epoch(tmp_path / "loose", clip_grad_norm=1e12)
     clipped = weights_after_one_epoch(tmp_path / "clipped", clip_grad_norm=1e-12)
     assert largest_change(initial, free) > 1e-3
