@@ -22,7 +22,6 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
 from tace_aiida.model.calculator import TACECalculator
 
 TEMPERATURES_K = (300, 600, 900, 1200)
