@@ -31,26 +31,33 @@ class PolynomialEnvelope(nn.Module):
 
 
 class BesselBasis(nn.Module):
-    """``sqrt(2/r_c) sin(n pi r / r_c) / r`` for n = 1 .. num_basis, frequencies trainable."""
+    """``sqrt(2/r_c) sin(n pi r / r_c) / r`` for n = 1 .. num_basis; the frequencies ``n pi / r_c`` are
+    trained when ``trainable``, else fixed (rebuilt in the dtype of the lengths, as mace-torch keeps them)."""
 
-    def __init__(self, r_max: float, num_basis: int = 8) -> None:
+    def __init__(self, r_max: float, num_basis: int = 8, trainable: bool = True) -> None:
         super().__init__()
         self.r_max = r_max
-        self.frequencies = nn.Parameter(math.pi / r_max * torch.arange(1, num_basis + 1, dtype=torch.get_default_dtype()))
+        self.num_basis = num_basis
+        frequencies = math.pi / r_max * torch.arange(1, num_basis + 1, dtype=torch.get_default_dtype())
+        self.frequencies = nn.Parameter(frequencies) if trainable else None
         self.prefactor = math.sqrt(2.0 / r_max)
 
     def forward(self, lengths: Tensor) -> Tensor:
         """``lengths`` [..., n_edges] in Å -> basis [..., n_edges, num_basis]."""
+        frequencies = self.frequencies
+        if frequencies is None:
+            n = torch.arange(1, self.num_basis + 1, dtype=lengths.dtype, device=lengths.device)
+            frequencies = math.pi / self.r_max * n
         r = lengths[..., None]
-        return self.prefactor * torch.sin(self.frequencies.unsqueeze(-2) * r) / r
+        return self.prefactor * torch.sin(frequencies.unsqueeze(-2) * r) / r
 
 
 class RadialEmbedding(nn.Module):
     """Bessel basis times the cutoff envelope: the smooth radial features of an edge."""
 
-    def __init__(self, r_max: float, num_basis: int = 8, envelope_p: int = 5) -> None:
+    def __init__(self, r_max: float, num_basis: int = 8, envelope_p: int = 5, trainable: bool = True) -> None:
         super().__init__()
-        self.basis = BesselBasis(r_max, num_basis)
+        self.basis = BesselBasis(r_max, num_basis, trainable)
         self.envelope = PolynomialEnvelope(r_max, envelope_p)
 
     def forward(self, lengths: Tensor) -> Tensor:
