@@ -30,11 +30,17 @@ OWN_PATIENCE = {"tace-aiida": 5, "mace-torch": 50}
 #: The gradient clipping and weight decay of runs written before they were matched: each model's own.
 OWN_CLIP_GRAD_NORM = {"tace-aiida": None, "mace-torch": 10.0}
 OWN_WEIGHT_DECAY = {"tace-aiida": 0.0, "mace-torch": 5e-7}
+#: Whether runs written before they were matched kept the Bessel frequencies fixed (mace-torch always does).
+OWN_FIXED_BESSEL = {"tace-aiida": False, "mace-torch": True}
 
 
 def column_name(model: str, tace_model: dict, settings: dict) -> str:
     """``model`` with what its run changed from the matched settings, e.g.
     ``tace-aiida {"message_normalization": "mean"}, patience 5, no clipping``."""
+    fixed_bessel = settings.get("fixed_bessel_frequencies", OWN_FIXED_BESSEL[model])
+    if "bessel_trainable" in tace_model:  # runs that set it as a model option before it was matched
+        fixed_bessel = not tace_model["bessel_trainable"]
+        tace_model = {key: value for key, value in tace_model.items() if key != "bessel_trainable"}
     name = f"{model} {json.dumps(tace_model, sort_keys=True)}" if model == "tace-aiida" and tace_model else model
     patience = settings.get("scheduler_patience", OWN_PATIENCE[model])
     changed = [f"patience {patience}"] if patience != MatchedSettings.scheduler_patience else []
@@ -44,6 +50,8 @@ def column_name(model: str, tace_model: dict, settings: dict) -> str:
     weight_decay = settings.get("weight_decay", OWN_WEIGHT_DECAY[model])
     if weight_decay != MatchedSettings.weight_decay:
         changed.append(f"weight decay {weight_decay:g}")
+    if fixed_bessel != MatchedSettings.fixed_bessel_frequencies:
+        changed.append("trained Bessel frequencies" if not fixed_bessel else "fixed Bessel frequencies")
     if settings.get("stage_two_start") is not None:
         changed.append(f"stage two from {settings['stage_two_start']}")
     return ", ".join([name, *changed])

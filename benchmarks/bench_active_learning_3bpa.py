@@ -57,9 +57,10 @@ from benchmarks.tace_peer import tace_config
 from tace_aiida.selection import CANDIDATE, SelectionSettings, TrustWindow, classify, frame_deviation, pick_diverse
 
 #: Smaller than the side-by-side benchmark's model so that a whole run fits in about an hour; trained
-#: with tace-aiida's own defaults (patience 5, no clipping, no weight decay), as the loop trains.
+#: with tace-aiida's own defaults (patience 5, no clipping, no weight decay, trained Bessel frequencies),
+#: as the loop trains.
 SETTINGS = MatchedSettings(channels=16, max_edge_rank=2, radial_mlp=(32, 32), epochs=60, scheduler_patience=5,
-                           clip_grad_norm=None, weight_decay=0.0)
+                           clip_grad_norm=None, weight_decay=0.0, fixed_bessel_frequencies=False)
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,8 @@ def speed(args) -> None:
 def accuracy(args) -> None:
     torch.set_num_threads(1)
     # tace-aiida only: its own training defaults
-    settings = MatchedSettings(epochs=args.epochs, seed=args.seed, scheduler_patience=5, clip_grad_norm=None, weight_decay=0.0)
+    settings = MatchedSettings(epochs=args.epochs, seed=args.seed, scheduler_patience=5, clip_grad_norm=None, weight_decay=0.0,
+                               fixed_bessel_frequencies=False)
     train, valid, test, e0s = load_3bpa_split(seed=args.seed)
     rng = np.random.default_rng(args.seed)
     train = [train[i] for i in rng.permutation(len(train))[: args.train_frames]]

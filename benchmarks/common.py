@@ -49,7 +49,9 @@ class MatchedSettings:
     100, learning rate 1e-3). Both clip a step's gradient norm at ``clip_grad_norm``
     (None: no clipping) and add ``weight_decay`` (an L2 penalty in Adam's update)
     as mace-torch does by default; mace-torch decays only the weights of its
-    interaction linears and products, tace-aiida every weight. The loss per batch is, as mace-torch's
+    interaction linears and products, tace-aiida every weight. With
+    ``fixed_bessel_frequencies`` tace-aiida keeps its radial Bessel frequencies at
+    ``n pi / r_max`` as mace-torch always does (tace-aiida's own default trains them). The loss per batch is, as mace-torch's
     "weighted" loss, ``energy_weight * mean((ΔE / N)²) + forces_weight *
     mean(ΔF_i²)`` over structures and force components (eV², eV²/Å²); energies
     are referenced to the isolated-atom E0s of ``iso_atoms.xyz``.
@@ -75,6 +77,7 @@ class MatchedSettings:
     stage_two_start: int | None = None
     clip_grad_norm: float | None = 10.0
     weight_decay: float = 5e-7
+    fixed_bessel_frequencies: bool = True
     time_budget_s: float | None = None
     seed: int = 1
     dtype: str = "float32"

@@ -34,6 +34,7 @@ def tace_config(settings: MatchedSettings, workdir: Path, e0s: dict[int, float] 
             "num_bessel": settings.num_bessel,
             "envelope_p": settings.polynomial_p,
             "radial_mlp": list(settings.radial_mlp),
+            "bessel_trainable": not settings.fixed_bessel_frequencies,
             **(model_options or {}),
         },
         energy_weight=settings.energy_weight,

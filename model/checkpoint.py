@@ -16,9 +16,8 @@ from .potential import CartesianTensorPotential, ModelConfig
 FORMAT_NAME = "tace-aiida-potential"
 FORMAT_VERSION = 1
 #: Model settings whose default changed after checkpoints were written without them: the value those
-#: checkpoints were trained with (messages were divided by the mean neighbour count before 2026-12-03, and
-#: the Bessel frequencies were trained before 2026-12-04).
-SETTINGS_BEFORE_THEY_EXISTED = {"message_normalization": "mean", "bessel_trainable": True}
+#: checkpoints were trained with (messages were divided by the mean neighbour count before 2026-12-03).
+SETTINGS_BEFORE_THEY_EXISTED = {"message_normalization": "mean"}
 
 
 class CheckpointError(ValueError):
