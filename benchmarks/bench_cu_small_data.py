@@ -23,11 +23,11 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.emt import EMT
 from ase.io import write
-
-from benchmarks.bench_main_job_ensemble import emt_frames, example_cells, forces_of, rmse_mev
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.config import TrainingConfig
 from tace_aiida.model.training import train
+
+from benchmarks.bench_main_job_ensemble import emt_frames, example_cells, forces_of, rmse_mev
 
 #: The ``fast`` protocol's training (``workflows/protocols/active_learning.yaml``), E0 of Cu set to 0 eV.
 FAST_TRAINING = dict(max_epochs=80, patience=20, batch_size=2, valid_fraction=0.1, forces_weight=10.0,
