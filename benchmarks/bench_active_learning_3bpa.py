@@ -24,7 +24,11 @@ Both are scored the same way: the test force RMSE (meV/Å) of the first member (
 from scratch (or, with ``--warm-start``, from its weights of the round before) on the labels of that
 round with identical settings; ``active`` also reports its
 ensemble mean. The table ends with the number of labels ``active`` needed to reach ``random``'s
-final error. Each strategy's rows are written to ``--output`` as soon as it finishes; a later run
+final error, then, per active strategy (``oracle`` aside) and round, how calibrated its uncertainty was:
+as the loop's report does, a scale is fitted on each round's picks once they are labelled and used for the
+next round's deviations; each round reports the Spearman rank correlation of predicted max force deviation
+and actual max force error on the test frames and on the picks, the fitted scale, the scale the test frames
+would give, and the test frames' miscalibration area unscaled and with the scale in use. Each strategy's rows are written to ``--output`` as soon as it finishes; a later run
 with the same settings and ``--strategies active`` (say) keeps the other strategy's rows.
 
     python -m benchmarks.bench_active_learning_3bpa            # full run (about an hour on 2 cores)
@@ -54,6 +58,7 @@ from tace_aiida.model.training import train
 
 from benchmarks.common import DATA_DIR, MatchedSettings, energy_force_rmse, frame_key, read_e0s
 from benchmarks.tace_peer import tace_config
+from tace_aiida.calibration import calibration_summary
 from tace_aiida.selection import CANDIDATE, SelectionSettings, TrustWindow, classify, frame_deviation, pick_diverse
 
 #: Smaller than the side-by-side benchmark's model so that a whole run fits in about an hour; trained
@@ -156,30 +161,57 @@ def train_ensemble(frames: list[Atoms], members: int, settings: MatchedSettings,
     return checkpoints
 
 
-def most_informative(calc: TACECalculator, frames: list[Atoms], count: int, candidates: int,
-                     seed: int, diversity: str = "kmeans",
+@dataclass
+class Predictions:
+    """A calculator's mean forces ``[n_frames, n_atoms, 3]``, per-atom deviations ``[n_frames, n_atoms]`` (eV/Å)
+    and descriptors ``[n_frames, ...]`` of some frames."""
+
+    forces: np.ndarray
+    forces_std: np.ndarray
+    descriptors: np.ndarray
+
+
+def predict(calc: TACECalculator, frames: list[Atoms]) -> Predictions:
+    """:class:`Predictions` of ``calc`` (an ensemble, or one model with feature uncertainty) for ``frames``."""
+    forces, forces_std, descriptors = [], [], []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        forces.append(atoms.get_forces())
+        forces_std.append(calc.results["forces_std"])
+        descriptors.append(calc.results["descriptors"])
+    return Predictions(np.stack(forces), np.stack(forces_std), np.array(descriptors))
+
+
+def most_informative(predictions: Predictions, count: int, candidates: int, seed: int, diversity: str = "kmeans",
                      true_forces: list[np.ndarray] | None = None) -> tuple[list[int], np.ndarray]:
-    """Positions in ``frames`` the loop's selection would label, and every frame's deviation (eV/Å).
+    """Positions among the predicted frames that the loop's selection would label, and every frame's deviation (eV/Å).
 
     The trust window opens at the deviation of the ``candidates``-th most uncertain frame (none is
     unphysical: every pool frame has a DFT label); ``count`` of those are picked by ``diversity``.
     With ``true_forces`` (``[n_atoms, 3]`` eV/Å per frame) a frame's deviation is its largest atomic
     force error instead of the calculator's uncertainty.
     """
-    forces, forces_std, descriptors = [], [], []
-    for index, atoms in enumerate(frames):
-        atoms = atoms.copy()
-        atoms.calc = calc
-        forces.append(atoms.get_forces())
-        forces_std.append(calc.results["forces_std"] if true_forces is None
-                          else np.linalg.norm(forces[-1] - true_forces[index], axis=-1))
-        descriptors.append(calc.results["descriptors"])
-    deviation = frame_deviation(np.stack(forces), np.stack(forces_std), TrustWindow(0.0, np.inf))
+    forces_std = (predictions.forces_std if true_forces is None
+                  else np.linalg.norm(predictions.forces - np.stack(true_forces), axis=-1))
+    deviation = frame_deviation(predictions.forces, forces_std, TrustWindow(0.0, np.inf))
     window = TrustWindow(trust_low=float(np.sort(deviation)[::-1][min(candidates, len(deviation)) - 1]), trust_high=np.inf)
     candidate = np.flatnonzero(classify(deviation, window) == CANDIDATE)
     settings = SelectionSettings(window=window, max_selected=count, diversity=diversity, seed=seed)
-    picks = pick_diverse(np.array(descriptors)[candidate], deviation[candidate], settings)
+    picks = pick_diverse(predictions.descriptors[candidate], deviation[candidate], settings)
     return [int(candidate[i]) for i in picks], deviation
+
+
+def calibration_figures(predictions: Predictions, labelled: list[Atoms], scale_used: float) -> dict:
+    """The loop's calibration report (:func:`tace_aiida.calibration.calibration_summary`) for predicted frames
+    whose labels are ``labelled``, without the per-frame lists: Spearman rank correlation of the predicted max
+    force deviation and the actual max force error over the frames, the scale fitted on their per-atom errors,
+    and the miscalibration area unscaled and with ``scale_used``."""
+    errors = [atoms.get_forces() - forces for atoms, forces in zip(labelled, predictions.forces, strict=True)]
+    summary = calibration_summary(predictions.forces_std.max(axis=-1).tolist(), errors, list(predictions.forces_std),
+                                  scale_used)
+    return {key: summary[key] for key in ("spearman", "scale", "scale_used", "miscalibration_area",
+                                          "miscalibration_area_used")}
 
 
 def run_strategy(strategy: str, split: PoolSplit, args: argparse.Namespace, settings: MatchedSettings,
@@ -191,6 +223,7 @@ def run_strategy(strategy: str, split: PoolSplit, args: argparse.Namespace, sett
     training = list(split.initial)
     rng = np.random.default_rng(args.seed)
     rows, checkpoints = [], None
+    scale_used = 1.0  # as in the loop: each round's deviations are scaled by the scale fitted on the last picks
     for round_index in range(args.rounds + 1):
         start = time.perf_counter()
         choice = STRATEGIES[strategy]
@@ -206,20 +239,29 @@ def run_strategy(strategy: str, split: PoolSplit, args: argparse.Namespace, sett
                                       uncertainty="ensemble" if choice.uncertainty == "oracle" else choice.uncertainty)
             if members > 1:
                 row["ensemble_forces_rmse"] = energy_force_rmse(ensemble, split.test)["forces_rmse_meV_per_A"]
+            if choice.uncertainty != "oracle":
+                row["calibration_test"] = calibration_figures(predict(ensemble, split.test), split.test, scale_used)
         if round_index < args.rounds:
             if active:
+                pool_predictions = predict(ensemble, [pool_view[i] for i in remaining])
                 true_forces = ([split.pool[i].get_forces() for i in remaining] if choice.uncertainty == "oracle"
                                else None)
-                picks, deviation = most_informative(ensemble, [pool_view[i] for i in remaining], args.step,
-                                                    args.candidates * args.step, args.seed, choice.diversity, true_forces)
+                picks, deviation = most_informative(pool_predictions, args.step, args.candidates * args.step,
+                                                    args.seed, choice.diversity, true_forces)
                 row["picked_deviation_mean"] = float(deviation[picks].mean())
                 row["pool_deviation_mean"] = float(deviation.mean())
             else:
                 picks = rng.choice(len(remaining), size=args.step, replace=False).tolist()
             chosen = [remaining[i] for i in picks]
-            training += labeller.label(chosen)
-            picked = set(chosen)
-            remaining = [i for i in remaining if i not in picked]
+            new_labels = labeller.label(chosen)
+            training += new_labels
+            if active and choice.uncertainty != "oracle":
+                picked = Predictions(pool_predictions.forces[picks], pool_predictions.forces_std[picks],
+                                     pool_predictions.descriptors[picks])
+                row["calibration_picked"] = calibration_figures(picked, new_labels, scale_used)
+                scale_used = row["calibration_picked"]["scale"] or scale_used
+            taken = set(chosen)
+            remaining = [i for i in remaining if i not in taken]
         row["seconds"] = time.perf_counter() - start
         rows.append(row)
         print(f"{strategy:>6} labels {row['labels']:4d}  test F RMSE {row['forces_rmse']:6.1f} meV/Å  "
@@ -250,6 +292,37 @@ def format_table(rows: dict[str, list[dict]]) -> str:
         needed = labels_to_reach(rows[name], final["forces_rmse"])
         lines.append(f"- {name}: " + (f"{needed} ({needed / final['labels']:.2f} of random's)" if needed is not None
                                       else "not within this run"))
+    return "\n".join(lines)
+
+
+#: (row entry, key) of the columns of :func:`format_calibration`.
+CALIBRATION_COLUMNS = (("calibration_test", "spearman"), ("calibration_picked", "spearman"),
+                       ("calibration_picked", "scale"), ("calibration_test", "scale"),
+                       ("calibration_test", "miscalibration_area"), ("calibration_test", "miscalibration_area_used"))
+
+
+def mean_over_runs(rows: list[dict], entry: str, key: str) -> str:
+    """``rows[i][entry][key]`` averaged over the rows that have it, to 2 decimals, else "-"."""
+    values = [row.get(entry, {}).get(key) for row in rows]
+    values = [value for value in values if value is not None]
+    return f"{np.mean(values):.2f}" if values else "-"
+
+
+def format_calibration(runs: list[dict[str, list[dict]]]) -> str:
+    """Markdown table, per active strategy and round, of how its uncertainty was calibrated, as the mean over
+    ``runs`` (several seeds): on the test frames, the Spearman rank correlation of predicted max force deviation
+    and actual max force error, and the miscalibration area unscaled and with the scale in use (fitted on the
+    previous round's picks, as the loop does); the scale fitted on this round's picks and the scale the test
+    frames themselves would give (the ideal one)."""
+    names = [name for name in STRATEGIES if all("calibration_test" in (rows.get(name) or [{}])[0] for rows in runs)]
+    lines = []
+    for name in names:
+        lines += [f"\n{name}: calibration of its uncertainty (mean over {len(runs)} run(s))",
+                  "| labels | Spearman, test | Spearman, picks | scale fitted on picks | scale of the test frames "
+                  "| area, test, unscaled | area, test, scale in use |", "|---|---|---|---|---|---|---|"]
+        for index, row in enumerate(runs[0][name]):
+            cells = [mean_over_runs([rows[name][index] for rows in runs], entry, key) for entry, key in CALIBRATION_COLUMNS]
+            lines.append(f"| {row['labels']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -311,7 +384,8 @@ def main() -> None:
                         help="print the mean over the --output files of several seeds and stop")
     args = parser.parse_args()
     if args.summarise:
-        print(summarise_seeds([json.loads(path.read_text())["rows"] for path in args.summarise]))
+        runs = [json.loads(path.read_text())["rows"] for path in args.summarise]
+        print(summarise_seeds(runs) + "\n" + format_calibration(runs))
         return
 
     settings = replace(SETTINGS, epochs=args.epochs)
@@ -334,7 +408,7 @@ def main() -> None:
             rows[strategy] = run_strategy(strategy, split, args, settings, Path(scratch))
             args.output.write_text(json.dumps({**configuration, "rows": rows}, indent=1))
     if "random" in rows and len(rows) > 1:
-        table = format_table(rows)
+        table = format_table(rows) + "\n" + format_calibration([rows])
         print("\n" + table)
         args.output.write_text(json.dumps({**configuration, "rows": rows, "table": table}, indent=1))
 

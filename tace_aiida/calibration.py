@@ -19,6 +19,7 @@ import torch
 from scipy.stats import norm
 
 from tace_aiida.model.feature_uncertainty import likelihood_scale
+from tace_aiida.selection import spearman_correlation
 
 #: Probabilities of the central intervals over which the miscalibration area is averaged.
 LEVELS = np.linspace(0.01, 0.99, 99)
@@ -55,3 +56,24 @@ def miscalibration_area(errors: np.ndarray, sigma: np.ndarray, scale: float = 1.
     bounds = norm.ppf(0.5 + LEVELS / 2.0)
     observed = (z[None, :] <= bounds[:, None]).mean(axis=1)
     return float(np.abs(observed - LEVELS).mean())
+
+
+def calibration_summary(predicted: list[float], errors: list[np.ndarray], sigma: list[np.ndarray],
+                        scale_used: float = 1.0) -> dict:
+    """How the uncertainty compared with the actual errors of some frames (eV/Å).
+
+    Per frame: ``predicted`` max force deviation (unscaled) and ``errors`` ``[n_atoms, 3]`` and ``sigma``
+    ``[n_atoms]`` per atom. Returns the frames' predicted deviations and actual max force errors and their
+    rank correlation (``spearman``), and, per atom, ``scale`` fitted on these errors and the miscalibration
+    area unscaled and with ``scale_used`` (a scale fitted elsewhere: an out-of-sample check of it).
+    """
+    actual = [float(np.linalg.norm(np.reshape(error, (-1, 3)), axis=1).max()) for error in errors]
+    entry = {"predicted_max_force_std": list(predicted), "actual_max_force_error": actual,
+             "spearman": spearman_correlation(np.array(predicted), np.array(actual)),
+             "scale": None, "scale_used": scale_used, "miscalibration_area": None, "miscalibration_area_used": None}
+    if errors:
+        errors_all, sigma_all = np.concatenate(errors), np.concatenate(sigma)
+        entry.update(scale=fit_scale(errors_all, sigma_all),
+                     miscalibration_area=miscalibration_area(errors_all, sigma_all),
+                     miscalibration_area_used=miscalibration_area(errors_all, sigma_all, scale_used))
+    return entry

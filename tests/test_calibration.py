@@ -8,7 +8,7 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from tace_aiida.workflows.report import calibration
 
-from tace_aiida.calibration import fit_scale, miscalibration_area
+from tace_aiida.calibration import calibration_summary, fit_scale, miscalibration_area
 from tace_aiida.data import TrainingSetData
 
 
@@ -49,6 +49,20 @@ def test_atoms_without_deviation_are_left_out_and_mismatched_shapes_are_named():
     assert fit_scale(errors[:1], sigma[:1]) is None and miscalibration_area(errors[:1], sigma[:1]) is None
     with pytest.raises(ValueError, match="2 force errors but 3 deviations"):
         fit_scale(errors, np.ones(3))
+
+
+def test_the_summary_ranks_frames_by_deviation_and_checks_a_scale_fitted_elsewhere():
+    """Frames whose atoms have larger deviations have larger errors (drawn at twice the deviation): the rank
+    correlation is high, the fitted scale is 2, and a scale of 2 from elsewhere calibrates these frames."""
+    sigma = [np.full(5, level) for level in np.linspace(0.02, 0.5, 200)]
+    errors = [gaussian_errors(s, 2.0, seed=i) for i, s in enumerate(sigma)]
+    summary = calibration_summary([float(s.max()) for s in sigma], errors, sigma, scale_used=2.0)
+    assert summary["spearman"] > 0.8
+    assert summary["scale"] == pytest.approx(2.0, rel=0.1)
+    assert summary["miscalibration_area_used"] < 0.05 < 0.2 < summary["miscalibration_area"]
+    assert summary["actual_max_force_error"][3] == pytest.approx(np.linalg.norm(errors[3], axis=1).max())
+    empty = calibration_summary([], [], [])
+    assert empty["spearman"] is None and empty["scale"] is None
 
 
 def labelled_frame(error: np.ndarray, sigma: np.ndarray) -> Atoms:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 from aiida import orm
 
-from tace_aiida.calibration import fit_scale, miscalibration_area
+from tace_aiida.calibration import calibration_summary
 from tace_aiida.data import TrainingSetData
-from tace_aiida.selection import spearman_correlation
 
 
 def calibration(labelled: TrainingSetData, scale_used: float = 1.0) -> dict:
@@ -18,24 +17,14 @@ def calibration(labelled: TrainingSetData, scale_used: float = 1.0) -> dict:
     area unscaled and with ``scale_used`` (the scale fitted one iteration earlier, which the selection of
     these frames used: an out-of-sample check of the calibration).
     """
-    predicted, actual, errors, sigma = [], [], [], []
+    predicted, errors, sigma = [], [], []
     for atoms in labelled.get_atoms():
         if "predicted_forces" not in atoms.arrays:
             continue
-        error = atoms.get_forces() - atoms.arrays["predicted_forces"]
         predicted.append(float(atoms.info["predicted_max_force_std"]))
-        actual.append(float(np.linalg.norm(error, axis=1).max()))
-        errors.append(error)
+        errors.append(atoms.get_forces() - atoms.arrays["predicted_forces"])
         sigma.append(atoms.arrays["predicted_forces_std"])
-    entry = {"predicted_max_force_std": predicted, "actual_max_force_error": actual,
-             "spearman": spearman_correlation(np.array(predicted), np.array(actual)),
-             "scale": None, "scale_used": scale_used, "miscalibration_area": None, "miscalibration_area_used": None}
-    if errors:
-        errors_all, sigma_all = np.concatenate(errors), np.concatenate(sigma)
-        entry.update(scale=fit_scale(errors_all, sigma_all),
-                     miscalibration_area=miscalibration_area(errors_all, sigma_all),
-                     miscalibration_area_used=miscalibration_area(errors_all, sigma_all, scale_used))
-    return entry
+    return calibration_summary(predicted, errors, sigma, scale_used)
 
 
 def mean_metric(training_metrics: list[dict], key: str, source: str = "best") -> float | None:
