@@ -47,31 +47,21 @@ class EdgeHarmonics(ConstantsModule):
         return torch.cat(ranks, dim=-1)
 
 
-class GroupwiseLinear(ConstantsModule):
-    """Channel mixing with one weight matrix per group of components: ``[n, c_in, D] -> [n, c_out, D]``.
+class RankwiseLinear(ConstantsModule):
+    """Channel mixing with one weight matrix per rank: ``[n, c_in, D] -> [n, c_out, D]``.
 
-    ``component_group`` ``[D]`` names the group of each component. When every group holds whole
-    irreducible tensors (the components of one rank, or of one coupling path), mixing channels within
-    it commutes with rotations, so equivariance is kept.
+    Mixing channels of the same rank commutes with rotations, so equivariance is kept.
     """
 
-    def __init__(self, component_group: Tensor, channels_in: int, channels_out: int) -> None:
+    def __init__(self, max_rank: int, channels_in: int, channels_out: int) -> None:
         super().__init__()
-        num_groups = int(component_group.max()) + 1
-        self.weight = nn.Parameter(torch.randn(num_groups, channels_in, channels_out))
-        self.register_constant("component_group", component_group)
+        self.weight = nn.Parameter(torch.randn(max_rank + 1, channels_in, channels_out))
+        self.register_constant("component_rank", rank_of_component(max_rank))
         self.norm = 1.0 / math.sqrt(channels_in)
 
     def forward(self, features: Tensor) -> Tensor:
-        weight = self.weight[..., self.component_group, :, :] * self.norm
+        weight = self.weight[..., self.component_rank, :, :] * self.norm
         return torch.einsum("...ncm,...mcd->...ndm", features, weight)
-
-
-class RankwiseLinear(GroupwiseLinear):
-    """One weight matrix per rank ``0..max_rank`` of the packed irreducible components."""
-
-    def __init__(self, max_rank: int, channels_in: int, channels_out: int) -> None:
-        super().__init__(rank_of_component(max_rank), channels_in, channels_out)
 
 
 class SpeciesLinear(nn.Module):
@@ -100,11 +90,6 @@ class InteractionBlock(ConstantsModule):
     (channel-independent), then one batched matmul per edge handles every channel and path. Each edge sums
     its weighted paths into the ``D_edge`` output components before the sum over neighbours, so that sum
     (and its backward, a gather) moves ``D_edge`` rather than Q numbers per channel and edge.
-
-    ``path_mixing`` keeps the paths apart through the sum over neighbours and mixes channels with one
-    weight matrix per path before adding the paths of the same output rank (as MACE's linear after its
-    tensor product mixes each path's channels), instead of one matrix per output rank after the paths
-    are added: more weights, and the neighbour sum moves Q numbers per channel and edge.
     """
 
     def __init__(
@@ -115,7 +100,6 @@ class InteractionBlock(ConstantsModule):
         num_radial: int,
         radial_mlp: tuple[int, ...],
         message_divisor: float,
-        path_mixing: bool = False,
     ) -> None:
         super().__init__()
         self.linear_up = RankwiseLinear(max_node_rank, channels, channels)
@@ -142,11 +126,7 @@ class InteractionBlock(ConstantsModule):
         self.register_constant("spread", spread)
         self.register_constant("target", target)
         self.radial = RadialMLP(num_radial, radial_mlp, len(paths), channels)
-        self.path_mixing = path_mixing
-        if path_mixing:
-            self.linear = GroupwiseLinear(spread.argmax(dim=0), channels, channels)
-        else:
-            self.linear = RankwiseLinear(max_edge_rank, channels, channels)
+        self.linear = RankwiseLinear(max_edge_rank, channels, channels)
         self.register_constant("message_divisor", torch.tensor(float(message_divisor), dtype=torch.float64))
 
     def forward(self, node_features: Tensor, harmonics: Tensor, radial: Tensor, edge_index: Tensor) -> Tensor:
@@ -157,13 +137,10 @@ class InteractionBlock(ConstantsModule):
         up = self.linear_up(node_features)
         edge_coupling = torch.einsum("...ej,ijq->...eiq", harmonics, self.coupling)
         messages = torch.matmul(up[..., sender, :, :], edge_coupling)
-        messages = messages * (self.radial(radial) @ self.spread)
-        if not self.path_mixing:
-            messages = messages @ self.target
+        messages = (messages * (self.radial(radial) @ self.spread)) @ self.target
         shape = (*messages.shape[:-3], node_features.shape[-3], *messages.shape[-2:])
         summed = messages.new_zeros(shape).index_add(-3, receiver, messages)
-        mixed = self.linear(summed / self.message_divisor[..., None, None, None])
-        return mixed @ self.target if self.path_mixing else mixed
+        return self.linear(summed / self.message_divisor[..., None, None, None])
 
 
 class ProductBasisBlock(ConstantsModule):

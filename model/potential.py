@@ -48,9 +48,6 @@ class ModelConfig:
     ``cp_trainable`` trains the CP factors instead of keeping them at their fit to the exact product.
     ``bessel_trainable`` trains the frequencies of the radial Bessel basis; false keeps them at ``n pi / r_max``,
     as mace-torch does (on 3BPA's 450 frames 3-9 % lower errors, on 19-40 Cu frames 1-9 % higher: README).
-    ``path_mixing`` gives each coupling path of an interaction its own channel-mixing matrix, applied after
-    the sum over neighbours, instead of one per output rank after the paths are added (MACE's layout; not
-    with ``tensor_decomposition``, whose paths share one weight).
     ``message_normalization`` divides each atom's sum of messages by the square root of ``avg_num_neighbors``
     (``sqrt``, the default: the scale of a sum of that many uncorrelated messages, which keeps the many-body
     features of the product basis from vanishing) or by ``avg_num_neighbors`` itself (``mean``, as MACE does,
@@ -87,7 +84,6 @@ class ModelConfig:
     cp_rank: int = 0
     cp_trainable: bool = False
     message_normalization: str = "sqrt"
-    path_mixing: bool = False
 
     def __post_init__(self) -> None:
         if len(self.atomic_energies) != len(self.atomic_numbers):
@@ -105,9 +101,6 @@ class ModelConfig:
         if self.field_dipole and (not self.embed_field or self.dipole):
             raise ValueError(f"field_dipole: true takes the dipole as -dE/dF: it needs embed_field: true (not "
                              f"{self.embed_field}) and no dipole head (dipole: {self.dipole})")
-        if self.path_mixing and self.tensor_decomposition:
-            raise ValueError("path_mixing: true needs separate paths, but tensor_decomposition: true gives all "
-                             "paths one weight; set one of them to false")
         if self.message_normalization not in MESSAGE_NORMALIZATIONS:
             raise ValueError(f"message_normalization={self.message_normalization!r} must be one of {MESSAGE_NORMALIZATIONS}")
         if self.long_range_sigma <= 0 or self.long_range_spacing <= 0:
@@ -210,7 +203,7 @@ class CartesianTensorPotential(ConstantsModule):
                 self.interactions.append(DecomposedInteractionBlock(*interaction_settings, *cp))
                 self.products.append(DecomposedProductBasisBlock(*product_settings, *cp))
             else:
-                self.interactions.append(InteractionBlock(*interaction_settings, config.path_mixing))
+                self.interactions.append(InteractionBlock(*interaction_settings))
                 self.products.append(ProductBasisBlock(*product_settings))
             self.mixers.append(SpeciesLinear(out_rank, channels, channels, num_species))
             self.residuals.append(SpeciesLinear(min(node_rank, out_rank), channels, channels, num_species))
@@ -270,7 +263,7 @@ class CartesianTensorPotential(ConstantsModule):
         ):
             aggregated = interaction(features, harmonics, radial, edge_index)
             updated = mixer(product(aggregated, species), one_hot)
-            shared = residual.linear.component_group.shape[0]
+            shared = residual.linear.component_rank.shape[0]
             skip = residual(features[..., :shared], one_hot)
             features = torch.cat([updated[..., :shared] + skip, updated[..., shared:]], dim=-1)
             node_energy = node_energy + readout(features)

@@ -93,17 +93,3 @@ def test_keeping_freed_memory_leaves_results_unchanged(ensemble_checkpoints):
     calculator.calculate(atoms, ["energy"])
     for name, value in before.items():
         assert np.array_equal(np.asarray(calculator.results[name]), np.asarray(value)), name
-
-
-def test_stacked_members_with_path_mixing_equal_each_member(frames_300K):
-    """The path-wise channel mixing broadcasts over the member axis like the rank-wise one."""
-    with default_dtype(torch.float64):
-        models = [small_model(seed=20 + member, max_hidden_rank=1, path_mixing=True, scale=2.0 + member)
-                  for member in range(2)]
-    batch = collate([atoms_to_graph(frames_300K[1], SPECIES_3BPA, 5.0, dtype=torch.float64)])
-    stacked = StackedEnsemble(models)(batch)
-    for index, model in enumerate(models):
-        single = model(batch)
-        assert (stacked.energy[index] - single.energy).abs().max() < 1e-10
-        assert (stacked.forces[index] - single.forces).abs().max() < 1e-10
-    assert (stacked.energy[0] - stacked.energy[1]).abs().max() > 1e-3, "members must differ"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 import torch
 from ase import Atoms
-from tace_aiida.model.cartesian import rank_of_component
 from tace_aiida.model.checkpoint import load_model, save_checkpoint
 from tace_aiida.model.data import atoms_to_graph, collate
 from tace_aiida.model.potential import ModelConfig
@@ -86,31 +85,3 @@ def test_fixed_bessel_frequencies_are_no_weights_and_follow_the_evaluation_dtype
     n = torch.arange(1, basis.num_basis + 1, dtype=torch.float64)
     expected = (2.0 / basis.r_max) ** 0.5 * torch.sin(n * torch.pi / basis.r_max * lengths[:, None]) / lengths[:, None]
     assert torch.allclose(basis(lengths), expected, rtol=1e-14, atol=0)
-
-
-def test_path_mixing_equals_rankwise_mixing_when_the_paths_of_a_rank_share_their_matrix(frames_300K):
-    """With ``path_mixing`` each coupling path has its own channel matrix after the neighbour sum. Mixing is
-    linear, so giving every path of output rank l the rank-wise model's matrix for l must reproduce that
-    model exactly; distinct matrices per path must not."""
-    with default_dtype(torch.float64):
-        rankwise, pathwise = small_model(seed=4, max_hidden_rank=1), small_model(seed=5, max_hidden_rank=1, path_mixing=True)
-    shared = {name: value for name, value in rankwise.state_dict().items()
-              if not (name.startswith("interactions.") and name.endswith(".linear.weight"))}
-    pathwise.load_state_dict(shared, strict=False)
-    batch = collate([atoms_to_graph(frames_300K[0], SPECIES_3BPA, 5.0, dtype=torch.float64)])
-    different = pathwise(batch).energy
-    second_layer = pathwise.interactions[1].linear.weight.shape[0], rankwise.interactions[1].linear.weight.shape[0]
-    assert second_layer == (10, 4), "rank-1 nodes give 10 paths into 4 output ranks"
-    with torch.no_grad():
-        for by_rank, by_path in zip(rankwise.interactions, pathwise.interactions, strict=True):
-            column_rank = rank_of_component(int(by_rank.linear.weight.shape[0]) - 1)[by_path.target.argmax(dim=1)]
-            path_rank = torch.zeros(by_path.linear.weight.shape[0], dtype=torch.long)
-            path_rank[by_path.linear.component_group] = column_rank
-            by_path.linear.weight.copy_(by_rank.linear.weight[path_rank])
-    assert (pathwise(batch).energy - rankwise(batch).energy).abs().max() < 1e-10
-    assert (different - rankwise(batch).energy).abs().max() > 1e-3
-
-
-def test_path_mixing_is_refused_with_the_tensor_decomposition():
-    with pytest.raises(ValueError, match="path_mixing: true needs separate paths"):
-        ModelConfig(atomic_numbers=[1], atomic_energies=[0.0], path_mixing=True, tensor_decomposition=True)
