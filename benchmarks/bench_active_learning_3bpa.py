@@ -216,7 +216,8 @@ def calibration_figures(predictions: Predictions, labelled: list[Atoms], scale_u
 
 def run_strategy(strategy: str, split: PoolSplit, args: argparse.Namespace, settings: MatchedSettings,
                  scratch: Path) -> list[dict]:
-    """One row per round: labels used, test errors (meV, meV/Å) and, for the active ones, the picked deviations."""
+    """One row per round: labels used, test errors (meV, meV/Å), the pool positions it picked (``picked``, indices
+    into ``split.pool``) and, for the active ones, the picked deviations."""
     labeller = LookupLabeller(split.pool)
     pool_view = [unlabelled(a) for a in split.pool]
     remaining = list(range(len(split.pool)))
@@ -253,6 +254,7 @@ def run_strategy(strategy: str, split: PoolSplit, args: argparse.Namespace, sett
             else:
                 picks = rng.choice(len(remaining), size=args.step, replace=False).tolist()
             chosen = [remaining[i] for i in picks]
+            row["picked"] = chosen
             new_labels = labeller.label(chosen)
             training += new_labels
             if active and choice.uncertainty != "oracle":
