@@ -352,12 +352,20 @@ def summarise_seeds(runs: list[dict[str, list[dict]]]) -> str:
 
 
 def previous_rows(path: Path, configuration: dict) -> dict[str, list[dict]]:
-    """Rows of an earlier run written to ``path`` with the same settings and arguments, else none."""
+    """Rows of an earlier run written to ``path`` with the same settings and arguments, else none (and says which
+    setting differed)."""
     if not path.exists():
         return {}
     earlier = json.loads(path.read_text())
-    same = {key: earlier.get(key) for key in configuration} == json.loads(json.dumps(configuration))
-    return earlier["rows"] if same else {}
+    now = json.loads(json.dumps(configuration))
+    differ = {f"{part}.{key}": (earlier.get(part, {}).get(key), value)
+              for part in now for key, value in now[part].items() if earlier.get(part, {}).get(key) != value}
+    differ |= {f"{part}.{key}": (value, None)
+               for part in now for key, value in earlier.get(part, {}).items() if key not in now[part]}
+    if differ:
+        print(f"not keeping the rows of {path}: (earlier, now) {differ}", flush=True)
+        return {}
+    return earlier["rows"]
 
 
 def main() -> None:
