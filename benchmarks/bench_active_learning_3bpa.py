@@ -358,10 +358,9 @@ def previous_rows(path: Path, configuration: dict) -> dict[str, list[dict]]:
         return {}
     earlier = json.loads(path.read_text())
     now = json.loads(json.dumps(configuration))
-    differ = {f"{part}.{key}": (earlier.get(part, {}).get(key), value)
-              for part in now for key, value in now[part].items() if earlier.get(part, {}).get(key) != value}
-    differ |= {f"{part}.{key}": (value, None)
-               for part in now for key, value in earlier.get(part, {}).items() if key not in now[part]}
+    differ = {f"{part}.{key}": (earlier.get(part, {}).get(key), now[part].get(key))
+              for part in now for key in earlier.get(part, {}).keys() | now[part].keys()
+              if earlier.get(part, {}).get(key) != now[part].get(key)}
     if differ:
         print(f"not keeping the rows of {path}: (earlier, now) {differ}", flush=True)
         return {}
