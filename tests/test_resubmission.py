@@ -9,6 +9,8 @@ import pytest
 from aiida import orm
 from aiida.common.links import LinkType
 from aiida.engine import ProcessState, WorkChain
+from aiida.engine.persistence import AiiDAPersister
+from aiida.engine.processes.launcher import ProcessLauncher
 from aiida.manage import get_manager
 from tace_aiida.workflows.resubmission import (
     ABANDONED_STATUS,
@@ -18,6 +20,8 @@ from tace_aiida.workflows.resubmission import (
     can_still_run,
     close_interrupted_calcfunctions,
     existing_child,
+    never_ran,
+    submit_once,
 )
 
 
@@ -50,6 +54,49 @@ def test_a_child_sent_with_its_checkpoint_is_kept_in_any_active_state(parent, st
 
 def test_a_terminated_child_is_kept(parent):
     assert can_still_run(child_of(parent, "label", ProcessState.FINISHED, checkpoint=None))
+
+
+def excepted_as_a_worker_does(node: orm.ProcessNode) -> None:
+    """What a daemon worker does with a launch task for ``node`` that has no checkpoint (aiida-core's own code)."""
+    with pytest.raises(plumpy.PersistenceError) as error:
+        AiiDAPersister().load_checkpoint(node.pk)
+    ProcessLauncher.handle_continue_exception(node, error.value, "failed to recreate the process instance")
+
+
+def test_a_child_sent_by_repair_without_its_checkpoint_never_ran_and_is_not_kept(parent):
+    """`verdi process repair` sends a task for a child the step stored but never sent; a worker excepts it."""
+    child = child_of(parent, "train_0", ProcessState.CREATED, checkpoint=None)
+    excepted_as_a_worker_does(child)
+    assert child.is_excepted and child.is_sealed
+    assert never_ran(child) and not can_still_run(child)
+
+
+def test_a_child_excepted_while_running_is_kept(parent):
+    """It ran: its failure is the step's to handle, not a reason to run it again."""
+    child = child_of(parent, "train_0", ProcessState.EXCEPTED, checkpoint=None)
+    child.set_exception("ValueError: the training set is empty")
+    assert not never_ran(child) and can_still_run(child)
+
+
+@pytest.mark.parametrize("before", ["never sent", "excepted by a worker", "running"])
+def test_submit_once_replaces_only_a_child_that_never_ran(parent, before):
+    child = child_of(parent, "train_0", ProcessState.CREATED if before != "running" else ProcessState.RUNNING,
+                     checkpoint="state: saved" if before == "running" else None)
+    if before == "excepted by a worker":
+        excepted_as_a_worker_does(child)
+    submitted, reports = [], []
+    workchain = SimpleNamespace(node=parent, report=reports.append,
+                                submit=lambda process, **inputs: submitted.append(inputs) or "fresh child")
+    returned = submit_once(workchain, "TrainBaseWorkChain", "train_0", seed=3)
+    if before == "running":
+        assert returned.pk == child.pk and not submitted
+        assert reports == [f"train_0: keeping {child.process_label}<{child.pk}> from before the restart"]
+        return
+    assert returned == "fresh child"
+    assert submitted == [{"seed": 3, "metadata": {"call_link_label": "train_0"}}]
+    assert child.is_sealed and child.process_state == (ProcessState.KILLED if before == "never sent" else
+                                                      ProcessState.EXCEPTED)
+    assert "submitting it again" in reports[0] and f"<{child.pk}>" in reports[0]
 
 
 def test_the_newest_child_with_the_link_label_is_found(parent):

@@ -10,7 +10,9 @@ interrupted attempt created, by their call link label, and keeps them:
   after the first checkpoint), so a worker runs it, or, if the broker lost the task with the dying daemon,
   ``verdi process repair`` sends it again, as for any other process of a crashed daemon;
 * a child without a checkpoint was stored but never sent to the broker, so nothing can ever run it: it is
-  marked killed and a fresh child is submitted.
+  marked killed and a fresh child is submitted;
+* such a child that ``verdi process repair`` sent all the same is excepted by the worker that gets it (aiida-core
+  cannot load a process without its checkpoint): it never ran, so a fresh child is submitted in its place too.
 
 A child that was sent is never marked killed here: a worker may be loading it at that very moment, and would
 overwrite the killed state and run it beside its replacement.
@@ -30,6 +32,9 @@ from aiida.engine import ProcessBuilder, ProcessState, WorkChain
 
 INTERRUPTED_STATUS = "interrupted: the daemon worker running it died; its parent's step ran again"
 ABANDONED_STATUS = "abandoned: its parent's step was interrupted before this process was sent to a worker; the step submitted it again"
+#: What aiida-core's persister raises, and a worker stores as the process's exception, when a launch task reaches a
+#: process that has no checkpoint (``aiida.engine.persistence.AiiDAPersister.load_checkpoint``).
+NO_CHECKPOINT_ERROR = "does not have a saved checkpoint"
 
 
 def existing_child(workchain: WorkChain, link_label: str) -> orm.ProcessNode | None:
@@ -40,9 +45,18 @@ def existing_child(workchain: WorkChain, link_label: str) -> orm.ProcessNode | N
     return max((link.node for link in links), key=lambda node: node.pk, default=None)
 
 
+def never_ran(node: orm.ProcessNode) -> bool:
+    """Whether ``node`` was excepted without running a step, because a worker got its launch task before it had
+    a checkpoint (``verdi process repair`` sends one for every process left active by a crashed daemon)."""
+    return node.is_excepted and NO_CHECKPOINT_ERROR in (node.exception or "")
+
+
 def can_still_run(node: orm.ProcessNode) -> bool:
-    """Whether a worker can run ``node`` (it has terminated, or has the checkpoint its launch task is sent with)."""
-    return node.is_terminated or node.checkpoint is not None
+    """Whether ``node`` ran or a worker can run it: it has the checkpoint its launch task is sent with, or it has
+    terminated after it started."""
+    if node.checkpoint is not None:
+        return True
+    return node.is_terminated and not never_ran(node)
 
 
 def abandon(node: orm.ProcessNode) -> None:
@@ -60,9 +74,13 @@ def submit_once(workchain: WorkChain, process: Any, link_label: str, **inputs: A
         if can_still_run(child):
             workchain.report(f"{link_label}: keeping {child.process_label}<{child.pk}> from before the restart")
             return child
-        abandon(child)
-        workchain.report(f"{link_label}: {child.process_label}<{child.pk}> was never sent to a worker; "
-                         "submitting it again")
+        if never_ran(child):
+            workchain.report(f"{link_label}: {child.process_label}<{child.pk}> was excepted before it ran (it was sent "
+                             "to a worker without a checkpoint); submitting it again")
+        else:
+            abandon(child)
+            workchain.report(f"{link_label}: {child.process_label}<{child.pk}> was never sent to a worker; "
+                             "submitting it again")
     if isinstance(process, ProcessBuilder):
         process.metadata.call_link_label = link_label
         return workchain.submit(process)

@@ -88,7 +88,7 @@ def labelling_progress(node: orm.WorkflowNode) -> tuple[int, int] | None:
     children = [link.node for link in node.base.links.get_outgoing(link_label_filter="label").all()]
     if not children:
         return None
-    child = children[-1]
+    child = max(children, key=lambda process: process.pk)  # the newest: a step run again after a crash makes another
     done = 0
     for process in child.called_descendants:
         if not process.is_terminated:

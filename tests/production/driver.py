@@ -108,6 +108,8 @@ def outputs_of(process) -> list:
 
 
 def facts(pk: int) -> dict:
+    from tace_aiida.workflows.resubmission import never_ran
+
     node = orm.load_node(pk)
     facts = {"exit_status": node.exit_status, "exit_message": node.exit_message,
              "state": node.process_state.value if node.process_state else None}
@@ -129,7 +131,7 @@ def facts(pk: int) -> dict:
                          for atoms in frames if "source_frame" in atoms.info],
         label_processes_finished_ok=label_processes,
         excepted_descendants=[{"pk": n.pk, "class": type(n).__name__, "label": n.process_label,
-                               "outputs": len(outputs_of(n)),
+                               "never_ran": never_ran(n), "outputs": len(outputs_of(n)),
                                "outputs_used": sum(len(output.base.links.get_outgoing(
                                    link_type=(LinkType.INPUT_CALC, LinkType.INPUT_WORK)).all()) for output in outputs_of(n))}
                               for n in node.called_descendants if n.is_excepted],
