@@ -21,7 +21,7 @@ from ase import Atoms, units
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.velocitydistribution import thermalize_momenta
 from tace_aiida.model.calculator import TACECalculator
 
 TEMPERATURES_K = (300, 600, 900, 1200)
@@ -44,7 +44,7 @@ def emt_frames(temperature_k: float, seed: int, frames_per_cell: int = 20) -> li
     for cell in example_cells():
         atoms = cell.copy()
         atoms.calc = EMT()
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_k, rng=rng)
+        thermalize_momenta(atoms, temperature_K=temperature_k, rng=rng)
         dynamics = Langevin(atoms, 2 * units.fs, temperature_K=temperature_k, friction=0.02, rng=rng)
         for _ in range(frames_per_cell):
             dynamics.run(25)

@@ -26,7 +26,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.io import read
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 #: The 3BPA data in ``../shared`` beside the repository, or where TACE_3BPA_DIR points.
@@ -242,7 +242,7 @@ def md_steps_per_second(calc: Calculator, atoms: Atoms, steps: int = 100, seed: 
     system = atoms.copy()
     system.calc = calc
     calc.reset()
-    MaxwellBoltzmannDistribution(system, temperature_K=300.0, rng=np.random.default_rng(seed))
+    thermalize_momenta(system, temperature_K=300.0, rng=np.random.default_rng(seed))
     Stationary(system)
     dynamics = VelocityVerlet(system, timestep=1.0 * units.fs)
     dynamics.run(1)

@@ -48,7 +48,7 @@ from ase.md.bussi import Bussi
 from ase.md.langevin import Langevin
 from ase.md.md import MolecularDynamics
 from ase.md.nose_hoover_chain import IsotropicMTKNPT
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from .bias import UncertaintyBias
@@ -201,7 +201,7 @@ def run_md(atoms: Atoms, settings: MDSettings, calculator: TACECalculator) -> tu
     """Run the exploration; returns (trajectory arrays, result summary)."""
     atoms = atoms.copy()
     atoms.calc = calculator
-    MaxwellBoltzmannDistribution(atoms, temperature_K=settings.temperature, rng=np.random.default_rng(settings.seed))
+    thermalize_momenta(atoms, temperature_K=settings.temperature, rng=np.random.default_rng(settings.seed))
     Stationary(atoms)
     dynamics = make_dynamics(atoms, settings)
     recorder = FrameRecorder(atoms, settings)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from ase import Atoms, units
 from ase.calculators.calculator import PropertyNotImplementedError
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.checkpoint import load_model, save_checkpoint
@@ -80,7 +80,7 @@ def test_nve_md_conserves_energy(trained, frames_300K):
     1 meV/atom (an energy/force inconsistency gives eV), and the molecule stays together."""
     atoms = frames_300K[0].copy()
     atoms.calc = TACECalculator(trained["checkpoint"])
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
     Stationary(atoms)
     ZeroRotation(atoms)
     dynamics = VelocityVerlet(atoms, timestep=0.25 * units.fs)
