@@ -71,19 +71,25 @@ def test_a_child_sent_by_repair_without_its_checkpoint_never_ran_and_is_not_kept
     assert never_ran(child) and not can_still_run(child)
 
 
-def test_a_child_excepted_while_running_is_kept(parent):
+def test_a_child_excepted_or_killed_after_it_ran_is_kept(parent):
     """It ran: its failure is the step's to handle, not a reason to run it again."""
-    child = child_of(parent, "train_0", ProcessState.EXCEPTED, checkpoint=None)
-    child.set_exception("ValueError: the training set is empty")
-    assert not never_ran(child) and can_still_run(child)
+    excepted = child_of(parent, "train_0", ProcessState.EXCEPTED, checkpoint=None)
+    excepted.set_exception("ValueError: the training set is empty")
+    killed = child_of(parent, "train_1", ProcessState.KILLED, checkpoint=None)
+    killed.set_process_status("Killed through `verdi process kill`")
+    for child in (excepted, killed):
+        assert not never_ran(child) and can_still_run(child)
 
 
-@pytest.mark.parametrize("before", ["never sent", "excepted by a worker", "running"])
+@pytest.mark.parametrize("before", ["never sent", "excepted by a worker", "abandoned", "running"])
 def test_submit_once_replaces_only_a_child_that_never_ran(parent, before):
+    """Abandoned: the step was interrupted again after it marked the child killed, before the fresh one."""
     child = child_of(parent, "train_0", ProcessState.CREATED if before != "running" else ProcessState.RUNNING,
                      checkpoint="state: saved" if before == "running" else None)
     if before == "excepted by a worker":
         excepted_as_a_worker_does(child)
+    if before == "abandoned":
+        abandon(child)
     submitted, reports = [], []
     workchain = SimpleNamespace(node=parent, report=reports.append,
                                 submit=lambda process, **inputs: submitted.append(inputs) or "fresh child")
@@ -94,8 +100,8 @@ def test_submit_once_replaces_only_a_child_that_never_ran(parent, before):
         return
     assert returned == "fresh child"
     assert submitted == [{"seed": 3, "metadata": {"call_link_label": "train_0"}}]
-    assert child.is_sealed and child.process_state == (ProcessState.KILLED if before == "never sent" else
-                                                      ProcessState.EXCEPTED)
+    assert child.is_sealed and child.process_state == (ProcessState.EXCEPTED if before == "excepted by a worker" else
+                                                      ProcessState.KILLED)
     assert "submitting it again" in reports[0] and f"<{child.pk}>" in reports[0]
 
 

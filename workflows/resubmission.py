@@ -12,7 +12,8 @@ interrupted attempt created, by their call link label, and keeps them:
 * a child without a checkpoint was stored but never sent to the broker, so nothing can ever run it: it is
   marked killed and a fresh child is submitted;
 * such a child that ``verdi process repair`` sent all the same is excepted by the worker that gets it (aiida-core
-  cannot load a process without its checkpoint): it never ran, so a fresh child is submitted in its place too.
+  cannot load a process without its checkpoint): it never ran, so a fresh child is submitted in its place too,
+  as when the step is interrupted again after it marked the child killed and before it submitted the fresh one.
 
 A child that was sent is never marked killed here: a worker may be loading it at that very moment, and would
 overwrite the killed state and run it beside its replacement.
@@ -46,8 +47,11 @@ def existing_child(workchain: WorkChain, link_label: str) -> orm.ProcessNode | N
 
 
 def never_ran(node: orm.ProcessNode) -> bool:
-    """Whether ``node`` was excepted without running a step, because a worker got its launch task before it had
-    a checkpoint (``verdi process repair`` sends one for every process left active by a crashed daemon)."""
+    """Whether ``node`` ended without running a step: marked killed by :func:`abandon`, or excepted because a worker
+    got its launch task before it had a checkpoint (``verdi process repair`` sends one for every process left
+    active by a crashed daemon)."""
+    if node.is_killed:
+        return node.process_status == ABANDONED_STATUS
     return node.is_excepted and NO_CHECKPOINT_ERROR in (node.exception or "")
 
 
@@ -74,13 +78,10 @@ def submit_once(workchain: WorkChain, process: Any, link_label: str, **inputs: A
         if can_still_run(child):
             workchain.report(f"{link_label}: keeping {child.process_label}<{child.pk}> from before the restart")
             return child
-        if never_ran(child):
-            workchain.report(f"{link_label}: {child.process_label}<{child.pk}> was excepted before it ran (it was sent "
-                             "to a worker without a checkpoint); submitting it again")
-        else:
+        if not child.is_terminated:
             abandon(child)
-            workchain.report(f"{link_label}: {child.process_label}<{child.pk}> was never sent to a worker; "
-                             "submitting it again")
+        workchain.report(f"{link_label}: {child.process_label}<{child.pk}> never ran ({child.process_state.value}, "
+                         "it was never sent to a worker with its checkpoint); submitting it again")
     if isinstance(process, ProcessBuilder):
         process.metadata.call_link_label = link_label
         return workchain.submit(process)
