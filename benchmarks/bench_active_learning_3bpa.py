@@ -19,6 +19,9 @@ Labels come from :class:`LookupLabeller`, which reads the stored DFT labels of t
 * ``oracle``: as ``active_features``, but the deviation is the potential's true largest force error on
   the frame (eV/Å, from the stored labels): not a strategy a user can run, but the best any
   uncertainty could do with this selection, so it bounds what better uncertainties can gain.
+* ``random_test_like``: picks uniformly among the unlabelled pool frames drawn from the test set's
+  distribution (the ``train_mixedT`` ones; 3BPA split only): not a strategy a user can run either (it
+  knows where each frame came from), but it tells what finding the test-like frames is worth by itself.
 
 Both are scored the same way: the test force RMSE (meV/Å) of the first member (seed 1), trained
 from scratch (or, with ``--warm-start``, from its weights of the round before) on the labels of that
@@ -70,26 +73,31 @@ SETTINGS = MatchedSettings(channels=16, max_edge_rank=2, radial_mlp=(32, 32), ep
 
 @dataclass(frozen=True)
 class Strategy:
-    """The selection's ``diversity`` (None: uniformly random) and where its uncertainty comes from: the
-    calculator's ``uncertainty`` (``ensemble``, ``features``) or, for ``oracle``, the true force error."""
+    """The selection's ``diversity`` (None: uniformly random, among the test-like pool frames only with
+    ``test_like``) and where its uncertainty comes from: the calculator's ``uncertainty`` (``ensemble``,
+    ``features``) or, for ``oracle``, the true force error."""
 
     diversity: str | None
     uncertainty: str = "ensemble"
+    test_like: bool = False
 
 
 STRATEGIES = {"random": Strategy(None), "active": Strategy("kmeans"), "active_fps": Strategy("fps"),
               "active_lcmd": Strategy("lcmd"), "active_maxdet": Strategy("maxdet"),
-              "active_features": Strategy("kmeans", "features"), "oracle": Strategy("kmeans", "oracle")}
+              "active_features": Strategy("kmeans", "features"), "oracle": Strategy("kmeans", "oracle"),
+              "random_test_like": Strategy(None, test_like=True)}
 
 
 @dataclass
 class PoolSplit:
-    """Labelled start, unlabelled pool (labels kept apart in the labeller) and test frames."""
+    """Labelled start, unlabelled pool (labels kept apart in the labeller) and test frames; ``test_like`` tells,
+    per pool frame, whether it was drawn from the test set's distribution (None where that is not known)."""
 
     initial: list[Atoms]
     pool: list[Atoms]
     test: list[Atoms]
     e0s: dict[int, float]
+    test_like: list[bool] | None = None
 
 
 class LookupLabeller:
@@ -123,6 +131,7 @@ def pool_split(initial_size: int, pool_mixed_fraction: float, seed: int, data_di
         pool=[frames_300[i] for i in order_300[initial_size:]] + [mixed_only[i] for i in order_mixed[:n_pool_mixed]],
         test=[mixed_only[i] for i in order_mixed[n_pool_mixed:]],
         e0s=read_e0s(data_dir / "iso_atoms.xyz"),
+        test_like=[False] * (len(frames_300) - initial_size) + [True] * n_pool_mixed,
     )
 
 
@@ -251,6 +260,11 @@ def run_strategy(strategy: str, split: PoolSplit, args: argparse.Namespace, sett
                                                     args.seed, choice.diversity, true_forces)
                 row["picked_deviation_mean"] = float(deviation[picks].mean())
                 row["pool_deviation_mean"] = float(deviation.mean())
+            elif choice.test_like:
+                if split.test_like is None:
+                    raise ValueError(f"{strategy} needs to know which pool frames are test-like: 3BPA split only")
+                test_like = [i for i, index in enumerate(remaining) if split.test_like[index]]
+                picks = rng.choice(test_like, size=args.step, replace=False).tolist()
             else:
                 picks = rng.choice(len(remaining), size=args.step, replace=False).tolist()
             chosen = [remaining[i] for i in picks]
@@ -280,7 +294,7 @@ def labels_to_reach(rows: list[dict], target: float) -> int | None:
 def format_table(rows: dict[str, list[dict]]) -> str:
     """Markdown table of test force RMSE (meV/Å) against labels for each strategy in ``rows`` (random first),
     then how many labels each active strategy took to reach random selection's final error."""
-    active = [name for name in STRATEGIES if name in rows and STRATEGIES[name].diversity is not None]
+    active = [name for name in STRATEGIES if name in rows and name != "random"]
     lines = ["| labels | random | " + " | ".join(f"{name} (/ random)" for name in active) + " |",
              "|---|---|" + "---|" * len(active)]
     for index, baseline in enumerate(rows["random"]):
@@ -406,7 +420,8 @@ def main() -> None:
     if args.quick:
         settings = replace(settings, epochs=2, channels=8)
         args.initial, args.step, args.rounds, args.members = 10, 5, 1, 2
-        split = PoolSplit(initial=split.initial[:10], pool=split.pool[-40:], test=split.test[:20], e0s=split.e0s)
+        split = PoolSplit(initial=split.initial[:10], pool=split.pool[-40:], test=split.test[:20], e0s=split.e0s,
+                          test_like=split.test_like and split.test_like[-40:])
     print(f"start {len(split.initial)}, pool {len(split.pool)}, test {len(split.test)} frames; "
           f"{args.rounds} rounds of {args.step} labels; {torch.get_num_threads()} threads", flush=True)
     configuration = {"settings": asdict(settings), "arguments": {k: v for k, v in vars(args).items()
