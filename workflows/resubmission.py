@@ -78,10 +78,11 @@ def submit_once(workchain: WorkChain, process: Any, link_label: str, **inputs: A
         if can_still_run(child):
             workchain.report(f"{link_label}: keeping {child.process_label}<{child.pk}> from before the restart")
             return child
+        state = child.process_state.value
         if not child.is_terminated:
             abandon(child)
-        workchain.report(f"{link_label}: {child.process_label}<{child.pk}> never ran ({child.process_state.value}, "
-                         "it was never sent to a worker with its checkpoint); submitting it again")
+        workchain.report(f"{link_label}: {child.process_label}<{child.pk}> never ran (it was {state}, never sent to a "
+                         "worker with its checkpoint); submitting it again")
     if isinstance(process, ProcessBuilder):
         process.metadata.call_link_label = link_label
         return workchain.submit(process)
