@@ -81,11 +81,15 @@ def test_a_child_excepted_or_killed_after_it_ran_is_kept(parent):
         assert not never_ran(child) and can_still_run(child)
 
 
-@pytest.mark.parametrize("before", ["never sent", "excepted by a worker", "abandoned", "running"])
+@pytest.mark.parametrize("before", ["stored without a state", "never sent", "excepted by a worker", "abandoned",
+                                    "running"])
 def test_submit_once_replaces_only_a_child_that_never_ran(parent, before):
-    """Abandoned: the step was interrupted again after it marked the child killed, before the fresh one."""
+    """Abandoned: the step was interrupted again after it marked the child killed, before the fresh one. Stored
+    without a state: the worker died between aiida-core storing the node and setting its first state."""
     child = child_of(parent, "train_0", ProcessState.CREATED if before != "running" else ProcessState.RUNNING,
                      checkpoint="state: saved" if before == "running" else None)
+    if before == "stored without a state":
+        child.base.attributes.delete("process_state")
     if before == "excepted by a worker":
         excepted_as_a_worker_does(child)
     if before == "abandoned":

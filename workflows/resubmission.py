@@ -78,7 +78,7 @@ def submit_once(workchain: WorkChain, process: Any, link_label: str, **inputs: A
         if can_still_run(child):
             workchain.report(f"{link_label}: keeping {child.process_label}<{child.pk}> from before the restart")
             return child
-        state = child.process_state.value
+        state = child.process_state.value if child.process_state is not None else "stored without a process state"
         if not child.is_terminated:
             abandon(child)
         workchain.report(f"{link_label}: {child.process_label}<{child.pk}> never ran (it was {state}, never sent to a "
