@@ -70,19 +70,29 @@ def abandon(node: orm.ProcessNode) -> None:
     node.seal()
 
 
+def reusable_child(workchain: WorkChain, link_label: str) -> orm.ProcessNode | None:
+    """The child ``link_label`` that an interrupted attempt of the step made, if a worker runs it or ran it; None
+    when there is none, or when it never ran (it is then marked killed, unless it already ended)."""
+    child = existing_child(workchain, link_label)
+    if child is None:
+        return None
+    if can_still_run(child):
+        workchain.report(f"{link_label}: keeping {child.process_label}<{child.pk}> from before the restart")
+        return child
+    state = child.process_state.value if child.process_state is not None else "stored without a process state"
+    if not child.is_terminated:
+        abandon(child)
+    workchain.report(f"{link_label}: {child.process_label}<{child.pk}> never ran (it was {state}, never sent to a "
+                     "worker with its checkpoint); submitting it again")
+    return None
+
+
 def submit_once(workchain: WorkChain, process: Any, link_label: str, **inputs: Any) -> orm.ProcessNode:
     """Submit ``process`` (a class with ``inputs``, or a builder) as the child ``link_label`` of ``workchain``,
-    or return the one an interrupted attempt of the same step made."""
-    child = existing_child(workchain, link_label)
+    or return the one an interrupted attempt of the same step made (:func:`reusable_child`)."""
+    child = reusable_child(workchain, link_label)
     if child is not None:
-        if can_still_run(child):
-            workchain.report(f"{link_label}: keeping {child.process_label}<{child.pk}> from before the restart")
-            return child
-        state = child.process_state.value if child.process_state is not None else "stored without a process state"
-        if not child.is_terminated:
-            abandon(child)
-        workchain.report(f"{link_label}: {child.process_label}<{child.pk}> never ran (it was {state}, never sent to a "
-                         "worker with its checkpoint); submitting it again")
+        return child
     if isinstance(process, ProcessBuilder):
         process.metadata.call_link_label = link_label
         return workchain.submit(process)
