@@ -52,9 +52,6 @@ class ModelConfig:
     (``sqrt``, the default: the scale of a sum of that many uncorrelated messages, which keeps the many-body
     features of the product basis from vanishing) or by ``avg_num_neighbors`` itself (``mean``, as MACE does,
     and as checkpoints saved before the option existed do).
-    ``species_radial`` also feeds the species of an edge's two atoms (one-hot, times the cutoff envelope so the
-    weights still vanish smoothly at ``r_max``) to every radial MLP, so that a C-H and a C-C bond of one length get
-    different path weights (as Allegro's two-body embedding); false keeps MACE's element-agnostic radial weights.
     """
 
     atomic_numbers: list[int]
@@ -87,7 +84,6 @@ class ModelConfig:
     cp_rank: int = 0
     cp_trainable: bool = False
     message_normalization: str = "sqrt"
-    species_radial: bool = False
 
     def __post_init__(self) -> None:
         if len(self.atomic_energies) != len(self.atomic_numbers):
@@ -195,12 +191,11 @@ class CartesianTensorPotential(ConstantsModule):
         node_rank = 1 if config.embed_field else 0
         tensor_rank = 2 if config.polarizability else 1 if config.dipole else 0
         layer_ranks = []
-        radial_inputs = config.num_bessel + (2 * num_species if config.species_radial else 0)
         for layer in range(config.num_interactions):
             last = layer == config.num_interactions - 1
             out_rank = tensor_rank if last else config.max_hidden_rank
             interaction_settings = (
-                node_rank, config.max_edge_rank, channels, radial_inputs, config.radial_mlp, config.message_divisor
+                node_rank, config.max_edge_rank, channels, config.num_bessel, config.radial_mlp, config.message_divisor
             )
             product_settings = (config.max_edge_rank, out_rank, config.correlation, channels, num_species)
             if config.tensor_decomposition:
@@ -250,11 +245,8 @@ class CartesianTensorPotential(ConstantsModule):
         lengths = vectors.norm(dim=-1)
         harmonics = self.harmonics(vectors / lengths[..., None])
         radial = self.radial_embedding(lengths)
-        one_hot = nn.functional.one_hot(species, len(self.config.atomic_numbers)).to(positions.dtype)
-        if self.config.species_radial:
-            pair = torch.cat([one_hot[sender], one_hot[receiver]], dim=-1)
-            radial = torch.cat([radial, self.radial_embedding.envelope(lengths)[..., None] * pair], dim=-1)
 
+        one_hot = nn.functional.one_hot(species, len(self.config.atomic_numbers)).to(positions.dtype)
         features = (one_hot @ self.embedding.weight.mT)[..., None]
         if self.conditions is not None:
             invariant = self.conditions.invariant(conditions[keys.TOTAL_CHARGE], conditions[keys.SPIN_MULTIPLICITY],
