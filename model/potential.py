@@ -9,15 +9,7 @@ import torch
 from torch import nn
 
 from . import keys
-from .blocks import (
-    EdgeHarmonics,
-    InteractionBlock,
-    LinearReadout,
-    MLPReadout,
-    ProductBasisBlock,
-    RankwiseLinear,
-    SpeciesLinear,
-)
+from .blocks import EdgeHarmonics, InteractionBlock, LinearReadout, MLPReadout, ProductBasisBlock, SpeciesLinear
 from .conditions import ConditionEmbedding, field_response, ion_field_energy
 from .constants import ConstantsModule
 from .decomposed_blocks import DecomposedInteractionBlock, DecomposedProductBasisBlock
@@ -60,9 +52,6 @@ class ModelConfig:
     (``sqrt``, the default: the scale of a sum of that many uncorrelated messages, which keeps the many-body
     features of the product basis from vanishing) or by ``avg_num_neighbors`` itself (``mean``, as MACE does,
     and as checkpoints saved before the option existed do).
-    ``species_mixer`` makes the channel mixing after each product depend on the atom's species; false mixes
-    with one matrix per rank for every species, as mace-torch's product block does (the product's own weights
-    depend on the species either way).
     """
 
     atomic_numbers: list[int]
@@ -95,7 +84,6 @@ class ModelConfig:
     cp_rank: int = 0
     cp_trainable: bool = False
     message_normalization: str = "sqrt"
-    species_mixer: bool = True
 
     def __post_init__(self) -> None:
         if len(self.atomic_energies) != len(self.atomic_numbers):
@@ -217,8 +205,7 @@ class CartesianTensorPotential(ConstantsModule):
             else:
                 self.interactions.append(InteractionBlock(*interaction_settings))
                 self.products.append(ProductBasisBlock(*product_settings))
-            self.mixers.append(SpeciesLinear(out_rank, channels, channels, num_species) if config.species_mixer
-                               else RankwiseLinear(out_rank, channels, channels))
+            self.mixers.append(SpeciesLinear(out_rank, channels, channels, num_species))
             self.residuals.append(SpeciesLinear(min(node_rank, out_rank), channels, channels, num_species))
             self.readouts.append(MLPReadout(channels, config.readout_mlp) if last else LinearReadout(channels))
             node_rank = out_rank
@@ -275,8 +262,7 @@ class CartesianTensorPotential(ConstantsModule):
             self.interactions, self.products, self.mixers, self.residuals, self.readouts, strict=True
         ):
             aggregated = interaction(features, harmonics, radial, edge_index)
-            products = product(aggregated, species)
-            updated = mixer(products, one_hot) if isinstance(mixer, SpeciesLinear) else mixer(products)
+            updated = mixer(product(aggregated, species), one_hot)
             shared = residual.linear.component_rank.shape[0]
             skip = residual(features[..., :shared], one_hot)
             features = torch.cat([updated[..., :shared] + skip, updated[..., shared:]], dim=-1)
