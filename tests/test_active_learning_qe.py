@@ -54,7 +54,7 @@ def test_qe_labels_grow_the_dataset_with_pw_provenance(fast_polling, installed_c
     final = results["dataset"]
     assert final.num_structures == entry["dataset_size_after"] == 2 + SELECTED, "grows by exactly the selection"
 
-    pw_runs = {n.uuid: n for n in called(node, "quantumespresso.pw.base")}
+    pw_runs = {n.uuid: n for n in called(node, "tace.pw_base")}
     assert len(pw_runs) == final.num_structures
     trajectories = {n.outputs.trajectory.uuid: n.outputs.trajectory for n in called(node, "tace.md")}
     for atoms in final.get_atoms():

@@ -162,4 +162,4 @@ def test_two_strained_silicon_cells_labelled_by_pw_x(files, fast_polling, qe):
     assert pressures[0] < pressures[1], "the compressed cell is under the higher pressure"
     assert all(atoms.get_potential_energy() < 0 for atoms in frames)
     creators = {orm.load_node(atoms.info["label_uuid"]).process_label for atoms in frames}
-    assert creators == {"PwBaseWorkChain"}
+    assert creators == {"CrashSafePwBaseWorkChain"}

@@ -58,7 +58,7 @@ def ase_espresso_reference(atoms: Atoms, pw_calculation, directory) -> Atoms:
 
 @pytest.mark.slow
 def test_qe_labels_match_ase_espresso(qe, tmp_path):
-    from aiida_quantumespresso.workflows.pw.base import PwBaseWorkChain
+    from tace_aiida.workflows.labelling.pw_base import CrashSafePwBaseWorkChain
 
     frames = silicon_cells()
     results, node = run_qe(qe, frames)
@@ -70,7 +70,7 @@ def test_qe_labels_match_ase_espresso(qe, tmp_path):
 
     for index, (original, atoms) in enumerate(zip(frames, labelled, strict=True)):
         pw_base = orm.load_node(atoms.info["label_uuid"])
-        assert isinstance(pw_base, orm.WorkflowNode) and pw_base.process_class is PwBaseWorkChain
+        assert isinstance(pw_base, orm.WorkflowNode) and pw_base.process_class is CrashSafePwBaseWorkChain
         assert pw_base.caller.uuid == node.uuid
         pw_calculation = pw_base.called[-1]
         assert pw_calculation.inputs.parameters["SYSTEM"]["ecutwfc"] == CUTOFFS_RY[0]
@@ -117,7 +117,7 @@ def test_qe_failed_structure_is_reported_not_labelled(qe):
     assert (report["num_structures"], report["num_labelled"], report["num_failed"]) == (3, 2, 1)
     [failure] = report["failures"]
     assert failure["index"] == 1 and failure["exit_status"] > 0
-    assert failure["error"].startswith("PwBaseWorkChain<")
+    assert failure["error"].startswith("CrashSafePwBaseWorkChain<")
     assert f"exit status {failure['exit_status']}:" in failure["error"]
     assert "; last PwCalculation<" in failure["error"]
     assert [atoms.info["input_index"] for atoms in results["dataset"].get_atoms()] == [0, 2]

@@ -14,7 +14,10 @@ from tace_aiida.workflows.train import TrainBaseWorkChain
 from tace_aiida.calculations.train import TrainCalculation
 from tace_aiida.data import TrainingSetData
 
+from .helpers.interrupted import iteration_01_jobs, job_of_an_interrupted_step
+
 PARAMETERS = {"max_epochs": 2, "lr": 0.005}
+TRAIN_TYPE = "aiida.calculations:tace.train"
 
 
 @pytest.fixture
@@ -30,7 +33,7 @@ def workchain(aiida_localhost):
 
 def failed_training(process: TrainBaseWorkChain, exit_code, restart: bool = False) -> orm.CalcJobNode:
     """A finished TrainCalculation node called by ``process`` with ``exit_code`` (and a ``restart`` output)."""
-    node = orm.CalcJobNode(computer=process.ctx.inputs.code.computer, process_type="aiida.calculations:tace.train")
+    node = orm.CalcJobNode(computer=process.ctx.inputs.code.computer, process_type=TRAIN_TYPE)
     node.set_process_state("finished")
     node.set_exit_status(exit_code.status)
     node.set_exit_message(exit_code.message)
@@ -86,29 +89,18 @@ def test_handlers_react_only_to_their_exit_codes_and_in_priority_order(workchain
     assert TrainCalculation.exit_codes.ERROR_INVALID_SETTINGS.status // 100 == 3, "unrecoverable codes are 3xx"
 
 
-def job_of_an_interrupted_step(process: TrainBaseWorkChain, checkpoint: str | None) -> orm.CalcJobNode:
-    """The TrainCalculation that ``run_process`` stored before the daemon died, with or without its checkpoint."""
-    node = orm.CalcJobNode(computer=process.ctx.inputs.code.computer, process_type="aiida.calculations:tace.train")
-    node.set_process_state("created")
-    if checkpoint is not None:
-        node.set_checkpoint(checkpoint)
-    node.base.links.add_incoming(process.node, link_type=LinkType.CALL_CALC, link_label="iteration_01")
-    return node.store()
-
-
 def test_run_process_again_after_a_crash_keeps_the_job_it_sent(workchain):
     """The step runs again from the last checkpoint, with the same iteration number: the job sent is awaited."""
-    sent = job_of_an_interrupted_step(workchain, checkpoint="state: saved")
+    sent = job_of_an_interrupted_step(workchain, workchain.ctx.inputs.code.computer, TRAIN_TYPE, checkpoint="state: saved")
     awaited = workchain.run_process()["children"]
     assert awaited.pk == sent.pk
-    jobs = workchain.node.base.links.get_outgoing(link_label_filter="iteration_01").all_nodes()
-    assert [job.pk for job in jobs] == [sent.pk], "nothing else was submitted"
+    assert [job.pk for job in iteration_01_jobs(workchain)] == [sent.pk], "nothing else was submitted"
     assert sent.process_state.value == "created"
 
 
 def test_run_process_again_after_a_crash_replaces_a_job_never_sent(workchain):
     """A job stored without a checkpoint was never sent to a worker: it is marked killed and a new one submitted."""
-    orphan = job_of_an_interrupted_step(workchain, checkpoint=None)
+    orphan = job_of_an_interrupted_step(workchain, workchain.ctx.inputs.code.computer, TRAIN_TYPE, checkpoint=None)
     fresh = orm.load_node(workchain.run_process()["children"].pk)
     assert fresh.pk != orphan.pk and fresh.process_type == orphan.process_type
     assert fresh.inputs.parameters.get_dict() == PARAMETERS

@@ -18,6 +18,11 @@ interrupted attempt created, by their call link label, and keeps them:
 A child that was sent is never marked killed here: a worker may be loading it at that very moment, and would
 overwrite the killed state and run it beside its replacement.
 
+aiida-core's ``BaseRestartWorkChain.run_process`` submits its job with ``self.submit`` and the call link label
+``iteration_NN``; a step run again from the checkpoint has the same number. :class:`KeepsJobsOfInterruptedSteps`
+routes that submission through :func:`reusable_child`, so a restart workchain interrupted in that step neither runs its
+job twice nor leaves it ``Created`` for ever.
+
 A calcfunction runs inside its parent's step, in the same worker, so a worker that dies mid-way leaves it
 unterminated for ever, and the repeated step runs a new one. :class:`ClosesInterruptedCalcfunctions` marks such
 leftovers excepted when the parent is loaded from its checkpoint, so that no process of a finished run stays active.
@@ -112,6 +117,17 @@ def close_interrupted_calcfunctions(node: orm.WorkflowNode) -> list[orm.CalcFunc
         child.set_process_status(INTERRUPTED_STATUS)
         child.seal()
     return interrupted
+
+
+class KeepsJobsOfInterruptedSteps:
+    """Mixin for a :class:`~aiida.engine.BaseRestartWorkChain`: the job of a ``run_process`` step run again after a
+    daemon crash is the one the interrupted attempt made, if it was sent to a worker; else it is marked killed and
+    submitted again (:func:`reusable_child`)."""
+
+    def submit(self, process: Any, inputs: dict[str, Any] | None = None, **kwargs: Any) -> orm.ProcessNode:
+        label = (kwargs.get("metadata") or {}).get("call_link_label")
+        child = reusable_child(self, label) if label else None
+        return child if child is not None else super().submit(process, inputs, **kwargs)
 
 
 class ClosesInterruptedCalcfunctions:

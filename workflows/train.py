@@ -10,18 +10,16 @@ A ``run_process`` step interrupted by a daemon crash keeps the job it made, or r
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiida import orm
 from aiida.common import AttributeDict
 from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
 from tace_aiida.workflows.killing import ForcedKillReachesChildren
-from tace_aiida.workflows.resubmission import reusable_child
+from tace_aiida.workflows.resubmission import KeepsJobsOfInterruptedSteps
 
 from tace_aiida.calculations.train import TrainCalculation
 
 
-class TrainBaseWorkChain(ForcedKillReachesChildren, BaseRestartWorkChain):
+class TrainBaseWorkChain(KeepsJobsOfInterruptedSteps, ForcedKillReachesChildren, BaseRestartWorkChain):
     """Run a ``tace.train`` CalcJob, restarting it when it fails."""
 
     _process_class = TrainCalculation
@@ -42,14 +40,6 @@ class TrainBaseWorkChain(ForcedKillReachesChildren, BaseRestartWorkChain):
     def setup(self):
         super().setup()
         self.ctx.inputs = AttributeDict(self.exposed_inputs(TrainCalculation, "train"))
-
-    def submit(self, process: Any, inputs: dict[str, Any] | None = None, **kwargs: Any) -> orm.ProcessNode:
-        """Submit the job of ``run_process``, or keep the one an interrupted attempt of that step made: aiida-core
-        labels the job of each iteration ``iteration_NN``, and a step run again from the last checkpoint has the
-        same iteration number."""
-        label = (kwargs.get("metadata") or {}).get("call_link_label")
-        child = reusable_child(self, label) if label else None
-        return child if child is not None else super().submit(process, inputs, **kwargs)
 
     def _continue(self, node: orm.CalcJobNode, why: str) -> ProcessHandlerReport:
         """Run the next job from the ``restart`` output of ``node`` if it has one, else from the start."""

@@ -25,6 +25,9 @@ POLL_SECONDS = 2.0
 DEFAULT_CALCULATOR = "ase.calculators.emt.EMT"
 ASE_CODE_PLUGINS = (None, "tace.label_ase")
 PROTOCOLS = ("fast", "balanced", "stringent")
+#: The process types of the per-structure pw.x workchains of ``tace.label_qe`` (aiida-quantumespresso's own in runs made
+#: before ``tace.pw_base`` existed).
+PW_BASE_PROCESS_TYPES = ("aiida.workflows:tace.pw_base", "aiida.workflows:quantumespresso.pw.base")
 
 
 def read_parents(paths: list[Path], index: str = ":") -> dict[str, orm.StructureData]:
@@ -95,7 +98,7 @@ def labelling_progress(node: orm.WorkflowNode) -> tuple[int, int] | None:
             continue
         if process.process_type == "aiida.calculations:tace.label_ase":
             done += process.inputs.structures.num_structures
-        elif process.process_label == "PwBaseWorkChain":
+        elif process.process_type in PW_BASE_PROCESS_TYPES:
             done += 1
     return done, child.inputs.structures.num_structures
 

@@ -1,8 +1,8 @@
 """``tace.label_qe``: label periodic structures with Quantum ESPRESSO's pw.x through aiida-quantumespresso.
 
-One ``PwBaseWorkChain`` (protocol inputs, restart handlers) runs per structure, as an SCF with forces
-and stress, at most ``max_concurrent`` at a time (a rolling window, :mod:`..window`: the next starts as
-soon as an earlier one has finished). The finished ones become frames of one
+One ``PwBaseWorkChain`` (protocol inputs, restart handlers; as ``tace.pw_base``, which keeps its pw.x job across a
+daemon crash) runs per structure, as an SCF with forces and stress, at most ``max_concurrent`` at a time (a rolling
+window, :mod:`..window`: the next starts as soon as an earlier one has finished). The finished ones become frames of one
 ``dataset`` in a calcfunction whose inputs are their outputs, so each frame's provenance leads to its
 ``PwBaseWorkChain`` (also named by the frame's ``label_uuid``). The failed ones are listed in the
 ``report`` with their exit status and message and never become labels; the outputs are those of
@@ -22,17 +22,17 @@ from typing import Any
 import numpy as np
 from aiida import orm
 from aiida.engine import WorkChain, calcfunction, while_
-from aiida.plugins import GroupFactory, WorkflowFactory
+from aiida.plugins import GroupFactory
 from ase import units
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 from tace_aiida.workflows.killing import ForcedKillReachesChildren
+from tace_aiida.workflows.labelling.pw_base import CrashSafePwBaseWorkChain, PwBaseWorkChain
 from tace_aiida.workflows.resubmission import ClosesInterruptedCalcfunctions, submit_once
 from tace_aiida.workflows.window import fill_window, open_window, window_is_open
 
 from tace_aiida.data import TrainingSetData
 
-PwBaseWorkChain = WorkflowFactory("quantumespresso.pw.base")
 PseudoPotentialFamily = GroupFactory("pseudo.family")
 
 PW_PLUGIN = "quantumespresso.pw"
@@ -233,7 +233,7 @@ class QeLabelWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfunctions
         """The PwBaseWorkChain builder of one structure from the protocol; ValueError for settings it refuses."""
         options = self.inputs.options.get_dict() if "options" in self.inputs else None
         try:
-            return PwBaseWorkChain.get_builder_from_protocol(
+            return CrashSafePwBaseWorkChain.get_builder_from_protocol(
                 self.inputs.code, structure, protocol=self.inputs.protocol.value,
                 overrides=copy.deepcopy(overrides), options=options,
             )
