@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -288,137 +288,214 @@ def train(config: TrainingConfig) -> dict:
         torch.set_default_dtype(previous_dtype)
 
 
-def _train(config: TrainingConfig) -> dict:
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    dtype = torch.get_default_dtype()
-    base_model, base_metadata = (None, {})
-    if config.init_checkpoint is not None:
-        base_model, base_metadata = load_model(config.init_checkpoint, device=device, dtype=dtype)
-    data = prepare_data(config, base_model.config if base_model is not None else None)
-    output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model = base_model if base_model is not None else CartesianTensorPotential(data.model_config).to(device)
-    model.train()
-    logger.info("model with %d parameters, species %s", sum(p.numel() for p in model.parameters()), data.model_config.atomic_numbers)
+@dataclass
+class Progress:
+    """How far a training has got; saved in every restart file, and what a resumed training continues from."""
 
-    optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optimizer_class(model.parameters(), lr=config.lr, amsgrad=config.amsgrad, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.scheduler_factor, patience=config.scheduler_patience)
-    ema = AveragedModel(model, avg_fn=ema_with_warmup(config.ema_decay)) if config.ema_decay else None
-    evaluated = ema.module if ema is not None else model
-    generator = torch.Generator().manual_seed(config.seed)
-    use_stress = any(bool(g[keys.HAS_STRESS]) for g in data.train)
-    use_field_response = data.model_config.field_dipole and field_response_labelled(data.train, config)
+    epoch: int = -1  # the last completed epoch (0-based)
+    best: dict = field(default_factory=lambda: {"selection_loss": math.inf, "epoch": -1})  # the best epoch's record
+    best_weights: dict[str, Tensor] | None = None  # the evaluated (averaged) weights of the best epoch
+    stale_epochs: int = 0  # epochs since the selection loss last fell
+    records: list[dict] = field(default_factory=list)  # one per completed epoch, as in the metrics file
+    trained_seconds: float = 0.0  # over every job of this training, for ``time_budget``
+    stage_two_from: int | None = None  # the epoch stage two started at
 
-    metrics_path = output_dir / config.metrics_name
-    checkpoint_path = output_dir / config.checkpoint_name
-    restart_path = output_dir / config.restart_name
-    progress_state = {"epoch": -1, "best": {"selection_loss": math.inf, "epoch": -1}, "best_weights": None,
-                      "stale_epochs": 0, "records": [], "trained_seconds": 0.0, "stage_two_from": None}
-    if config.resume_from is not None:
-        progress_state = _resume(config, model, ema, optimizer, scheduler, generator)
-        if progress_state["best_weights"] is not None:
-            best_model = CartesianTensorPotential(data.model_config).to(device)
-            best_model.load_state_dict(progress_state["best_weights"])
-            save_checkpoint(checkpoint_path, best_model, _metadata(config, progress_state["best"], base_metadata))
-        logger.info("resumed after epoch %d from %s", progress_state["epoch"], config.resume_from)
-    metrics_path.write_text("".join(json.dumps(record) + "\n" for record in progress_state["records"]))
-    best, best_weights = progress_state["best"], progress_state["best_weights"]
-    stale_epochs, records = progress_state["stale_epochs"], progress_state["records"]
-    stage_two_from = progress_state["stage_two_from"]
-    stage_two_loss = stage_two_config(config) if config.stage_two is not None else None
-    first_epoch = progress_state["epoch"] + 1
-    started = time.monotonic() - progress_state["trained_seconds"]  # the time budget counts the earlier jobs too
-    progress = tqdm(range(first_epoch, config.max_epochs), desc="training", unit="epoch",
-                    disable=not config.progress_bar, initial=first_epoch, total=config.max_epochs)
-    stop_reason, epoch = "max_epochs", first_epoch - 1
-    for epoch in progress:
-        if stage_two_loss is not None and stage_two_from is None and (
-            epoch >= config.stage_two.start or stale_epochs >= config.patience
-        ):
-            stage_two_from, best, stale_epochs = epoch, {"selection_loss": math.inf, "epoch": -1}, 0
-            for group in optimizer.param_groups:
-                group["lr"] = config.stage_two.lr
-            logger.info("stage two from epoch %d: %s", epoch, config.stage_two)
-        loss_config = config if stage_two_from is None else stage_two_loss
-        epoch_start = time.monotonic()
+    def as_dict(self) -> dict:
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+    def update_best(self, record: dict, selection_loss: float, evaluated: CartesianTensorPotential) -> bool:
+        """Count the epoch of ``record``; keep its weights if ``selection_loss`` is the lowest so far (returns True)."""
+        if not selection_loss < self.best["selection_loss"]:  # a NaN never counts as better
+            self.stale_epochs += 1
+            return False
+        self.best = {**record, "selection_loss": selection_loss}
+        self.best_weights = {key: value.detach().clone() for key, value in evaluated.state_dict().items()}
+        self.stale_epochs = 0
+        return True
+
+
+@dataclass
+class Optimisation:
+    """The trained model and what updates it: optimiser, plateau schedule, averaged (EMA) weights, batch order."""
+
+    model: CartesianTensorPotential
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    ema: AveragedModel | None
+    generator: torch.Generator
+
+    @classmethod
+    def create(cls, model: CartesianTensorPotential, config: TrainingConfig) -> Optimisation:
+        optimizer_class = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        optimizer = optimizer_class(model.parameters(), lr=config.lr, amsgrad=config.amsgrad,
+                                    weight_decay=config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.scheduler_factor,
+                                                               patience=config.scheduler_patience)
+        ema = AveragedModel(model, avg_fn=ema_with_warmup(config.ema_decay)) if config.ema_decay else None
+        return cls(model, optimizer, scheduler, ema, torch.Generator().manual_seed(config.seed))
+
+    @property
+    def evaluated(self) -> CartesianTensorPotential:
+        """The weights that are validated and saved: the averaged ones with EMA, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.model
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def train_epoch(self, graphs: Sequence[dict[str, Tensor]], config: TrainingConfig, loss_config: TrainingConfig,
+                    device: torch.device, compute_stress: bool, compute_field_response: bool) -> float:
+        """One pass over ``graphs`` in a new random order of batches; returns the mean loss of the batches."""
         # Summed on the device and read once per epoch: a read per batch would wait for a GPU at every step.
         epoch_loss = torch.zeros((), dtype=torch.float64, device=device)
-        batches = _epoch_batches(data.train, config.batch_size, generator)
+        batches = _epoch_batches(graphs, config.batch_size, self.generator)
         for batch in batches:
             batch = to_device(batch, device)
-            optimizer.zero_grad(set_to_none=True)
-            out = model(batch, compute_forces=True, compute_stress=use_stress, training=True,
-                        compute_field_response=use_field_response)
+            self.optimizer.zero_grad(set_to_none=True)
+            out = self.model(batch, compute_forces=True, compute_stress=compute_stress, training=True,
+                             compute_field_response=compute_field_response)
             loss = loss_function(out, batch, loss_config)
             loss.backward()
             if config.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-            optimizer.step()
-            if ema is not None:
-                ema.update_parameters(model)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad_norm)
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             epoch_loss += loss.detach().double() / len(batches)
-        train_loss = epoch_loss.item()
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(f"loss became {train_loss} in epoch {epoch}; lower the learning rate")
+        return epoch_loss.item()
 
-        valid_loss, valid_metrics = validation_loss(evaluated, data.valid, loss_config, device)
-        selection_loss = valid_loss if data.valid else train_loss
-        if stage_two_from is None:  # stage two holds its learning rate
-            scheduler.step(selection_loss)
-        record = {
-            "epoch": epoch,
-            "stage": 1 if stage_two_from is None else 2,
-            "train_loss": train_loss,
-            "valid_loss": valid_loss,
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": time.monotonic() - epoch_start,
-            **{f"valid_{k}": v for k, v in valid_metrics.items()},
-        }
-        records.append(record)
+    def state(self) -> dict:
+        """The restart file's entries of these objects."""
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "generator": self.generator.get_state()}
+
+    def load_state(self, state: dict, source: str) -> None:
+        """Take the entries of :meth:`state` saved in the restart file ``source``."""
+        self.model.load_state_dict(state["model"])
+        if (self.ema is None) != (state["ema"] is None):
+            raise RestartError(f"{source} was written with ema_decay {state['training']['ema_decay']}")
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+
+
+def _train(config: TrainingConfig) -> dict:
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    base_model, base_metadata = (None, {})
+    if config.init_checkpoint is not None:
+        base_model, base_metadata = load_model(config.init_checkpoint, device=device, dtype=torch.get_default_dtype())
+    data = prepare_data(config, base_model.config if base_model is not None else None)
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = output_dir / config.metrics_name
+    checkpoint_path = output_dir / config.checkpoint_name
+    restart_path = output_dir / config.restart_name
+    model = base_model if base_model is not None else CartesianTensorPotential(data.model_config).to(device)
+    model.train()
+    logger.info("model with %d parameters, species %s", sum(p.numel() for p in model.parameters()),
+                data.model_config.atomic_numbers)
+    steps = Optimisation.create(model, config)
+    compute_stress = any(bool(g[keys.HAS_STRESS]) for g in data.train)
+    compute_field_response = data.model_config.field_dipole and field_response_labelled(data.train, config)
+
+    progress = Progress()
+    if config.resume_from is not None:
+        progress = _resume(config, steps, data.model_config, checkpoint_path, base_metadata, device)
+    metrics_path.write_text("".join(json.dumps(record) + "\n" for record in progress.records))
+    stage_two_loss = stage_two_config(config) if config.stage_two is not None else None
+    first_epoch = progress.epoch + 1
+    started = time.monotonic() - progress.trained_seconds  # the time budget counts the earlier jobs too
+    bar = tqdm(range(first_epoch, config.max_epochs), desc="training", unit="epoch",
+               disable=not config.progress_bar, initial=first_epoch, total=config.max_epochs)
+    stop_reason: str | None = None
+    for epoch in bar:
+        if stage_two_loss is not None and progress.stage_two_from is None and (
+            epoch >= config.stage_two.start or progress.stale_epochs >= config.patience
+        ):
+            _start_stage_two(epoch, config, steps, progress)
+        loss_config = config if progress.stage_two_from is None else stage_two_loss
+        record, selection_loss = _run_epoch(epoch, steps, data, config, loss_config, progress, device,
+                                            compute_stress, compute_field_response)
+        progress.epoch = epoch
+        progress.records.append(record)
         with metrics_path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
-        progress.set_postfix(loss=f"{train_loss:.4g}", valid=f"{selection_loss:.4g}")
-        if selection_loss < best["selection_loss"]:
-            best = {**record, "selection_loss": selection_loss}
-            best_weights = {key: value.detach().clone() for key, value in evaluated.state_dict().items()}
-            stale_epochs = 0
-            save_checkpoint(checkpoint_path, evaluated, _metadata(config, record, base_metadata))
-        else:
-            stale_epochs += 1
-        save_restart(restart_path, {
-            "training": config.to_dict(), "epoch": epoch, "best": best, "best_weights": best_weights,
-            "stale_epochs": stale_epochs, "records": records, "trained_seconds": time.monotonic() - started,
-            "stage_two_from": stage_two_from,
-            "model": model.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-        })
-        if stale_epochs >= config.patience and (stage_two_loss is None or stage_two_from is not None):
-            stop_reason = "early_stopping"
+        bar.set_postfix(loss=f"{record['train_loss']:.4g}", valid=f"{selection_loss:.4g}")
+        if progress.update_best(record, selection_loss, steps.evaluated):
+            save_checkpoint(checkpoint_path, steps.evaluated, _metadata(config, record, base_metadata))
+        progress.trained_seconds = time.monotonic() - started
+        save_restart(restart_path, {"training": config.to_dict(), **progress.as_dict(), **steps.state()})
+        stop_reason = _stop_reason(config, progress, started, last_stage=stage_two_loss is None or
+                                   progress.stage_two_from is not None)
+        if stop_reason is not None:
             break
-        if config.time_budget is not None and time.monotonic() - started > config.time_budget:
-            stop_reason = "time_budget"
-            break
-    progress.close()
-    best_model, best_metadata = load_model(checkpoint_path, device=device, dtype=dtype)
+    bar.close()
+    best_model, best_metadata = load_model(checkpoint_path, device=device, dtype=torch.get_default_dtype())
     add_feature_uncertainty(checkpoint_path, best_model, best_metadata, data, config, device)
     test_metrics = evaluate(best_model, data.test, config.valid_batch_size, device) if data.test else {}
     return {
         "test": test_metrics,
         "checkpoint": str(checkpoint_path),
         "metrics_file": str(metrics_path),
-        "best_epoch": best["epoch"],
-        "best": best,
-        "epochs_run": epoch + 1,
+        "best_epoch": progress.best["epoch"],
+        "best": progress.best,
+        "epochs_run": progress.epoch + 1,
         "resumed_after_epoch": first_epoch - 1 if config.resume_from is not None else None,
-        "stop_reason": stop_reason,
-        "stage_two_from": stage_two_from,
+        "stop_reason": stop_reason or "max_epochs",
+        "stage_two_from": progress.stage_two_from,
         "wall_seconds": time.monotonic() - started,
         "num_train": len(data.train),
         "num_valid": len(data.valid),
     }
+
+
+def _start_stage_two(epoch: int, config: TrainingConfig, steps: Optimisation, progress: Progress) -> None:
+    """From ``epoch`` on: stage two's learning rate, and the best epoch chosen among this stage's only."""
+    progress.stage_two_from, progress.best, progress.stale_epochs = epoch, Progress().best, 0
+    steps.set_lr(config.stage_two.lr)
+    logger.info("stage two from epoch %d: %s", epoch, config.stage_two)
+
+
+def _stop_reason(config: TrainingConfig, progress: Progress, started: float, last_stage: bool) -> str | None:
+    """Why the training ends after this epoch (``early_stopping`` in its last stage, ``time_budget``), or None."""
+    if last_stage and progress.stale_epochs >= config.patience:
+        return "early_stopping"
+    if config.time_budget is not None and time.monotonic() - started > config.time_budget:
+        return "time_budget"
+    return None
+
+
+def _run_epoch(epoch: int, steps: Optimisation, data: PreparedData, config: TrainingConfig,
+               loss_config: TrainingConfig, progress: Progress, device: torch.device, compute_stress: bool,
+               compute_field_response: bool) -> tuple[dict, float]:
+    """Train one epoch, validate, step the plateau schedule (held in stage two); the epoch's record and the loss
+    that selects the best epoch (validation loss, or training loss without validation frames)."""
+    epoch_start = time.monotonic()
+    train_loss = steps.train_epoch(data.train, config, loss_config, device, compute_stress, compute_field_response)
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(f"loss became {train_loss} in epoch {epoch}; lower the learning rate")
+    valid_loss, valid_metrics = validation_loss(steps.evaluated, data.valid, loss_config, device)
+    selection_loss = valid_loss if data.valid else train_loss
+    if progress.stage_two_from is None:
+        steps.scheduler.step(selection_loss)
+    record = {
+        "epoch": epoch,
+        "stage": 1 if progress.stage_two_from is None else 2,
+        "train_loss": train_loss,
+        "valid_loss": valid_loss,
+        "lr": steps.lr,
+        "epoch_seconds": time.monotonic() - epoch_start,
+        **{f"valid_{k}": v for k, v in valid_metrics.items()},
+    }
+    return record, selection_loss
 
 
 def add_feature_uncertainty(path: Path, model: CartesianTensorPotential, metadata: dict, data: PreparedData,
@@ -434,21 +511,21 @@ def add_feature_uncertainty(path: Path, model: CartesianTensorPotential, metadat
     logger.info("feature uncertainty fitted: scale %.4g eV/Å", fitted.scale)
 
 
-def _resume(config: TrainingConfig, model: CartesianTensorPotential, ema: AveragedModel | None,
-            optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau,
-            generator: torch.Generator) -> dict:
-    """Load the state of ``config.resume_from`` into the training's objects; return its progress (epoch, best ...)."""
+def _resume(config: TrainingConfig, steps: Optimisation, model_config: ModelConfig, checkpoint_path: Path,
+            base_metadata: dict, device: torch.device) -> Progress:
+    """Load the state of ``config.resume_from`` into ``steps``; write its best weights so far to ``checkpoint_path``
+    (the output folder may be a new one); return its progress."""
     state = load_restart(config.resume_from, config.to_dict())
-    model.load_state_dict(state["model"])
-    if (ema is None) != (state["ema"] is None):
-        raise RestartError(f"{config.resume_from} was written with ema_decay {state['training']['ema_decay']}")
-    if ema is not None:
-        ema.load_state_dict(state["ema"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["generator"])
-    progress = {key: state[key] for key in ("epoch", "best", "best_weights", "stale_epochs", "records", "trained_seconds")}
-    return progress | {"stage_two_from": state.get("stage_two_from")}  # absent in files written before stage two existed
+    steps.load_state(state, str(config.resume_from))
+    progress = Progress(**{key: state[key] for key in ("epoch", "best", "best_weights", "stale_epochs", "records",
+                                                       "trained_seconds")},
+                        stage_two_from=state.get("stage_two_from"))  # absent in files written before stage two existed
+    if progress.best_weights is not None:
+        best_model = CartesianTensorPotential(model_config).to(device)
+        best_model.load_state_dict(progress.best_weights)
+        save_checkpoint(checkpoint_path, best_model, _metadata(config, progress.best, base_metadata))
+    logger.info("resumed after epoch %d from %s", progress.epoch, config.resume_from)
+    return progress
 
 
 def validation_loss(
