@@ -38,7 +38,6 @@ MODEL_RULES: dict[str, Rule] = {
     "num_interactions": at_least(1), "readout_mlp": each_at_least(1),
     "long_range_sigma": greater_than(0.0), "long_range_spacing": greater_than(0.0), "num_fidelities": at_least(0),
     "cp_rank": at_least(0), "message_normalization": one_of(*MESSAGE_NORMALIZATIONS),
-    "tensor_feature_scale": greater_than(0.0),
 }
 
 

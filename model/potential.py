@@ -52,10 +52,6 @@ class ModelConfig:
     (``sqrt``, the default: the scale of a sum of that many uncorrelated messages, which keeps the many-body
     features of the product basis from vanishing) or by ``avg_num_neighbors`` itself (``mean``, as MACE does,
     and as checkpoints saved before the option existed do).
-    ``tensor_feature_scale`` multiplies the features of rank 1 and higher that each layer but the last passes on
-    (the product basis's output after the channel mixing, before the residual). At initialisation on 3BPA they
-    are about 3e-3 RMS against 0.26 for the scalars, which carry the species embedding through the residual, so
-    the next layer's messages barely see them; 1 leaves them as they are.
     """
 
     atomic_numbers: list[int]
@@ -88,7 +84,6 @@ class ModelConfig:
     cp_rank: int = 0
     cp_trainable: bool = False
     message_normalization: str = "sqrt"
-    tensor_feature_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if len(self.atomic_energies) != len(self.atomic_numbers):
@@ -268,8 +263,6 @@ class CartesianTensorPotential(ConstantsModule):
         ):
             aggregated = interaction(features, harmonics, radial, edge_index)
             updated = mixer(product(aggregated, species), one_hot)
-            if self.config.tensor_feature_scale != 1.0 and interaction is not self.interactions[-1]:
-                updated = torch.cat([updated[..., :1], self.config.tensor_feature_scale * updated[..., 1:]], dim=-1)
             shared = residual.linear.component_rank.shape[0]
             skip = residual(features[..., :shared], one_hot)
             features = torch.cat([updated[..., :shared] + skip, updated[..., shared:]], dim=-1)

@@ -85,24 +85,3 @@ def test_fixed_bessel_frequencies_are_no_weights_and_follow_the_evaluation_dtype
     n = torch.arange(1, basis.num_basis + 1, dtype=torch.float64)
     expected = (2.0 / basis.r_max) ** 0.5 * torch.sin(n * torch.pi / basis.r_max * lengths[:, None]) / lengths[:, None]
     assert torch.allclose(basis(lengths), expected, rtol=1e-14, atol=0)
-
-
-def test_tensor_feature_scale_multiplies_what_hidden_layers_pass_on_of_rank_one_and_up(frames_300K):
-    """The same weights: a scale s gives the energy of the unscaled model whose hidden layers' channel mixing after
-    the product has its weights of rank 1 and up multiplied by s (the last layer's mixing is untouched)."""
-    batch = collate([atoms_to_graph(frames_300K[0], SPECIES_3BPA, 5.0, dtype=torch.float64)])
-    with default_dtype(torch.float64):
-        scaled = small_model(seed=4, max_hidden_rank=2, num_interactions=3, tensor_feature_scale=7.0)
-        reference = small_model(seed=4, max_hidden_rank=2, num_interactions=3)
-    with torch.no_grad():
-        for mixer in reference.mixers[:-1]:
-            mixer.linear.weight[1:] *= 7.0
-    energy = scaled(batch).energy
-    assert torch.allclose(energy, reference(batch).energy, rtol=1e-12, atol=0)
-    with default_dtype(torch.float64):
-        unscaled = small_model(seed=4, max_hidden_rank=2, num_interactions=3)(batch).energy
-    assert (energy - unscaled).abs().item() > 1e-3, "the scale changes the energy (eV)"
-    with pytest.raises(ValueError, match="tensor_feature_scale"):
-        from tace_aiida.model.config import TrainingConfig
-
-        TrainingConfig.from_dict({"train_file": "x.xyz", "model": {"tensor_feature_scale": 0.0}})
