@@ -40,6 +40,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=MatchedSettings.epochs)
     parser.add_argument("--channels", type=int, default=MatchedSettings.channels)
+    parser.add_argument("--hidden-rank", type=int, default=MatchedSettings.hidden_rank,
+                        help="highest rank of both models' node features (mace-torch's max_L)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default=MatchedSettings.dtype,
+                        help="both models' training and evaluation precision")
     parser.add_argument("--time-budget", type=float, help="training wall-clock cap per model (s)")
     parser.add_argument("--scheduler-patience", type=int, default=MatchedSettings.scheduler_patience,
                         help="epochs without improvement before the learning rate falls by 0.8 (both models)")
@@ -56,7 +60,8 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(torch.get_num_threads())
-    settings = MatchedSettings(epochs=args.epochs, channels=args.channels, time_budget_s=args.time_budget, seed=args.seed,
+    settings = MatchedSettings(epochs=args.epochs, channels=args.channels, hidden_rank=args.hidden_rank, dtype=args.dtype,
+                               time_budget_s=args.time_budget, seed=args.seed,
                                scheduler_patience=args.scheduler_patience, stage_two_start=args.stage_two_start,
                                clip_grad_norm=args.clip_grad_norm, weight_decay=args.weight_decay)
     train, valid, test, _ = load_3bpa_split(seed=settings.seed, valid_fraction=settings.valid_fraction)

@@ -52,6 +52,10 @@ def column_name(model: str, tace_model: dict, settings: dict) -> str:
         changed.append(f"weight decay {weight_decay:g}")
     if fixed_bessel != MatchedSettings.fixed_bessel_frequencies:
         changed.append("trained Bessel frequencies" if not fixed_bessel else "fixed Bessel frequencies")
+    if settings.get("hidden_rank", MatchedSettings.hidden_rank) != MatchedSettings.hidden_rank:
+        changed.append(f"hidden rank {settings['hidden_rank']}")
+    if settings.get("dtype", MatchedSettings.dtype) != MatchedSettings.dtype:
+        changed.append(settings["dtype"])
     if settings.get("stage_two_start") is not None:
         changed.append(f"stage two from {settings['stage_two_start']}")
     return ", ".join([name, *changed])
