@@ -10,7 +10,7 @@ from aiida.manage import get_manager
 from ase.build import bulk
 
 from .conftest import FAMILY, PW_OPTIONS
-from .helpers.interrupted import iteration_01_jobs, job_of_an_interrupted_step
+from .helpers.interrupted import handler_entries, iteration_01_jobs, job_of_an_interrupted_step
 
 PW_TYPE = "aiida.calculations:quantumespresso.pw"
 
@@ -45,6 +45,7 @@ def test_run_process_again_after_a_crash_keeps_the_pw_job_it_sent(workchain):
     assert workchain.run_process()["children"].pk == sent.pk
     assert [job.pk for job in iteration_01_jobs(workchain)] == [sent.pk], "no second pw.x job"
     assert sent.process_state.value == "created"
+    assert handler_entries(workchain) == [[]], "one entry for iteration 1, not one per attempt"
 
 
 def test_run_process_again_after_a_crash_replaces_a_pw_job_never_sent(workchain):
@@ -54,3 +55,4 @@ def test_run_process_again_after_a_crash_replaces_a_pw_job_never_sent(workchain)
     assert fresh.pk != orphan.pk and fresh.process_type == PW_TYPE
     assert fresh.inputs.parameters["CONTROL"]["calculation"] == "scf"
     assert orphan.is_killed and orphan.is_sealed
+    assert handler_entries(workchain) == [[]], "one entry for iteration 1, not one per attempt"

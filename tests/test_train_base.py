@@ -14,7 +14,7 @@ from tace_aiida.workflows.train import TrainBaseWorkChain
 from tace_aiida.calculations.train import TrainCalculation
 from tace_aiida.data import TrainingSetData
 
-from .helpers.interrupted import iteration_01_jobs, job_of_an_interrupted_step
+from .helpers.interrupted import handler_entries, iteration_01_jobs, job_of_an_interrupted_step
 
 PARAMETERS = {"max_epochs": 2, "lr": 0.005}
 TRAIN_TYPE = "aiida.calculations:tace.train"
@@ -96,6 +96,7 @@ def test_run_process_again_after_a_crash_keeps_the_job_it_sent(workchain):
     assert awaited.pk == sent.pk
     assert [job.pk for job in iteration_01_jobs(workchain)] == [sent.pk], "nothing else was submitted"
     assert sent.process_state.value == "created"
+    assert handler_entries(workchain) == [[]], "one entry for iteration 1, not one per attempt"
 
 
 def test_run_process_again_after_a_crash_replaces_a_job_never_sent(workchain):
@@ -105,3 +106,4 @@ def test_run_process_again_after_a_crash_replaces_a_job_never_sent(workchain):
     assert fresh.pk != orphan.pk and fresh.process_type == orphan.process_type
     assert fresh.inputs.parameters.get_dict() == PARAMETERS
     assert orphan.is_killed and orphan.is_sealed
+    assert handler_entries(workchain) == [[]], "one entry for iteration 1, not one per attempt"

@@ -126,8 +126,18 @@ class KeepsJobsOfInterruptedSteps:
 
     def submit(self, process: Any, inputs: dict[str, Any] | None = None, **kwargs: Any) -> orm.ProcessNode:
         label = (kwargs.get("metadata") or {}).get("call_link_label")
+        if label == f"iteration_{self.ctx.iteration:02d}":
+            self._drop_handler_entry_of_an_interrupted_attempt()
         child = reusable_child(self, label) if label else None
         return child if child is not None else super().submit(process, inputs, **kwargs)
+
+    def _drop_handler_entry_of_an_interrupted_attempt(self) -> None:
+        """``run_process`` adds one entry per iteration to the handlers extra after it submits; an attempt interrupted
+        after that left this iteration's entry already there, and the step run again would add a second one."""
+        extra = self._considered_handlers_extra
+        entries = self.node.base.extras.get(extra, [])
+        if len(entries) >= self.ctx.iteration:
+            self.node.base.extras.set(extra, entries[: self.ctx.iteration - 1])
 
 
 class ClosesInterruptedCalcfunctions:
