@@ -9,7 +9,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms, FixCom
-from ase.md.velocitydistribution import thermalize_momenta
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from tace_aiida.model import md
 
 
@@ -23,7 +23,7 @@ def hot_copper() -> Atoms:
 
 def test_langevin_holds_the_centre_of_mass_without_the_deprecated_fixcm():
     atoms = hot_copper()
-    atoms.set_momenta(atoms.get_momenta() - atoms.get_momenta().sum(axis=0) / len(atoms))
+    Stationary(atoms)
     start = atoms.get_center_of_mass()
     dynamics = md.make_dynamics(atoms, md.MDSettings(temperature=600, timestep=2.0, friction=0.02))
     assert any(isinstance(constraint, FixCom) for constraint in atoms.constraints)
