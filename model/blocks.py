@@ -79,29 +79,6 @@ class SpeciesLinear(nn.Module):
         return self.linear(expanded.flatten(-3, -2))
 
 
-class ScalarGate(ConstantsModule):
-    """Equivariant nonlinearity for tensor features: rank l >= 1 of channel c is scaled by ``2 sigmoid(g_lc)``.
-
-    ``g = W h0`` is a linear map of the node's rank-0 channels (species-independent, ``nn.Linear``'s
-    initialisation, so the gates start near 1); rank 0 passes unchanged. An invariant times a
-    tensor is equivariant, so the block keeps the model's symmetry while making the tensor features
-    that the next layer's messages carry non-polynomial in the scalars.
-    """
-
-    def __init__(self, max_rank: int, channels: int) -> None:
-        super().__init__()
-        self.max_rank = max_rank
-        self.linear = nn.Linear(channels, channels * max_rank, bias=False)
-        self.register_constant("tensor_component_rank", rank_of_component(max_rank)[1:] - 1)
-
-    def forward(self, features: Tensor) -> Tensor:
-        """``features`` [..., n, C, (max_rank+1)**2] -> the same shape, ranks >= 1 gated."""
-        gates = 2.0 * torch.sigmoid(linear(self.linear, features[..., 0]))
-        gates = gates.unflatten(-1, (self.max_rank, -1)).transpose(-1, -2)
-        gated = features[..., 1:] * gates[..., self.tensor_component_rank]
-        return torch.cat([features[..., :1], gated], dim=-1)
-
-
 class InteractionBlock(ConstantsModule):
     """Equivariant message passing: ``A_i = sum_j sum_paths w_p(r_ij) (h_j (x) T(r_ij)) -> l3 / d``.
 

@@ -9,15 +9,7 @@ import torch
 from torch import nn
 
 from . import keys
-from .blocks import (
-    EdgeHarmonics,
-    InteractionBlock,
-    LinearReadout,
-    MLPReadout,
-    ProductBasisBlock,
-    ScalarGate,
-    SpeciesLinear,
-)
+from .blocks import EdgeHarmonics, InteractionBlock, LinearReadout, MLPReadout, ProductBasisBlock, SpeciesLinear
 from .conditions import ConditionEmbedding, field_response, ion_field_energy
 from .constants import ConstantsModule
 from .decomposed_blocks import DecomposedInteractionBlock, DecomposedProductBasisBlock
@@ -60,8 +52,6 @@ class ModelConfig:
     (``sqrt``, the default: the scale of a sum of that many uncorrelated messages, which keeps the many-body
     features of the product basis from vanishing) or by ``avg_num_neighbors`` itself (``mean``, as MACE does,
     and as checkpoints saved before the option existed do).
-    ``hidden_gate`` scales the rank >= 1 features each layer passes on by ``2 sigmoid`` of a linear map of
-    its rank-0 features (:class:`.blocks.ScalarGate`), a nonlinearity mace-torch does not have.
     """
 
     atomic_numbers: list[int]
@@ -94,7 +84,6 @@ class ModelConfig:
     cp_rank: int = 0
     cp_trainable: bool = False
     message_normalization: str = "sqrt"
-    hidden_gate: bool = False
 
     def __post_init__(self) -> None:
         if len(self.atomic_energies) != len(self.atomic_numbers):
@@ -199,7 +188,6 @@ class CartesianTensorPotential(ConstantsModule):
         self.mixers = nn.ModuleList()
         self.residuals = nn.ModuleList()
         self.readouts = nn.ModuleList()
-        self.gates = nn.ModuleList()
         node_rank = 1 if config.embed_field else 0
         tensor_rank = 2 if config.polarizability else 1 if config.dipole else 0
         layer_ranks = []
@@ -220,8 +208,6 @@ class CartesianTensorPotential(ConstantsModule):
             self.mixers.append(SpeciesLinear(out_rank, channels, channels, num_species))
             self.residuals.append(SpeciesLinear(min(node_rank, out_rank), channels, channels, num_species))
             self.readouts.append(MLPReadout(channels, config.readout_mlp) if last else LinearReadout(channels))
-            gated = config.hidden_gate and not last and out_rank > 0
-            self.gates.append(ScalarGate(out_rank, channels) if gated else nn.Identity())
             node_rank = out_rank
             layer_ranks.append(out_rank)
         self.tensor_readouts = (
@@ -272,8 +258,8 @@ class CartesianTensorPotential(ConstantsModule):
                 features = torch.cat([features.expand(*vector.shape[:-1], 1), vector], dim=-1)
         node_energy = torch.zeros_like(positions[..., 0])
         invariants, layer_features = [], []
-        for interaction, product, mixer, residual, readout, gate in zip(
-            self.interactions, self.products, self.mixers, self.residuals, self.readouts, self.gates, strict=True
+        for interaction, product, mixer, residual, readout in zip(
+            self.interactions, self.products, self.mixers, self.residuals, self.readouts, strict=True
         ):
             aggregated = interaction(features, harmonics, radial, edge_index)
             updated = mixer(product(aggregated, species), one_hot)
@@ -281,7 +267,6 @@ class CartesianTensorPotential(ConstantsModule):
             skip = residual(features[..., :shared], one_hot)
             features = torch.cat([updated[..., :shared] + skip, updated[..., shared:]], dim=-1)
             node_energy = node_energy + readout(features)
-            features = gate(features)
             invariants.append(features[..., 0])
             layer_features.append(features)
         node_energy = self.scale[..., None] * node_energy + self.shift[..., None] + self.atomic_energies[..., species]
