@@ -59,6 +59,8 @@ class ModelConfig:
     ``harmonics_normalization`` scales the edge harmonics: ``ict`` (the default), the irreducible tensors of the
     unit edge vector, whose squared norms are 1, 1, 1.5, 2.5 for ranks 0..3; ``component``, every component of
     unit mean square over directions (squared norms 2l+1), as mace-torch's spherical harmonics.
+    ``product_init_per_order`` starts each correlation order's product weights at unit normal over its number
+    of paths (mace-torch's symmetric contraction) instead of over the square root of all paths' number.
     """
 
     atomic_numbers: list[int]
@@ -92,6 +94,7 @@ class ModelConfig:
     cp_trainable: bool = False
     message_normalization: str = "sqrt"
     harmonics_normalization: str = "ict"
+    product_init_per_order: bool = False
 
     def __post_init__(self) -> None:
         if len(self.atomic_energies) != len(self.atomic_numbers):
@@ -216,7 +219,7 @@ class CartesianTensorPotential(ConstantsModule):
                 self.products.append(DecomposedProductBasisBlock(*product_settings, *cp))
             else:
                 self.interactions.append(InteractionBlock(*interaction_settings))
-                self.products.append(ProductBasisBlock(*product_settings))
+                self.products.append(ProductBasisBlock(*product_settings, config.product_init_per_order))
             self.mixers.append(SpeciesLinear(out_rank, channels, channels, num_species))
             self.residuals.append(SpeciesLinear(min(node_rank, out_rank), channels, channels, num_species))
             self.readouts.append(MLPReadout(channels, config.readout_mlp) if last else LinearReadout(channels))
