@@ -27,22 +27,14 @@ Tensor = torch.Tensor
 class EdgeHarmonics(ConstantsModule):
     """Packed Cartesian harmonics ``T^l(r)`` of unit edge vectors, ranks 0..max_rank.
 
-    Uses ``T^(l+1)(r) = (T^l(r) x T^1(r)) -> l+1``, exact for the normalised product. With
-    ``component`` normalisation each rank is rescaled so that its components have unit mean square over
-    directions (``|T^l|^2 = 2l+1``, e3nn's "component" harmonics as mace-torch uses them); otherwise
-    ``|T^l|^2 = (2l-1)!!/l!`` (1, 1, 1.5, 2.5 for l = 0..3).
+    Uses ``T^(l+1)(r) = (T^l(r) x T^1(r)) -> l+1``, exact for the normalised product.
     """
 
-    def __init__(self, max_rank: int, component: bool = False) -> None:
+    def __init__(self, max_rank: int) -> None:
         super().__init__()
         self.max_rank = max_rank
         for l in range(1, max_rank):
             self.register_constant(f"raise_{l}", packed_coupling(l, 1, l + 1))
-        self.component = component
-        if component:
-            squared_norms = [math.prod(range(2 * l - 1, 0, -2)) / math.factorial(l) for l in range(max_rank + 1)]
-            scale = [math.sqrt((2 * l + 1) / squared_norms[l]) for l in rank_of_component(max_rank).tolist()]
-            self.register_constant("component_scale", torch.tensor(scale, dtype=torch.float64))
 
     def forward(self, unit_vectors: Tensor) -> Tensor:
         """``unit_vectors`` [..., n_edges, 3] -> ``[..., n_edges, (max_rank+1)**2]``."""
@@ -52,8 +44,7 @@ class EdgeHarmonics(ConstantsModule):
         for l in range(1, self.max_rank):
             coupling = getattr(self, f"raise_{l}")
             ranks.append(torch.einsum("...a,...b,abm->...m", ranks[-1], unit_vectors, coupling))
-        harmonics = torch.cat(ranks, dim=-1)
-        return harmonics * self.component_scale if self.component else harmonics
+        return torch.cat(ranks, dim=-1)
 
 
 class RankwiseLinear(ConstantsModule):

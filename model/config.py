@@ -13,7 +13,7 @@ import yaml
 
 from .data import is_device
 from .graph_store import cache_directory
-from .potential import HARMONICS_NORMALIZATIONS, MESSAGE_NORMALIZATIONS, ModelConfig
+from .potential import MESSAGE_NORMALIZATIONS, ModelConfig
 from .validation import (
     NON_EMPTY,
     Rule,
@@ -38,7 +38,6 @@ MODEL_RULES: dict[str, Rule] = {
     "num_interactions": at_least(1), "readout_mlp": each_at_least(1),
     "long_range_sigma": greater_than(0.0), "long_range_spacing": greater_than(0.0), "num_fidelities": at_least(0),
     "cp_rank": at_least(0), "message_normalization": one_of(*MESSAGE_NORMALIZATIONS),
-    "harmonics_normalization": one_of(*HARMONICS_NORMALIZATIONS),
 }
 
 

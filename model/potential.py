@@ -24,10 +24,6 @@ Tensor = torch.Tensor
 #: How each atom's sum of messages is normalised: by the mean number of neighbours, or its square root.
 MESSAGE_NORMALIZATIONS = ("mean", "sqrt")
 
-#: How the edge harmonics of each rank are scaled: as irreducible Cartesian tensors of unit vectors, or to unit
-#: mean square per component (as mace-torch's spherical harmonics).
-HARMONICS_NORMALIZATIONS = ("ict", "component")
-
 
 @dataclass
 class ModelConfig:
@@ -56,9 +52,6 @@ class ModelConfig:
     (``sqrt``, the default: the scale of a sum of that many uncorrelated messages, which keeps the many-body
     features of the product basis from vanishing) or by ``avg_num_neighbors`` itself (``mean``, as MACE does,
     and as checkpoints saved before the option existed do).
-    ``harmonics_normalization`` scales the edge harmonics: ``ict`` (the default), the irreducible tensors of the
-    unit edge vector, whose squared norms are 1, 1, 1.5, 2.5 for ranks 0..3; ``component``, every component of
-    unit mean square over directions (squared norms 2l+1), as mace-torch's spherical harmonics.
     ``product_init_per_order`` starts each correlation order's product weights at unit normal over its number
     of paths (mace-torch's symmetric contraction) instead of over the square root of all paths' number.
     """
@@ -93,7 +86,6 @@ class ModelConfig:
     cp_rank: int = 0
     cp_trainable: bool = False
     message_normalization: str = "sqrt"
-    harmonics_normalization: str = "ict"
     product_init_per_order: bool = False
 
     def __post_init__(self) -> None:
@@ -114,10 +106,6 @@ class ModelConfig:
                              f"{self.embed_field}) and no dipole head (dipole: {self.dipole})")
         if self.message_normalization not in MESSAGE_NORMALIZATIONS:
             raise ValueError(f"message_normalization={self.message_normalization!r} must be one of {MESSAGE_NORMALIZATIONS}")
-        if self.harmonics_normalization not in HARMONICS_NORMALIZATIONS:
-            raise ValueError(
-                f"harmonics_normalization={self.harmonics_normalization!r} must be one of {HARMONICS_NORMALIZATIONS}"
-            )
         if self.long_range_sigma <= 0 or self.long_range_spacing <= 0:
             raise ValueError(
                 f"long_range_sigma={self.long_range_sigma} and long_range_spacing={self.long_range_spacing} must be > 0 (Å)"
@@ -197,7 +185,7 @@ class CartesianTensorPotential(ConstantsModule):
             else None
         )
         self.radial_embedding = RadialEmbedding(config.r_max, config.num_bessel, config.envelope_p, config.bessel_trainable)
-        self.harmonics = EdgeHarmonics(config.max_edge_rank, config.harmonics_normalization == "component")
+        self.harmonics = EdgeHarmonics(config.max_edge_rank)
         self.interactions = nn.ModuleList()
         self.products = nn.ModuleList()
         self.mixers = nn.ModuleList()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 
 import pytest
 import torch
@@ -16,7 +15,6 @@ from tace_aiida.model.cartesian import (
     packed_basis,
     packed_coupling,
     path_normalisation,
-    rank_slices,
     unpack,
 )
 
@@ -142,17 +140,3 @@ def test_model_edge_harmonics_equal_packed_reference(max_rank, float64):
     stacked = EdgeHarmonics(max_rank)(r)
     reference = torch.cat([pack(cartesian_harmonic(r, l), l) for l in range(max_rank + 1)], dim=-1)
     assert (stacked - reference).abs().max() < TOLERANCE
-
-
-
-@pytest.mark.parametrize("max_rank", [1, 3, 4])
-def test_component_harmonics_have_squared_norm_2l_plus_1(max_rank, float64):
-    """Rank l of the ``component`` harmonics is the default harmonic, of squared norm (2l-1)!!/l!, times
-    sqrt((2l+1) l!/(2l-1)!!): squared norm 2l+1, unit mean square per component (mace-torch's convention)."""
-    r = random_units(50, 3)
-    plain, component = EdgeHarmonics(max_rank)(r), EdgeHarmonics(max_rank, component=True)(r)
-    for l, part in enumerate(rank_slices(max_rank)):
-        double_factorial = math.prod(range(2 * l - 1, 0, -2))
-        scale = math.sqrt((2 * l + 1) * math.factorial(l) / double_factorial)
-        assert (component[:, part] - scale * plain[:, part]).abs().max() < TOLERANCE
-        assert ((component[:, part] ** 2).sum(-1) - (2 * l + 1)).abs().max() < TOLERANCE
