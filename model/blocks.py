@@ -160,10 +160,7 @@ class ProductBasisBlock(ConstantsModule):
     4-16 times less at the last order of invariant or vector outputs.
     """
 
-    def __init__(
-        self, max_in_rank: int, max_out_rank: int, correlation: int, channels: int, num_species: int,
-        init_per_order: bool = False,
-    ) -> None:
+    def __init__(self, max_in_rank: int, max_out_rank: int, correlation: int, channels: int, num_species: int) -> None:
         super().__init__()
         self.max_in_rank = max_in_rank
         self.max_out_rank = max_out_rank
@@ -203,15 +200,10 @@ class ProductBasisBlock(ConstantsModule):
             self.group_ranks.append([l_prev for l_prev, _ in groups])
             paths_per_rank = dict(sorted(next_counts.items()))
             self.layouts.append(paths_per_rank)
-        self.weights = nn.ParameterList()
-        for l in range(max_out_rank + 1):
-            counts = [layout[l] for layout in self.layouts if l in layout]
-            weight = torch.randn(num_species, sum(counts), channels)
-            if init_per_order:  # each order nu's weights / its number of paths, as mace-torch's symmetric contraction
-                weight = weight * torch.cat([torch.full((count,), 1.0 / count) for count in counts])[:, None]
-            else:
-                weight = weight / math.sqrt(sum(counts))
-            self.weights.append(nn.Parameter(weight))
+        outputs_per_rank = [sum(layout.get(l, 0) for layout in self.layouts) for l in range(max_out_rank + 1)]
+        self.weights = nn.ParameterList(
+            [nn.Parameter(torch.randn(num_species, count, channels) / math.sqrt(count)) for count in outputs_per_rank]
+        )
 
     @staticmethod
     def _blocks(values: Tensor, layout: dict[int, int]) -> dict[int, Tensor]:

@@ -52,8 +52,6 @@ class ModelConfig:
     (``sqrt``, the default: the scale of a sum of that many uncorrelated messages, which keeps the many-body
     features of the product basis from vanishing) or by ``avg_num_neighbors`` itself (``mean``, as MACE does,
     and as checkpoints saved before the option existed do).
-    ``product_init_per_order`` starts each correlation order's product weights at unit normal over its number
-    of paths (mace-torch's symmetric contraction) instead of over the square root of all paths' number.
     """
 
     atomic_numbers: list[int]
@@ -86,7 +84,6 @@ class ModelConfig:
     cp_rank: int = 0
     cp_trainable: bool = False
     message_normalization: str = "sqrt"
-    product_init_per_order: bool = False
 
     def __post_init__(self) -> None:
         if len(self.atomic_energies) != len(self.atomic_numbers):
@@ -207,7 +204,7 @@ class CartesianTensorPotential(ConstantsModule):
                 self.products.append(DecomposedProductBasisBlock(*product_settings, *cp))
             else:
                 self.interactions.append(InteractionBlock(*interaction_settings))
-                self.products.append(ProductBasisBlock(*product_settings, config.product_init_per_order))
+                self.products.append(ProductBasisBlock(*product_settings))
             self.mixers.append(SpeciesLinear(out_rank, channels, channels, num_species))
             self.residuals.append(SpeciesLinear(min(node_rank, out_rank), channels, channels, num_species))
             self.readouts.append(MLPReadout(channels, config.readout_mlp) if last else LinearReadout(channels))

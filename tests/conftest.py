@@ -165,7 +165,6 @@ MODEL_CASES = [
                dtype=torch.float32),
     model_case(max_edge_rank=3, correlation=3, max_hidden_rank=1, message_normalization="mean"),
     model_case(max_edge_rank=3, correlation=2, max_hidden_rank=1, bessel_trainable=False, dtype=torch.float32),
-    model_case(max_edge_rank=3, correlation=3, max_hidden_rank=1, product_init_per_order=True, dtype=torch.float32),
     model_case(max_edge_rank=4, correlation=3, max_hidden_rank=2, slow=True),
     model_case(max_edge_rank=4, correlation=1, max_hidden_rank=4, slow=True),
     model_case(max_edge_rank=2, correlation=3, max_hidden_rank=2, channels=4, slow=True),

@@ -46,19 +46,3 @@ def test_product_basis_equals_the_path_by_path_reference(max_in_rank, max_out_ra
     expected = reference_product_basis(block, features, species, correlation)
     assert expected.shape == (5, 3, (max_out_rank + 1) ** 2)
     assert torch.allclose(block(features, species), expected, rtol=0, atol=1e-12)
-
-
-@pytest.mark.parametrize("per_order", [False, True])
-def test_product_weights_start_at_the_scale_of_their_order(per_order):
-    """At initialisation the weights of correlation order nu have RMS 1 / (its number of paths) with
-    ``init_per_order``, and 1 / sqrt(all paths' number) without."""
-    torch.manual_seed(0)
-    block = ProductBasisBlock(3, 1, 3, channels=64, num_species=8, init_per_order=per_order)
-    for l, weights in enumerate(block.weights):
-        counts = [layout[l] for layout in block.layouts if l in layout]
-        start = 0
-        for count in counts:
-            rms = weights[:, start : start + count].pow(2).mean().sqrt().item()
-            expected = 1.0 / count if per_order else 1.0 / sum(counts) ** 0.5
-            assert abs(rms / expected - 1) < 0.15, (l, count, rms, expected)
-            start += count
