@@ -9,7 +9,7 @@ against EMT at 300-1200 K with ``python -m benchmarks.bench_main_job_ensemble <o
 
     AIIDA_PATH=runs/biased/aiida tace-aiida setup
     AIIDA_PATH=runs/biased/aiida python -m benchmarks.bench_biased_exploration_cu \
-        --temperatures 300 --bias-strength 0.5 --output runs/biased/al_cu_emt    # about 10 min on 2 cores
+        --temperatures 300 --bias-strength 5 --bias-width 0.036 --output runs/biased/al_cu_emt  # ~12 min per iteration
 """
 
 from __future__ import annotations
