@@ -17,10 +17,11 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from . import keys
 from .bias import UncertaintyBias
 from .checkpoint import load_model, read_checkpoint
-from .data import atoms_to_graph, collate, conditions_differ, resolve_device, to_device
+from .data import atoms_to_graph, collate, resolve_device, to_device
 from .ensemble import StackedEnsemble, stacking_obstacle
 from .feature_uncertainty import FeatureUncertainty
 from .potential import CartesianTensorPotential, Outputs
+from .structure_conditions import conditions_differ
 from .validation import check_ensemble
 
 #: Sources of the force deviation: the members' spread, or each member's feature distance.
@@ -76,7 +77,7 @@ class TACECalculator(Calculator):
     node features, a fingerprint for diversity selection.
 
     Models with conditions read them from ``atoms.info`` (``charge``, ``spin``, ``fidelity``,
-    ``electric_field``; :func:`~tace_aiida.model.data.conditions`), and a change of one is a change of state.
+    ``electric_field``; :func:`~tace_aiida.model.structure_conditions.conditions`), and a change of one is a change of state.
 
     Models with tensorial heads (or ``field_dipole``) add, for molecules, the members' mean ``dipole`` [3]
     (e Å, about the origin of the coordinates; ``atoms.get_dipole_moment()``) and ``polarizability``

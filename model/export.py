@@ -44,9 +44,10 @@ from torch import nn
 from . import keys
 from .checkpoint import load_model
 from .conditions import COULOMB
-from .data import conditions, conditions_differ, periodic_rows
+from .data import periodic_rows
 from .long_range import LatentEwald, electrostatic_energies
 from .potential import CartesianTensorPotential, apply_strain
+from .structure_conditions import conditions, conditions_differ
 
 Tensor = torch.Tensor
 

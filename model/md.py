@@ -55,7 +55,8 @@ from ase.md.verlet import VelocityVerlet
 from .bias import UncertaintyBias
 from .calculator import UNCERTAINTIES, TACECalculator, keep_freed_memory
 from .checkpoint import read_checkpoint
-from .data import condition_info_of, is_device, species_indices
+from .data import is_device, species_indices
+from .structure_conditions import condition_info_of
 from .validation import (
     Rule,
     at_least,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -289,3 +291,10 @@ def test_potential_provenance_leads_to_every_labelling(aiida_profile, installed_
     assert {atoms.info["label_uuid"] for atoms in merged.get_atoms()} == labelling
     for uuid in labelling:
         assert orm.load_node(uuid).process_type == "aiida.calculations:tace.label_ase"
+
+
+def test_the_labeller_starts_without_importing_torch():
+    """Every labelling job starts ``tace-label``; importing PyTorch there would add seconds to each job."""
+    command = "import sys, tace_aiida.labelling.runner; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False", "tace_aiida.labelling.runner imports torch"

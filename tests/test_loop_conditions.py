@@ -15,7 +15,8 @@ from ase.io import read, write
 from tace_aiida.model import md
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.checkpoint import save_checkpoint
-from tace_aiida.model.data import LabelKeys, atoms_to_graph, condition_info
+from tace_aiida.model.data import LabelKeys, atoms_to_graph
+from tace_aiida.model.structure_conditions import condition_info
 from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
 
 from tace_aiida.labelling import recipes, runner

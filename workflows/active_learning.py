@@ -20,7 +20,7 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode, ProcessBuilder, ToContext, WorkChain, calcfunction, if_, while_
 from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin
-from tace_aiida.model.data import condition_info, condition_info_of
+from tace_aiida.model.structure_conditions import condition_info, condition_info_of
 
 from tace_aiida.calculations.functions import merge_datasets, structures_to_dataset
 from tace_aiida.calculations.md import MDCalculation

@@ -6,7 +6,7 @@ from aiida import orm
 from aiida.engine import calcfunction
 
 from tace_aiida.data import TrainingSetData
-from tace_aiida.model.data import condition_info
+from tace_aiida.model.structure_conditions import condition_info
 
 
 @calcfunction

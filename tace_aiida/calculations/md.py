@@ -11,7 +11,7 @@ from aiida.common.folders import Folder
 from tace_aiida.calculations.base import TaceCalcJob, single_code_calcinfo
 from tace_aiida.data import PotentialData
 from tace_aiida.model import md
-from tace_aiida.model.data import condition_info
+from tace_aiida.model.structure_conditions import condition_info
 
 MANAGED_SETTINGS = {"checkpoints"}
 

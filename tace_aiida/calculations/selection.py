@@ -8,7 +8,7 @@ from aiida.engine import calcfunction
 from ase import Atoms
 
 from tace_aiida.data import TrainingSetData
-from tace_aiida.model.data import CONDITION_INFO
+from tace_aiida.model.structure_conditions import CONDITION_INFO
 from tace_aiida.selection import (
     ACCURATE,
     CANDIDATE,

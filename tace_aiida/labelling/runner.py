@@ -7,7 +7,7 @@ database. Reads ``label.json``::
      "condition_parameters": {"charge": "charge", "multiplicity": "multiplicity"}}
 
 ``condition_parameters`` maps a keyword of the calculator to a condition of each structure (its
-``info``, as the model reads it: :func:`~tace_aiida.model.data.conditions`): ``charge`` (e),
+``info``, as the model reads it: :func:`~tace_aiida.model.structure_conditions.conditions`): ``charge`` (e),
 ``multiplicity`` (2S+1), ``unpaired_electrons`` (2S) or ``electric_field`` (3 values, V/Å), so a
 structure is labelled at its own charge, spin and field. A structure whose charge, spin or field is
 not neutral but reaches no keyword fails (it would be labelled as neutral); the ``fidelity`` is the
@@ -39,8 +39,8 @@ from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
-from tace_aiida.model.data import conditions
 from tace_aiida.model.keys import ELECTRIC_FIELD, SPIN_MULTIPLICITY, TOTAL_CHARGE
+from tace_aiida.model.structure_conditions import conditions
 from tace_aiida.model.validation import check_settings, check_structure, read_structures
 
 SETTINGS = "label.json"

@@ -11,7 +11,7 @@ from aiida import orm
 from ase.data import chemical_symbols
 
 from tace_aiida.model import md
-from tace_aiida.model.data import CONDITION_INFO
+from tace_aiida.model.structure_conditions import CONDITION_INFO
 from tace_aiida.parsers.base import TaceParser
 
 PER_FRAME_ARRAYS = ("energies", "forces", "energy_std", "forces_std", "max_force_std", "descriptors", "temperatures")
