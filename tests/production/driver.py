@@ -241,7 +241,8 @@ def training_facts(pk: int) -> dict:
                       "continues": job.inputs.restart.uuid if "restart" in job.inputs else None,
                       "restart": job.outputs.restart.uuid if "restart" in job.outputs else None} for job in jobs],
             "epochs": [entry["epoch"] for entry in metrics.get("epochs", [])],
-            "resumed_after_epoch": metrics.get("resumed_after_epoch"), "stop_reason": metrics.get("stop_reason")}
+            "resumed_after_epoch": metrics.get("resumed_after_epoch"), "stop_reason": metrics.get("stop_reason"),
+            "wall_seconds": metrics.get("wall_seconds")}
 
 
 def submit_generation() -> int:

@@ -23,6 +23,7 @@ def finished_in_continued_jobs(profile: ProductionProfile, pk: int, stopped_with
                for stopped, following in zip(jobs, jobs[1:], strict=False)), "each job continues the stopped one"
     assert facts["epochs"] == list(range(len(facts["epochs"]))), "every epoch once"
     assert facts["resumed_after_epoch"] >= 0 and facts["stop_reason"] == "time_budget"
+    assert BUDGET <= facts["wall_seconds"] < 2 * BUDGET, "trained for its budget in all, across the jobs"
     return facts
 
 
