@@ -127,8 +127,10 @@ def test_password_stays_out_of_the_provenance_graph(production_profile: Producti
     if production_profile.backend != "postgresql":
         pytest.skip("only the PostgreSQL profile has a password")
     password = production_profile.environment["TACE_DB_PASSWORD"]
-    follow(production_profile, [])
     found = json.loads(production_profile.driver("find-text", password))
+    if found["searched_nodes"] <= 50:  # the loops of the tests before this one did not run: run one
+        follow(production_profile, [])
+        found = json.loads(production_profile.driver("find-text", password))
     assert found["searched_nodes"] > 50 and found["searched_files"] > 20, found
     assert found["places"] == [], f"the database password is stored in {found['places']}"
 
