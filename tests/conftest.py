@@ -16,12 +16,19 @@ from ase import Atoms
 from ase.io import read
 from tace_aiida.model.potential import CartesianTensorPotential, ModelConfig
 
+from . import external
 from .external import require_module, require_program
 
 pytest_plugins = ["aiida.tools.pytest_fixtures"]
 
 DATA = Path(__file__).parent / "data"
 SPECIES_3BPA = [1, 6, 7, 8]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Let ``tests/external.py`` see the markers of the test whose fixtures and body ask for a program."""
+    external.running_test = item
 
 
 @pytest.fixture(scope="session", autouse=True)

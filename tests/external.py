@@ -1,4 +1,8 @@
-"""Outside programs and modules of the tests: missing ones skip a test, or fail it with ``TACE_REQUIRE_EXTERNAL=1``."""
+"""Outside programs and modules of the tests: missing ones skip a test, or fail it with ``TACE_REQUIRE_EXTERNAL=1``.
+
+A fast test that needs one is marked ``external``: CI runs the fast tests before it installs the programs,
+and afterwards only the slow tests and the ``external`` ones (``-m "slow or external"``).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +15,13 @@ import pytest
 
 REQUIRE_VARIABLE = "TACE_REQUIRE_EXTERNAL"
 
+#: The test being set up or run (set by ``tests/conftest.py``).
+running_test: pytest.Item | None = None
+
 
 def _missing(reason: str) -> None:
+    if running_test is not None and not any(running_test.get_closest_marker(name) for name in ("external", "slow")):
+        pytest.fail(f"{reason}; mark the test `external`, or CI will never run it with the program")
     if os.environ.get(REQUIRE_VARIABLE) == "1":
         pytest.fail(f"{reason} ({REQUIRE_VARIABLE}=1 requires it)")
     pytest.skip(reason)

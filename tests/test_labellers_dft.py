@@ -140,6 +140,7 @@ def test_qe_unconverged_structures_fail_the_workchain(qe):
     assert [(f["index"], f["exit_status"]) for f in report["failures"]] == [(0, exceeded), (1, exceeded)]
 
 
+@pytest.mark.external
 def test_qe_refuses_bad_inputs(qe):
     silicon = bulk("Si", "diamond", a=5.43)
     with pytest.raises(ValueError, match=r"structures \[1\] are not periodic"):
@@ -153,6 +154,7 @@ def test_qe_refuses_bad_inputs(qe):
         run_qe(qe, [silicon], {"pw": {"parameters": {"CONTROL": {"calculation": "relax"}}}})
 
 
+@pytest.mark.external
 def test_pseudo_family_is_installed_once(aiida_profile, tmp_path):
     require_module("aiida_pseudo")
     require_program("pw.x")  # Debian's quantum-espresso package ships the UPF files

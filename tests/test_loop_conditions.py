@@ -63,6 +63,7 @@ def test_a_fractional_charge_is_refused_by_name():
         condition_keywords(with_info(MOLECULE, charge=0.5), TBLITE)
 
 
+@pytest.mark.external
 def test_tace_label_labels_each_structure_at_its_own_charge_and_spin(tmp_path, monkeypatch):
     """A neutral and a cationic water labelled in one job equal tblite run directly at those conditions;
     the dipole is labelled on request; a cation with no charge keyword fails alone, by name."""
@@ -94,6 +95,7 @@ def test_tace_label_labels_each_structure_at_its_own_charge_and_spin(tmp_path, m
     assert "charge is 1.0" in report[1]["error"]
 
 
+@pytest.mark.external
 def test_pyscf_in_a_field_gives_forces_as_the_energy_gradient_and_the_dipole_as_its_field_derivative():
     """Hartree-Fock water cation in a field: forces = -dE/dR and dipole = -dE/dF by central differences; the
     field changes the energy."""
@@ -126,6 +128,7 @@ def test_pyscf_in_a_field_gives_forces_as_the_energy_gradient_and_the_dipole_as_
     assert abs(energy(atoms.positions, field) - energy(atoms.positions, np.zeros(3))) > 1e-2
 
 
+@pytest.mark.external
 def test_pyscf_born_charges_obey_the_sum_rule_and_the_polarizability_is_symmetric():
     """Finite-field response of Hartree-Fock water and its cation: the Born charges sum to Q I over the atoms (the
     field pushes the ion by Q F), the polarizability is symmetric and positive definite."""
@@ -145,6 +148,7 @@ def test_pyscf_born_charges_obey_the_sum_rule_and_the_polarizability_is_symmetri
         assert np.linalg.eigvalsh(alpha).min() > 0.1, "Å^3, a few tenths for water in a small basis"
 
 
+@pytest.mark.external
 def test_tace_label_labels_dipoles_polarizabilities_and_born_charges_with_pyscf(tmp_path):
     """The tensor labels of a molecule in a field land where training reads them (dipole, polarizability, Born
     charges), equal to PySCF's run directly; tensor labels the input carried are replaced, not kept."""
@@ -181,6 +185,7 @@ def test_tace_label_labels_dipoles_polarizabilities_and_born_charges_with_pyscf(
         assert not bool(graph["has_born_charges"]) and not bool(graph["has_polarizability"])
 
 
+@pytest.mark.external
 def test_pyscf_finishes_an_scf_diis_does_not_converge_with_the_second_order_solver():
     """Three DIIS cycles are too few; the second-order solver then reaches the same state (energy 1e-8 eV, forces
     1e-4 eV/Å), in a field too."""

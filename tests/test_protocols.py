@@ -120,6 +120,7 @@ def test_bad_settings_are_refused_naming_key_and_value(codes, overrides, message
     assert submitted is not None and message in submitted.message, submitted
 
 
+@pytest.mark.external
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_pw_code_labels_through_label_qe_with_the_pw_protocol_of_the_same_name(installed_code, qe, protocol):
     from aiida_quantumespresso.workflows.pw.base import PwBaseWorkChain

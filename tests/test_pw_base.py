@@ -12,6 +12,8 @@ from ase.build import bulk
 from .conftest import FAMILY, PW_OPTIONS
 from .helpers.interrupted import handler_entries, iteration_01_jobs, job_of_an_interrupted_step
 
+pytestmark = pytest.mark.external
+
 PW_TYPE = "aiida.calculations:quantumespresso.pw"
 
 
