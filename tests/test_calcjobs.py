@@ -14,6 +14,7 @@ from aiida import orm
 from aiida.engine import run_get_node
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from tace_aiida.workflows.killing import stops_its_own_job
 
 from tace_aiida.calculations.label_ase import AseLabelCalculation
 from tace_aiida.calculations.md import MDCalculation
@@ -298,3 +299,17 @@ def test_the_labeller_starts_without_importing_torch():
     command = "import sys, tace_aiida.labelling.runner; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False", "tace_aiida.labelling.runner imports torch"
+
+
+@pytest.mark.parametrize("scheduler, transport, plugin, stops", [
+    ("tace.dask", "core.local", "tace.train", True),
+    ("core.direct", "core.local", "tace.label_ase", False),
+    ("tace.dask", "core.ssh", "tace.md", False),
+    ("tace.dask", "core.local", "quantumespresso.pw", False),
+])
+def test_a_forced_kill_is_left_to_the_calcjob_only_where_it_stops_its_own_job(aiida_computer, scheduler, transport,
+                                                                               plugin, stops):
+    """Workchains kill the scheduler job of every other CalcJob child themselves (``tests/test_forced_kill.py``)."""
+    node = orm.CalcJobNode(computer=aiida_computer(scheduler_type=scheduler, transport_type=transport))
+    node.set_process_type(f"aiida.calculations:{plugin}")
+    assert stops_its_own_job(node) is stops
