@@ -16,14 +16,13 @@ from aiida.engine.daemon.execmanager import kill_calculation
 from kiwipy.communications import UnroutableError
 from plumpy.processes import ConnectionClosed  # type: ignore[attr-defined]
 
-from tace_aiida.calculations.base import TaceCalcJob
+from tace_aiida.calculations.base import TaceCalcJob, cancel_file_reaches_job
 
 
 def stops_its_own_job(node: orm.CalcJobNode) -> bool:
     """Whether a forced kill of the CalcJob ``node`` stops its scheduler job by itself: a tace CalcJob does on a
     ``tace.dask`` computer reached through the local transport (:func:`.cancel_dask_job_directly`)."""
-    computer = node.computer
-    if computer is None or (computer.scheduler_type, computer.transport_type) != ("tace.dask", "core.local"):
+    if not cancel_file_reaches_job(node.computer):
         return False
     try:
         return issubclass(node.process_class, TaceCalcJob)

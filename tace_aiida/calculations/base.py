@@ -32,16 +32,22 @@ def single_code_calcinfo(
     return calcinfo
 
 
+def cancel_file_reaches_job(computer: orm.Computer | None) -> bool:
+    """Whether the daemon can leave a job's cancel file itself: on a ``tace.dask`` computer reached through the
+    local transport (the daemon and the job share the file system)."""
+    return computer is not None and (computer.scheduler_type, computer.transport_type) == ("tace.dask", "core.local")
+
+
 def cancel_dask_job_directly(node: orm.CalcJobNode) -> bool:
     """Leave the cancel file of ``node``'s ``tace.dask`` job in its working directory, without the scheduler.
 
-    The job's watchdog kills the job's process group when the file appears. Done only through the local transport
-    (the daemon and the job share the file system); returns whether the file was written.
+    The job's watchdog kills the job's process group when the file appears. Done only where
+    :func:`cancel_file_reaches_job`; returns whether the file was written.
     """
     computer, workdir = node.computer, node.get_remote_workdir()
     if computer is None or workdir is None or computer.scheduler_type != "tace.dask":
         return False
-    if computer.transport_type != "core.local":
+    if not cancel_file_reaches_job(computer):
         node.logger.warning(f"forced kill: the job in {workdir} on {computer.label} is not stopped (remote transport)")
         return False
     try:
