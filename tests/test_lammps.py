@@ -1,0 +1,149 @@
+"""LAMMPS driven by a TACE ensemble through ``fix external`` gives the ASE calculator's energy, forces and
+pressure, conserves energy in its own NVE, and refuses set-ups it cannot serve."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.io import read
+from tace_aiida.model.calculator import TACECalculator
+from tace_aiida.model.checkpoint import save_checkpoint
+from tace_aiida.model.lammps import TACEFixExternal, import_lammps
+
+from .conftest import default_dtype, small_model
+from .external import require_module
+
+pytestmark = pytest.mark.external
+
+#: Atoms in :func:`cu_box`.
+ATOMS = 32
+
+
+@pytest.fixture
+def cu_checkpoints(tmp_path) -> list[str]:
+    """Two float64 random-weight Cu-Ag checkpoints (an ensemble whose members disagree)."""
+    paths = []
+    with default_dtype(torch.float64):
+        for member in range(2):
+            model = small_model(seed=20 + member, atomic_numbers=[29, 47],
+                                atomic_energies=[-0.3 - 0.1 * member, -0.2],
+                                avg_num_neighbors=40.0, scale=20.0)
+            paths.append(str(save_checkpoint(tmp_path / f"cu_{member}.pt", model)))
+    return paths
+
+
+@pytest.fixture
+def lmp():
+    """A serial LAMMPS instance without screen output."""
+    require_module("lammps")
+    instance = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"])
+    yield instance
+    instance.close()
+
+
+def cu_box(lmp) -> None:
+    """A rattled, sheared 2x2x2 fcc box (32 atoms, triclinic, periodic), a third of its atoms of type 2."""
+    lmp.commands_string("""
+        units metal
+        atom_style atomic
+        boundary p p p
+        lattice fcc 3.61
+        region box prism 0 2 0 2 0 2 0.4 0.2 -0.3
+        create_box 2 box
+        create_atoms 1 box
+        set type 1 type/fraction 2 0.33 5
+        mass 1 63.546
+        mass 2 107.87
+        displace_atoms all random 0.15 0.15 0.15 4
+    """)
+
+
+def atoms_from_data_file(lmp, path) -> Atoms:
+    """The box and atoms of ``lmp`` through LAMMPS's ``write_data`` and ASE's reader, ordered by atom ID."""
+    lmp.command(f"write_data {path}")
+    return read(path, format="lammps-data", atom_style="atomic", Z_of_type={1: 29, 2: 47}, units="metal")
+
+
+def by_id(lmp, name: str) -> np.ndarray:
+    """The per-atom array ``name`` of the 32 atoms, ordered by atom ID."""
+    ids = lmp.numpy.extract_atom("id")[:ATOMS]
+    return lmp.numpy.extract_atom(name)[:ATOMS][np.argsort(ids)].copy()
+
+
+def test_energy_forces_and_pressure_equal_the_calculator(lmp, cu_checkpoints, tmp_path):
+    cu_box(lmp)
+    atoms = atoms_from_data_file(lmp, tmp_path / "box.data")
+    calculator = TACECalculator(cu_checkpoints, device="cpu", dtype="float64")
+    atoms.calc = calculator
+    expected_forces, expected_energy, stress = atoms.get_forces(), atoms.get_potential_energy(), atoms.get_stress()
+    spread = calculator.results["max_force_std"], calculator.results["energy_std"]
+
+    TACEFixExternal(lmp, cu_checkpoints, elements=["Cu", "Ag"], device="cpu", dtype="float64")
+    lmp.commands_string("""
+        thermo_style custom step pe pxx pyy pzz pxy pxz pyz
+        variable max_force_std equal f_tace[1]
+        variable energy_std equal f_tace[2]
+        run 0
+    """)
+    forces = by_id(lmp, "f")
+    assert np.abs(expected_forces).max() > 1e-2
+    assert np.abs(forces - expected_forces).max() < 1e-10
+    assert abs(lmp.get_thermo("pe") - expected_energy) < 1e-10
+    # No velocities: the pressure is the virial's alone, P = -stress (Voigt xx yy zz yz xz xy).
+    bar = lmp.extract_global("nktv2p")  # LAMMPS's eV/Å^3 in bar
+    xx, yy, zz, yz, xz, xy = -stress * bar
+    pressures = [lmp.get_thermo(name) for name in ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")]
+    assert np.abs(stress).max() * bar > 10.0
+    assert np.allclose(pressures, [xx, yy, zz, xy, xz, yz], rtol=0, atol=1e-6)
+    assert spread[0] > 0 and spread[1] > 0
+    assert abs(lmp.extract_variable("max_force_std") - spread[0]) < 1e-12
+    assert abs(lmp.extract_variable("energy_std") - spread[1]) < 1e-12
+
+
+@pytest.mark.slow
+def test_lammps_nve_conserves_energy(lmp, cu_checkpoints):
+    """200 velocity-Verlet steps of 0.5 fs at 600 K in LAMMPS, with a drift of 10 Å/ps along x that carries
+    atoms across the box's faces (LAMMPS wraps them) and LAMMPS re-sorting its atoms every 20 steps."""
+    cu_box(lmp)
+    TACEFixExternal(lmp, cu_checkpoints[:1], elements=["Cu", "Ag"], device="cpu", dtype="float64")
+    lmp.commands_string("""
+        velocity all create 600 7 mom yes rot no dist gaussian
+        velocity all set 10.0 NULL NULL sum yes units box
+        timestep 0.0005
+        atom_modify sort 20 1.0
+        fix nve all nve
+        thermo_style custom step pe ke etotal
+        thermo 1
+        run 0
+    """)
+    start = lmp.get_thermo("etotal")
+    first_ids = lmp.numpy.extract_atom("id")[:ATOMS].copy()
+    first_images = by_id(lmp, "image")
+    drifts, potential = [], []
+    for _ in range(20):
+        lmp.command("run 10 post no")
+        drifts.append(lmp.get_thermo("etotal") - start)
+        potential.append(lmp.get_thermo("pe"))
+    assert (lmp.numpy.extract_atom("id")[:ATOMS] != first_ids).any()  # re-sorted
+    assert (by_id(lmp, "image") != first_images).any()  # wrapped across a face
+    assert max(potential) - min(potential) > 0.05  # eV: the atoms move
+    print(f"energy drift {np.abs(drifts).max():.2e} eV, potential energy range {max(potential) - min(potential):.3f} eV")
+    assert np.abs(drifts).max() < 1e-4
+
+
+def test_refuses_what_it_cannot_serve(lmp, cu_checkpoints):
+    cu_box(lmp)
+    with pytest.raises(ValueError, match=r"1 elements given \(Cu\) for 2 LAMMPS atom types"):
+        TACEFixExternal(lmp, cu_checkpoints, elements=["Cu"])
+    with pytest.raises(ValueError, match="not chemical elements: 'Cux'"):
+        TACEFixExternal(lmp, cu_checkpoints, elements=["Cu", "Cux"])
+    with pytest.raises(ValueError, match="Au"):
+        TACEFixExternal(lmp, cu_checkpoints, elements=["Cu", "Au"])
+
+
+def test_refuses_units_other_than_metal(lmp, cu_checkpoints):
+    lmp.command("units real")
+    with pytest.raises(ValueError, match="'units metal', not 'real'"):
+        TACEFixExternal(lmp, cu_checkpoints, elements=["Cu"])
