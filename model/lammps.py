@@ -13,6 +13,13 @@ for ``thermo_style``, ``fix print`` or ``if`` commands::
     lmp.command("thermo_style custom step temp pe press f_tace[1]")
     lmp.file("in.run")
 
+``tace-lammps -in in.lammps`` runs a plain LAMMPS input script whose potential is given as::
+
+    pair_style tace
+    pair_coeff * * m1.pt m2.pt Cu Ni          # checkpoints, then one element per atom type
+
+(:func:`main`); the rest of the script is LAMMPS's own.
+
 One process: the callback sees only the atoms of its own MPI rank, so domain decomposition is refused.
 The model builds its own neighbour list from the box, so LAMMPS needs no pair style. A compiled
 ``pair_style`` (libtorch reading :mod:`tace_aiida.model.export`'s TorchScript file, as ``pair_style mace``
@@ -21,9 +28,12 @@ does) or ML-IAP's Python ``unified`` interface would scale over MPI ranks; neith
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import importlib
+import shlex
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -33,7 +43,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers
 
-from .calculator import TACECalculator
+from .calculator import TACECalculator, keep_freed_memory
 
 #: The global vector a :class:`TACEFixExternal` publishes, in order (LAMMPS's ``f_ID[1]``, ``f_ID[2]``).
 PUBLISHED = ("max_force_std", "energy_std")
@@ -66,7 +76,8 @@ class TACEFixExternal:
     ``lmp`` is a ``lammps.lammps`` instance in ``units metal`` whose box and atom types exist;
     ``elements`` names the element of each atom type (``["Cu", "O"]``: type 1 is Cu), as ``pair_coeff * *``
     would; ``checkpoints`` and ``calculator_options`` go to :class:`TACECalculator` (one model or an ensemble).
-    The fix ``fix_id`` acts on ``group`` every step; its global vector is :data:`PUBLISHED`.
+    The fix ``fix_id`` acts on ``group`` every step; its global vector is :data:`PUBLISHED`. For MD on a CPU call
+    :func:`~tace_aiida.model.calculator.keep_freed_memory` first, as ``tace-lammps`` does.
     """
 
     def __init__(
@@ -125,3 +136,59 @@ class TACEFixExternal:
         for index, name in enumerate(PUBLISHED, start=1):
             self.lmp.fix_external_set_vector(self.fix_id, index, results[name])
 
+
+
+def split_script(text: str) -> tuple[str, list[str], list[str], str]:
+    """An input script's commands before its ``pair_style tace``, the checkpoints and elements of the
+    ``pair_coeff * *`` line after it, and the commands after that line.
+
+    The elements are the trailing chemical symbols of the ``pair_coeff`` line, the checkpoints what precedes them.
+    """
+    lines = text.splitlines()
+    commands = [line.split("#", 1)[0].split()[:1] for line in lines]
+    style = next((i for i, command in enumerate(commands) if command == ["pair_style"]), None)
+    if style is None or shlex.split(lines[style], comments=True)[1:] != ["tace"]:
+        found = "no pair_style" if style is None else f"'{lines[style].strip()}'"
+        raise ValueError(f"tace-lammps runs scripts whose potential is 'pair_style tace' (found {found})")
+    coeff = next((i for i in range(style + 1, len(lines)) if commands[i] == ["pair_coeff"]), None)
+    words = [] if coeff is None else shlex.split(lines[coeff], comments=True)
+    if words[1:3] != ["*", "*"]:
+        raise ValueError("'pair_style tace' needs a following 'pair_coeff * * CHECKPOINT [...] ELEMENT [...]'")
+    arguments = words[3:]
+    first_element = len(arguments)
+    while first_element > 0 and arguments[first_element - 1] in atomic_numbers:
+        first_element -= 1
+    checkpoints, elements = arguments[:first_element], arguments[first_element:]
+    if not checkpoints or not elements:
+        raise ValueError(f"'{lines[coeff].strip()}' needs checkpoints, then one element per atom type")
+    before = "\n".join(lines[:style] + lines[style + 1 : coeff])
+    return before, checkpoints, elements, "\n".join(lines[coeff + 1 :])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tace-lammps -in in.lammps``: run a LAMMPS input script with ``pair_style tace`` (one MPI rank)."""
+    parser = argparse.ArgumentParser(prog="tace-lammps", description=main.__doc__)
+    parser.add_argument("-in", "--input", dest="input", required=True, type=Path, help="the LAMMPS input script")
+    parser.add_argument("-log", "--log", default="log.lammps", help="LAMMPS's log file ('none': no log)")
+    parser.add_argument("--device", default="auto", help="torch device of the model ('auto', 'cpu', 'cuda', ...)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: the checkpoints'")
+    args = parser.parse_args(argv)
+    try:
+        before, checkpoints, elements, after = split_script(args.input.read_text())
+    except ValueError as error:
+        parser.error(f"{args.input}: {error}")
+    keep_freed_memory()  # as tace-md: the per-edge tensors are not faulted in again at every step
+    lmp = import_lammps().lammps(cmdargs=["-log", args.log, "-nocite"])
+    with tempfile.TemporaryDirectory(prefix="tace-lammps-") as folder:
+        parts = [Path(folder) / "before.lammps", Path(folder) / "after.lammps"]
+        for part, text in zip(parts, (before, after), strict=True):
+            part.write_text(text + "\n")
+        lmp.file(str(parts[0]))
+        TACEFixExternal(lmp, checkpoints, elements, device=args.device, dtype=args.dtype)
+        lmp.file(str(parts[1]))
+    lmp.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,7 @@ from ase import Atoms
 from ase.io import read
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.checkpoint import save_checkpoint
-from tace_aiida.model.lammps import TACEFixExternal, import_lammps
+from tace_aiida.model.lammps import TACEFixExternal, import_lammps, main, split_script
 
 from .conftest import default_dtype, small_model
 from .external import require_module
@@ -147,3 +147,45 @@ def test_refuses_units_other_than_metal(lmp, cu_checkpoints):
     lmp.command("units real")
     with pytest.raises(ValueError, match="'units metal', not 'real'"):
         TACEFixExternal(lmp, cu_checkpoints, elements=["Cu"])
+
+
+SCRIPT = """# a LAMMPS input as a user writes it
+units metal
+atom_style atomic
+read_data {data}
+pair_style tace   # the model
+pair_coeff * * {checkpoints} Cu Ag
+variable max_force_std equal f_tace[1]
+run 0
+print "energy $(pe:%.12f) spread ${{max_force_std}}" file {result}
+"""
+
+
+def test_input_script_runs_with_pair_style_tace(lmp, cu_checkpoints, tmp_path):
+    """``tace-lammps -in`` runs a plain script: the energy it prints is the ASE calculator's."""
+    cu_box(lmp)
+    atoms = atoms_from_data_file(lmp, tmp_path / "box.data")
+    atoms.calc = TACECalculator(cu_checkpoints, device="cpu")
+    script = tmp_path / "in.lammps"
+    script.write_text(SCRIPT.format(data=tmp_path / "box.data", checkpoints=" ".join(cu_checkpoints),
+                                    result=tmp_path / "result.txt"))
+    assert main(["-in", str(script), "-log", str(tmp_path / "log.lammps"), "--device", "cpu"]) == 0
+    words = (tmp_path / "result.txt").read_text().split()
+    assert abs(float(words[1]) - atoms.get_potential_energy()) < 1e-9
+    assert float(words[3]) == pytest.approx(atoms.calc.results["max_force_std"], rel=1e-5)
+
+
+def test_input_script_split_and_its_refusals():
+    before, checkpoints, elements, after = split_script(SCRIPT.format(data="box.data", checkpoints="a.pt b.pt",
+                                                                      result="r.txt"))
+    assert (checkpoints, elements) == (["a.pt", "b.pt"], ["Cu", "Ag"])
+    assert "read_data box.data" in before and "pair_" not in before
+    assert after.startswith("variable max_force_std") and "pair_" not in after
+    with pytest.raises(ValueError, match="'pair_style tace' \\(found 'pair_style eam'\\)"):
+        split_script("units metal\npair_style eam\npair_coeff * * Cu_u3.eam\n")
+    with pytest.raises(ValueError, match="found no pair_style"):
+        split_script("units metal\nrun 0\n")
+    with pytest.raises(ValueError, match="needs a following 'pair_coeff"):
+        split_script("pair_style tace\npair_coeff 1 1 a.pt Cu\n")
+    with pytest.raises(ValueError, match="needs checkpoints, then one element per atom type"):
+        split_script("pair_style tace\npair_coeff * * Cu Ag\n")
