@@ -103,6 +103,7 @@ class TACEFixExternal:
             raise ValueError(f"not chemical elements: {', '.join(map(repr, unknown))}")
         self.lmp = lmp
         self.fix_id = fix_id
+        self.error: RuntimeError | None = None
         self.type_numbers = np.array([0, *(atomic_numbers[name] for name in elements)])
         self.calculator = TACECalculator(checkpoints, **calculator_options)
         trained = set(self.calculator.models[0].config.atomic_numbers)
@@ -124,7 +125,26 @@ class TACEFixExternal:
     def compute(self, caller: Any, step: int, nlocal: int, tags: np.ndarray, positions: np.ndarray,
                 forces: np.ndarray) -> None:
         """fix external's callback: writes the forces [nlocal, 3] (eV/Å) into ``forces`` and hands over
-        the energy (eV), the virial (eV, fully periodic boxes) and :data:`PUBLISHED`."""
+        the energy (eV), the virial (eV, fully periodic boxes) and :data:`PUBLISHED`.
+
+        LAMMPS cannot see an exception raised here (ctypes prints and drops it), so a failure of the model
+        is kept in ``error``, the forces and energy are set to NaN and the run is stopped at once (LAMMPS's
+        soft timeout: later runs of this instance end immediately); :meth:`check` raises it.
+        """
+        try:
+            self._hand_over(positions, forces)
+        except Exception as error:  # nothing above this frame would see it
+            self.error = self.error or RuntimeError(f"the TACE model failed at step {step}: {error!r}")
+            forces[:] = np.nan
+            self.lmp.fix_external_set_energy_global(self.fix_id, float("nan"))
+            self.lmp.force_timeout()
+
+    def check(self) -> None:
+        """Raise the model's failure during a run, if there was one (see :meth:`compute`)."""
+        if self.error is not None:
+            raise self.error
+
+    def _hand_over(self, positions: np.ndarray, forces: np.ndarray) -> None:
         atoms = self.atoms(np.array(positions, copy=True))
         self.calculator.calculate(atoms, ["energy", "forces"])
         results = self.calculator.results
@@ -135,7 +155,6 @@ class TACEFixExternal:
             self.lmp.fix_external_set_virial_global(self.fix_id, [xx, yy, zz, xy, xz, yz])
         for index, name in enumerate(PUBLISHED, start=1):
             self.lmp.fix_external_set_vector(self.fix_id, index, results[name])
-
 
 
 def split_script(text: str) -> tuple[str, list[str], list[str], str]:
@@ -184,9 +203,14 @@ def main(argv: list[str] | None = None) -> int:
         for part, text in zip(parts, (before, after), strict=True):
             part.write_text(text + "\n")
         lmp.file(str(parts[0]))
-        TACEFixExternal(lmp, checkpoints, elements, device=args.device, dtype=args.dtype)
+        try:
+            fix = TACEFixExternal(lmp, checkpoints, elements, device=args.device, dtype=args.dtype)
+        except ValueError as error:
+            lmp.close()
+            parser.error(f"{args.input}: {error}")
         lmp.file(str(parts[1]))
     lmp.close()
+    fix.check()
     return 0
 
 

@@ -189,3 +189,36 @@ def test_input_script_split_and_its_refusals():
         split_script("pair_style tace\npair_coeff 1 1 a.pt Cu\n")
     with pytest.raises(ValueError, match="needs checkpoints, then one element per atom type"):
         split_script("pair_style tace\npair_coeff * * Cu Ag\n")
+
+
+def test_a_failing_model_stops_the_run_and_is_raised(lmp, cu_checkpoints):
+    """An exception inside the callback (which LAMMPS cannot see) stops the run at that step, leaves NaN forces
+    rather than plausible ones, ends later runs at once, and is raised by ``check``."""
+    cu_box(lmp)
+    fix = TACEFixExternal(lmp, cu_checkpoints[:1], elements=["Cu", "Ag"], device="cpu", dtype="float64")
+    evaluate = fix.calculator.calculate
+
+    def fail_from_step_3(atoms, properties):
+        if lmp.extract_global("ntimestep") >= 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (a stand-in)")
+        evaluate(atoms, properties)
+
+    fix.calculator.calculate = fail_from_step_3
+    lmp.commands_string("velocity all create 300 1\nfix nve all nve\nrun 20")
+    assert lmp.extract_global("ntimestep") == 3
+    assert np.isnan(by_id(lmp, "f")).all()
+    lmp.command("run 10")
+    assert lmp.extract_global("ntimestep") == 3
+    with pytest.raises(RuntimeError, match="failed at step 3: OutOfMemoryError"):
+        fix.check()
+
+
+def test_input_script_with_other_units_is_refused(cu_checkpoints, tmp_path, capsys):
+    require_module("lammps")
+    script = tmp_path / "in.lammps"
+    script.write_text(f"units real\nregion box block 0 5 0 5 0 5\ncreate_box 2 box\npair_style tace\n"
+                      f"pair_coeff * * {cu_checkpoints[0]} Cu Ag\nrun 0\n")
+    with pytest.raises(SystemExit) as stopped:
+        main(["-in", str(script), "-log", "none", "--device", "cpu"])
+    assert stopped.value.code == 2
+    assert "'units metal', not 'real'" in capsys.readouterr().err
