@@ -34,6 +34,7 @@ import importlib
 import shlex
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -111,6 +112,11 @@ class TACEFixExternal:
         if untrained:
             raise ValueError(f"the model was not trained on {', '.join(untrained)} (LAMMPS types "
                              f"{', '.join(str(elements.index(name) + 1) for name in untrained)})")
+        periodic = lammps_cell(lmp)[2]
+        if not periodic.all():
+            warnings.warn(f"the box is not periodic in every direction ({' '.join('p' if p else 'f' for p in periodic)}): "
+                          "the model's virial is passed to LAMMPS for fully periodic boxes only, so its pressure "
+                          "and barostats see only the kinetic part", stacklevel=2)
         lmp.command(f"fix {fix_id} {group} external pf/callback 1 1")
         lmp.command(f"fix_modify {fix_id} energy yes virial yes")
         lmp.fix_external_set_vector_length(fix_id, len(PUBLISHED))

@@ -222,3 +222,10 @@ def test_input_script_with_other_units_is_refused(cu_checkpoints, tmp_path, caps
         main(["-in", str(script), "-log", "none", "--device", "cpu"])
     assert stopped.value.code == 2
     assert "'units metal', not 'real'" in capsys.readouterr().err
+
+
+def test_a_box_not_periodic_everywhere_is_warned_about(lmp, cu_checkpoints):
+    """A slab's pressure would lack the model's virial (ASE's stress is for fully periodic cells): say so."""
+    lmp.commands_string("units metal\nboundary p p f\nregion box block 0 8 0 8 0 20\ncreate_box 2 box")
+    with pytest.warns(UserWarning, match=r"\(p p f\).*only the kinetic part"):
+        TACEFixExternal(lmp, cu_checkpoints, elements=["Cu", "Ag"], device="cpu")
