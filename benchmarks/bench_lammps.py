@@ -16,30 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from ase import Atoms, units
 from ase.io import write
-from ase.md.velocitydistribution import thermalize_momenta
-from ase.md.verlet import VelocityVerlet
 from tace_aiida.model.calculator import TACECalculator, keep_freed_memory
 from tace_aiida.model.lammps import TACEFixExternal, import_lammps
 
 from .bench_ensemble import member_checkpoints, systems
+from .common import md_steps_per_second
 
 CELL = "Cu fcc, 216 atoms (periodic)"
-
-
-def ase_steps_per_second(atoms: Atoms, paths: list[Path], steps: int) -> float:
-    """Velocity-Verlet steps per second in ASE with a :class:`TACECalculator` of ``paths``."""
-    atoms = atoms.copy()
-    atoms.calc = TACECalculator(paths, device="cpu")
-    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
-    dynamics = VelocityVerlet(atoms, 1.0 * units.fs)
-    dynamics.run(1)
-    start = time.perf_counter()
-    dynamics.run(steps)
-    return steps / (time.perf_counter() - start)
 
 
 def lammps_steps_per_second(data_file: Path, paths: list[Path], steps: int) -> float:
@@ -79,9 +64,9 @@ def main() -> None:
         data_file = Path(folder) / "cell.data"
         write(data_file, atoms, format="lammps-data", specorder=["Cu"])
         runs = {
-            "ASE, 1 member": lambda: ase_steps_per_second(atoms, paths[:1], args.steps),
+            "ASE, 1 member": lambda: md_steps_per_second(TACECalculator(paths[:1], device="cpu"), atoms, args.steps),
             "LAMMPS, 1 member": lambda: lammps_steps_per_second(data_file, paths[:1], args.steps),
-            "ASE, 4 members": lambda: ase_steps_per_second(atoms, paths, args.steps),
+            "ASE, 4 members": lambda: md_steps_per_second(TACECalculator(paths, device="cpu"), atoms, args.steps),
             "LAMMPS, 4 members": lambda: lammps_steps_per_second(data_file, paths, args.steps),
         }
         for _ in range(args.rounds):
