@@ -77,7 +77,8 @@ class TACEFixExternal:
     ``lmp`` is a ``lammps.lammps`` instance in ``units metal`` whose box and atom types exist;
     ``elements`` names the element of each atom type (``["Cu", "O"]``: type 1 is Cu), as ``pair_coeff * *``
     would; ``checkpoints`` and ``calculator_options`` go to :class:`TACECalculator` (one model or an ensemble).
-    The fix ``fix_id`` acts on ``group`` every step; its global vector is :data:`PUBLISHED`. For MD on a CPU call
+    The fix ``fix_id`` acts on all atoms every step (the energy and virial are those of all atoms, so a smaller
+    group would not be consistent); its global vector is :data:`PUBLISHED`. For MD on a CPU call
     :func:`~tace_aiida.model.calculator.keep_freed_memory` first, as ``tace-lammps`` does.
     """
 
@@ -87,7 +88,6 @@ class TACEFixExternal:
         checkpoints: str | Path | Sequence[str | Path],
         elements: Sequence[str],
         fix_id: str = "tace",
-        group: str = "all",
         **calculator_options: Any,
     ) -> None:
         units = lmp.extract_global("units")
@@ -113,11 +113,11 @@ class TACEFixExternal:
             raise ValueError(f"the model was not trained on {', '.join(untrained)} (LAMMPS types "
                              f"{', '.join(str(elements.index(name) + 1) for name in untrained)})")
         periodic = lammps_cell(lmp)[2]
-        if not periodic.all():
-            warnings.warn(f"the box is not periodic in every direction ({' '.join('p' if p else 'f' for p in periodic)}): "
+        if periodic.any() and not periodic.all():
+            warnings.warn(f"the box is periodic in some directions only ({' '.join('p' if p else 'f' for p in periodic)}): "
                           "the model's virial is passed to LAMMPS for fully periodic boxes only, so its pressure "
                           "and barostats see only the kinetic part", stacklevel=2)
-        lmp.command(f"fix {fix_id} {group} external pf/callback 1 1")
+        lmp.command(f"fix {fix_id} all external pf/callback 1 1")
         lmp.command(f"fix_modify {fix_id} energy yes virial yes")
         lmp.fix_external_set_vector_length(fix_id, len(PUBLISHED))
         lmp.set_fix_external_callback(fix_id, self.compute)
@@ -163,12 +163,9 @@ class TACEFixExternal:
             self.lmp.fix_external_set_vector(self.fix_id, index, results[name])
 
 
-def split_script(text: str) -> tuple[str, list[str], list[str], str]:
-    """An input script's commands before its ``pair_style tace``, the checkpoints and elements of the
-    ``pair_coeff * *`` line after it, and the commands after that line.
-
-    The elements are the trailing chemical symbols of the ``pair_coeff`` line, the checkpoints what precedes them.
-    """
+def split_script(text: str) -> tuple[str, str, str]:
+    """An input script's commands before its ``pair_style tace``, the ``pair_coeff * *`` line after it, and the
+    commands after that line."""
     lines = text.splitlines()
     commands = [line.split("#", 1)[0].split()[:1] for line in lines]
     style = next((i for i, command in enumerate(commands) if command == ["pair_style"]), None)
@@ -176,42 +173,50 @@ def split_script(text: str) -> tuple[str, list[str], list[str], str]:
         found = "no pair_style" if style is None else f"'{lines[style].strip()}'"
         raise ValueError(f"tace-lammps runs scripts whose potential is 'pair_style tace' (found {found})")
     coeff = next((i for i in range(style + 1, len(lines)) if commands[i] == ["pair_coeff"]), None)
-    words = [] if coeff is None else shlex.split(lines[coeff], comments=True)
-    if words[1:3] != ["*", "*"]:
+    if coeff is None or shlex.split(lines[coeff], comments=True)[1:3] != ["*", "*"]:
         raise ValueError("'pair_style tace' needs a following 'pair_coeff * * CHECKPOINT [...] ELEMENT [...]'")
-    arguments = words[3:]
+    before = "\n".join(lines[:style] + lines[style + 1 : coeff])
+    return before, lines[coeff], "\n".join(lines[coeff + 1 :])
+
+
+def pair_coeff_arguments(line: str) -> tuple[list[str], list[str]]:
+    """The checkpoints and elements of a ``pair_coeff * * CHECKPOINT [...] ELEMENT [...]`` line (its
+    variables already expanded): the elements are its trailing chemical symbols, the checkpoints what precedes them."""
+    arguments = shlex.split(line, comments=True)[3:]
     first_element = len(arguments)
     while first_element > 0 and arguments[first_element - 1] in atomic_numbers:
         first_element -= 1
     checkpoints, elements = arguments[:first_element], arguments[first_element:]
     if not checkpoints or not elements:
-        raise ValueError(f"'{lines[coeff].strip()}' needs checkpoints, then one element per atom type")
-    before = "\n".join(lines[:style] + lines[style + 1 : coeff])
-    return before, checkpoints, elements, "\n".join(lines[coeff + 1 :])
+        raise ValueError(f"'{line.strip()}' needs checkpoints, then one element per atom type")
+    return checkpoints, elements
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``tace-lammps -in in.lammps``: run a LAMMPS input script with ``pair_style tace`` (one MPI rank)."""
-    parser = argparse.ArgumentParser(prog="tace-lammps", description=main.__doc__)
+    """``tace-lammps -in in.lammps [LAMMPS options]``: run a LAMMPS input script with ``pair_style tace`` (one MPI
+    rank). Options it does not know (``-var NAME VALUE``, ``-echo screen``, ``-screen none``, ...) go to LAMMPS, and
+    the ``pair_coeff`` line may use LAMMPS variables (``pair_coeff * * ${model} Cu``)."""
+    parser = argparse.ArgumentParser(prog="tace-lammps", description=main.__doc__, allow_abbrev=False)
     parser.add_argument("-in", "--input", dest="input", required=True, type=Path, help="the LAMMPS input script")
     parser.add_argument("-log", "--log", default="log.lammps", help="LAMMPS's log file ('none': no log)")
     parser.add_argument("--device", default="auto", help="torch device of the model ('auto', 'cpu', 'cuda', ...)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: the checkpoints'")
-    args = parser.parse_args(argv)
+    args, lammps_options = parser.parse_known_args(argv)
     try:
-        before, checkpoints, elements, after = split_script(args.input.read_text())
+        before, pair_coeff, after = split_script(args.input.read_text())
     except ValueError as error:
         parser.error(f"{args.input}: {error}")
     keep_freed_memory()  # as tace-md: the per-edge tensors are not faulted in again at every step
-    lmp = import_lammps().lammps(cmdargs=["-log", args.log, "-nocite"])
+    lmp = import_lammps().lammps(cmdargs=["-log", args.log, "-nocite", *lammps_options])
     with tempfile.TemporaryDirectory(prefix="tace-lammps-") as folder:
         parts = [Path(folder) / "before.lammps", Path(folder) / "after.lammps"]
         for part, text in zip(parts, (before, after), strict=True):
             part.write_text(text + "\n")
         lmp.file(str(parts[0]))
         try:
+            checkpoints, elements = pair_coeff_arguments(lmp.expand(pair_coeff))
             fix = TACEFixExternal(lmp, checkpoints, elements, device=args.device, dtype=args.dtype)
-        except ValueError as error:
+        except Exception as error:  # ValueError, or LAMMPS's plain Exception for an undefined variable
             lmp.close()
             parser.error(f"{args.input}: {error}")
         lmp.file(str(parts[1]))

@@ -10,7 +10,7 @@ from ase import Atoms
 from ase.io import read
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.checkpoint import save_checkpoint
-from tace_aiida.model.lammps import TACEFixExternal, import_lammps, main, split_script
+from tace_aiida.model.lammps import TACEFixExternal, import_lammps, main, pair_coeff_arguments, split_script
 
 from .conftest import default_dtype, small_model
 from .external import require_module
@@ -174,10 +174,27 @@ def test_input_script_runs_with_pair_style_tace(lmp, cu_checkpoints, tmp_path):
     assert float(words[3]) == pytest.approx(atoms.calc.results["max_force_std"], rel=1e-5)
 
 
+def test_input_script_takes_lammps_options_and_variables(lmp, cu_checkpoints, tmp_path, capsys):
+    """LAMMPS's own command-line options pass through ``tace-lammps``, and ``-var`` values reach the script,
+    the ``pair_coeff`` line included; an undefined variable there is an error that names it."""
+    cu_box(lmp)
+    atoms = atoms_from_data_file(lmp, tmp_path / "box.data")
+    atoms.calc = TACECalculator(cu_checkpoints[1], device="cpu")
+    script = tmp_path / "in.lammps"
+    script.write_text(SCRIPT.format(data="${data}", checkpoints="${model}", result="${result}"))
+    options = ["-in", str(script), "-log", "none", "--device", "cpu", "-screen", "none", "-var", "data",
+               str(tmp_path / "box.data"), "-var", "result", str(tmp_path / "result.txt")]
+    assert main([*options, "-var", "model", cu_checkpoints[1]]) == 0
+    assert abs(float((tmp_path / "result.txt").read_text().split()[1]) - atoms.get_potential_energy()) < 1e-9
+    with pytest.raises(SystemExit) as stopped:
+        main(options)
+    assert stopped.value.code == 2
+    assert "illegal variable model" in capsys.readouterr().err
+
+
 def test_input_script_split_and_its_refusals():
-    before, checkpoints, elements, after = split_script(SCRIPT.format(data="box.data", checkpoints="a.pt b.pt",
-                                                                      result="r.txt"))
-    assert (checkpoints, elements) == (["a.pt", "b.pt"], ["Cu", "Ag"])
+    before, pair_coeff, after = split_script(SCRIPT.format(data="box.data", checkpoints="a.pt b.pt", result="r.txt"))
+    assert pair_coeff_arguments(pair_coeff) == (["a.pt", "b.pt"], ["Cu", "Ag"])
     assert "read_data box.data" in before and "pair_" not in before
     assert after.startswith("variable max_force_std") and "pair_" not in after
     with pytest.raises(ValueError, match="'pair_style tace' \\(found 'pair_style eam'\\)"):
@@ -187,7 +204,7 @@ def test_input_script_split_and_its_refusals():
     with pytest.raises(ValueError, match="needs a following 'pair_coeff"):
         split_script("pair_style tace\npair_coeff 1 1 a.pt Cu\n")
     with pytest.raises(ValueError, match="needs checkpoints, then one element per atom type"):
-        split_script("pair_style tace\npair_coeff * * Cu Ag\n")
+        pair_coeff_arguments("pair_coeff * * Cu Ag  # no checkpoint")
 
 
 def test_a_failing_model_stops_the_run_and_is_raised(lmp, cu_checkpoints):
@@ -223,8 +240,15 @@ def test_input_script_with_other_units_is_refused(cu_checkpoints, tmp_path, caps
     assert "'units metal', not 'real'" in capsys.readouterr().err
 
 
-def test_a_box_not_periodic_everywhere_is_warned_about(lmp, cu_checkpoints):
+def test_a_box_periodic_in_some_directions_is_warned_about(lmp, cu_checkpoints):
     """A slab's pressure would lack the model's virial (ASE's stress is for fully periodic cells): say so."""
     lmp.commands_string("units metal\nboundary p p f\nregion box block 0 8 0 8 0 20\ncreate_box 2 box")
     with pytest.warns(UserWarning, match=r"\(p p f\).*only the kinetic part"):
         TACEFixExternal(lmp, cu_checkpoints, elements=["Cu", "Ag"], device="cpu")
+
+
+def test_a_molecule_in_an_open_box_is_not_warned_about(lmp, cu_checkpoints, recwarn):
+    """A box open in every direction (a molecule) has no pressure to speak of: no warning."""
+    lmp.commands_string("units metal\nboundary f f f\nregion box block 0 8 0 8 0 8\ncreate_box 2 box")
+    TACEFixExternal(lmp, cu_checkpoints, elements=["Cu", "Ag"], device="cpu")
+    assert not [w for w in recwarn if "periodic" in str(w.message)]
