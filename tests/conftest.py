@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -20,6 +21,13 @@ from . import external
 from .external import require_module, require_program
 
 pytest_plugins = ["aiida.tools.pytest_fixtures"]
+
+#: The tests run tiny models, where torch's second thread saves nothing (the fast suite took 177 s with two
+#: threads and 181 s with one on an idle 2-core machine) and costs 3-6x when the cores are busy; the processes
+#: the tests start (daemon, dask workers, jobs) inherit the setting. An OMP_NUM_THREADS of the user's wins.
+if "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 DATA = Path(__file__).parent / "data"
 SPECIES_3BPA = [1, 6, 7, 8]
