@@ -73,6 +73,10 @@ class TACECalculator(Calculator):
     * ``max_force_std`` (eV/Å): the largest of those, DP-GEN's model deviation of a frame;
     * ``stress_std`` (eV/Å^3, periodic cells): largest standard deviation of a stress component.
 
+    ``virial`` (eV, Voigt order xx yy zz yz xz xy), when asked for (``calc.get_property("virial", atoms)``), is
+    ``-dE/d(strain)`` for any boundary conditions: ``-stress * volume`` for periodic cells, and also for slabs and
+    molecules, which have no stress (for a molecule it equals ``sum_i r_i (x) F_i``). The LAMMPS coupling uses it.
+
     ``descriptors`` (always computed) are the first member's per-structure means of the invariant
     node features, a fingerprint for diversity selection.
 
@@ -90,8 +94,8 @@ class TACECalculator(Calculator):
     error in eV/Å, root mean square over members), so one checkpoint is enough; the energy and
     stress deviations stay the members' spread (0 for one member).
 
-    With ``bias`` (:class:`~tace_aiida.model.bias.UncertaintyBias`, an ensemble only) ``energy``, ``forces``
-    and ``stress`` include the uncertainty-driven bias, so MD is pulled towards disagreement;
+    With ``bias`` (:class:`~tace_aiida.model.bias.UncertaintyBias`, an ensemble only) ``energy``, ``forces``,
+    ``stress`` and ``virial`` include the uncertainty-driven bias, so MD is pulled towards disagreement;
     ``bias_energy`` (eV) is the bias alone and ``unbiased_energy`` / ``unbiased_forces`` the members' means.
 
     With ``batched=True`` an ensemble whose members share architecture, species, cutoff and dtype
@@ -105,7 +109,7 @@ class TACECalculator(Calculator):
     """
 
     implemented_properties = [
-        "energy", "free_energy", "energies", "forces", "stress",
+        "energy", "free_energy", "energies", "forces", "stress", "virial",
         "energy_std", "energy_std_per_atom", "forces_std", "max_force_std", "stress_std", "descriptors",
         "bias_energy", "unbiased_energy", "unbiased_forces", "dipole", "polarizability", "born_effective_charges",
     ]
@@ -160,12 +164,14 @@ class TACECalculator(Calculator):
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         periodic = bool(self.atoms.pbc.all())
+        virial = "virial" in (properties or ())
+        strained = periodic or virial
         response = self.models[0].config.field_dipole and bool(set(properties or ()) & set(self.FIELD_RESPONSE))
         if self.ensemble is not None:
-            members, species = self._evaluate(self.ensemble, self.atoms, periodic, response)
+            members, species = self._evaluate(self.ensemble, self.atoms, strained, response)
             node_features = list(members.node_features)
         else:
-            outputs, species = zip(*(self._evaluate(model, self.atoms, periodic, response) for model in self.models),
+            outputs, species = zip(*(self._evaluate(model, self.atoms, strained, response) for model in self.models),
                                    strict=True)
             node_features = [out.node_features for out in outputs]
             members, species = stack_outputs(outputs), species[0]
@@ -199,11 +205,15 @@ class TACECalculator(Calculator):
         if periodic:
             self.results["stress"] = full_3x3_to_voigt_6_stress(stresses.mean(axis=0))
             self.results["stress_std"] = float(stresses.std(axis=0).max())
+        virials = members.virial[:, 0].detach().cpu().double().numpy() if virial else None
+        if virial:
+            self.results["virial"] = full_3x3_to_voigt_6_stress(virials.mean(axis=0))
         if self.bias is not None:
-            self._add_bias(energies, forces, stresses)
+            self._add_bias(energies, forces, stresses, virials)
 
-    def _add_bias(self, energies: np.ndarray, forces: np.ndarray, stresses: np.ndarray | None) -> None:
-        """Add the uncertainty bias to energy, forces and stress, keeping the members' means apart."""
+    def _add_bias(self, energies: np.ndarray, forces: np.ndarray, stresses: np.ndarray | None,
+                  virials: np.ndarray | None) -> None:
+        """Add the uncertainty bias to energy, forces, stress and virial, keeping the members' means apart."""
         energy, bias_forces, bias_stress = self.bias.terms(energies, forces, stresses)
         self.results.update(bias_energy=energy, unbiased_energy=self.results["energy"],
                             unbiased_forces=self.results["forces"])
@@ -211,15 +221,18 @@ class TACECalculator(Calculator):
         self.results["forces"] = self.results["forces"] + bias_forces
         if bias_stress is not None:
             self.results["stress"] = self.results["stress"] + full_3x3_to_voigt_6_stress(bias_stress)
+        if virials is not None:  # the bias is linear in the members' derivatives, so its virial is the same sum
+            bias_virial = self.bias.terms(energies, forces, virials)[2]
+            self.results["virial"] = self.results["virial"] + full_3x3_to_voigt_6_stress(bias_virial)
 
-    def _evaluate(self, model: CartesianTensorPotential | StackedEnsemble, atoms: Atoms, periodic: bool,
+    def _evaluate(self, model: CartesianTensorPotential | StackedEnsemble, atoms: Atoms, strained: bool,
                   field_response: bool = False) -> tuple[Outputs, torch.Tensor]:
-        """Forces, descriptors, node features (and stress of periodic cells, the field response when asked) of
-        ``atoms`` from one model or a stack, and the atoms' species indices ``[n_atoms]``."""
+        """Forces, descriptors, node features (with ``strained`` the virial and stress, the field response when
+        asked) of ``atoms`` from one model or a stack, and the atoms' species indices ``[n_atoms]``."""
         dtype = next(model.parameters()).dtype
         graph = atoms_to_graph(atoms, model.config.atomic_numbers, model.config.r_max, dtype=dtype)
         batch = to_device(collate([graph]), self.device)
-        outputs = model(batch, compute_stress=periodic, compute_descriptors=True, compute_field_response=field_response)
+        outputs = model(batch, compute_stress=strained, compute_descriptors=True, compute_field_response=field_response)
         return outputs, batch[keys.SPECIES]
 
 

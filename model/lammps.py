@@ -2,7 +2,7 @@
 
 LAMMPS keeps its integrators, thermostats, barostats, constraints and input scripts; at every step its
 ``fix external`` hands the atoms' positions to :class:`TACEFixExternal`, which returns the forces (eV/Å),
-adds the energy (eV) to ``pe`` and the virial to the pressure (fully periodic boxes), and publishes the
+adds the energy (eV) to ``pe`` and the virial to the pressure (any boundaries), and publishes the
 ensemble's disagreement as ``f_ID[1]`` (``max_force_std``, eV/Å) and ``f_ID[2]`` (``energy_std``, eV)
 for ``thermo_style``, ``fix print`` or ``if`` commands::
 
@@ -34,7 +34,6 @@ import importlib
 import shlex
 import sys
 import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -112,11 +111,6 @@ class TACEFixExternal:
         if untrained:
             raise ValueError(f"the model was not trained on {', '.join(untrained)} (LAMMPS types "
                              f"{', '.join(str(elements.index(name) + 1) for name in untrained)})")
-        periodic = lammps_cell(lmp)[2]
-        if periodic.any() and not periodic.all():
-            warnings.warn(f"the box is periodic in some directions only ({' '.join('p' if p else 'f' for p in periodic)}): "
-                          "the model's virial is passed to LAMMPS for fully periodic boxes only, so its pressure "
-                          "and barostats see only the kinetic part", stacklevel=2)
         lmp.command(f"fix {fix_id} all external pf/callback 1 1")
         lmp.command(f"fix_modify {fix_id} energy yes virial yes")
         lmp.fix_external_set_vector_length(fix_id, len(PUBLISHED))
@@ -131,7 +125,7 @@ class TACEFixExternal:
     def compute(self, caller: Any, step: int, nlocal: int, tags: np.ndarray, positions: np.ndarray,
                 forces: np.ndarray) -> None:
         """fix external's callback: writes the forces [nlocal, 3] (eV/Å) into ``forces`` and hands over
-        the energy (eV), the virial (eV, fully periodic boxes) and :data:`PUBLISHED`.
+        the energy (eV), the virial (eV) and :data:`PUBLISHED`.
 
         LAMMPS cannot see an exception raised here (ctypes prints and drops it), so a failure of the model
         is kept in ``error``, the forces and energy are set to NaN and the run is stopped at once (LAMMPS's
@@ -152,13 +146,12 @@ class TACEFixExternal:
 
     def _hand_over(self, positions: np.ndarray, forces: np.ndarray) -> None:
         atoms = self.atoms(np.array(positions, copy=True))
-        self.calculator.calculate(atoms, ["energy", "forces"])
+        self.calculator.calculate(atoms, ["energy", "forces", "virial"])
         results = self.calculator.results
         forces[:] = results["forces"]
         self.lmp.fix_external_set_energy_global(self.fix_id, results["energy"])
-        if "stress" in results:  # ASE's stress is (1/V) dE/d(strain), Voigt order xx yy zz yz xz xy
-            xx, yy, zz, yz, xz, xy = -results["stress"] * atoms.get_volume()
-            self.lmp.fix_external_set_virial_global(self.fix_id, [xx, yy, zz, xy, xz, yz])
+        xx, yy, zz, yz, xz, xy = results["virial"]  # -dE/d(strain), as LAMMPS's sum of r (x) F, for any boundaries
+        self.lmp.fix_external_set_virial_global(self.fix_id, [xx, yy, zz, xy, xz, yz])
         for index, name in enumerate(PUBLISHED, start=1):
             self.lmp.fix_external_set_vector(self.fix_id, index, results[name])
 

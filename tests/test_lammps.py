@@ -240,15 +240,31 @@ def test_input_script_with_other_units_is_refused(cu_checkpoints, tmp_path, caps
     assert "'units metal', not 'real'" in capsys.readouterr().err
 
 
-def test_a_box_periodic_in_some_directions_is_warned_about(lmp, cu_checkpoints):
-    """A slab's pressure would lack the model's virial (ASE's stress is for fully periodic cells): say so."""
-    lmp.commands_string("units metal\nboundary p p f\nregion box block 0 8 0 8 0 20\ncreate_box 2 box")
-    with pytest.warns(UserWarning, match=r"\(p p f\).*only the kinetic part"):
-        TACEFixExternal(lmp, cu_checkpoints, elements=["Cu", "Ag"], device="cpu")
-
-
-def test_a_molecule_in_an_open_box_is_not_warned_about(lmp, cu_checkpoints, recwarn):
-    """A box open in every direction (a molecule) has no pressure to speak of: no warning."""
-    lmp.commands_string("units metal\nboundary f f f\nregion box block 0 8 0 8 0 8\ncreate_box 2 box")
-    TACEFixExternal(lmp, cu_checkpoints, elements=["Cu", "Ag"], device="cpu")
-    assert not [w for w in recwarn if "periodic" in str(w.message)]
+def test_slab_pressure_has_the_model_virial(lmp, cu_checkpoints, tmp_path):
+    """A box open along z (a slab): LAMMPS's pressure is the model's virial over the box volume, as a pair style's
+    would be, so a barostat on x and y works."""
+    lmp.commands_string("""
+        units metal
+        atom_style atomic
+        boundary p p f
+        lattice fcc 3.61
+        region box block 0 2 0 2 -1.5 3.5
+        region slab block 0 2 0 2 0 2
+        create_box 2 box
+        create_atoms 1 region slab
+        set type 1 type/fraction 2 0.33 5
+        mass 1 63.546
+        mass 2 107.87
+        displace_atoms all random 0.15 0.15 0.15 4
+    """)
+    atoms = atoms_from_data_file(lmp, tmp_path / "slab.data")
+    atoms.pbc = [True, True, False]
+    calculator = TACECalculator(cu_checkpoints, device="cpu", dtype="float64")
+    xx, yy, zz, yz, xz, xy = calculator.get_property("virial", atoms) / atoms.get_volume()
+    TACEFixExternal(lmp, cu_checkpoints, elements=["Cu", "Ag"], device="cpu", dtype="float64")
+    lmp.commands_string("thermo_style custom step pe pxx pyy pzz pxy pxz pyz\nrun 0")
+    bar = lmp.extract_global("nktv2p")
+    pressures = [lmp.get_thermo(name) for name in ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")]
+    assert abs(lmp.get_thermo("pe") - calculator.results["energy"]) < 1e-10
+    assert np.abs(pressures).max() > 10.0
+    assert np.allclose(pressures, np.array([xx, yy, zz, xy, xz, yz]) * bar, rtol=0, atol=1e-6)
