@@ -34,14 +34,20 @@ class UncertaintyBias:
               ) -> tuple[float, np.ndarray, np.ndarray | None]:
         """Bias energy (eV), forces ``[N, 3]`` (eV/Å) and stress ``[3, 3]`` (eV/Å^3, None without
         ``stresses``) from the members' energies ``[M]``, forces ``[M, N, 3]`` and stresses ``[M, 3, 3]``."""
-        members, atoms = forces.shape[0], forces.shape[1]
-        spread = energies - energies.mean()
+        atoms = forces.shape[1]
+        energy = self.strength * (self.damping(energies, atoms) - 1.0)
+        bias_stress = None if stresses is None else self.share(energies, atoms, stresses)
+        return float(energy), self.share(energies, atoms, forces), bias_stress
+
+    def damping(self, energies: np.ndarray, atoms: int) -> float:
+        """``exp(-s2 / (N B^2))`` of the members' energies ``[M]`` (eV) for ``atoms`` atoms: 1 where they agree."""
+        return float(np.exp(-np.var(energies) / (atoms * self.width**2)))
+
+    def share(self, energies: np.ndarray, atoms: int, members: np.ndarray) -> np.ndarray:
+        """The bias's part of a quantity linear in the members' energy derivatives (forces ``[M, N, 3]``,
+        stresses or virials ``[M, 3, 3]``), for the members' energies ``[M]`` (eV) of ``atoms`` atoms."""
         scale = atoms * self.width**2
-        damping = np.exp(-np.mean(spread**2) / scale)
-        energy = self.strength * (damping - 1.0)
-        # dE_bias/ds2 = -A damping / scale; force = -dE_bias/dx, with dE_m/dx = -F_m.
-        slope = -self.strength * damping / scale
-        weights = 2.0 * spread / members
-        bias_forces = slope * np.einsum("m,mij->ij", weights, forces)
-        bias_stress = None if stresses is None else slope * np.einsum("m,mij->ij", weights, stresses)
-        return float(energy), bias_forces, bias_stress
+        # dE_bias/ds2 = -A damping / scale; d s2/dx = (2/M) sum_m (E_m - <E>) dE_m/dx, member by member.
+        slope = -self.strength * self.damping(energies, atoms) / scale
+        weights = 2.0 * (energies - energies.mean()) / len(energies)
+        return slope * np.einsum("m,m...->...", weights, members)

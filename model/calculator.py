@@ -221,8 +221,8 @@ class TACECalculator(Calculator):
         self.results["forces"] = self.results["forces"] + bias_forces
         if bias_stress is not None:
             self.results["stress"] = self.results["stress"] + full_3x3_to_voigt_6_stress(bias_stress)
-        if virials is not None:  # the bias is linear in the members' derivatives, so its virial is the same sum
-            bias_virial = self.bias.terms(energies, forces, virials)[2]
+        if virials is not None:
+            bias_virial = self.bias.share(energies, len(self.atoms), virials)
             self.results["virial"] = self.results["virial"] + full_3x3_to_voigt_6_stress(bias_virial)
 
     def _evaluate(self, model: CartesianTensorPotential | StackedEnsemble, atoms: Atoms, strained: bool,
