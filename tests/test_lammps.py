@@ -43,16 +43,18 @@ def lmp():
     instance.close()
 
 
-def cu_box(lmp) -> None:
-    """A rattled, sheared 2x2x2 fcc box (32 atoms, triclinic, periodic), a third of its atoms of type 2."""
-    lmp.commands_string("""
+def cu_box(lmp, boundary: str = "p p p", box: str = "prism 0 2 0 2 0 2 0.4 0.2 -0.3", atoms: str = "box") -> None:
+    """A rattled 2x2x2 fcc block of 32 atoms in region ``atoms`` of the box region ``box`` (default: a sheared,
+    triclinic, periodic box filled by the block), a third of its atoms of type 2."""
+    lmp.commands_string(f"""
         units metal
         atom_style atomic
-        boundary p p p
+        boundary {boundary}
         lattice fcc 3.61
-        region box prism 0 2 0 2 0 2 0.4 0.2 -0.3
+        region box {box}
+        region slab block 0 2 0 2 0 2
         create_box 2 box
-        create_atoms 1 box
+        create_atoms 1 region {atoms}
         set type 1 type/fraction 2 0.33 5
         mass 1 63.546
         mass 2 107.87
@@ -247,20 +249,7 @@ def test_input_script_with_other_units_is_refused(cu_checkpoints, tmp_path, caps
 def test_slab_pressure_has_the_model_virial(lmp, cu_checkpoints, tmp_path):
     """A box open along z (a slab): LAMMPS's pressure is the model's virial over the box volume, as a pair style's
     would be, so a barostat on x and y works."""
-    lmp.commands_string("""
-        units metal
-        atom_style atomic
-        boundary p p f
-        lattice fcc 3.61
-        region box block 0 2 0 2 -1.5 3.5
-        region slab block 0 2 0 2 0 2
-        create_box 2 box
-        create_atoms 1 region slab
-        set type 1 type/fraction 2 0.33 5
-        mass 1 63.546
-        mass 2 107.87
-        displace_atoms all random 0.15 0.15 0.15 4
-    """)
+    cu_box(lmp, boundary="p p f", box="block 0 2 0 2 -1.5 3.5", atoms="slab")
     atoms = atoms_from_data_file(lmp, tmp_path / "slab.data")
     atoms.pbc = [True, True, False]
     calculator = TACECalculator(cu_checkpoints, device="cpu", dtype="float64")
