@@ -72,6 +72,14 @@ def test_a_stopped_job_continues_from_its_restart_file(workchain, handler, exit_
     assert workchain.ctx.inputs.parameters.get_dict() == PARAMETERS, "a continued training keeps its settings"
 
 
+def test_refused_settings_end_the_run_with_the_reason(workchain):
+    message = "valid_fraction=0.5 leaves no training structure out of 1"
+    node = failed_training(workchain, TrainCalculation.exit_codes.ERROR_INVALID_SETTINGS.format(message=message))
+    result = workchain.handle_invalid_settings(node)
+    assert result.do_break and result.exit_code.status == TrainBaseWorkChain.exit_codes.ERROR_INVALID_SETTINGS.status
+    assert result.exit_code.message.endswith(f"would not change: The program refused its settings or input: {message}")
+
+
 def test_a_nan_loss_after_a_restart_starts_over(workchain):
     workchain.ctx.inputs.restart = orm.SinglefileData.from_string("state", filename="restart.pt").store()
     workchain.handle_nan_loss(failed_training(workchain, TrainCalculation.exit_codes.ERROR_NAN_LOSS.format(message="x")))
@@ -81,10 +89,10 @@ def test_a_nan_loss_after_a_restart_starts_over(workchain):
 def test_handlers_react_only_to_their_exit_codes_and_in_priority_order(workchain):
     by_priority = sorted(workchain.get_process_handlers(), key=lambda handler: -handler.priority)
     handlers = {handler.__name__: handler for handler in by_priority}
-    assert list(handlers) == ["handle_job_lost", "handle_out_of_walltime", "handle_nan_loss"], \
-        "continuing a stopped job comes before changing settings"
-    settings_error = failed_training(workchain, TrainCalculation.exit_codes.ERROR_INVALID_SETTINGS.format(message="x"))
-    assert all(handler(workchain, settings_error) is None for handler in handlers.values())
+    assert list(handlers) == ["handle_invalid_settings", "handle_job_lost", "handle_out_of_walltime",
+                              "handle_nan_loss"], "refused settings stop first; continuing comes before changing settings"
+    corrupt = failed_training(workchain, TrainCalculation.exit_codes.ERROR_OUTPUT_CORRUPT.format(message="x"))
+    assert all(handler(workchain, corrupt) is None for handler in handlers.values()), "retried once, unhandled"
     assert TrainCalculation.exit_codes.ERROR_NAN_LOSS.status // 100 == 4, "recoverable codes are 4xx"
     assert TrainCalculation.exit_codes.ERROR_INVALID_SETTINGS.status // 100 == 3, "unrecoverable codes are 3xx"
 

@@ -20,6 +20,7 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode, ProcessBuilder, ToContext, WorkChain, calcfunction, if_, while_
 from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin
+from tace_aiida.model.config import TrainingConfig
 from tace_aiida.model.structure_conditions import condition_info, condition_info_of
 
 from tace_aiida.calculations.functions import merge_datasets, structures_to_dataset
@@ -379,6 +380,7 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
             return None
         self.ctx.trained_dataset = self.ctx.dataset.uuid
         inputs = self.exposed_inputs(TrainCalculation, "train")
+        inputs["parameters"] = self._training_parameters(inputs["parameters"])
         previous = self.ctx.ensemble if self.inputs.warm_start.value else []
         futures = {}
         for member in range(self.inputs.ensemble_size.value):
@@ -393,6 +395,15 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         self.report(f"iteration {self.ctx.iteration}: training {len(futures)} members on "
                     f"{self.ctx.dataset.num_structures} structures")
         return ToContext(**futures)
+
+    def _training_parameters(self, parameters: orm.Dict) -> orm.Dict:
+        """``parameters``, without a validation split when the dataset is a single structure (it cannot be split:
+        the members train on it and keep their epoch of lowest training loss); the same node otherwise."""
+        if self.ctx.dataset.num_structures > 1 or parameters.get("valid_fraction", TrainingConfig.valid_fraction) == 0:
+            return parameters
+        self.report(f"iteration {self.ctx.iteration}: one structure, too few to hold out validation frames; "
+                    "the members train on it without a validation split")
+        return orm.Dict({**parameters.get_dict(), "valid_fraction": 0.0})
 
     def _iteration_children(self, kind: str) -> list[orm.ProcessNode]:
         """The children of this iteration whose link label says ``kind`` (``train``, ``md``), in launch order."""

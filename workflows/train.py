@@ -1,6 +1,7 @@
 """``tace.train_base``: one ensemble member's training with AiiDA's restart machinery.
 
-Handlers, highest priority first: a job lost with its worker (400) and a job that reached its wall time
+Handlers, highest priority first: settings or data the training refused (302) end the run (exit 310), since
+they would be refused again; a job lost with its worker (400) and a job that reached its wall time
 (420) continue from their last completed epoch (their ``restart`` output), or run again from the start
 when they have none; a NaN loss (410) is retried from the start with a learning rate ten times lower.
 Any other failure is retried once with the same inputs (``on_unhandled_failure = restart_once``).
@@ -31,6 +32,9 @@ class TrainBaseWorkChain(KeepsJobsOfInterruptedSteps, ForcedKillReachesChildren,
         spec.inputs["on_unhandled_failure"].default = lambda: orm.Str("restart_once")
         spec.inputs["max_iterations"].default = lambda: orm.Int(3)
         spec.expose_outputs(TrainCalculation)
+        spec.exit_code(310, "ERROR_INVALID_SETTINGS",
+                       message="The training refused its settings or input, which running it again would not change: "
+                               "{message}")
         spec.outline(
             cls.setup,
             while_(cls.should_run_process)(cls.run_process, cls.inspect_process),
@@ -59,6 +63,13 @@ class TrainBaseWorkChain(KeepsJobsOfInterruptedSteps, ForcedKillReachesChildren,
     def handle_out_of_walltime(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
         """Continue the training in a new job with the same wall time."""
         return self._continue(node, "reached its wall time")
+
+    @process_handler(priority=700, exit_codes=TrainCalculation.exit_codes.ERROR_INVALID_SETTINGS)
+    def handle_invalid_settings(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
+        """Stop: the same settings or data would be refused again."""
+        self.report(f"{node.process_label}<{node.pk}> refused its input: {node.exit_message}")
+        return ProcessHandlerReport(do_break=True,
+                                    exit_code=self.exit_codes.ERROR_INVALID_SETTINGS.format(message=node.exit_message))
 
     @process_handler(priority=500, exit_codes=TrainCalculation.exit_codes.ERROR_NAN_LOSS)
     def handle_nan_loss(self, node: orm.CalcJobNode) -> ProcessHandlerReport:
