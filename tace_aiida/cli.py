@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .cli_dask import dask
+from .cli_learn import learn
 from .generation.cli import generate
 
 
@@ -93,3 +94,4 @@ def summary(pk: int, output: str | None) -> None:
 
 main.add_command(dask)
 main.add_command(generate)
+main.add_command(learn)

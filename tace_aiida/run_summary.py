@@ -22,8 +22,10 @@ def summarise(node: orm.WorkflowNode) -> list[str]:
     """How the run ended, then one line per iteration; for a run with a ``report`` output."""
     report = node.outputs.report.get_dict()
     dataset = f", {node.outputs.dataset.num_structures} structures in the final dataset" if "dataset" in node.outputs else ""
-    header = (f"{node.process_label}<{node.pk}> {node.process_state.value}, exit status {node.exit_status}: "
-              f"{report['stop_reason']} after {len(report['iterations'])} iterations{dataset}")
+    reason, iterations = report["stop_reason"], len(report["iterations"])
+    ending = (f"{reason} after {iterations} iterations" if not reason.endswith(".")  # a reason, or an exit message
+              else f"{reason[:-1]} (after {iterations} iterations)")
+    header = f"{node.process_label}<{node.pk}> {node.process_state.value}, exit status {node.exit_status}: {ending}{dataset}"
     return [header] + [f"  {iteration_line(entry)}" for entry in report["iterations"]]
 
 
@@ -36,26 +38,39 @@ def export_run(node: orm.WorkflowNode, folder: Path) -> list[Path]:
 
 
 def run_or_submit(builder, folder: Path, arguments: list[str]) -> None:
-    """What the examples do with their builder: run it here, or submit it to the daemon with ``--submit``.
-
-    Run: wait, then print :func:`summarise` and write :func:`export_run` into ``folder``. Submitted:
-    print the PK and how to follow the run; ``tace-aiida summary PK`` does the rest once it has ended.
-    """
-    from aiida.engine import run_get_node, submit
-
-    from tace_aiida.broker import ensure_broker
-
+    """What the examples do with their builder: :func:`execute` it, submitted to the daemon with ``--submit``."""
     unknown = [argument for argument in arguments if argument != "--submit"]
     if unknown:
         raise SystemExit(f"unknown arguments {unknown}; the only option is --submit (run on the daemon)")
-    ensure_broker(workers=2 if "--submit" in arguments else 1)
-    if "--submit" in arguments:
-        node = submit(builder)
+    execute(builder, folder, submit="--submit" in arguments)
+
+
+def execute(builder, folder: Path, submit: bool = False) -> orm.WorkflowNode:
+    """Run ``builder`` here, or submit it to the daemon; return its node.
+
+    Run: wait, then print :func:`summarise` (the exit message when the run ended without a report) and write
+    :func:`export_run` into ``folder`` when it has an ensemble. Submitted: print the PK and how to follow the run;
+    ``tace-aiida summary PK`` does the rest once it has ended.
+    """
+    from aiida.engine import run_get_node
+    from aiida.engine import submit as submit_to_daemon
+
+    from tace_aiida.broker import ensure_broker
+
+    ensure_broker(workers=2 if submit else 1)
+    if submit:
+        node = submit_to_daemon(builder)
         print(f"submitted {node.process_label}<{node.pk}> to the daemon")
         print(f"  follow it:   verdi process status {node.pk}  |  verdi process report {node.pk}")
         print(f"  when ended:  tace-aiida summary {node.pk} --output {folder}")
-        return
+        return node
     _, node = run_get_node(builder)
+    if "report" not in node.outputs:
+        print(f"{node.process_label}<{node.pk}> {node.process_state.value}, exit status {node.exit_status}: "
+              f"{node.exit_message or 'no report'}")
+        return node
     print("\n".join(summarise(node)))
-    for path in export_run(node, folder):
-        print(f"written: {path}")
+    if "ensemble" in node.outputs:
+        for path in export_run(node, folder):
+            print(f"written: {path}")
+    return node

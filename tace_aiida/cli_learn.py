@@ -1,0 +1,185 @@
+"""``tace-aiida learn``: the active-learning loop from the command line.
+
+Reads the starting structures from files (or starts from a labelled dataset, or continues a finished run), builds
+``tace.active_learning`` from a protocol with the overrides of a YAML or JSON file, runs it here or submits it to the
+daemon, and prints what :mod:`tace_aiida.run_summary` prints after the examples. As for ``tace-aiida generate``, the
+labelling code chooses the labeller: a ``quantumespresso.pw`` code labels with pw.x, a ``tace-label`` code with an ASE
+calculator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from aiida import orm
+
+from .generation.cli import DEFAULT_CALCULATOR, load_labelling_code, read_json_option, read_parents, read_settings_file
+from .profile import DASK_COMPUTER, LOCAL_COMPUTER
+
+PROTOCOLS = ("fast", "balanced", "stringent")
+LOOP_PROCESS_TYPE = "aiida.workflows:tace.active_learning"
+
+
+def load_dataset(identifier: str) -> orm.Data:
+    """The ``tace.dataset`` node of PK or UUID ``identifier`` (the ``dataset`` output of a generation or a loop)."""
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    from .data.dataset import TrainingSetData
+
+    try:
+        node = orm.load_node(identifier)
+    except (NotExistent, MultipleObjectsError) as error:
+        raise ValueError(f"--dataset {identifier!r}: {error}") from error
+    if not isinstance(node, TrainingSetData):
+        raise ValueError(f"--dataset {identifier!r} is a {type(node).__name__}<{node.pk}>, not a TrainingSetData "
+                         "(the `dataset` output of `tace-aiida generate` or of an active-learning run)")
+    return node
+
+
+def finished_run(identifier: str) -> orm.WorkflowNode:
+    """The ended ``tace.active_learning`` run of PK or UUID ``identifier``, with an ``ensemble`` and a ``dataset``."""
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+
+    try:
+        node = orm.load_node(identifier)
+    except (NotExistent, MultipleObjectsError) as error:
+        raise ValueError(f"--continue-from {identifier!r}: {error}") from error
+    if node.process_type != LOOP_PROCESS_TYPE:
+        raise ValueError(f"--continue-from {identifier!r} is {node.__class__.__name__}<{node.pk}> "
+                         f"({node.process_type or 'no process'}), not an active-learning run")
+    if not node.is_terminated:
+        raise ValueError(f"--continue-from {identifier!r}: the run has not ended yet ({node.process_state.value})")
+    missing = [name for name in ("ensemble", "dataset") if name not in node.outputs]
+    if missing:
+        raise ValueError(f"--continue-from {identifier!r}: the run ended without {' and '.join(missing)} "
+                         f"(exit status {node.exit_status}: {node.exit_message})")
+    return node
+
+
+def build(parents: dict[str, orm.StructureData] | None, *, protocol: str | None = None,
+          overrides: dict | None = None, code: str = f"tace-label@{LOCAL_COMPUTER}", calculator: str | None = None,
+          parameters: dict | None = None, pseudo_family: str | None = None,
+          train_code: str = f"tace-train@{DASK_COMPUTER}", md_code: str = f"tace-md@{DASK_COMPUTER}",
+          dataset: str | None = None, continue_from: str | None = None, label: str | None = None):
+    """The builder of ``tace.active_learning`` for the command's options, checked by the workchain's validators.
+
+    ``parents``: the starting structures (None or empty: frames of the dataset start the exploration);
+    ``dataset``: PK or UUID of an initial ``TrainingSetData``; ``continue_from``: PK or UUID of an ended run whose
+    ``dataset`` and ``ensemble`` start this one (members warm-started); ``overrides`` are merged into the protocol's
+    inputs as ``get_builder_from_protocol`` merges them; ``parameters`` are the ASE calculator's keyword arguments.
+    """
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+    from aiida.plugins import WorkflowFactory
+
+    if continue_from is not None and dataset is not None:
+        raise ValueError("give --dataset or --continue-from, not both: a continued run starts from its dataset")
+    if not parents and dataset is None and continue_from is None:
+        raise ValueError("nothing to start from: give structure FILES, --dataset PK or --continue-from PK")
+    codes = {"label": load_labelling_code(code)}
+    for role, name in (("train", train_code), ("md", md_code)):
+        try:
+            codes[role] = orm.load_code(name)
+        except (NotExistent, MultipleObjectsError) as error:
+            raise ValueError(f"--{role}-code {name!r}: {error} (see `verdi code list`)") from error
+    if parameters is not None and code_is_pw(codes["label"]):
+        raise ValueError(f"--parameters: only for a tace-label code; code {code!r} labels with pw.x")
+    if calculator is None and not code_is_pw(codes["label"]):
+        calculator = DEFAULT_CALCULATOR
+    process = WorkflowFactory("tace.active_learning")
+    builder = process.get_builder_from_protocol(codes, parents or None, protocol, overrides,
+                                                calculator=calculator, pseudo_family=pseudo_family)
+    if parameters is not None:
+        builder.label_ase.parameters = orm.Dict(parameters)
+    if dataset is not None:
+        builder.dataset = load_dataset(dataset)
+    if continue_from is not None:
+        run = finished_run(continue_from)
+        builder.dataset = run.outputs.dataset
+        builder.initial_ensemble = dict(run.outputs.ensemble)
+    if label:
+        builder.metadata.label = label
+    spec = process.spec().inputs
+    error = spec.validate(spec.pre_process(builder._inputs(prune=True)))  # defaults filled, as at submission
+    if error is not None:
+        raise ValueError(error.message)
+    return builder
+
+
+def code_is_pw(code: orm.AbstractCode) -> bool:
+    from tace_aiida.workflows.labelling.qe import PW_PLUGIN
+
+    return code.default_calc_job_plugin == PW_PLUGIN
+
+
+def uses_local_dask(builder) -> bool:
+    """Whether the training or MD code runs on the local dask cluster's computer (``tace-aiida setup``'s)."""
+    return any(namespace.code.computer.label == DASK_COMPUTER for namespace in (builder.train, builder.md))
+
+
+def read_overrides(path: Path | None) -> dict[str, Any] | None:
+    """The overrides in a YAML or JSON file: a mapping, nested like the workchain's inputs."""
+    if path is None:
+        return None
+    overrides = read_settings_file(path)
+    if not isinstance(overrides, dict):
+        raise ValueError(f"{path}: overrides must be a mapping such as {{selection: {{max_selected: 10}}}}, "
+                         f"not {type(overrides).__name__}")
+    return overrides
+
+
+@click.command()
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--index", default=":", show_default=True, help="Frames of each file to take (ase.io.read's index).")
+@click.option("--dataset", default=None,
+              help="PK or UUID of a labelled TrainingSetData to start from, e.g. the `dataset` of `tace-aiida generate`.")
+@click.option("--continue-from", default=None,
+              help="PK or UUID of an ended active-learning run: its dataset and ensemble start this run.")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default=None,
+              help="Settings of the loop (workflows/protocols/active_learning.yaml). [default: balanced]")
+@click.option("--overrides", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="YAML or JSON file merged into the protocol's inputs, e.g. {selection: {max_selected: 10}, "
+                   "exploration: [{temperatures: [600], steps: 500}]} (lists are replaced whole).")
+@click.option("--code", default=f"tace-label@{LOCAL_COMPUTER}", show_default=True,
+              help="The labelling code: a tace-label code (ASE calculator) or a quantumespresso.pw code (pw.x).")
+@click.option("--calculator", default=None,
+              help=f"tace-label code: import path of the ASE calculator. [default: {DEFAULT_CALCULATOR}]")
+@click.option("--parameters", default=None, help="tace-label code: keyword arguments of the calculator, as JSON.")
+@click.option("--pseudo-family", default=None,
+              help="pw.x code: label of an installed aiida-pseudo family. [default: the pw protocol's]")
+@click.option("--train-code", default=f"tace-train@{DASK_COMPUTER}", show_default=True,
+              help="The tace-train code of the ensemble's members.")
+@click.option("--md-code", default=f"tace-md@{DASK_COMPUTER}", show_default=True, help="The tace-md code of the MD runs.")
+@click.option("--label", default=None, help="Label of the run (shown by `verdi process list`).")
+@click.option("--output", "-o", default="al_run", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the final ensemble's checkpoints and the plots, once the run has ended here.")
+@click.option("--submit", is_flag=True, help="Hand the run to the daemon and return; `tace-aiida summary PK` follows up.")
+def learn(files: tuple[Path, ...], index: str, dataset: str | None, continue_from: str | None, protocol: str | None,
+          overrides: Path | None, code: str, calculator: str | None, parameters: str | None,
+          pseudo_family: str | None, train_code: str, md_code: str, label: str | None, output: Path,
+          submit: bool) -> None:
+    """Learn a potential by active learning from the structures in FILES (CIF, POSCAR, extxyz, ...).
+
+    Runs tace.active_learning: labels the structures, trains an ensemble, explores with MD, labels what the ensemble
+    is unsure about, and repeats; then prints one line per iteration and writes the final ensemble and plots.
+    """
+    from aiida import load_profile
+
+    from .dask_cluster import ensure_local_cluster
+    from .run_summary import execute
+
+    load_profile()
+    try:
+        builder = build(read_parents(list(files), index) if files else None, protocol=protocol,
+                        overrides=read_overrides(overrides), code=code, calculator=calculator,
+                        parameters=read_json_option(parameters, "--parameters"), pseudo_family=pseudo_family,
+                        train_code=train_code, md_code=md_code, dataset=dataset, continue_from=continue_from,
+                        label=label)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    if uses_local_dask(builder):
+        ensure_local_cluster()
+    node = execute(builder, output, submit=submit)
+    if not submit and not node.is_finished_ok:
+        raise SystemExit(1)

@@ -1,0 +1,149 @@
+"""``tace-aiida learn``: the loop's builder from files, a dataset or an ended run, its options and their errors;
+a run with EMT labels to its end, then a second run continuing it (slow)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiida import orm
+from ase.build import bulk
+from ase.io import write
+from click.testing import CliRunner
+from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
+
+from tace_aiida.cli_learn import LOOP_PROCESS_TYPE, build, learn
+from tace_aiida.data.dataset import TrainingSetData
+from tace_aiida.generation.cli import read_parents
+
+from .helpers.loop import STAGE, TRAINING
+
+EMT = "ase.calculators.emt.EMT"
+
+
+@pytest.fixture
+def codes(installed_code):
+    """The command's code options for the console scripts installed on the test computer."""
+    return {"code": installed_code("tace-label").full_label, "train_code": installed_code("tace-train").full_label,
+            "md_code": installed_code("tace-md").full_label}
+
+
+@pytest.fixture
+def cu_file(tmp_path):
+    path = tmp_path / "Cu.cif"
+    write(path, bulk("Cu", "fcc", a=3.61, cubic=True))
+    return path
+
+
+def training_jobs(run) -> list:
+    return [node for node in run.called_descendants if node.process_type == "aiida.calculations:tace.train"]
+
+
+def labelled_dataset() -> TrainingSetData:
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.info["energy"] = -0.1
+    atoms.arrays["forces"] = 0.0 * atoms.positions
+    return TrainingSetData([atoms]).store()
+
+
+def test_structures_from_a_file_and_the_protocol_with_overrides(cu_file, codes):
+    builder = build(read_parents([cu_file]), protocol="fast", overrides={"selection": {"max_selected": 3}},
+                    label="Cu test", **codes)
+    fast = ActiveLearningWorkChain.get_protocol_inputs("fast")
+    assert list(builder.structures) == ["Cu"]
+    assert builder.structures["Cu"].get_ase().get_chemical_formula() == "Cu4"
+    assert builder.train.parameters.get_dict() == fast["train"]["parameters"]
+    assert builder.selection.get_dict() == {**fast["selection"], "max_selected": 3}
+    assert builder.label_ase.calculator.value == EMT and "parameters" not in builder.label_ase
+    assert builder.train.code.full_label == codes["train_code"] and builder.metadata.label == "Cu test"
+
+
+def test_calculator_parameters_go_to_label_ase(cu_file, codes):
+    builder = build(read_parents([cu_file]), calculator="ase.calculators.lj.LennardJones",
+                    parameters={"sigma": 2.3}, **codes)
+    assert builder.label_ase.calculator.value == "ase.calculators.lj.LennardJones"
+    assert builder.label_ase.parameters.get_dict() == {"sigma": 2.3}
+
+
+def test_a_dataset_alone_starts_the_run(codes):
+    dataset = labelled_dataset()
+    builder = build(None, dataset=dataset.uuid, **codes)
+    assert builder.dataset.uuid == dataset.uuid and "structures" not in builder._inputs(prune=True)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({}, r"nothing to start from: give structure FILES, --dataset PK or --continue-from PK"),
+    ({"dataset": "1", "continue_from": "2"}, r"give --dataset or --continue-from, not both"),
+    ({"train_code": "nonexistent@nowhere"}, r"--train-code 'nonexistent@nowhere': "),
+    ({"code": "nonexistent@nowhere"}, r"unknown code 'nonexistent@nowhere'"),
+])
+def test_bad_options_are_refused_naming_them(cu_file, codes, options, message):
+    parents = None if "dataset" in options or not options else read_parents([cu_file])
+    with pytest.raises(ValueError, match=message):
+        build(parents, **{**codes, **options})
+
+
+def test_a_dataset_or_run_of_the_wrong_kind_is_named(cu_file, codes):
+    other = orm.Int(3).store()
+    with pytest.raises(ValueError, match=rf"--dataset '{other.pk}' is a Int<{other.pk}>, not a TrainingSetData"):
+        build(None, dataset=str(other.pk), **codes)
+    with pytest.raises(ValueError, match=rf"--continue-from '{other.pk}' is Int<{other.pk}> .* not an active-learning"):
+        build(None, continue_from=str(other.pk), **codes)
+
+
+def test_overrides_the_workchain_refuses_are_named(cu_file, codes):
+    with pytest.raises(ValueError, match=r"exploration stage 0: steps must be >= 1, not 0"):
+        build(read_parents([cu_file]), overrides={"exploration": [{"temperatures": [300], "steps": 0}]}, **codes)
+
+
+def test_the_command_reports_bad_input_without_a_traceback(tmp_path, cu_file, codes, aiida_profile):
+    (tmp_path / "overrides.yaml").write_text("- not a mapping\n")
+    result = CliRunner().invoke(learn, [str(cu_file), "--overrides", str(tmp_path / "overrides.yaml"),
+                                        "--train-code", codes["train_code"], "--md-code", codes["md_code"],
+                                        "--code", codes["code"]])
+    assert result.exit_code == 1 and result.exception.__class__ is SystemExit
+    assert "overrides.yaml: overrides must be a mapping" in result.output
+    result = CliRunner().invoke(learn, ["--code", codes["code"], "--parameters", "{bad json"])
+    assert result.exit_code == 1 and "--parameters: not JSON" in result.output
+
+
+@pytest.mark.slow
+def test_a_run_from_a_file_then_a_run_continuing_it(tmp_path, cu_file, codes, aiida_profile):
+    """The first run starts from one structure, which the members train on without a validation split."""
+    overrides = {"train": {"parameters": {**TRAINING, "valid_fraction": 0.5}}, "ensemble_size": 2, "exploration": [STAGE],
+                 "selection": {"trust_low": 0.0, "trust_high": 100.0, "max_selected": 2},
+                 "stopping": {"accurate_fraction": 0.0, "max_iterations": 2}}
+    (tmp_path / "overrides.json").write_text(json.dumps(overrides))
+    options = ["--overrides", str(tmp_path / "overrides.json"), "--code", codes["code"],
+               "--train-code", codes["train_code"], "--md-code", codes["md_code"]]
+    first = CliRunner().invoke(learn, [str(cu_file), *options, "--output", str(tmp_path / "first")])
+    assert first.exit_code == 0, first.output
+    assert "finished, exit status 0: converged after 1 iterations, 3 structures in the final dataset" in first.output
+    assert sorted(path.name for path in (tmp_path / "first").glob("member*.pt")) == ["member0.pt", "member1.pt"]
+    run = orm.QueryBuilder().append(ActiveLearningWorkChain, tag="run").order_by({"run": {"id": "desc"}}).first()[0]
+    assert {job.inputs.parameters["valid_fraction"] for job in training_jobs(run)} == {0.0}
+
+    second = CliRunner().invoke(learn, ["--continue-from", str(run.pk), *options, "--output", str(tmp_path / "second")])
+    assert second.exit_code == 0, second.output
+    continued = orm.QueryBuilder().append(ActiveLearningWorkChain, tag="run").order_by({"run": {"id": "desc"}}).first()[0]
+    assert continued.pk != run.pk and continued.inputs.dataset.uuid == run.outputs.dataset.uuid
+    assert {job.inputs.parameters["valid_fraction"] for job in training_jobs(continued)} == {0.5}
+    given = {potential.uuid for potential in continued.inputs.initial_ensemble.values()}
+    assert given == {potential.uuid for potential in run.outputs.ensemble.values()}
+
+
+def test_the_summary_of_a_run_that_stopped_gives_its_exit_message_as_a_reason(aiida_profile):
+    from aiida.common import LinkType
+
+    from tace_aiida.run_summary import summarise
+
+    node = orm.WorkflowNode(process_type=LOOP_PROCESS_TYPE)
+    node.set_process_state("finished")
+    node.set_exit_status(403)
+    node.set_process_label("ActiveLearningWorkChain")
+    node.store()
+    message = ActiveLearningWorkChain.exit_codes.ERROR_ENSEMBLE_FAILED.format(count=0, minimum=2).message
+    report = orm.Dict({"stop_reason": message, "iterations": []}).store()
+    report.base.links.add_incoming(node, link_type=LinkType.RETURN, link_label="report")
+    assert summarise(node) == [f"ActiveLearningWorkChain<{node.pk}> finished, exit status 403: Only 0 ensemble members trained; "
+                               "at least 2 are needed (after 0 iterations)"]
