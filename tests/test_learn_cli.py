@@ -147,3 +147,15 @@ def test_the_summary_of_a_run_that_stopped_gives_its_exit_message_as_a_reason(ai
     report.base.links.add_incoming(node, link_type=LinkType.RETURN, link_label="report")
     assert summarise(node) == [f"ActiveLearningWorkChain<{node.pk}> finished, exit status 403: Only 0 ensemble members trained; "
                                "at least 2 are needed (after 0 iterations)"]
+
+
+def test_single_atom_cells_that_md_cannot_move_are_refused_naming_them(tmp_path, codes):
+    write(tmp_path / "POSCAR", bulk("Cu", "fcc", a=3.61), format="vasp")
+    one_atom = read_parents([tmp_path / "POSCAR"])
+    with pytest.raises(ValueError, match=r"every initial structure has a single atom \(\['POSCAR'\]\): MD from it "
+                                         r"explores nothing"):
+        build(one_atom, protocol="fast", **codes)
+    npt = {"exploration": [{"temperatures": [600], "pressure": 0.0}]}
+    assert build(one_atom, protocol="fast", overrides=npt, **codes).structures["POSCAR"].get_ase().get_volume() > 0
+    write(tmp_path / "Cu2.cif", bulk("Cu", "fcc", a=3.61).repeat((2, 1, 1)))
+    assert len(build(read_parents([tmp_path / "POSCAR", tmp_path / "Cu2.cif"]), **codes).structures) == 2

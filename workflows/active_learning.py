@@ -102,11 +102,28 @@ def validate_inputs(inputs: dict, _) -> str | None:
     molecules = sorted(label for label, structure in inputs.get("structures", {}).items() if not all(structure.pbc))
     if "label_qe" in inputs and molecules:
         return f"`label_qe` labels periodic cells only: structures {molecules} are not periodic in all three directions"
+    problem = single_atom_problem(inputs)
+    if problem:
+        return problem
     if "conditions" in inputs:
         problem = conditions_problem(inputs)
         if problem:
             return problem
     return uncertainty_problem(inputs.get("ensemble_size"), inputs.get("selection"))
+
+
+def single_atom_problem(inputs: dict) -> str | None:
+    """Why MD from the initial structures would explore nothing, or None: each has a single atom, which MD at fixed
+    cell cannot move (the centre of mass is held), and a stage explores from them without a barostat."""
+    structures = inputs.get("structures", {})
+    if not structures or any(len(structure.sites) > 1 for structure in structures.values()):
+        return None
+    stages = inputs["exploration"].get_list() if "exploration" in inputs else []
+    if not any(stage.get("start_from", "initial") == "initial" and stage.get("pressure") is None for stage in stages):
+        return None
+    return (f"every initial structure has a single atom ({sorted(structures)}): MD from it explores nothing, as the "
+            "centre of mass is held; give supercells (e.g. ase's `atoms.repeat((2, 2, 2))`), or explore from the "
+            "dataset (stages with `start_from: dataset`)")
 
 
 def conditions_problem(inputs: dict) -> str | None:
