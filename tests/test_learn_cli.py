@@ -159,3 +159,9 @@ def test_single_atom_cells_that_md_cannot_move_are_refused_naming_them(tmp_path,
     assert build(one_atom, protocol="fast", overrides=npt, **codes).structures["POSCAR"].get_ase().get_volume() > 0
     write(tmp_path / "Cu2.cif", bulk("Cu", "fcc", a=3.61).repeat((2, 1, 1)))
     assert len(build(read_parents([tmp_path / "POSCAR", tmp_path / "Cu2.cif"]), **codes).structures) == 2
+
+
+def test_calculator_parameters_with_a_pw_code_are_refused(cu_file, codes, aiida_code_installed):
+    pw = aiida_code_installed(label="pw-learn", default_calc_job_plugin="quantumespresso.pw")
+    with pytest.raises(ValueError, match=rf"--parameters: only for a tace-label code; code '{pw.full_label}' labels with"):
+        build(read_parents([cu_file]), **{**codes, "code": pw.full_label}, parameters={"sigma": 2.3})
