@@ -18,7 +18,7 @@ from aiida import orm
 from .generation.cli import DEFAULT_CALCULATOR, load_labelling_code, read_json_option, read_parents, read_settings_file
 from .profile import DASK_COMPUTER, LOCAL_COMPUTER
 
-PROTOCOLS = ("fast", "balanced", "stringent")
+PROTOCOLS = ("fast", "balanced", "stringent")  # the loop's (workflows/protocols/active_learning.yaml)
 LOOP_PROCESS_TYPE = "aiida.workflows:tace.active_learning"
 
 
@@ -108,6 +108,7 @@ def build(parents: dict[str, orm.StructureData] | None, *, protocol: str | None 
 
 
 def code_is_pw(code: orm.AbstractCode) -> bool:
+    """Whether ``code`` is a pw.x code (it labels through ``label_qe``)."""
     from tace_aiida.workflows.labelling.qe import PW_PLUGIN
 
     return code.default_calc_job_plugin == PW_PLUGIN

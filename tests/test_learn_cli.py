@@ -12,7 +12,7 @@ from ase.io import write
 from click.testing import CliRunner
 from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
 
-from tace_aiida.cli_learn import LOOP_PROCESS_TYPE, build, learn
+from tace_aiida.cli_learn import LOOP_PROCESS_TYPE, PROTOCOLS, build, learn
 from tace_aiida.data.dataset import TrainingSetData
 from tace_aiida.generation.cli import read_parents
 
@@ -56,6 +56,10 @@ def test_structures_from_a_file_and_the_protocol_with_overrides(cu_file, codes):
     assert builder.selection.get_dict() == {**fast["selection"], "max_selected": 3}
     assert builder.label_ase.calculator.value == EMT and "parameters" not in builder.label_ase
     assert builder.train.code.full_label == codes["train_code"] and builder.metadata.label == "Cu test"
+
+
+def test_the_protocol_choices_are_the_loops():
+    assert sorted(PROTOCOLS) == sorted(ActiveLearningWorkChain.get_available_protocols())
 
 
 def test_calculator_parameters_go_to_label_ase(cu_file, codes):
