@@ -23,8 +23,8 @@ def summarise(node: orm.WorkflowNode) -> list[str]:
     report = node.outputs.report.get_dict()
     dataset = f", {node.outputs.dataset.num_structures} structures in the final dataset" if "dataset" in node.outputs else ""
     reason, iterations = report["stop_reason"], len(report["iterations"])
-    ending = (f"{reason} after {iterations} iterations" if not reason.endswith(".")  # a reason, or an exit message
-              else f"{reason[:-1]} (after {iterations} iterations)")
+    ending = (f"{reason.rstrip('.')} (after {iterations} iterations)" if reason == node.exit_message  # stopped early
+              else f"{reason} after {iterations} iterations")
     header = f"{node.process_label}<{node.pk}> {node.process_state.value}, exit status {node.exit_status}: {ending}{dataset}"
     return [header] + [f"  {iteration_line(entry)}" for entry in report["iterations"]]
 

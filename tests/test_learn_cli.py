@@ -143,10 +143,11 @@ def test_the_summary_of_a_run_that_stopped_gives_its_exit_message_as_a_reason(ai
 
     node = orm.WorkflowNode(process_type=LOOP_PROCESS_TYPE)
     node.set_process_state("finished")
+    message = ActiveLearningWorkChain.exit_codes.ERROR_ENSEMBLE_FAILED.format(count=0, minimum=2).message
     node.set_exit_status(403)
+    node.set_exit_message(message)
     node.set_process_label("ActiveLearningWorkChain")
     node.store()
-    message = ActiveLearningWorkChain.exit_codes.ERROR_ENSEMBLE_FAILED.format(count=0, minimum=2).message
     report = orm.Dict({"stop_reason": message, "iterations": []}).store()
     report.base.links.add_incoming(node, link_type=LinkType.RETURN, link_label="report")
     assert summarise(node) == [f"ActiveLearningWorkChain<{node.pk}> finished, exit status 403: Only 0 ensemble members trained; "
@@ -169,3 +170,13 @@ def test_calculator_parameters_with_a_pw_code_are_refused(cu_file, codes, aiida_
     pw = aiida_code_installed(label="pw-learn", default_calc_job_plugin="quantumespresso.pw")
     with pytest.raises(ValueError, match=rf"--parameters: only for a tace-label code; code '{pw.full_label}' labels with"):
         build(read_parents([cu_file]), **{**codes, "code": pw.full_label}, parameters={"sigma": 2.3})
+
+
+@pytest.mark.slow
+def test_a_run_whose_structures_cannot_be_labelled_names_the_first_error(tmp_path, codes, aiida_profile):
+    write(tmp_path / "Si.cif", bulk("Si", "diamond", a=5.43, cubic=True))
+    result = CliRunner().invoke(learn, [str(tmp_path / "Si.cif"), "--code", codes["code"], "--train-code",
+                                        codes["train_code"], "--md-code", codes["md_code"], "--protocol", "fast"])
+    assert result.exit_code == 1, result.output
+    assert ("exit status 405: No structure of the initial set could be labelled: structure 0: NotImplementedError: "
+            "No EMT-potential for Si (after 0 iterations)") in result.output

@@ -126,6 +126,17 @@ def single_atom_problem(inputs: dict) -> str | None:
             "dataset (stages with `start_from: dataset`)")
 
 
+def first_label_failure(node: orm.ProcessNode) -> str:
+    """The first structure's error in the ``report`` of a labelling process that labelled nothing (its exit message
+    when it has no report), and how many more failed."""
+    failures = node.outputs.report.get_dict().get("failures", []) if "report" in node.outputs else []
+    if not failures:
+        return node.exit_message or f"{node.process_label}<{node.pk}> {node.process_state.value}"
+    first = failures[0]
+    more = f" (and {len(failures) - 1} more, in the `report` of {node.process_label}<{node.pk}>)" if len(failures) > 1 else ""
+    return f"structure {first['index']}: {first['error']}{more}"
+
+
 def conditions_problem(inputs: dict) -> str | None:
     """Why the ``conditions`` cannot be honoured, or None: they name given structures, the labeller receives
     every charge, spin and field that is not neutral, and the model embeds every condition that varies."""
@@ -267,7 +278,7 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         spec.exit_code(402, "ERROR_TOO_MANY_LABEL_FAILURES", message="Labelling failed for {fraction:.0%} of the structures.")
         spec.exit_code(403, "ERROR_ENSEMBLE_FAILED", message="Only {count} ensemble members trained; at least {minimum} are needed.")
         spec.exit_code(404, "ERROR_EXPLORATION_FAILED", message="Every exploration MD run failed.")
-        spec.exit_code(405, "ERROR_NO_TRAINING_DATA", message="No structure of the initial set could be labelled.")
+        spec.exit_code(405, "ERROR_NO_TRAINING_DATA", message="No structure of the initial set could be labelled: {reason}")
 
     # ---------------------------------------------------------------------------- protocols
 
@@ -367,8 +378,9 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         """Merge the initial labels into the initial dataset; stop (405) when none could be made."""
         node = self.ctx.initial_labels
         if "dataset" not in node.outputs:
-            self.report(f"labelling the initial structures failed: {node.exit_message}")
-            return self._stop_with(self.exit_codes.ERROR_NO_TRAINING_DATA)
+            reason = first_label_failure(node)
+            self.report(f"labelling the initial structures failed: {reason}")
+            return self._stop_with(self.exit_codes.ERROR_NO_TRAINING_DATA.format(reason=reason))
         labelled = node.outputs.dataset
         self.ctx.dataset = merge_datasets(initial=self.ctx.dataset, labelled=labelled) if self.ctx.dataset else labelled
         return None
