@@ -44,8 +44,10 @@ def train_main(argv: list[str] | None = None) -> int:
         summary = train(config)
     except FloatingPointError as error:
         _fail(parser, 1, "nan_loss", error)
-    except (ValueError, OSError) as error:
+    except ValueError as error:
         _fail(parser, 1, "invalid_input", error)
+    except OSError as error:  # a file that could not be read or written: the disk, the network file system
+        _fail(parser, 1, "io_error", error)
     print(json.dumps(summary))
     return 0
 

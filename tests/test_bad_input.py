@@ -481,3 +481,17 @@ def test_tace_md_refuses_an_empty_start_file(tmp_path, capsys):
     (folder / md.STRUCTURE).write_text("")
     assert md.main(folder) == 2
     assert capsys.readouterr().err == f"tace-md: {folder}/structure.extxyz holds no structures\n"
+
+
+def test_tace_train_reports_a_file_it_cannot_write_as_an_io_error(tmp_path, capsys, frames_300K):
+    """An OSError is not a refusal of the settings: the ``tace.train`` parser makes it a retriable exit code (430)."""
+    data = tmp_path / "data.xyz"
+    write(data, labelled_copies(frames_300K, 3), format="extxyz")
+    (tmp_path / "blocker").write_text("a file where the output folder's parent should be")
+    config = tmp_path / "train.yaml"
+    config.write_text(f"train_file: {data}\nmax_epochs: 1\noutput_dir: {tmp_path}/blocker/out\n")
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([str(config)])
+    assert exit_info.value.code == 1
+    last_line = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert last_line["error"] == "io_error" and "blocker" in last_line["message"]

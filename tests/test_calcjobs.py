@@ -148,6 +148,10 @@ def test_train_parser_exit_codes(aiida_profile, parse_retrieved):
     _, call = parse_retrieved("tace.train", {"tace-train.out": json.dumps(error).encode()})
     assert call.exit_status == TrainCalculation.exit_codes.ERROR_INVALID_SETTINGS.status == 302
     assert "cannot read structures from train.extxyz" in call.exit_message
+    disk = {"error": "io_error", "message": "[Errno 28] No space left on device: 'model.pt'"}
+    _, call = parse_retrieved("tace.train", {"tace-train.out": json.dumps(disk).encode()})
+    assert call.exit_status == TrainCalculation.exit_codes.ERROR_READ_WRITE.status == 430, "4xx: a restart can succeed"
+    assert "No space left on device" in call.exit_message
     nan = {"error": "nan_loss", "message": "loss became nan in epoch 2; lower the learning rate"}
     _, call = parse_retrieved("tace.train", {"tace-train.out": b"starting\n" + json.dumps(nan).encode() + b"\n"})
     assert call.exit_status == TrainCalculation.exit_codes.ERROR_NAN_LOSS.status == 410, "4xx: a restart can succeed"

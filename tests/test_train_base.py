@@ -91,8 +91,10 @@ def test_handlers_react_only_to_their_exit_codes_and_in_priority_order(workchain
     handlers = {handler.__name__: handler for handler in by_priority}
     assert list(handlers) == ["handle_invalid_settings", "handle_job_lost", "handle_out_of_walltime",
                               "handle_nan_loss"], "refused settings stop first; continuing comes before changing settings"
-    corrupt = failed_training(workchain, TrainCalculation.exit_codes.ERROR_OUTPUT_CORRUPT.format(message="x"))
-    assert all(handler(workchain, corrupt) is None for handler in handlers.values()), "retried once, unhandled"
+    for transient in ("ERROR_OUTPUT_CORRUPT", "ERROR_READ_WRITE"):
+        node = failed_training(workchain, TrainCalculation.exit_codes[transient].format(message="x"))
+        assert all(handler(workchain, node) is None for handler in handlers.values()), f"{transient}: retried once"
+    assert workchain.inputs.on_unhandled_failure.value == "restart_once"
     assert TrainCalculation.exit_codes.ERROR_NAN_LOSS.status // 100 == 4, "recoverable codes are 4xx"
     assert TrainCalculation.exit_codes.ERROR_INVALID_SETTINGS.status // 100 == 3, "unrecoverable codes are 3xx"
 

@@ -78,6 +78,8 @@ class TrainCalculation(TaceCalcJob):
         spec.exit_code(410, "ERROR_NAN_LOSS", message="The loss became NaN or infinite: {message}")
         spec.exit_code(420, "ERROR_OUT_OF_WALLTIME",
                        message="The job reached its wall time {progress}; a new job can continue from its `restart`.")
+        spec.exit_code(430, "ERROR_READ_WRITE",
+                       message="Reading or writing a file failed: {message}; running the job again can succeed.")
 
     def prepare_for_submission(self, folder: Folder) -> CalcInfo:
         settings = {

@@ -22,7 +22,7 @@ class TrainParser(TaceParser):
     """The potential, the metrics and the log; a failure from the structured last line of ``tace-train``'s output."""
 
     ERRORS = {"nan_loss": "ERROR_NAN_LOSS", "invalid_settings": "ERROR_INVALID_SETTINGS",
-              "invalid_input": "ERROR_INVALID_SETTINGS"}
+              "invalid_input": "ERROR_INVALID_SETTINGS", "io_error": "ERROR_READ_WRITE"}
 
     def parse_job(self, retrieved_temporary_folder: str | None = None, **kwargs):
         repository = self.retrieved.base.repository
