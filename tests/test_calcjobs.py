@@ -71,6 +71,7 @@ def test_failed_structures_are_reported_not_labelled(aiida_profile, installed_co
     results, node = label(installed_code("tace-label"), TrainingSetData([bulk("Si", "diamond", a=5.43)]))
     assert node.exit_status == AseLabelCalculation.exit_codes.ERROR_ALL_STRUCTURES_FAILED.status
     assert "dataset" not in results and results["report"]["num_failed"] == 1
+    assert node.exit_message.startswith("No structure could be labelled: structure 0: NotImplementedError: ")
 
 
 @pytest.mark.slow
@@ -317,3 +318,14 @@ def test_a_forced_kill_is_left_to_the_calcjob_only_where_it_stops_its_own_job(ai
     node = orm.CalcJobNode(computer=aiida_computer(scheduler_type=scheduler, transport_type=transport))
     node.set_process_type(f"aiida.calculations:{plugin}")
     assert stops_its_own_job(node) is stops
+
+
+def test_a_labelling_failure_is_described_by_its_first_structure():
+    from tace_aiida.labelling.failures import describe_failures
+
+    one = [{"index": 3, "error": "SCFError: not converged"}]
+    assert describe_failures(one) == "structure 3: SCFError: not converged"
+    three = one + [{"index": 5, "error": "x"}, {"index": 7, "error": "y"}]
+    assert describe_failures(three, "the run's `report`") == (
+        "structure 3: SCFError: not converged (and 2 more, in the run's `report`)")
+    assert describe_failures([]) == "no structure failed"

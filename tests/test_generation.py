@@ -301,6 +301,19 @@ def test_over_the_failure_budget_exits_401_with_the_labels_attached(aiida_profil
     assert results["dataset"].num_structures == 1
 
 
+@pytest.mark.slow
+def test_nothing_labelled_exits_402_naming_the_first_error(aiida_profile, installed_code):
+    from tace_aiida.workflows.generation import GenerateDatasetWorkChain
+
+    chain = [{"type": "supercell", "matrix": [2, 1, 1]},
+             {"type": "substitution", "replace": "Cu", "by": "Si", "fractions": [1.0]}]
+    results, node = run_generation(installed_code, chain, seed=16)
+    assert node.exit_status == GenerateDatasetWorkChain.exit_codes.ERROR_NO_LABELS.status == 402
+    assert "dataset" not in results
+    assert node.exit_message.startswith("No structure could be labelled: structure 0: ")
+    assert "Si" in node.exit_message or "EMT" in node.exit_message
+
+
 def test_bad_transformations_are_refused_at_submission(aiida_profile, installed_code):
     with pytest.raises(ValueError, match=r"transformation 2: rattle: copies must be an integer >= 1, not 0"):
         run_generation(installed_code, [SUPERCELL, {"type": "rattle", "copies": 0}], seed=15)

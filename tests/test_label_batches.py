@@ -60,3 +60,5 @@ def test_jobs_failing_as_a_whole_count_every_structure_as_failed(aiida_profile, 
     report = results["report"].get_dict()
     assert report["num_failed"] == 7 and [f["index"] for f in report["failures"]] == list(range(7))
     assert "ase.calculators.nothing.Nope" in report["failures"][0]["error"]
+    assert node.exit_message.startswith("No structure could be labelled: structure 0: AseLabelCalculation<")
+    assert node.exit_message.endswith("(and 6 more, in the `report` output)")

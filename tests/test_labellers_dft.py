@@ -138,6 +138,7 @@ def test_qe_unconverged_structures_fail_the_workchain(qe):
     assert (report["num_structures"], report["num_labelled"], report["num_failed"]) == (2, 0, 2)
     exceeded = PwBaseWorkChain.exit_codes.ERROR_MAXIMUM_ITERATIONS_EXCEEDED.status
     assert [(f["index"], f["exit_status"]) for f in report["failures"]] == [(0, exceeded), (1, exceeded)]
+    assert node.exit_message.startswith("No structure could be labelled: structure 0: CrashSafePwBaseWorkChain<")
 
 
 @pytest.mark.external

@@ -28,6 +28,7 @@ from tace_aiida.calculations.md import MDCalculation
 from tace_aiida.calculations.selection import select_frames
 from tace_aiida.calculations.train import TrainCalculation
 from tace_aiida.data import PotentialData, TrainingSetData
+from tace_aiida.labelling.failures import describe_failures
 from tace_aiida.labelling.runner import CARRIED_BY
 from tace_aiida.selection import SelectionSettings
 
@@ -132,9 +133,7 @@ def first_label_failure(node: orm.ProcessNode) -> str:
     failures = node.outputs.report.get_dict().get("failures", []) if "report" in node.outputs else []
     if not failures:
         return node.exit_message or f"{node.process_label}<{node.pk}> {node.process_state.value}"
-    first = failures[0]
-    more = f" (and {len(failures) - 1} more, in the `report` of {node.process_label}<{node.pk}>)" if len(failures) > 1 else ""
-    return f"structure {first['index']}: {first['error']}{more}"
+    return describe_failures(failures, f"the `report` of {node.process_label}<{node.pk}>")
 
 
 def conditions_problem(inputs: dict) -> str | None:

@@ -19,6 +19,7 @@ from tace_aiida.workflows.killing import ForcedKillReachesChildren
 from tace_aiida.data import TrainingSetData
 from tace_aiida.generation import generate, read_transformations
 from tace_aiida.generation.reuse import earlier_labels, labeller_key, with_defaults
+from tace_aiida.labelling.failures import describe_failures
 
 from .decisions import label_failure_fraction, over_failure_budget
 from .labelling.ase_batches import AseLabelBatchesWorkChain
@@ -138,7 +139,7 @@ class GenerateDatasetWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcf
                          "content_hash, error), labelling seconds and structures per minute.")
         spec.exit_code(301, "ERROR_NO_VARIANTS", message="The transformations made no structure.")
         spec.exit_code(401, "ERROR_TOO_MANY_LABEL_FAILURES", message="Labelling failed for {fraction:.0%} of the structures.")
-        spec.exit_code(402, "ERROR_NO_LABELS", message="No structure could be labelled; see the report.")
+        spec.exit_code(402, "ERROR_NO_LABELS", message="No structure could be labelled: {reason}")
 
     @property
     def labeller(self) -> str:
@@ -202,7 +203,7 @@ class GenerateDatasetWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcf
                     f"{outcome['labelled']} labelled, {len(outcome['failed'])} failed"
                     + (f", {rate:.1f} structures/min" if rate else ""))
         if not parts:
-            return self.exit_codes.ERROR_NO_LABELS
+            return self.exit_codes.ERROR_NO_LABELS.format(reason=describe_failures(outcome["failed"], "the run's `report`"))
         fraction = label_failure_fraction(len(outcome["failed"]), self.ctx.missing.num_structures)
         if over_failure_budget(fraction, StoppingSettings(max_label_failure_fraction=self.inputs.max_failure_fraction.value)):
             return self.exit_codes.ERROR_TOO_MANY_LABEL_FAILURES.format(fraction=fraction)

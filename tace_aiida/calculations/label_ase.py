@@ -58,7 +58,7 @@ class AseLabelCalculation(TaceCalcJob):
                     help="The structures that were labelled (eV, eV/Å, eV/Å^3); each frame's info has `input_index` "
                          "and `label_uuid`.")
         spec.output("report", valid_type=orm.Dict, help="Counts, and the index and error of every failed structure.")
-        spec.exit_code(310, "ERROR_ALL_STRUCTURES_FAILED", message="No structure could be labelled; see the report.")
+        spec.exit_code(310, "ERROR_ALL_STRUCTURES_FAILED", message="No structure could be labelled: {reason}")
 
     def prepare_for_submission(self, folder: Folder) -> CalcInfo:
         settings = {

@@ -10,6 +10,7 @@ from ase.io import read
 
 from tace_aiida.data import TrainingSetData
 from tace_aiida.labelling import runner
+from tace_aiida.labelling.failures import describe_failures
 from tace_aiida.parsers.base import TaceParser
 
 
@@ -41,5 +42,5 @@ class AseLabelParser(TaceParser):
                 atoms.info["label_uuid"] = self.node.uuid
             self.out("dataset", TrainingSetData(frames))
         if report and not frames:
-            return self.exit_codes.ERROR_ALL_STRUCTURES_FAILED
+            return self.exit_codes.ERROR_ALL_STRUCTURES_FAILED.format(reason=describe_failures(failures))
         return None

@@ -19,6 +19,7 @@ from tace_aiida.workflows.window import fill_window, open_window, window_is_open
 
 from tace_aiida.calculations.label_ase import AseLabelCalculation
 from tace_aiida.data import TrainingSetData
+from tace_aiida.labelling.failures import describe_failures
 
 
 def validate_positive(value: orm.Int, _) -> str | None:
@@ -80,7 +81,7 @@ class AseLabelBatchesWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcf
                     help="The structures that were labelled (eV, eV/Å, eV/Å^3); `input_index` and `label_uuid` "
                          "(the job) in each frame's info.")
         spec.output("report", valid_type=orm.Dict, help="Counts, and the index and error of every failed structure.")
-        spec.exit_code(310, "ERROR_ALL_STRUCTURES_FAILED", message="No structure could be labelled; see the report.")
+        spec.exit_code(310, "ERROR_ALL_STRUCTURES_FAILED", message="No structure could be labelled: {reason}")
 
     def split(self) -> None:
         """The chunks of ``structures_per_job`` structures."""
@@ -126,6 +127,7 @@ class AseLabelBatchesWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcf
         results = combine_labels(size, orm.List(failures), **outputs, metadata={"call_link_label": "combine_labels"})
         self.out("report", results["report"])
         if "dataset" not in results:
-            return self.exit_codes.ERROR_ALL_STRUCTURES_FAILED
+            reason = describe_failures(results["report"]["failures"])
+            return self.exit_codes.ERROR_ALL_STRUCTURES_FAILED.format(reason=reason)
         self.out("dataset", results["dataset"])
         return None

@@ -32,6 +32,7 @@ from tace_aiida.workflows.resubmission import ClosesInterruptedCalcfunctions, su
 from tace_aiida.workflows.window import fill_window, open_window, window_is_open
 
 from tace_aiida.data import TrainingSetData
+from tace_aiida.labelling.failures import describe_failures
 
 PseudoPotentialFamily = GroupFactory("pseudo.family")
 
@@ -190,7 +191,7 @@ class QeLabelWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfunctions
                     help="Counts, and the index, error and exit status of every failed structure.")
         spec.exit_code(302, "ERROR_INVALID_SETTINGS",
                        message="The PwBaseWorkChain inputs could not be built: {message}")
-        spec.exit_code(310, "ERROR_ALL_STRUCTURES_FAILED", message="No structure could be labelled; see the report.")
+        spec.exit_code(310, "ERROR_ALL_STRUCTURES_FAILED", message="No structure could be labelled: {reason}")
 
     @classmethod
     def get_builder_from_protocol(
@@ -292,6 +293,7 @@ class QeLabelWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfunctions
                                  metadata={"call_link_label": "collect_labels"})
         self.out("report", results["report"])
         if "dataset" not in results:
-            return self.exit_codes.ERROR_ALL_STRUCTURES_FAILED
+            reason = describe_failures(results["report"]["failures"])
+            return self.exit_codes.ERROR_ALL_STRUCTURES_FAILED.format(reason=reason)
         self.out("dataset", results["dataset"])
         return None
