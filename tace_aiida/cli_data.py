@@ -33,6 +33,34 @@ def dataset_show(datum):
     echo.echo_dictionary(rows, fmt="yaml", sort_keys=False)
 
 
+@dataset.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--index", default=":", show_default=True, help="Frames of each file to take (ase.io.read's index).")
+@click.option("--energy-key", default="energy", show_default=True, help="Info key of the energy (eV).")
+@click.option("--forces-key", default="forces", show_default=True, help="Per-atom array of the forces (eV/Å).")
+@click.option("--stress-key", default="stress", show_default=True,
+              help="Info key of the stress (eV/Å^3, 3x3 or Voigt order); optional per frame.")
+@decorators.with_dbenv()
+def dataset_import(files, index, energy_key, forces_key, stress_key):
+    """Store labelled structures from FILES (extxyz or any format ASE reads) as one training set.
+
+    Every frame needs an energy and forces, in eV and eV/Å; a stress is kept where present. Start a loop from it with
+    `tace-aiida learn --dataset PK`: the loop adds its own labels to these, so they should come from the same level
+    of theory as the loop's labeller.
+    """
+    from .data.dataset import TrainingSetData
+    from .labelled_files import read_labelled
+
+    try:
+        frames = [atoms for path in files for atoms in read_labelled(path, index, energy_key, forces_key, stress_key)]
+        node = TrainingSetData(frames).store()
+    except ValueError as error:
+        echo.echo_critical(str(error))
+    labels = ", ".join(f"{key} {count}" for key, count in node.label_counts.items())
+    echo.echo_success(f"stored TrainingSetData<{node.pk}>: {node.num_structures} structures of "
+                      f"{' '.join(node.elements)} from {len(files)} file(s); labels: {labels}")
+
+
 @dataset.command("export")
 @arguments.DATUM(type=DATASET)
 @options.EXPORT_FORMAT(type=click.Choice(["extxyz"]), default="extxyz")

@@ -134,7 +134,7 @@ def read_overrides(path: Path | None) -> dict[str, Any] | None:
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--index", default=":", show_default=True, help="Frames of each file to take (ase.io.read's index).")
 @click.option("--dataset", default=None,
-              help="PK or UUID of a labelled TrainingSetData to start from, e.g. the `dataset` of `tace-aiida generate`.")
+              help="PK or UUID of a labelled TrainingSetData to start from, the `dataset` of `tace-aiida generate` or one stored by `verdi data tace.dataset import FILES`.")
 @click.option("--continue-from", default=None,
               help="PK or UUID of an ended active-learning run: its dataset and ensemble start this run.")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=None,

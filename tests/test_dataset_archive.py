@@ -8,7 +8,7 @@ from aiida import orm
 from aiida.cmdline.commands.cmd_verdi import verdi
 from aiida.common.exceptions import NotExistent
 from aiida.engine import run_get_node
-from ase.io import read
+from ase.io import read, write
 from click.testing import CliRunner
 
 from tace_aiida.calculations.functions import merge_datasets
@@ -82,3 +82,31 @@ def test_archive_of_merged_datasets_and_a_training_imports_into_a_fresh_profile(
             assert imported["energy"] == frames["energy"] and imported["info"] == frames["info"]
         trained_on = orm.load_node(training_uuid).inputs.dataset
         assert trained_on.uuid == final_uuid and trained_on.num_structures == 16
+
+
+def test_verdi_data_imports_labels_stored_under_other_keys(aiida_profile, tmp_path):
+    frames = labelled_copper(3)
+    foreign = []
+    for atoms in frames:
+        copy = atoms.copy()
+        copy.info["REF_energy"] = atoms.get_potential_energy()
+        copy.arrays["REF_forces"] = atoms.get_forces()
+        copy.info["REF_stress"] = atoms.get_stress(voigt=False).reshape(9)  # flat 3x3, as some codes write it
+        foreign.append(copy)
+    path = tmp_path / "dft.extxyz"
+    write(path, foreign, format="extxyz")
+
+    refused = CliRunner().invoke(verdi, ["data", "tace.dataset", "import", str(path)])
+    assert refused.exit_code != 0
+    assert f"{path}, frame 0 has no 'energy' or 'forces' label" in refused.output and "'REF_energy'" in refused.output
+
+    printed = verdi_ok("data", "tace.dataset", "import", str(path), "--index", "1:", "--energy-key", "REF_energy",
+                       "--forces-key", "REF_forces", "--stress-key", "REF_stress")
+    assert "2 structures of Cu from 1 file(s); labels: energy 2, forces 2, stress 2" in printed
+    stored = orm.QueryBuilder().append(TrainingSetData).order_by({TrainingSetData: {"id": "desc"}}).first(flat=True)
+    imported = stored.get_atoms()
+    assert [a.get_potential_energy() for a in imported] == pytest.approx([a.get_potential_energy() for a in frames[1:]],
+                                                                          abs=1e-12)
+    assert np.allclose([a.get_forces() for a in imported], [a.get_forces() for a in frames[1:]], atol=1e-12)
+    assert np.allclose([a.get_stress() for a in imported], [a.get_stress() for a in frames[1:]], atol=1e-12)
+    assert "REF_energy" not in imported[0].info and "REF_forces" not in imported[0].arrays, "the labels are not doubled"
