@@ -14,7 +14,9 @@ from typing import Any
 
 import click
 from aiida import orm
+from aiida.cmdline.utils import echo
 
+from .continuation import continuation_of
 from .generation.cli import DEFAULT_CALCULATOR, load_labelling_code, read_json_option, read_parents, read_settings_file
 from .profile import DASK_COMPUTER, LOCAL_COMPUTER
 
@@ -38,8 +40,8 @@ def load_dataset(identifier: str) -> orm.Data:
     return node
 
 
-def finished_run(identifier: str) -> orm.WorkflowNode:
-    """The ended ``tace.active_learning`` run of PK or UUID ``identifier``, with an ``ensemble`` and a ``dataset``."""
+def ended_run(identifier: str) -> orm.WorkflowNode:
+    """The ended (finished, killed or excepted) ``tace.active_learning`` run of PK or UUID ``identifier``."""
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
     try:
@@ -51,10 +53,6 @@ def finished_run(identifier: str) -> orm.WorkflowNode:
                          f"({node.process_type or 'no process'}), not an active-learning run")
     if not node.is_terminated:
         raise ValueError(f"--continue-from {identifier!r}: the run has not ended yet ({node.process_state.value})")
-    missing = [name for name in ("ensemble", "dataset") if name not in node.outputs]
-    if missing:
-        raise ValueError(f"--continue-from {identifier!r}: the run ended without {' and '.join(missing)} "
-                         f"(exit status {node.exit_status}: {node.exit_message})")
     return node
 
 
@@ -67,7 +65,7 @@ def build(parents: dict[str, orm.StructureData] | None, *, protocol: str | None 
 
     ``parents``: the starting structures (None or empty: frames of the dataset start the exploration);
     ``dataset``: PK or UUID of an initial ``TrainingSetData``; ``continue_from``: PK or UUID of an ended run whose
-    ``dataset`` and ``ensemble`` start this one (members warm-started); ``overrides`` are merged into the protocol's
+    dataset and ensemble start this one (members warm-started; :func:`.continuation.continuation_of`); ``overrides`` are merged into the protocol's
     inputs as ``get_builder_from_protocol`` merges them; ``parameters`` are the ASE calculator's keyword arguments.
     """
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
@@ -95,9 +93,16 @@ def build(parents: dict[str, orm.StructureData] | None, *, protocol: str | None 
     if dataset is not None:
         builder.dataset = load_dataset(dataset)
     if continue_from is not None:
-        run = finished_run(continue_from)
-        builder.dataset = run.outputs.dataset
-        builder.initial_ensemble = dict(run.outputs.ensemble)
+        run = ended_run(continue_from)
+        try:
+            continuation = continuation_of(run)
+        except ValueError as error:
+            raise ValueError(f"--continue-from {continue_from!r}: {error}") from error
+        builder.dataset = continuation.dataset
+        if continuation.ensemble:
+            builder.initial_ensemble = continuation.ensemble
+        if continuation.note:
+            echo.echo_report(f"--continue-from {continue_from}: {continuation.note}")
     if label:
         builder.metadata.label = label
     spec = process.spec().inputs
@@ -136,7 +141,8 @@ def read_overrides(path: Path | None) -> dict[str, Any] | None:
 @click.option("--dataset", default=None,
               help="PK or UUID of a labelled TrainingSetData to start from, the `dataset` of `tace-aiida generate` or one stored by `verdi data tace.dataset import FILES`.")
 @click.option("--continue-from", default=None,
-              help="PK or UUID of an ended active-learning run: its dataset and ensemble start this run.")
+              help="PK or UUID of an ended active-learning run: its dataset and ensemble start this run (of a killed "
+                   "or excepted run, the last dataset it merged and the members of its last trained iteration).")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=None,
               help="Settings of the loop (workflows/protocols/active_learning.yaml). [default: balanced]")
 @click.option("--overrides", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,

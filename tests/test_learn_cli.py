@@ -39,11 +39,12 @@ def training_jobs(run) -> list:
     return [node for node in run.called_descendants if node.process_type == "aiida.calculations:tace.train"]
 
 
-def labelled_dataset() -> TrainingSetData:
+def labelled_dataset(store: bool = True) -> TrainingSetData:
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
     atoms.info["energy"] = -0.1
     atoms.arrays["forces"] = 0.0 * atoms.positions
-    return TrainingSetData([atoms]).store()
+    dataset = TrainingSetData([atoms])
+    return dataset.store() if store else dataset
 
 
 def test_structures_from_a_file_and_the_protocol_with_overrides(cu_file, codes):
@@ -180,3 +181,113 @@ def test_a_run_whose_structures_cannot_be_labelled_names_the_first_error(tmp_pat
     assert result.exit_code == 1, result.output
     assert ("exit status 405: No structure of the initial set could be labelled: structure 0: NotImplementedError: "
             "No EMT-potential for Si (after 0 iterations)") in result.output
+
+
+@pytest.mark.slow
+def test_a_killed_run_is_continued_from_what_its_graph_holds(tmp_path, installed_code, codes, aiida_profile):
+    """Killed once its first ensemble trained (no outputs): the next run takes the initial labels and those members."""
+    import asyncio
+
+    from aiida.manage import get_manager
+    from plumpy import ensure_portal
+
+    from .helpers.loop import builder_for
+
+    runner = get_manager().get_runner()
+    process = runner.instantiate_process(builder_for(installed_code))
+
+    def first_ensemble_trained() -> bool:
+        return any(link.link_label.startswith("iteration_01_md_")
+                   for link in process.node.base.links.get_outgoing().all())
+
+    async def run_and_kill() -> None:
+        stepping = asyncio.ensure_future(process.step_until_terminated())
+        await ensure_portal()
+        while not first_ensemble_trained():
+            assert not stepping.done(), "the run ended before its MD started"
+            await asyncio.sleep(0.1)
+        killing = process.kill("killed by the test")  # a future while the children it kills first end
+        if asyncio.isfuture(killing):
+            await asyncio.wait_for(killing, 60)
+        await asyncio.wait([stepping], timeout=60)
+
+    runner.loop.run_until_complete(run_and_kill())
+    killed = process.node
+    assert killed.is_killed and "dataset" not in killed.outputs and "ensemble" not in killed.outputs
+
+    labels = killed.base.links.get_outgoing(link_label_filter="label_initial").one().node.outputs.dataset
+    members = [killed.base.links.get_outgoing(link_label_filter=f"iteration_01_train_{k}").one().node.outputs.potential
+               for k in range(2)]
+    overrides = {"train": {"parameters": TRAINING}, "ensemble_size": 2, "exploration": [STAGE],
+                 "selection": {"trust_low": 0.0, "trust_high": 100.0, "max_selected": 2},
+                 "stopping": {"accurate_fraction": 0.0, "max_iterations": 1}}
+    (tmp_path / "overrides.json").write_text(json.dumps(overrides))
+    result = CliRunner().invoke(learn, ["--continue-from", str(killed.pk), "--overrides", str(tmp_path / "overrides.json"),
+                                        "--code", codes["code"], "--train-code", codes["train_code"],
+                                        "--md-code", codes["md_code"], "--output", str(tmp_path / "continued")])
+    assert result.exit_code == 0, result.output
+    assert (f"the run is killed; continuing from the last dataset it made, TrainingSetData<{labels.pk}> (2 structures), "
+            "and the 2 members trained in iteration 1") in result.output
+    continued = orm.QueryBuilder().append(ActiveLearningWorkChain, tag="run").order_by({"run": {"id": "desc"}}).first()[0]
+    assert continued.is_finished_ok
+    assert continued.inputs.dataset.uuid == labels.uuid
+    assert [continued.inputs.initial_ensemble[f"member_{k}"].uuid for k in range(2)] == [m.uuid for m in members]
+    assert continued.outputs.dataset.num_structures > labels.num_structures
+
+
+def ended_loop(state: str, **inputs: orm.Data) -> orm.WorkflowNode:
+    """A stored loop node in ``state`` with ``inputs`` linked, as the engine leaves a run that ended."""
+    from aiida.common import LinkType
+
+    node = orm.WorkflowNode(process_type=LOOP_PROCESS_TYPE)
+    for label, value in inputs.items():
+        node.base.links.add_incoming(value.store(), link_type=LinkType.INPUT_WORK, link_label=label)
+    node.set_process_state(state)
+    node.store()
+    return node
+
+
+def called_child(run: orm.WorkflowNode, label: str, ok: bool, **outputs: orm.Data) -> None:
+    """A finished child of ``run`` called as ``label`` (a calcfunction when ``label`` is a function's name)."""
+    from aiida.common import LinkType
+
+    function = not label.startswith(("iteration_", "label_"))
+    child = orm.CalcFunctionNode() if function else orm.WorkflowNode()
+    child.set_process_label(label if function else "TrainBaseWorkChain")
+    child.set_process_state("finished")
+    child.set_exit_status(0 if ok else 300)
+    child.base.links.add_incoming(run, link_type=LinkType.CALL_CALC if function else LinkType.CALL_WORK,
+                                  link_label="CALL" if function else label)
+    child.store()
+    for name, value in outputs.items():  # a calcfunction creates its outputs, a workflow returns stored ones
+        if not function:
+            value.store()
+        value.base.links.add_incoming(child, link_type=LinkType.CREATE if function else LinkType.RETURN, link_label=name)
+        value.store()
+
+
+def test_a_killed_run_continues_from_its_last_merge_and_last_iteration_with_enough_members(aiida_profile):
+    from tace_aiida.continuation import continuation_of
+
+    run = ended_loop("killed", ensemble_size=orm.Int(3), stopping=orm.Dict({"min_members": 2}),
+                     dataset=labelled_dataset())
+    first, second = labelled_dataset(store=False), labelled_dataset(store=False)
+    called_child(run, "merge_datasets", True, result=first)
+    called_child(run, "merge_datasets", True, result=second)
+    members = {label: orm.Str(label) for label in ("iteration_01_train_0", "iteration_01_train_2",
+                                                               "iteration_02_train_1")}
+    called_child(run, "iteration_01_train_2", True, potential=members["iteration_01_train_2"])
+    called_child(run, "iteration_01_train_0", True, potential=members["iteration_01_train_0"])
+    called_child(run, "iteration_01_train_1", False)
+    called_child(run, "iteration_02_train_1", True, potential=members["iteration_02_train_1"])
+    continuation = continuation_of(run)
+    assert continuation.dataset.uuid == second.uuid, "the last merge holds every label"
+    assert [member.value for member in continuation.ensemble.values()] == ["iteration_01_train_0", "iteration_01_train_2"]
+    assert continuation.note == (f"the run is killed; continuing from the last dataset it made, TrainingSetData<"
+                                 f"{second.pk}> (1 structures), and the 2 members trained in iteration 1")
+
+
+def test_a_run_that_labelled_nothing_cannot_be_continued(codes, aiida_profile):
+    run = ended_loop("excepted", ensemble_size=orm.Int(2), stopping=orm.Dict({}))
+    with pytest.raises(ValueError, match=rf"--continue-from '{run.pk}': the run is excepted and labelled nothing"):
+        build(None, continue_from=str(run.pk), **codes)
