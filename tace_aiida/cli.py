@@ -79,14 +79,14 @@ def summary(pk: int, output: str | None) -> None:
 
     from aiida import load_profile, orm
 
-    from .run_summary import export_run, summarise
+    from .run_summary import ended_without_report, export_run, summarise
 
     load_profile()
     node = orm.load_node(pk)
     if not node.is_terminated:
         raise click.ClickException(f"{node.process_label}<{pk}> has not ended yet: {node.process_state.value}")
     if "report" not in node.outputs:
-        raise click.ClickException(f"{node.process_label}<{pk}> ended without a report: {node.exit_message}")
+        raise click.ClickException(ended_without_report(node))
     click.echo("\n".join(summarise(node)))
     for path in export_run(node, Path(output)) if output else []:
         click.echo(f"written: {path}")

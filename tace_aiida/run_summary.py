@@ -29,6 +29,16 @@ def summarise(node: orm.WorkflowNode) -> list[str]:
     return [header] + [f"  {iteration_line(entry)}" for entry in report["iterations"]]
 
 
+def ended_without_report(node: orm.WorkflowNode) -> str:
+    """How a run that has no ``report`` (killed, excepted, or refused at its start) ended, in one line, with the
+    command that continues from what it made."""
+    status = f", exit status {node.exit_status}" if node.exit_status is not None else ""
+    line = f"{node.process_label}<{node.pk}> {node.process_state.value}{status}: {node.exit_message or 'no report'}"
+    if node.is_killed or node.is_excepted:
+        line += f"; `tace-aiida learn --continue-from {node.pk}` continues from the last dataset and ensemble it made"
+    return line
+
+
 def export_run(node: orm.WorkflowNode, folder: Path) -> list[Path]:
     """Write the final ensemble's checkpoints (``member<i>.pt``) and the run's plots into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,8 +76,7 @@ def execute(builder, folder: Path, submit: bool = False) -> orm.WorkflowNode:
         return node
     _, node = run_get_node(builder)
     if "report" not in node.outputs:
-        print(f"{node.process_label}<{node.pk}> {node.process_state.value}, exit status {node.exit_status}: "
-              f"{node.exit_message or 'no report'}")
+        print(ended_without_report(node))
         return node
     print("\n".join(summarise(node)))
     if "ensemble" in node.outputs:

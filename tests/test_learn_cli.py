@@ -243,6 +243,7 @@ def ended_loop(state: str, **inputs: orm.Data) -> orm.WorkflowNode:
     for label, value in inputs.items():
         node.base.links.add_incoming(value.store(), link_type=LinkType.INPUT_WORK, link_label=label)
     node.set_process_state(state)
+    node.set_process_label("ActiveLearningWorkChain")
     node.store()
     return node
 
@@ -285,6 +286,13 @@ def test_a_killed_run_continues_from_its_last_merge_and_last_iteration_with_enou
     assert [member.value for member in continuation.ensemble.values()] == ["iteration_01_train_0", "iteration_01_train_2"]
     assert continuation.note == (f"the run is killed; continuing from the last dataset it made, TrainingSetData<"
                                  f"{second.pk}> (1 structures), and the 2 members trained in iteration 1")
+
+    from tace_aiida.cli import summary
+
+    shown = CliRunner().invoke(summary, [str(run.pk)])
+    assert shown.exit_code == 1
+    assert (f"ActiveLearningWorkChain<{run.pk}> killed: no report; `tace-aiida learn --continue-from {run.pk}` "
+            "continues from the last dataset and ensemble it made") in shown.output
 
 
 def test_a_run_that_labelled_nothing_cannot_be_continued(codes, aiida_profile):
