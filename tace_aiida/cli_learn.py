@@ -24,8 +24,9 @@ PROTOCOLS = ("fast", "balanced", "stringent")  # the loop's (workflows/protocols
 LOOP_PROCESS_TYPE = "aiida.workflows:tace.active_learning"
 
 
-def load_dataset(identifier: str) -> orm.Data:
-    """The ``tace.dataset`` node of PK or UUID ``identifier`` (the ``dataset`` output of a generation or a loop)."""
+def load_dataset(identifier: str, option: str = "--dataset") -> orm.Data:
+    """The ``tace.dataset`` node of PK or UUID ``identifier`` given to ``option`` (the ``dataset`` output of a
+    generation or a loop, or one stored by ``verdi data tace.dataset import``)."""
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
     from .data.dataset import TrainingSetData
@@ -33,10 +34,11 @@ def load_dataset(identifier: str) -> orm.Data:
     try:
         node = orm.load_node(identifier)
     except (NotExistent, MultipleObjectsError) as error:
-        raise ValueError(f"--dataset {identifier!r}: {error}") from error
+        raise ValueError(f"{option} {identifier!r}: {error}") from error
     if not isinstance(node, TrainingSetData):
-        raise ValueError(f"--dataset {identifier!r} is a {type(node).__name__}<{node.pk}>, not a TrainingSetData "
-                         "(the `dataset` output of `tace-aiida generate` or of an active-learning run)")
+        raise ValueError(f"{option} {identifier!r} is a {type(node).__name__}<{node.pk}>, not a TrainingSetData "
+                         "(the `dataset` output of `tace-aiida generate` or of an active-learning run, or "
+                         "`verdi data tace.dataset import`)")
     return node
 
 
@@ -60,12 +62,14 @@ def build(parents: dict[str, orm.StructureData] | None, *, protocol: str | None 
           overrides: dict | None = None, code: str = f"tace-label@{LOCAL_COMPUTER}", calculator: str | None = None,
           parameters: dict | None = None, pseudo_family: str | None = None,
           train_code: str = f"tace-train@{DASK_COMPUTER}", md_code: str = f"tace-md@{DASK_COMPUTER}",
-          dataset: str | None = None, continue_from: str | None = None, label: str | None = None):
+          dataset: str | None = None, continue_from: str | None = None, test_dataset: str | None = None,
+          label: str | None = None):
     """The builder of ``tace.active_learning`` for the command's options, checked by the workchain's validators.
 
     ``parents``: the starting structures (None or empty: frames of the dataset start the exploration);
     ``dataset``: PK or UUID of an initial ``TrainingSetData``; ``continue_from``: PK or UUID of an ended run whose
-    dataset and ensemble start this one (members warm-started; :func:`.continuation.continuation_of`); ``overrides`` are merged into the protocol's
+    dataset and ensemble start this one (members warm-started; :func:`.continuation.continuation_of`);
+    ``test_dataset``: PK or UUID of labelled structures every member is scored on, in each iteration's report; ``overrides`` are merged into the protocol's
     inputs as ``get_builder_from_protocol`` merges them; ``parameters`` are the ASE calculator's keyword arguments.
     """
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
@@ -103,6 +107,8 @@ def build(parents: dict[str, orm.StructureData] | None, *, protocol: str | None 
             builder.initial_ensemble = continuation.ensemble
         if continuation.note:
             echo.echo_report(f"--continue-from {continue_from}: {continuation.note}")
+    if test_dataset is not None:
+        builder.test_dataset = load_dataset(test_dataset, "--test-dataset")
     if label:
         builder.metadata.label = label
     spec = process.spec().inputs
@@ -143,6 +149,9 @@ def read_overrides(path: Path | None) -> dict[str, Any] | None:
 @click.option("--continue-from", default=None,
               help="PK or UUID of an ended active-learning run: its dataset and ensemble start this run (of a killed "
                    "or excepted run, the last dataset it merged and the members of its last trained iteration).")
+@click.option("--test-dataset", default=None,
+              help="PK or UUID of a labelled TrainingSetData (e.g. from `verdi data tace.dataset import`) that every "
+                   "member is scored on: the test force RMSE of each iteration is reported and plotted.")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=None,
               help="Settings of the loop (workflows/protocols/active_learning.yaml). [default: balanced]")
 @click.option("--overrides", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -162,7 +171,8 @@ def read_overrides(path: Path | None) -> dict[str, Any] | None:
 @click.option("--output", "-o", default="al_run", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the final ensemble's checkpoints and the plots, once the run has ended here.")
 @click.option("--submit", is_flag=True, help="Hand the run to the daemon and return; `tace-aiida summary PK` follows up.")
-def learn(files: tuple[Path, ...], index: str, dataset: str | None, continue_from: str | None, protocol: str | None,
+def learn(files: tuple[Path, ...], index: str, dataset: str | None, continue_from: str | None,
+          test_dataset: str | None, protocol: str | None,
           overrides: Path | None, code: str, calculator: str | None, parameters: str | None,
           pseudo_family: str | None, train_code: str, md_code: str, label: str | None, output: Path,
           submit: bool) -> None:
@@ -182,7 +192,7 @@ def learn(files: tuple[Path, ...], index: str, dataset: str | None, continue_fro
                         overrides=read_overrides(overrides), code=code, calculator=calculator,
                         parameters=read_json_option(parameters, "--parameters"), pseudo_family=pseudo_family,
                         train_code=train_code, md_code=md_code, dataset=dataset, continue_from=continue_from,
-                        label=label)
+                        test_dataset=test_dataset, label=label)
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     if uses_local_dask(builder):

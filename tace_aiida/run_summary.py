@@ -10,12 +10,14 @@ from .plotting import plot_run
 
 
 def iteration_line(entry: dict) -> str:
-    """One iteration of the run's report in words (validation force RMSE in meV/Å)."""
+    """One iteration of the run's report in words (validation and, with a test set, test force RMSE in meV/Å)."""
     rmse = entry.get("valid_forces_rmse")
     error = f"{rmse * 1000:.0f} meV/Å" if rmse is not None else "-"
+    test = entry.get("test_forces_rmse")
     return (f"iteration {entry['iteration']}: {entry['dataset_size']} structures, accurate "
             f"{entry['accurate_fraction']:.2f}, selected {entry['selected']}, label failures "
-            f"{entry['label_failures']}, validation force RMSE {error}")
+            f"{entry['label_failures']}, validation force RMSE {error}"
+            + (f", test {test * 1000:.0f} meV/Å" if test is not None else ""))
 
 
 def summarise(node: orm.WorkflowNode) -> list[str]:

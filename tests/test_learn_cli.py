@@ -299,3 +299,18 @@ def test_a_run_that_labelled_nothing_cannot_be_continued(codes, aiida_profile):
     run = ended_loop("excepted", ensemble_size=orm.Int(2), stopping=orm.Dict({}))
     with pytest.raises(ValueError, match=rf"--continue-from '{run.pk}': the run is excepted and labelled nothing"):
         build(None, continue_from=str(run.pk), **codes)
+
+
+def test_a_test_dataset_scores_every_member_and_shows_in_the_summary(cu_file, codes):
+    from tace_aiida.run_summary import iteration_line
+
+    test_set = labelled_dataset()
+    builder = build(read_parents([cu_file]), test_dataset=str(test_set.uuid), **codes)
+    assert builder.test_dataset.uuid == test_set.uuid
+    other = orm.Int(4).store()
+    with pytest.raises(ValueError, match=rf"--test-dataset '{other.pk}' is a Int<{other.pk}>, not a TrainingSetData"):
+        build(read_parents([cu_file]), test_dataset=str(other.pk), **codes)
+    entry = {"iteration": 2, "dataset_size": 10, "accurate_fraction": 0.5, "selected": 3, "label_failures": 0,
+             "valid_forces_rmse": 0.0204, "test_forces_rmse": 0.0316}
+    assert iteration_line(entry).endswith("validation force RMSE 20 meV/Å, test 32 meV/Å")
+    assert iteration_line({**entry, "test_forces_rmse": None}).endswith("validation force RMSE 20 meV/Å")
