@@ -40,8 +40,10 @@ def dataset_show(datum):
 @click.option("--forces-key", default="forces", show_default=True, help="Per-atom array of the forces (eV/Å).")
 @click.option("--stress-key", default="stress", show_default=True,
               help="Info key of the stress (eV/Å^3, 3x3 or Voigt order); optional per frame.")
+@click.option("--virial-key", default="virial", show_default=True,
+              help="Info key of the virial (eV), read where a frame has no stress: stress = -virial / volume.")
 @decorators.with_dbenv()
-def dataset_import(files, index, energy_key, forces_key, stress_key):
+def dataset_import(files, index, energy_key, forces_key, stress_key, virial_key):
     """Store labelled structures from FILES (extxyz or any format ASE reads) as one training set.
 
     Every frame needs an energy and forces, in eV and eV/Å; a stress is kept where present. Start a loop from it with
@@ -52,7 +54,8 @@ def dataset_import(files, index, energy_key, forces_key, stress_key):
     from .labelled_files import read_labelled
 
     try:
-        frames = [atoms for path in files for atoms in read_labelled(path, index, energy_key, forces_key, stress_key)]
+        frames = [atoms for path in files for atoms in read_labelled(path, index, energy_key, forces_key, stress_key,
+                                                                   virial_key)]
         node = TrainingSetData(frames).store()
     except ValueError as error:
         echo.echo_critical(str(error))

@@ -110,3 +110,21 @@ def test_verdi_data_imports_labels_stored_under_other_keys(aiida_profile, tmp_pa
     assert np.allclose([a.get_forces() for a in imported], [a.get_forces() for a in frames[1:]], atol=1e-12)
     assert np.allclose([a.get_stress() for a in imported], [a.get_stress() for a in frames[1:]], atol=1e-12)
     assert "REF_energy" not in imported[0].info and "REF_forces" not in imported[0].arrays, "the labels are not doubled"
+
+
+def test_verdi_data_imports_a_virial_as_a_stress(aiida_profile, tmp_path):
+    """libAtoms/GAP files hold the virial (eV): the stored stress is -virial / volume."""
+    frames = labelled_copper(2)
+    with_virial = []
+    for atoms in frames:
+        copy = atoms.copy()
+        copy.info["energy"] = atoms.get_potential_energy()
+        copy.arrays["forces"] = atoms.get_forces()
+        copy.info["virial"] = -atoms.get_stress(voigt=False) * atoms.get_volume()
+        with_virial.append(copy)
+    path = tmp_path / "gap.extxyz"
+    write(path, with_virial, format="extxyz")
+    assert "labels: energy 2, forces 2, stress 2" in verdi_ok("data", "tace.dataset", "import", str(path))
+    stored = orm.QueryBuilder().append(TrainingSetData).order_by({TrainingSetData: {"id": "desc"}}).first(flat=True)
+    assert np.allclose([a.get_stress() for a in stored.get_atoms()], [a.get_stress() for a in frames], atol=1e-12)
+    assert abs(frames[0].get_stress()).max() > 1e-4, "the test means something only with a stress"
