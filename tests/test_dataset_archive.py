@@ -84,17 +84,24 @@ def test_archive_of_merged_datasets_and_a_training_imports_into_a_fresh_profile(
         assert trained_on.uuid == final_uuid and trained_on.num_structures == 16
 
 
-def test_verdi_data_imports_labels_stored_under_other_keys(aiida_profile, tmp_path):
-    frames = labelled_copper(3)
+def written_as_another_code_writes(path, frames, energy_key: str, forces_key: str, **info) -> None:
+    """Write ``frames`` with their energy and forces under the given keys (no calculator), and per-frame ``info``
+    entries made by the functions in ``info`` (each called with the labelled frame)."""
     foreign = []
     for atoms in frames:
         copy = atoms.copy()
-        copy.info["REF_energy"] = atoms.get_potential_energy()
-        copy.arrays["REF_forces"] = atoms.get_forces()
-        copy.info["REF_stress"] = atoms.get_stress(voigt=False).reshape(9)  # flat 3x3, as some codes write it
+        copy.info[energy_key] = atoms.get_potential_energy()
+        copy.arrays[forces_key] = atoms.get_forces()
+        copy.info.update({key: entry(atoms) for key, entry in info.items()})
         foreign.append(copy)
-    path = tmp_path / "dft.extxyz"
     write(path, foreign, format="extxyz")
+
+
+def test_verdi_data_imports_labels_stored_under_other_keys(aiida_profile, tmp_path):
+    frames = labelled_copper(3)
+    path = tmp_path / "dft.extxyz"
+    written_as_another_code_writes(path, frames, "REF_energy", "REF_forces",  # the stress as a flat 3x3, as some codes
+                                   REF_stress=lambda atoms: atoms.get_stress(voigt=False).reshape(9))
 
     refused = CliRunner().invoke(verdi, ["data", "tace.dataset", "import", str(path)])
     assert refused.exit_code != 0
@@ -115,15 +122,9 @@ def test_verdi_data_imports_labels_stored_under_other_keys(aiida_profile, tmp_pa
 def test_verdi_data_imports_a_virial_as_a_stress(aiida_profile, tmp_path):
     """libAtoms/GAP files hold the virial (eV): the stored stress is -virial / volume."""
     frames = labelled_copper(2)
-    with_virial = []
-    for atoms in frames:
-        copy = atoms.copy()
-        copy.info["energy"] = atoms.get_potential_energy()
-        copy.arrays["forces"] = atoms.get_forces()
-        copy.info["virial"] = -atoms.get_stress(voigt=False) * atoms.get_volume()
-        with_virial.append(copy)
     path = tmp_path / "gap.extxyz"
-    write(path, with_virial, format="extxyz")
+    written_as_another_code_writes(path, frames, "energy", "forces",
+                                   virial=lambda atoms: -atoms.get_stress(voigt=False) * atoms.get_volume())
     assert "labels: energy 2, forces 2, stress 2" in verdi_ok("data", "tace.dataset", "import", str(path))
     stored = orm.QueryBuilder().append(TrainingSetData).order_by({TrainingSetData: {"id": "desc"}}).first(flat=True)
     assert np.allclose([a.get_stress() for a in stored.get_atoms()], [a.get_stress() for a in frames], atol=1e-12)
