@@ -229,6 +229,7 @@ class CartesianTensorPotential(ConstantsModule):
         included) and the rank-0 node features of every layer ``[..., n_atoms, channels * num_interactions]``;
         inputs as in the batch dict, ``conditions`` its entries :data:`.keys.CONDITIONS` (absent ones take their
         neutral values)."""
+        self.check_fidelity(conditions or {})
         node_energy, invariants, _ = self.propagate(positions, cell, species, edge_index, shifts, graph_of_atom, conditions,
                                                     long_range)
         return node_energy, invariants
@@ -280,20 +281,23 @@ class CartesianTensorPotential(ConstantsModule):
         return node_energy, invariants, layer_features
 
     def complete_conditions(self, conditions: dict[str, Tensor], num_graphs: int, like: Tensor) -> dict[str, Tensor]:
-        """``conditions`` with the absent ones at their neutral values (charge 0, singlet, fidelity 0, no
-        field); an error for a fidelity the model was not trained with."""
+        """``conditions`` with the absent ones at their neutral values (charge 0, singlet, fidelity 0, no field)."""
         neutral = {
             keys.TOTAL_CHARGE: like.new_zeros(num_graphs), keys.SPIN_MULTIPLICITY: like.new_ones(num_graphs),
             keys.FIDELITY: torch.zeros(num_graphs, dtype=torch.long, device=like.device),
             keys.ELECTRIC_FIELD: like.new_zeros(num_graphs, 3),
         }
-        complete = neutral | {key: value for key, value in conditions.items() if key in neutral}
+        return neutral | {key: value for key, value in conditions.items() if key in neutral}
+
+    def check_fidelity(self, conditions: dict[str, Tensor]) -> None:
+        """An error for a fidelity the model was not trained with. Done at the entry points, not in
+        :meth:`propagate`, which exported files trace: the check reads a value back to the host."""
+        if keys.FIDELITY not in conditions or self.conditions is None or self.conditions.fidelity_weights is None:
+            return
         levels = max(self.config.num_fidelities, 1)
-        if self.conditions is not None and self.conditions.fidelity_weights is not None:
-            highest = int(complete[keys.FIDELITY].max())  # a host sync, only for multi-fidelity models
-            if highest >= levels:
-                raise ValueError(f"fidelity {highest} is not one of the model's {levels} levels (0..{levels - 1})")
-        return complete
+        highest = int(conditions[keys.FIDELITY].max())  # a host sync, only for multi-fidelity models
+        if highest >= levels:
+            raise ValueError(f"fidelity {highest} is not one of the model's {levels} levels (0..{levels - 1})")
 
     def forward(
         self,
@@ -331,6 +335,7 @@ class CartesianTensorPotential(ConstantsModule):
             positions, cell = apply_strain(positions, cell, graph_of_atom, strain)
 
         conditions = {key: batch[key] for key in keys.CONDITIONS if key in batch}
+        self.check_fidelity(conditions)
         field = None
         if self.config.field_dipole:
             given = conditions.get(keys.ELECTRIC_FIELD, cell.new_zeros(num_graphs, 3))
