@@ -1,4 +1,5 @@
-"""Deployable potentials: one TorchScript file that runs with PyTorch alone, and its ASE calculator.
+"""Deployable potentials: one TorchScript file that runs with PyTorch alone, and its ASE calculator (which also
+reads the ``torch.export`` files of :mod:`.exported_program`).
 
 The energy graph of a :class:`CartesianTensorPotential` is traced (its loops over layers, ranks
 and paths are unrolled, all shapes stay dynamic) and wrapped in a scripted module that applies
@@ -251,9 +252,21 @@ class DeployedCalculator(Calculator):
                               "born_effective_charges"]
 
     def __init__(self, path: str | Path, device: str = "cpu", **kwargs) -> None:
+        """Load a TorchScript file (``.ts``) or a ``torch.export`` file (``.pt2``, :mod:`.exported_program`)."""
         super().__init__(**kwargs)
-        self.module = torch.jit.load(str(path), map_location=device)
         self.device = torch.device(device)
+        self.program = Path(path).suffix == ".pt2"
+        if self.program:
+            from .exported_program import load_program
+
+            self.module, metadata = load_program(path)
+            self.module.to(self.device)
+            self.atomic_numbers, self.r_max = metadata["atomic_numbers"], metadata["r_max"]
+            self.dtype, self.takes_conditions, self.field_dipole = getattr(torch, metadata["dtype"]), True, False
+            self.heads = [name for name in ("dipole", "polarizability") if metadata[f"{name}_head"]]
+            return
+        self.module = torch.jit.load(str(path), map_location=device)
+        self.atomic_numbers, self.r_max = self.module.atomic_numbers, self.module.r_max
         self.dtype = next(self.module.parameters()).dtype
         self.takes_conditions = bool(getattr(self.module, "takes_conditions", False))
         self.field_dipole = bool(getattr(self.module, "field_dipole", False))
@@ -268,11 +281,14 @@ class DeployedCalculator(Calculator):
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         periodic = bool(self.atoms.pbc.all())
-        inputs = graph_inputs(self.atoms, self.module.atomic_numbers, self.module.r_max, self.dtype)
+        inputs = graph_inputs(self.atoms, self.atomic_numbers, self.r_max, self.dtype)
         extra = condition_inputs(self.atoms, self.dtype) if self.takes_conditions else ()
-        response = self.field_dipole and bool(set(properties or ()) & {"polarizability", "born_effective_charges"})
-        out = self.module(*[tensor.to(self.device) for tensor in inputs], periodic,
-                          *[tensor.to(self.device) for tensor in extra], *((response,) if self.field_dipole else ()))
+        inputs, extra = [tensor.to(self.device) for tensor in inputs], [tensor.to(self.device) for tensor in extra]
+        if self.program:
+            out = self._run_program(inputs, extra, periodic)
+        else:
+            response = self.field_dipole and bool(set(properties or ()) & {"polarizability", "born_effective_charges"})
+            out = self.module(*inputs, periodic, *extra, *((response,) if self.field_dipole else ()))
         energy = float(out["energy"][0])
         self.results = {
             "energy": energy,
@@ -288,16 +304,35 @@ class DeployedCalculator(Calculator):
         if "born_charges" in out:
             self.results["born_effective_charges"] = out["born_charges"].detach().cpu().double().numpy()
 
+    def _run_program(self, inputs: list[Tensor], extra: list[Tensor], periodic: bool) -> dict[str, Tensor]:
+        """The outputs of a ``.pt2`` file by the names the TorchScript module gives them."""
+        energy, node_energy, forces, virial, dipole, polarizability = self.module(*inputs, *extra)
+        out = {"energy": energy, "node_energy": node_energy, "forces": forces, "virial": virial}
+        if periodic:
+            out["stress"] = -virial / torch.linalg.det(inputs[1]).abs()[:, None, None]
+        out.update({name: value for name, value in (("dipole", dipole), ("polarizability", polarizability))
+                    if name in self.heads})
+        return out
+
 
 def main(argv: list[str] | None = None) -> int:
-    """``tace-export CHECKPOINT OUTPUT [--dtype float64]``: write a deployable TorchScript file."""
+    """``tace-export CHECKPOINT OUTPUT [--dtype float64]``: write a deployable file, TorchScript or, for an OUTPUT
+    ending in ``.pt2``, torch.export's format."""
     parser = argparse.ArgumentParser(prog="tace-export", description=main.__doc__)
     parser.add_argument("checkpoint", help="a tace-aiida checkpoint (tace-train output)")
-    parser.add_argument("output", help="the TorchScript file to write")
+    parser.add_argument("output", help="the file to write: NAME.pt2 for torch.export's format, else TorchScript")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None, help="default: the checkpoint's")
     args = parser.parse_args(argv)
     model, _ = load_model(args.checkpoint, dtype=getattr(torch, args.dtype) if args.dtype else None)
-    path = export_model(model, args.output)
+    if Path(args.output).suffix == ".pt2":
+        from .exported_program import export_program
+
+        try:
+            path = export_program(model, args.output)
+        except ValueError as error:
+            parser.exit(2, f"tace-export: {error}\n")
+    else:
+        path = export_model(model, args.output)
     print(f"wrote {path} ({next(model.parameters()).dtype}, species {model.config.atomic_numbers}, r_max {model.config.r_max} Å)")
     return 0
 

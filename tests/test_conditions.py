@@ -19,6 +19,7 @@ from tace_aiida.model.data import LabelKeys, atoms_to_graph, collate, frames_to_
 from tace_aiida.model.ensemble import StackedEnsemble
 from tace_aiida.model.evaluation import evaluate
 from tace_aiida.model.export import DeployedCalculator, export_model
+from tace_aiida.model.exported_program import export_program
 from tace_aiida.model.frames import read_columns, write_frames
 from tace_aiida.model.graph_store import store_graphs
 from tace_aiida.model.training import train
@@ -210,11 +211,13 @@ def test_polarizability_and_born_charges_are_second_field_derivatives(tmp_path, 
     assert np.abs(atoms.calc.get_property("polarizability", atoms) - alpha).max() < 1e-10
 
 
-def test_an_exported_file_takes_the_conditions_and_equals_the_model(tmp_path, frames_300K):
-    """Energy, forces and stress of the TorchScript file equal the Python model's (1e-10, float64) at conditions
-    other than the ones it was traced at."""
+@pytest.mark.parametrize("filename", ["model.ts", "model.pt2"])
+def test_an_exported_file_takes_the_conditions_and_equals_the_model(tmp_path, frames_300K, filename):
+    """Energy, forces and stress of the TorchScript and torch.export files equal the Python model's (1e-10, float64)
+    at conditions other than the ones it was traced at."""
     model = conditioned_model()
-    calculator = DeployedCalculator(export_model(model, tmp_path / "model.ts"))
+    export = export_program if filename.endswith(".pt2") else export_model
+    calculator = DeployedCalculator(export(model, tmp_path / filename))
     cell = periodic_cell(seed=3)
     cases = [with_info(frames_300K[2], charge=-1.0, spin=3.0, fidelity=1, electric_field=[0.3, 0.0, -0.1]),
              frames_300K[2], with_info(cell, fidelity=1, electric_field=[0.0, 0.2, 0.0])]

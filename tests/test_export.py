@@ -23,11 +23,13 @@ def checkpoint(tmp_path) -> str:
     return str(save_checkpoint(tmp_path / "model.pt", model))
 
 
-def test_exported_file_equals_the_python_model(checkpoint, tmp_path, frames_300K):
-    assert main([checkpoint, str(tmp_path / "model.ts"), "--dtype", "float64"]) == 0
+@pytest.mark.parametrize("filename", ["model.ts", "model.pt2"])
+def test_exported_file_equals_the_python_model(checkpoint, tmp_path, frames_300K, filename):
+    """TorchScript and torch.export's format, on a molecule and on a periodic cell of another size than the trace's."""
+    assert main([checkpoint, str(tmp_path / filename), "--dtype", "float64"]) == 0
     for atoms in (frames_300K[3], periodic_cell(seed=2)):
         results = []
-        for calculator in (TACECalculator(checkpoint, device="cpu", dtype="float64"), DeployedCalculator(tmp_path / "model.ts")):
+        for calculator in (TACECalculator(checkpoint, device="cpu", dtype="float64"), DeployedCalculator(tmp_path / filename)):
             calculator.calculate(atoms.copy(), ["energy"])
             results.append(calculator.results)
         assert np.abs(results[1]["forces"]).max() > 1e-2
@@ -55,3 +57,39 @@ def test_exported_file_runs_without_tace_aiida(tmp_path, frames_300K):
     out = torch.load(tmp_path / "out.pt")
     assert abs(out["energy"].item() - expected.energy.item()) < 1e-10
     assert (out["forces"] - expected.forces).abs().max() < 1e-10
+
+
+@pytest.mark.slow
+def test_exported_program_runs_without_tace_aiida(tmp_path, frames_300K):
+    """A fresh interpreter that cannot import tace_aiida loads the .pt2 file and gets the same energy and forces."""
+    from tace_aiida.model.export import condition_inputs
+    from tace_aiida.model.exported_program import export_program
+
+    with default_dtype(torch.float64):
+        model = small_model(seed=3)
+    export_program(model, tmp_path / "model.pt2")
+    inputs = graph_inputs(frames_300K[0], SPECIES_3BPA, 5.0, torch.float64) + condition_inputs(frames_300K[0], torch.float64)
+    torch.save(inputs, tmp_path / "inputs.pt")
+    expected = model.eval()(dict(zip(["positions", "cell", "species", "edge_index", "shifts", "batch"], inputs[:6], strict=True)))
+    script = (
+        "import sys; sys.modules['tace_aiida'] = None\n"
+        "import torch\n"
+        f"module = torch.export.load({str(tmp_path / 'model.pt2')!r}).module()\n"
+        f"out = module(*torch.load({str(tmp_path / 'inputs.pt')!r}))\n"
+        f"torch.save(out, {str(tmp_path / 'out.pt')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
+    energy, _, forces, *_ = torch.load(tmp_path / "out.pt")
+    assert abs(energy.item() - expected.energy.item()) < 1e-10
+    assert (forces - expected.forces).abs().max() < 1e-10
+
+
+def test_a_model_torch_export_cannot_hold_is_refused_by_name(tmp_path, capsys):
+    with default_dtype(torch.float64):
+        model = small_model(seed=1, long_range=True)
+    checkpoint = save_checkpoint(tmp_path / "lr.pt", model)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(checkpoint), str(tmp_path / "lr.pt2")])
+    assert exit_info.value.code == 2
+    assert "a model with a long-range term cannot be written with torch.export yet" in capsys.readouterr().err
+    assert not (tmp_path / "lr.pt2").exists()

@@ -20,6 +20,7 @@ from tace_aiida.model.config import TrainingConfig
 from tace_aiida.model.data import LabelKeys, atoms_to_graph, collate
 from tace_aiida.model.ensemble import StackedEnsemble
 from tace_aiida.model.export import DeployedCalculator, export_model
+from tace_aiida.model.exported_program import export_program
 from tace_aiida.model.frames import read_columns, read_frames, write_frames
 from tace_aiida.model.graph_store import store_graphs
 from tace_aiida.model.training import train
@@ -230,6 +231,18 @@ def test_an_exported_file_gives_the_heads_dipole_and_polarizability(tmp_path, fr
     cell.calc = DeployedCalculator(path)
     cell.get_stress()
     assert "dipole" not in cell.calc.results
+
+
+def test_a_torch_export_file_gives_the_heads_dipole_and_polarizability(tmp_path, frames_300K):
+    model = tensor_model(embed_charge=True)
+    ion = frames_300K[4].copy()
+    ion.info["charge"] = -1.0
+    expected = model(collate([atoms_to_graph(ion, SPECIES_3BPA, 5.0, dtype=torch.float64)]))
+    ion.calc = DeployedCalculator(export_program(model, tmp_path / "heads.pt2"))
+    assert np.abs(ion.get_dipole_moment() - expected.dipole[0].detach().numpy()).max() < 1e-10
+    assert np.abs(ion.calc.results["polarizability"] - expected.polarizability[0].detach().numpy()).max() < 1e-10
+    assert np.abs(ion.get_forces() - expected.forces.detach().numpy()).max() < 1e-10
+    assert np.abs(expected.dipole.detach().numpy()).max() > 1e-2
 
 
 def test_training_refuses_a_head_without_labels(tmp_path):
