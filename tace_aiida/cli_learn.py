@@ -69,8 +69,9 @@ def build(parents: dict[str, orm.StructureData] | None, *, protocol: str | None 
     ``parents``: the starting structures (None or empty: frames of the dataset start the exploration);
     ``dataset``: PK or UUID of an initial ``TrainingSetData``; ``continue_from``: PK or UUID of an ended run whose
     dataset and ensemble start this one (members warm-started; :func:`.continuation.continuation_of`);
-    ``test_dataset``: PK or UUID of labelled structures every member is scored on, in each iteration's report; ``overrides`` are merged into the protocol's
-    inputs as ``get_builder_from_protocol`` merges them; ``parameters`` are the ASE calculator's keyword arguments.
+    ``test_dataset``: PK or UUID of labelled structures every member is scored on, in each iteration's report;
+    ``overrides`` are merged into the protocol's inputs as ``get_builder_from_protocol`` merges them;
+    ``parameters`` are the ASE calculator's keyword arguments.
     """
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
     from aiida.plugins import WorkflowFactory
@@ -145,7 +146,8 @@ def read_overrides(path: Path | None) -> dict[str, Any] | None:
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--index", default=":", show_default=True, help="Frames of each file to take (ase.io.read's index).")
 @click.option("--dataset", default=None,
-              help="PK or UUID of a labelled TrainingSetData to start from, the `dataset` of `tace-aiida generate` or one stored by `verdi data tace.dataset import FILES`.")
+              help="PK or UUID of a labelled TrainingSetData to start from: the `dataset` of `tace-aiida generate`, "
+                   "or one stored by `verdi data tace.dataset import FILES`.")
 @click.option("--continue-from", default=None,
               help="PK or UUID of an ended active-learning run: its dataset and ensemble start this run (of a killed "
                    "or excepted run, the last dataset it merged and the members of its last trained iteration).")

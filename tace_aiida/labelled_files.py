@@ -52,7 +52,8 @@ def _with_labels(atoms: Atoms, name: str, energy_key: str, forces_key: str, stre
     if energy.size != 1:
         raise ValueError(f"{name}: the {energy_key!r} label is {energy.tolist()}, not one number")
     copy = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    copy.info.update({key: value for key, value in atoms.info.items() if key not in (energy_key, stress_key, virial_key)})
+    labels = (energy_key, stress_key, virial_key)
+    copy.info.update({key: value for key, value in atoms.info.items() if key not in labels})
     for key, value in atoms.arrays.items():
         if key not in ("numbers", "positions", forces_key):
             copy.new_array(key, value)
