@@ -55,7 +55,7 @@ from .structure_conditions import conditions, conditions_differ
 Tensor = torch.Tensor
 
 
-class _NodeEnergies(nn.Module):
+class NodeEnergies(nn.Module):
     """``model.node_energies`` with plain tensor inputs (the conditions among them) and one output, for tracing."""
 
     def __init__(self, model: CartesianTensorPotential) -> None:
@@ -229,7 +229,7 @@ def export_model(model: CartesianTensorPotential, path: str | Path) -> Path:
     inputs = graph_inputs(example, model.config.atomic_numbers, model.config.r_max, dtype) + condition_inputs(example, dtype)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    traced = torch.jit.trace(_NodeEnergies(model), inputs, check_trace=False)
+    traced = torch.jit.trace(NodeEnergies(model), inputs, check_trace=False)
     scripted = torch.jit.script(DeployedPotential(traced, list(model.config.atomic_numbers), model.config.r_max,
                                                   model.long_range, model.config.dipole, model.config.polarizability,
                                                   model.config.field_dipole))

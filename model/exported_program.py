@@ -24,6 +24,7 @@ from ase import Atoms
 from torch.export import Dim
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .export import NodeEnergies, condition_inputs, graph_inputs
 from .potential import CartesianTensorPotential, apply_strain
 
 Tensor = torch.Tensor
@@ -67,8 +68,6 @@ def _without_opt_einsum() -> Iterator[None]:
 
 def export_program(model: CartesianTensorPotential, path: str | Path) -> Path:
     """Write ``model`` (in its dtype) as a ``torch.export`` file (``.pt2``); ValueError for what it cannot hold."""
-    from .export import _NodeEnergies, condition_inputs, graph_inputs
-
     if model.long_range is not None or model.config.field_dipole:
         part = "long-range term" if model.long_range is not None else "field_dipole response"
         raise ValueError(f"a model with a {part} cannot be written with torch.export yet; export it as TorchScript "
@@ -81,7 +80,7 @@ def export_program(model: CartesianTensorPotential, path: str | Path) -> Path:
                                      [0.3, 2.1, 1.4]])
     example.numbers = [model.config.atomic_numbers[i % len(model.config.atomic_numbers)] for i in range(len(example))]
     inputs = graph_inputs(example, model.config.atomic_numbers, model.config.r_max, dtype) + condition_inputs(example, dtype)
-    function = _EnergyForcesVirial(_NodeEnergies(model))
+    function = _EnergyForcesVirial(NodeEnergies(model))
     with _without_opt_einsum():
         traced = make_fx(function, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*inputs)
         atoms, edges = Dim("n_atoms", min=2), Dim("n_edges", min=2)
