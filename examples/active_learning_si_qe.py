@@ -81,4 +81,5 @@ def main() -> None:
     run_or_submit(builder, Path("al_si_qe"), sys.argv[1:])
 
 
-main()
+if __name__ == "__main__":  # verdi run runs it as __main__; importing it only defines its helpers
+    main()

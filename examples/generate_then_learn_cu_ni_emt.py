@@ -86,4 +86,5 @@ def main(arguments: list[str]) -> None:
     run_or_submit(learning_builder(node.outputs.dataset), Path("al_cu_ni_emt"), arguments)
 
 
-main(sys.argv[1:])
+if __name__ == "__main__":  # verdi run runs it as __main__; importing it only defines its helpers
+    main(sys.argv[1:])
