@@ -213,6 +213,16 @@ def graph_inputs(atoms: Atoms, atomic_numbers: list[int], r_max: float, dtype: t
     )
 
 
+def tracing_inputs(model: CartesianTensorPotential, positions: list[list[float]]) -> tuple[Tensor, ...]:
+    """Graph and condition inputs (in the model's dtype) of a small structure of the model's species, cycled, at
+    ``positions`` (Å), with conditions other than the neutral ones: what the exported files are traced with."""
+    species = model.config.atomic_numbers
+    example = Atoms([species[i % len(species)] for i in range(len(positions))], positions=positions)
+    example.info.update(charge=1.0, spin=2.0, electric_field=[0.1, -0.2, 0.3])
+    dtype = next(model.parameters()).dtype
+    return graph_inputs(example, species, model.config.r_max, dtype) + condition_inputs(example, dtype)
+
+
 def export_model(model: CartesianTensorPotential, path: str | Path) -> Path:
     """Write ``model`` (in its dtype) as a TorchScript file that needs only PyTorch to run.
 
@@ -222,11 +232,7 @@ def export_model(model: CartesianTensorPotential, path: str | Path) -> Path:
     among the file's outputs.
     """
     model = model.eval()
-    dtype = next(model.parameters()).dtype
-    example = Atoms("HCNO", positions=[[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.9, 1.0, 1.1]])
-    example.numbers = [model.config.atomic_numbers[i % len(model.config.atomic_numbers)] for i in range(4)]
-    example.info.update(charge=1.0, spin=2.0, electric_field=[0.1, -0.2, 0.3])
-    inputs = graph_inputs(example, model.config.atomic_numbers, model.config.r_max, dtype) + condition_inputs(example, dtype)
+    inputs = tracing_inputs(model, [[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.9, 1.0, 1.1]])
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     traced = torch.jit.trace(NodeEnergies(model), inputs, check_trace=False)

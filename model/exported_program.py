@@ -20,11 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from ase import Atoms
 from torch.export import Dim
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .export import NodeEnergies, condition_inputs, graph_inputs
+from .export import NodeEnergies, tracing_inputs
 from .potential import CartesianTensorPotential, apply_strain
 
 Tensor = torch.Tensor
@@ -76,10 +75,8 @@ def export_program(model: CartesianTensorPotential, path: str | Path) -> Path:
     dtype = next(model.parameters()).dtype
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    example = Atoms("H6", positions=[[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.9, 1.0, 1.1], [2.0, 0.4, 0.3],
-                                     [0.3, 2.1, 1.4]])
-    example.numbers = [model.config.atomic_numbers[i % len(model.config.atomic_numbers)] for i in range(len(example))]
-    inputs = graph_inputs(example, model.config.atomic_numbers, model.config.r_max, dtype) + condition_inputs(example, dtype)
+    inputs = tracing_inputs(model, [[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.9, 1.0, 1.1], [2.0, 0.4, 0.3],
+                                    [0.3, 2.1, 1.4]])  # 6 atoms, 30 edges: sizes no other input shares
     function = _EnergyForcesVirial(NodeEnergies(model))
     with _without_opt_einsum():
         traced = make_fx(function, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*inputs)

@@ -107,6 +107,16 @@ class FrameColumns:
         return atoms
 
 
+def full_3x3_stress(stress: Any) -> np.ndarray:
+    """A stress (or virial) ``[3, 3]`` from 9 values (row by row) or 6 in Voigt order (xx, yy, zz, yz, xz, xy)."""
+    stress = np.asarray(stress, dtype=float)
+    if stress.size == 9:
+        return stress.reshape(3, 3)
+    if stress.shape == (6,):
+        return voigt_6_to_full_3x3_stress(stress)
+    raise ValueError(f"a stress has 9 values or 6 (Voigt), not {stress.size}")
+
+
 def frame_labels(atoms: Atoms) -> dict[str, Any]:
     """Energy (eV), forces [n_atoms, 3] (eV/Å), stress [3, 3] (eV/Å^3) of a frame, where present.
 
@@ -120,7 +130,7 @@ def frame_labels(atoms: Atoms) -> dict[str, Any]:
             found[key] = value
     if "stress" in found:
         stress = np.asarray(found["stress"], dtype=float)
-        found["stress"] = voigt_6_to_full_3x3_stress(stress) if stress.shape == (6,) else stress.reshape(3, 3)
+        found["stress"] = full_3x3_stress(stress)
     return found
 
 

@@ -6,9 +6,9 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read
-from ase.stress import voigt_6_to_full_3x3_stress
 
 from tace_aiida.model.data import read_label
+from tace_aiida.model.frames import full_3x3_stress
 
 
 def read_labelled(path: str, index: str = ":", energy_key: str = "energy", forces_key: str = "forces",
@@ -62,14 +62,12 @@ def _with_labels(atoms: Atoms, name: str, energy_key: str, forces_key: str, stre
     return copy
 
 
-def _full_3x3(tensor, name: str, key: str):
-    """A 3x3 tensor from 9 values (row by row) or 6 in Voigt order (xx, yy, zz, yz, xz, xy)."""
-    tensor = np.asarray(tensor, dtype=float)
-    if tensor.size == 9:
-        return tensor.reshape(3, 3)
-    if tensor.shape == (6,):
-        return voigt_6_to_full_3x3_stress(tensor)
-    raise ValueError(f"{name}: the {key!r} label has {tensor.size} values, expected 9 or 6 (Voigt)")
+def _full_3x3(tensor, name: str, key: str) -> np.ndarray:
+    """:func:`~tace_aiida.model.frames.full_3x3_stress` of the ``key`` label, its error naming the frame."""
+    try:
+        return full_3x3_stress(tensor)
+    except ValueError as error:
+        raise ValueError(f"{name}: the {key!r} label: {error}") from None
 
 
 def _volume(atoms: Atoms, name: str, key: str) -> float:
