@@ -63,13 +63,15 @@ def build(parents: dict[str, orm.StructureData] | None, *, protocol: str | None 
           parameters: dict | None = None, pseudo_family: str | None = None,
           train_code: str = f"tace-train@{DASK_COMPUTER}", md_code: str = f"tace-md@{DASK_COMPUTER}",
           dataset: str | None = None, continue_from: str | None = None, test_dataset: str | None = None,
-          label: str | None = None):
+          rattle: float | None = None, rattle_copies: int = 3, label: str | None = None):
     """The builder of ``tace.active_learning`` for the command's options, checked by the workchain's validators.
 
     ``parents``: the starting structures (None or empty: frames of the dataset start the exploration);
     ``dataset``: PK or UUID of an initial ``TrainingSetData``; ``continue_from``: PK or UUID of an ended run whose
     dataset and ensemble start this one (members warm-started; :func:`.continuation.continuation_of`);
     ``test_dataset``: PK or UUID of labelled structures every member is scored on, in each iteration's report;
+    ``rattle`` (Å): label ``rattle_copies`` copies of each structure with Gaussian displacements of that standard
+    deviation beside it (the loop's ``transformations``);
     ``overrides`` are merged into the protocol's inputs as ``get_builder_from_protocol`` merges them;
     ``parameters`` are the ASE calculator's keyword arguments.
     """
@@ -90,6 +92,11 @@ def build(parents: dict[str, orm.StructureData] | None, *, protocol: str | None 
         raise ValueError(f"--parameters: only for a tace-label code; code {code!r} labels with pw.x")
     if calculator is None and not code_is_pw(codes["label"]):
         calculator = DEFAULT_CALCULATOR
+    if rattle is not None:
+        if "transformations" in (overrides or {}):
+            raise ValueError("give --rattle or `transformations` in --overrides, not both")
+        overrides = {**(overrides or {}), "transformations": [
+            {"type": "rattle", "amplitudes": [rattle], "copies": rattle_copies, "keep_parents": True}]}
     process = WorkflowFactory("tace.active_learning")
     builder = process.get_builder_from_protocol(codes, parents or None, protocol, overrides,
                                                 calculator=calculator, pseudo_family=pseudo_family)
@@ -169,6 +176,11 @@ def read_overrides(path: Path | None) -> dict[str, Any] | None:
 @click.option("--train-code", default=f"tace-train@{DASK_COMPUTER}", show_default=True,
               help="The tace-train code of the ensemble's members.")
 @click.option("--md-code", default=f"tace-md@{DASK_COMPUTER}", show_default=True, help="The tace-md code of the MD runs.")
+@click.option("--rattle", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Label, beside each structure, copies of it with Gaussian displacements of this standard deviation "
+                   "(Å, e.g. 0.05): ideal crystals (most CIF files) have no forces to learn from.")
+@click.option("--rattle-copies", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Rattled copies of each structure (with --rattle).")
 @click.option("--label", default=None, help="Label of the run (shown by `verdi process list`).")
 @click.option("--output", "-o", default="al_run", show_default=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the final ensemble's checkpoints and the plots, once the run has ended here.")
@@ -176,8 +188,8 @@ def read_overrides(path: Path | None) -> dict[str, Any] | None:
 def learn(files: tuple[Path, ...], index: str, dataset: str | None, continue_from: str | None,
           test_dataset: str | None, protocol: str | None,
           overrides: Path | None, code: str, calculator: str | None, parameters: str | None,
-          pseudo_family: str | None, train_code: str, md_code: str, label: str | None, output: Path,
-          submit: bool) -> None:
+          pseudo_family: str | None, train_code: str, md_code: str, rattle: float | None, rattle_copies: int,
+          label: str | None, output: Path, submit: bool) -> None:
     """Learn a potential by active learning from the structures in FILES (CIF, POSCAR, extxyz, ...).
 
     Runs tace.active_learning: labels the structures, trains an ensemble, explores with MD, labels what the ensemble
@@ -194,7 +206,7 @@ def learn(files: tuple[Path, ...], index: str, dataset: str | None, continue_fro
                         overrides=read_overrides(overrides), code=code, calculator=calculator,
                         parameters=read_json_option(parameters, "--parameters"), pseudo_family=pseudo_family,
                         train_code=train_code, md_code=md_code, dataset=dataset, continue_from=continue_from,
-                        test_dataset=test_dataset, label=label)
+                        test_dataset=test_dataset, rattle=rattle, rattle_copies=rattle_copies, label=label)
     except ValueError as error:
         raise click.ClickException(str(error)) from error
     if uses_local_dask(builder):

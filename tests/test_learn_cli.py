@@ -28,9 +28,22 @@ def codes(installed_code):
             "md_code": installed_code("tace-md").full_label}
 
 
+def rattled(atoms, seed: int = 1):
+    """``atoms`` with displacements of 0.02 Å, so that their labels have forces (an ideal crystal's vanish)."""
+    atoms.rattle(0.02, seed=seed)
+    return atoms
+
+
 @pytest.fixture
 def cu_file(tmp_path):
     path = tmp_path / "Cu.cif"
+    write(path, rattled(bulk("Cu", "fcc", a=3.61, cubic=True)))
+    return path
+
+
+@pytest.fixture
+def ideal_cu_file(tmp_path):
+    path = tmp_path / "Cu_ideal.cif"
     write(path, bulk("Cu", "fcc", a=3.61, cubic=True))
     return path
 
@@ -162,9 +175,49 @@ def test_single_atom_cells_that_md_cannot_move_are_refused_naming_them(tmp_path,
                                          r"explores nothing"):
         build(one_atom, protocol="fast", **codes)
     npt = {"exploration": [{"temperatures": [600], "pressure": 0.0}]}
-    assert build(one_atom, protocol="fast", overrides=npt, **codes).structures["POSCAR"].get_ase().get_volume() > 0
-    write(tmp_path / "Cu2.cif", bulk("Cu", "fcc", a=3.61).repeat((2, 1, 1)))
+    assert build(one_atom, protocol="fast", overrides=npt, rattle=0.05, **codes).structures["POSCAR"].get_ase(
+    ).get_volume() > 0
+    write(tmp_path / "Cu2.cif", rattled(bulk("Cu", "fcc", a=3.61).repeat((2, 1, 1))))
     assert len(build(read_parents([tmp_path / "POSCAR", tmp_path / "Cu2.cif"]), **codes).structures) == 2
+
+
+def test_ideal_crystals_are_refused_until_rattled_copies_are_labelled_beside_them(ideal_cu_file, codes):
+    parents = read_parents([ideal_cu_file])
+    with pytest.raises(ValueError, match=r"every initial structure \(\['Cu_ideal'\]\) has each atom on a site where its "
+                                         r"symmetry forbids a force.*`tace-aiida learn --rattle 0.05`"):
+        build(parents, **codes)
+    builder = build(parents, rattle=0.05, rattle_copies=2, **codes)
+    assert builder.transformations.get_list() == [{"type": "rattle", "amplitudes": [0.05], "copies": 2,
+                                                   "keep_parents": True}]
+    chain = [{"type": "strain", "volumetric": [0.01], "keep_parents": True}, {"type": "rattle", "keep_parents": True}]
+    assert build(parents, overrides={"transformations": chain}, **codes).transformations.get_list() == chain
+    with pytest.raises(ValueError, match=r"give --rattle or `transformations` in --overrides, not both"):
+        build(parents, rattle=0.05, overrides={"transformations": chain}, **codes)
+    with pytest.raises(ValueError, match=r"amplitudes must be >= 0.0, not \[-1\]"):
+        build(parents, overrides={"transformations": [{"type": "rattle", "amplitudes": [-1]}]}, **codes)
+    with pytest.raises(ValueError, match=r"`transformations` apply to the initial `structures`, and none were given"):
+        build(None, dataset=str(labelled_dataset().pk), rattle=0.05, **codes)
+    assert build(parents, dataset=str(labelled_dataset().pk), **codes).dataset, "a labelled dataset beside them is enough"
+
+
+@pytest.mark.slow
+def test_an_ideal_crystal_learns_from_its_rattled_copies(tmp_path, ideal_cu_file, codes, aiida_profile):
+    overrides = {"train": {"parameters": TRAINING}, "ensemble_size": 2, "exploration": [STAGE],
+                 "selection": {"trust_low": 0.0, "trust_high": 100.0, "max_selected": 2},
+                 "stopping": {"accurate_fraction": 0.0, "max_iterations": 1}}
+    (tmp_path / "overrides.json").write_text(json.dumps(overrides))
+    result = CliRunner().invoke(learn, [str(ideal_cu_file), "--rattle", "0.05", "--rattle-copies", "2", "--overrides",
+                                        str(tmp_path / "overrides.json"), "--code", codes["code"], "--train-code",
+                                        codes["train_code"], "--md-code", codes["md_code"], "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    run = orm.QueryBuilder().append(ActiveLearningWorkChain, tag="run").order_by({"run": {"id": "desc"}}).first()[0]
+    messages = [log.message for log in orm.Log.collection.get_logs_for(run)]
+    assert any(message.endswith("labelling 3 variants of the 1 initial structures") for message in messages)
+    (generation,) = [node for node in run.called if node.process_label == "generate_variants"]
+    assert generation.inputs.transformations.get_list()[0]["amplitudes"] == [0.05]
+    initial = [atoms for atoms in run.outputs.dataset.get_atoms() if "parent" in atoms.info]
+    largest = sorted(float(abs(atoms.get_forces()).max()) for atoms in initial)
+    assert len(initial) == 3 and largest[0] < 1e-8 < 0.05 < largest[1], "the ideal cell has no force, its copies do"
 
 
 def test_calculator_parameters_with_a_pw_code_are_refused(cu_file, codes, aiida_code_installed):
@@ -175,7 +228,7 @@ def test_calculator_parameters_with_a_pw_code_are_refused(cu_file, codes, aiida_
 
 @pytest.mark.slow
 def test_a_run_whose_structures_cannot_be_labelled_names_the_first_error(tmp_path, codes, aiida_profile):
-    write(tmp_path / "Si.cif", bulk("Si", "diamond", a=5.43, cubic=True))
+    write(tmp_path / "Si.cif", rattled(bulk("Si", "diamond", a=5.43, cubic=True)))
     result = CliRunner().invoke(learn, [str(tmp_path / "Si.cif"), "--code", codes["code"], "--train-code",
                                         codes["train_code"], "--md-code", codes["md_code"], "--protocol", "fast"])
     assert result.exit_code == 1, result.output

@@ -19,8 +19,14 @@ def codes(installed_code) -> dict[str, orm.AbstractCode]:
     return {"train": installed_code("tace-train"), "md": installed_code("tace-md"), "label": installed_code("tace-label")}
 
 
+def rattled(atoms):
+    """``atoms`` displaced by 0.02 Å (an ideal crystal's labels have no forces: the loop refuses it alone)."""
+    atoms.rattle(0.02, seed=1)
+    return atoms
+
+
 def copper() -> dict[str, orm.StructureData]:
-    return {"cu": orm.StructureData(ase=bulk("Cu", "fcc", a=3.61, cubic=True))}
+    return {"cu": orm.StructureData(ase=rattled(bulk("Cu", "fcc", a=3.61, cubic=True)))}
 
 
 def validation_error(builder) -> str | None:
@@ -127,7 +133,7 @@ def test_a_pw_code_labels_through_label_qe_with_the_pw_protocol_of_the_same_name
 
     _, pw_code = qe
     codes = {"train": installed_code("tace-train"), "md": installed_code("tace-md"), "label": pw_code}
-    silicon = {"si": orm.StructureData(ase=bulk("Si", "diamond", a=5.43))}
+    silicon = {"si": orm.StructureData(ase=rattled(bulk("Si", "diamond", a=5.43)))}
     overrides = {"label_qe": {"kpoints_distance": 0.8}}
     builder = ActiveLearningWorkChain.get_builder_from_protocol(codes, silicon, protocol, overrides,
                                                                 pseudo_family=FAMILY)

@@ -31,9 +31,11 @@ from tace_aiida.data import PotentialData, TrainingSetData
 from tace_aiida.labelling.failures import describe_failures
 from tace_aiida.labelling.runner import CARRIED_BY
 from tace_aiida.selection import SelectionSettings
+from tace_aiida.site_symmetry import forces_vanish_by_symmetry
 
 from .decisions import advance, label_failure_fraction, over_failure_budget, required_members
 from .exploration import md_parameters, plan_md_runs, stop_threshold
+from .generation import generate_variants, validate_transformations
 from .killing import ForcedKillReachesChildren
 from .labelling.ase_batches import AseLabelBatchesWorkChain
 from .labelling.qe import QeLabelWorkChain
@@ -103,9 +105,9 @@ def validate_inputs(inputs: dict, _) -> str | None:
     molecules = sorted(label for label, structure in inputs.get("structures", {}).items() if not all(structure.pbc))
     if "label_qe" in inputs and molecules:
         return f"`label_qe` labels periodic cells only: structures {molecules} are not periodic in all three directions"
-    problem = single_atom_problem(inputs)
-    if problem:
-        return problem
+    for problem in (single_atom_problem(inputs), transformations_problem(inputs), symmetric_start_problem(inputs)):
+        if problem:
+            return problem
     if "conditions" in inputs:
         problem = conditions_problem(inputs)
         if problem:
@@ -125,6 +127,33 @@ def single_atom_problem(inputs: dict) -> str | None:
     return (f"every initial structure has a single atom ({sorted(structures)}): MD from it explores nothing, as the "
             "centre of mass is held; give supercells (e.g. ase's `atoms.repeat((2, 2, 2))`), or explore from the "
             "dataset (stages with `start_from: dataset`)")
+
+
+def transformations_problem(inputs: dict) -> str | None:
+    """Why the ``transformations`` cannot be applied, or None: they need ``structures``, and their variants would
+    lose the structures' ``conditions``."""
+    if "transformations" not in inputs:
+        return None
+    if not inputs.get("structures"):
+        return "`transformations` apply to the initial `structures`, and none were given"
+    if "conditions" in inputs:
+        return "`transformations` and `conditions` together are not supported: the variants would be labelled neutral"
+    return None
+
+
+def symmetric_start_problem(inputs: dict) -> str | None:
+    """Why the initial labels would hold no force, or None: every initial structure is a crystal whose every atom
+    sits where symmetry forbids a force (:mod:`tace_aiida.site_symmetry`), and nothing else is given to learn from."""
+    structures = inputs.get("structures", {})
+    if not structures or "dataset" in inputs or "transformations" in inputs:
+        return None
+    if not all(forces_vanish_by_symmetry(structure.get_ase()) for structure in structures.values()):
+        return None
+    return (f"every initial structure ({sorted(structures)}) has each atom on a site where its symmetry forbids a "
+            "force: their labels would all have zero forces, the members would agree that forces vanish everywhere, "
+            "and the run would converge having learnt none. Label rattled copies with them (input `transformations`, "
+            "e.g. [{type: rattle, amplitudes: [0.05], copies: 3, keep_parents: true}]; `tace-aiida learn --rattle "
+            "0.05`), or start from a labelled `dataset`")
 
 
 def first_label_failure(node: orm.ProcessNode) -> str:
@@ -219,6 +248,13 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
                    help="Conditions of the initial structures, {label: {charge (e), spin (multiplicity 2S+1), fidelity, "
                         "electric_field (V/Å)}}, neutral where absent: every frame explored from a structure, and "
                         "its labels, keep them (frames of the `dataset` keep those in their info).")
+        spec.input("transformations", valid_type=orm.List, required=False, validator=validate_transformations,
+                   help="Transformations of the initial structures, as `tace.generate_dataset`'s (supercell, strain, "
+                        "rattle, ...): their variants are labelled instead of the structures (with `keep_parents`, "
+                        "beside them); exploration still starts from the structures. Ideal crystals need rattled "
+                        "copies: their forces vanish by symmetry.")
+        spec.input("transformation_seed", valid_type=orm.Int, default=lambda: orm.Int(0),
+                   help="Seed of the transformations' random choices (rattle displacements, vacancy sites, ...).")
         spec.input("dataset", valid_type=TrainingSetData, required=False,
                    help="An initial labelled training set, e.g. the `dataset` output of a previous run.")
         spec.input_namespace("initial_ensemble", valid_type=PotentialData, dynamic=True, required=False,
@@ -366,11 +402,22 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         process = LABELLERS[namespace]
         return submit_once(self, process, link_label, **self.exposed_inputs(process, namespace), structures=structures)
 
-    def label_initial(self) -> ToContext:
-        """Label the initial structures."""
-        conditions = {"conditions": self.inputs.conditions} if "conditions" in self.inputs else {}
-        unlabelled = structures_to_dataset(**conditions, **self.inputs.structures)
-        self.report(f"labelling {unlabelled.num_structures} initial structures")
+    def label_initial(self) -> ToContext | ExitCode:
+        """Label the initial structures, or their variants when ``transformations`` are given (405 when they make
+        none)."""
+        if "transformations" in self.inputs:
+            generated = generate_variants(self.inputs.transformations, self.inputs.transformation_seed, orm.Bool(True),
+                                          **self.inputs.structures)
+            unlabelled = generated["structures"]
+            if unlabelled.num_structures == 0:
+                reason = f"the `transformations` made no structure (report: {generated['report'].get_dict()})"
+                return self._stop_with(self.exit_codes.ERROR_NO_TRAINING_DATA.format(reason=reason))
+            self.report(f"labelling {unlabelled.num_structures} variants of the {len(self.inputs.structures)} "
+                        "initial structures")
+        else:
+            conditions = {"conditions": self.inputs.conditions} if "conditions" in self.inputs else {}
+            unlabelled = structures_to_dataset(**conditions, **self.inputs.structures)
+            self.report(f"labelling {unlabelled.num_structures} initial structures")
         return ToContext(initial_labels=self._label(unlabelled, "label_initial"))
 
     def collect_initial(self) -> ExitCode | None:
