@@ -47,7 +47,10 @@ def plot_uncertainty_histograms(deviations: dict[int, np.ndarray], trust: tuple[
     for threshold in trust:
         axes.axvline(threshold, color="k", linestyle="--")
     axes.set(xlabel="max force deviation (eV/Å)", ylabel="frames", title="ensemble uncertainty of explored frames")
-    axes.legend()
+    if deviations:
+        axes.legend()
+    else:
+        axes.text(0.5, 0.5, "no frame explored", ha="center", va="center", transform=axes.transAxes)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
