@@ -76,14 +76,17 @@ def test_converged_stages_advance_then_stop(fast_polling, installed_code):
     assert len(called(node, "tace.train_base")) == 2, "no new data in iteration 2: the ensemble is kept, not retrained"
 
 
-def test_no_candidates_stops_the_loop(fast_polling, installed_code):
+def test_no_candidates_stops_the_loop_with_an_exit_code(fast_polling, installed_code):
     results, node = run_get_node(builder_for(
         installed_code, selection={"trust_low": 0.0, "trust_high": 1e-9}, stopping={"max_iterations": 5},
     ))
-    assert node.is_finished_ok
+    assert node.exit_status == ActiveLearningWorkChain.exit_codes.ERROR_NO_CANDIDATES.status
+    assert node.exit_message.startswith("Iteration 1 found no frame to label and did not converge: 0% of its frames "
+                                        "accurate, 100% beyond trust_high")
     report = results["report"].get_dict()
     assert report["stop_reason"] == "no_candidates" and len(report["iterations"]) == 1
     assert report["iterations"][0]["failed_fraction"] == 1.0
+    assert {"dataset", "report"} <= set(results) and len(results["ensemble"]) == 2, "the outputs are kept"
 
 
 def test_too_many_failed_labels_stop_with_an_exit_code(fast_polling, installed_code, aiida_localhost):
@@ -112,6 +115,25 @@ def test_a_failing_member_is_retried_once_then_left_out(fast_polling, installed_
     member_3 = [n for n in called(node, "tace.train_base") if n.inputs.train.seed.value == 3]
     assert len(member_3) == 1 and not member_3[0].is_finished_ok
     assert len(called(member_3[0], "tace.train")) == 2, "the failed member is retried exactly once"
+
+
+def test_members_continued_on_a_new_element_train_from_scratch(fast_polling, installed_code):
+    first, _ = run_get_node(builder_for(installed_code, stopping={"max_iterations": 1}))
+    alloy = bulk("Cu", "fcc", a=3.6, cubic=True)
+    alloy[0].symbol = "Ni"
+    alloy.rattle(0.02, seed=3)
+    second = builder_for(installed_code, stopping={"max_iterations": 1})
+    second.structures = {"cuni": orm.StructureData(ase=alloy)}
+    second.dataset = first["dataset"]
+    second.initial_ensemble = dict(first["ensemble"])
+    _, node = run_get_node(second)
+    assert node.exit_status in (0, ActiveLearningWorkChain.exit_codes.ERROR_MAX_ITERATIONS.status), node.exit_message
+    trainings = called(node, "tace.train")
+    assert len(trainings) == 2 and all(job.is_finished_ok for job in trainings)
+    assert not any("parent_potential" in job.inputs for job in trainings), "a warm start cannot add a species"
+    messages = [log.message for log in orm.Log.collection.get_logs_for(node)]
+    assert any(message.endswith("iteration 1: the dataset brings ['Ni'], which the members were not trained on; "
+                                "they train from scratch") for message in messages)
 
 
 def test_caching_skips_identical_labelling(fast_polling, installed_code):

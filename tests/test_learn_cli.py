@@ -354,6 +354,17 @@ def test_a_run_that_labelled_nothing_cannot_be_continued(codes, aiida_profile):
         build(None, continue_from=str(run.pk), **codes)
 
 
+def test_a_test_dataset_with_an_element_the_run_never_sees_is_refused(cu_file, codes):
+    alloy = bulk("Cu", "fcc", a=3.61, cubic=True)
+    alloy[0].symbol = "Ni"
+    alloy.info["energy"] = -0.1
+    alloy.arrays["forces"] = 0.0 * alloy.positions
+    test_set = TrainingSetData([alloy]).store()
+    with pytest.raises(ValueError, match=r"the test_dataset holds \['Ni'\], which no initial structure or dataset frame "
+                                         r"has \(\['Cu'\]\): the members could not be scored on it"):
+        build(read_parents([cu_file]), test_dataset=str(test_set.pk), **codes)
+
+
 def test_a_test_dataset_scores_every_member_and_shows_in_the_summary(cu_file, codes):
     from tace_aiida.run_summary import iteration_line
 

@@ -39,6 +39,12 @@ def test_no_candidates_before_convergence_ends_the_run():
     assert decision.stop_reason == NO_CANDIDATES
 
 
+def test_no_candidates_in_a_converged_iteration_goes_on_to_complete_the_streak():
+    assert advance(0, 0, 1, accurate_fraction=1.0, candidates=0, stopping=STOPPING, stages=3) == Decision(0, 1)
+    assert advance(0, 1, 3, accurate_fraction=0.5, candidates=0, stopping=STOPPING, stages=3).stop_reason == \
+        NO_CANDIDATES, "an inaccurate iteration breaks the streak, and with nothing to label the run stops"
+
+
 def test_max_iterations_ends_an_unfinished_run_but_never_overrides_convergence():
     assert advance(0, 0, 10, 0.5, 5, STOPPING, stages=2).stop_reason == MAX_ITERATIONS
     moved = advance(0, 1, 10, 0.95, 5, STOPPING, stages=2)

@@ -33,7 +33,14 @@ from tace_aiida.labelling.runner import CARRIED_BY
 from tace_aiida.selection import SelectionSettings
 from tace_aiida.site_symmetry import forces_vanish_by_symmetry
 
-from .decisions import advance, label_failure_fraction, over_failure_budget, required_members
+from .decisions import (
+    MAX_ITERATIONS,
+    NO_CANDIDATES,
+    advance,
+    label_failure_fraction,
+    over_failure_budget,
+    required_members,
+)
 from .exploration import md_parameters, plan_md_runs, stop_threshold
 from .generation import generate_variants, validate_transformations
 from .killing import ForcedKillReachesChildren
@@ -108,6 +115,9 @@ def validate_inputs(inputs: dict, _) -> str | None:
     for problem in (single_atom_problem(inputs), transformations_problem(inputs), symmetric_start_problem(inputs)):
         if problem:
             return problem
+    problem = test_elements_problem(inputs)
+    if problem:
+        return problem
     if "conditions" in inputs:
         problem = conditions_problem(inputs)
         if problem:
@@ -127,6 +137,21 @@ def single_atom_problem(inputs: dict) -> str | None:
     return (f"every initial structure has a single atom ({sorted(structures)}): MD from it explores nothing, as the "
             "centre of mass is held; give supercells (e.g. ase's `atoms.repeat((2, 2, 2))`), or explore from the "
             "dataset (stages with `start_from: dataset`)")
+
+
+def test_elements_problem(inputs: dict) -> str | None:
+    """Why the members cannot be scored on the ``test_dataset``, or None: it holds an element that neither the
+    structures nor the dataset have (exploration adds none, so the members would never be trained on it)."""
+    if "test_dataset" not in inputs:
+        return None
+    known = {symbol for structure in inputs.get("structures", {}).values() for symbol in structure.get_symbols_set()}
+    if "dataset" in inputs:
+        known |= set(inputs["dataset"].elements)
+    unknown = sorted(set(inputs["test_dataset"].elements) - known)
+    if unknown:
+        return (f"the test_dataset holds {unknown}, which no initial structure or dataset frame has ({sorted(known)}): "
+                "the members could not be scored on it")
+    return None
 
 
 def transformations_problem(inputs: dict) -> str | None:
@@ -314,6 +339,10 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         spec.exit_code(403, "ERROR_ENSEMBLE_FAILED", message="Only {count} ensemble members trained; at least {minimum} are needed.")
         spec.exit_code(404, "ERROR_EXPLORATION_FAILED", message="Every exploration MD run failed.")
         spec.exit_code(405, "ERROR_NO_TRAINING_DATA", message="No structure of the initial set could be labelled: {reason}")
+        spec.exit_code(406, "ERROR_NO_CANDIDATES",
+                       message="Iteration {iteration} found no frame to label and did not converge: {accurate:.0%} of "
+                               "its frames accurate, {failed:.0%} beyond trust_high; raise selection.trust_high, train "
+                               "the members longer, or start from more labelled structures.")
 
     # ---------------------------------------------------------------------------- protocols
 
@@ -457,6 +486,11 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         inputs = self.exposed_inputs(TrainCalculation, "train")
         inputs["parameters"] = self._training_parameters(inputs["parameters"])
         previous = self.ctx.ensemble if self.inputs.warm_start.value else []
+        new_elements = sorted(set(self.ctx.dataset.elements) - {e for member in previous for e in member.elements})
+        if previous and new_elements:
+            self.report(f"iteration {self.ctx.iteration}: the dataset brings {new_elements}, which the members were "
+                        "not trained on; they train from scratch")
+            previous = []
         futures = {}
         for member in range(self.inputs.ensemble_size.value):
             member_inputs = {**inputs, "dataset": self.ctx.dataset, "seed": orm.Int(member + 1)}
@@ -647,9 +681,13 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         return exit_code
 
     def finalize(self) -> ExitCode | None:
-        """Attach the outputs; exit 401 when the cap on iterations ended the run."""
+        """Attach the outputs; exit 401 when the cap on iterations ended the run, 406 when nothing was left to label."""
         self._attach_outputs()
         self.report(f"finished after {self.ctx.iteration} iterations: {self.ctx.stop_reason}")
-        if self.ctx.stop_reason == "max_iterations":
+        if self.ctx.stop_reason == MAX_ITERATIONS:
             return self.exit_codes.ERROR_MAX_ITERATIONS
+        if self.ctx.stop_reason == NO_CANDIDATES:
+            last = self.ctx.iterations[-1]
+            return self.exit_codes.ERROR_NO_CANDIDATES.format(
+                iteration=last["iteration"], accurate=last["accurate_fraction"], failed=last["failed_fraction"])
         return None

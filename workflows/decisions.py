@@ -29,14 +29,18 @@ def advance(stage: int, converged_count: int, iteration: int, accurate_fraction:
             stopping: StoppingSettings, stages: int, lower_bound_change: float | None = None) -> Decision:
     """The decision after ``iteration`` (1-based) of stage ``stage`` (0-based, of ``stages``);
     ``lower_bound_change`` (eV/Å) is how far the trust window's lower bound moved since the stage's
-    previous iteration (None: no previous one)."""
+    previous iteration (None: no previous one).
+
+    An iteration without candidates that did not converge stops the run (``NO_CANDIDATES``: every frame not accurate
+    lies beyond the trust window, so there is nothing to label and the next iteration would explore with the same
+    ensemble); one that converged but has not completed its stage's streak goes on."""
     converged_count = converged_count + 1 if iteration_converged(accurate_fraction, lower_bound_change, stopping) else 0
     if converged_count >= stopping.converged_iterations:
         if stage + 1 < stages:
             decision = Decision(stage + 1, 0, message=f"stage {stage} converged; moving on to stage {stage + 1}")
         else:
             decision = Decision(stage, converged_count, CONVERGED)
-    elif candidates == 0:
+    elif candidates == 0 and converged_count == 0:
         decision = Decision(stage, converged_count, NO_CANDIDATES)
     else:
         decision = Decision(stage, converged_count)
