@@ -18,21 +18,27 @@ SYMPREC = 1e-3
 
 def force_directions(atoms: Atoms, symprec: float = SYMPREC) -> list[int]:
     """Per atom of a cell periodic in three directions, how many independent directions (0-3) the crystal's
-    symmetry leaves its force: 0 on a site whose point group has no invariant vector (e.g. every fcc site)."""
+    symmetry leaves its force: 0 on a site whose point group has no invariant vector (e.g. every fcc site).
+
+    A force on an atom must be unchanged by every operation that maps the atom onto itself, so it lies in the null
+    space of the stacked ``R - 1`` of those operations (Cartesian rotations ``R``). Atoms of one orbit have conjugate
+    site groups, so one atom per orbit is analysed.
+    """
     if not all(atoms.pbc):
         raise ValueError(f"{atoms.get_chemical_formula()}: the site symmetry of forces needs a cell periodic in "
                          f"three directions, not pbc {atoms.pbc.tolist()}")
     structure = AseAtomsAdaptor.get_structure(atoms)
-    fractional = structure.frac_coords
-    constraints: list[list[np.ndarray]] = [[] for _ in fractional]
-    for operation in SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_operations(cartesian=False):
-        images = operation.operate_multi(fractional)
-        offsets = images - fractional
-        fixed = np.linalg.norm(structure.lattice.get_cartesian_coords(offsets - np.round(offsets)), axis=1) < 10 * symprec
-        rotation = structure.lattice.matrix.T @ operation.rotation_matrix @ np.linalg.inv(structure.lattice.matrix.T)
-        for atom in np.flatnonzero(fixed):
-            constraints[atom].append(rotation - np.eye(3))
-    return [3 - int(np.linalg.matrix_rank(np.vstack(rows), tol=1e-6)) if rows else 3 for rows in constraints]
+    symmetry = SpacegroupAnalyzer(structure, symprec=symprec).get_symmetry_dataset()
+    to_cartesian = structure.lattice.matrix.T  # [3, 3], columns the cell vectors (Å)
+    deviations = to_cartesian @ symmetry.rotations @ np.linalg.inv(to_cartesian) - np.eye(3)  # [n_ops, 3, 3]
+    directions = {}
+    for atom in np.unique(symmetry.equivalent_atoms):
+        position = structure.frac_coords[atom]
+        offsets = symmetry.rotations @ position + symmetry.translations - position  # [n_ops, 3], fractional
+        offsets -= np.round(offsets)
+        fixed = np.linalg.norm(offsets @ to_cartesian.T, axis=1) < 10 * symprec
+        directions[atom] = 3 - int(np.linalg.matrix_rank(deviations[fixed].reshape(-1, 3), tol=1e-6))
+    return [directions[atom] for atom in symmetry.equivalent_atoms]
 
 
 def forces_vanish_by_symmetry(atoms: Atoms, symprec: float = SYMPREC) -> bool:

@@ -44,6 +44,13 @@ def test_shears_of_a_cubic_cell_along_yz_xz_xy_are_symmetry_equivalent():
     assert len(generated.frames) == 2 and generated.report["dropped"][SYMMETRY] == 4
 
 
+def test_the_report_counts_variants_whose_forces_vanish_by_symmetry():
+    strained = run([SUPERCELL, {"type": "strain", "volumetric": [-0.02, 0.02], "keep_parents": True}])
+    assert strained.report["force_free"] == len(strained.frames) == 3, "strained ideal cells hold no force"
+    rattled = run([SUPERCELL, {"type": "rattle", "amplitudes": [0.05], "copies": 2, "keep_parents": True}])
+    assert rattled.report["force_free"] == 1 and len(rattled.frames) == 3, "only the parent"
+
+
 def test_rattle_amplitudes_and_copies():
     generated = run([SUPERCELL, {"type": "rattle", "amplitudes": [0.01, 0.1], "copies": 3}])
     assert generated.report["made"] == 6 and len(generated.frames) == 6

@@ -45,13 +45,15 @@ def test_transformations_from_yaml_and_json_and_errors_name_the_file_and_value(t
 def test_the_generate_command_labels_with_emt_and_prints_the_summary(aiida_profile, installed_code, tmp_path):
     write(tmp_path / "Cu.cif", CU)
     (tmp_path / "chain.yaml").write_text("- {type: supercell, matrix: [2, 1, 1]}\n"
-                                         "- {type: rattle, amplitudes: [0.05], copies: 3}\n")
+                                         "- {type: rattle, amplitudes: [0.05], copies: 3, keep_parents: true}\n")
     code = installed_code("tace-label")
     result = CliRunner().invoke(generate, [str(tmp_path / "Cu.cif"), "-t", str(tmp_path / "chain.yaml"),
                                            "--code", code.full_label, "--structures-per-job", "2"])
     assert result.exit_code == 0, result.output
-    assert "made 3 variants, kept 3" in result.output
-    assert "reused 0, labelled 3, failed 0" in result.output
+    assert "made 4 variants, kept 4" in result.output
+    assert ("1 of them have every atom where symmetry forbids a force: their labels hold no forces (add a rattle step "
+            "to learn forces)") in result.output, "the 2x1x1 supercell kept as the rattle's parent"
+    assert "reused 0, labelled 4, failed 0" in result.output
     assert "dataset: TrainingSetData<" in result.output
 
 

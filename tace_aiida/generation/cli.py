@@ -230,6 +230,9 @@ def summary_lines(node: orm.WorkflowNode) -> list[str]:
     report = node.outputs.report.get_dict()
     dropped = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in report["dropped"].items())
     lines.append(f"  made {report['made']} variants, kept {report['kept']} (dropped: {dropped})")
+    if report.get("force_free"):
+        lines.append(f"  {report['force_free']} of them have every atom where symmetry forbids a force: their labels "
+                     "hold no forces (add a rattle step to learn forces)")
     if "reused" in report:
         rate = report["structures_per_minute"]
         lines.append(f"  reused {report['reused']}, labelled {report['labelled']}, failed {len(report['failed'])}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from ase import Atoms
 
+from ..site_symmetry import forces_vanish_by_symmetry
 from .dedup import HASH_PREFIX, content_hash, deduplicate
 from .settings import read_transformations
 from .transformations import apply, plain
@@ -21,7 +22,9 @@ from .transformations import apply, plain
 
 @dataclass
 class Generated:
-    """The kept variants (``info``: ``parent``, ``content_hash``) and the report (counts per step, dropped by reason)."""
+    """The kept variants (``info``: ``parent``, ``content_hash``) and the report (counts per step, dropped by reason,
+    and ``force_free``: how many kept variants have every atom where symmetry forbids a force, so that their labels
+    hold energies and stresses but no forces)."""
 
     frames: list[Atoms]
     report: dict
@@ -58,5 +61,6 @@ def generate(parents: dict[str, Atoms], transformations: list[dict], seed: int, 
         frame = variants[index]
         frame.info["content_hash"] = hashes[index]
         frames.append(frame)
-    report = {"made": len(variants), "kept": len(frames), "dropped": result.counts(), "steps": steps}
+    report = {"made": len(variants), "kept": len(frames), "dropped": result.counts(), "steps": steps,
+              "force_free": sum(forces_vanish_by_symmetry(frame) for frame in frames)}
     return Generated(frames, report)
