@@ -42,10 +42,17 @@ def ended_without_report(node: orm.WorkflowNode) -> str:
 
 
 def export_run(node: orm.WorkflowNode, folder: Path) -> list[Path]:
-    """Write the final ensemble's checkpoints (``member<i>.pt``) and the run's plots into ``folder``."""
+    """Write the final ensemble's checkpoints (``member<i>.pt``) and the run's plots into ``folder``.
+
+    Member checkpoints left in ``folder`` by an earlier export of a larger ensemble are removed (and named), so that
+    ``member*.pt`` is this run's ensemble and no other's; the earlier run's potentials stay in the database.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     members = [potential.write_checkpoint(folder / f"member{index}.pt")
                for index, potential in enumerate(node.outputs.ensemble.values())]
+    for stale in sorted(set(folder.glob("member*.pt")) - set(members)):
+        stale.unlink()
+        print(f"removed: {stale} (not a member of {node.process_label}<{node.pk}>; an earlier export's)")
     return members + plot_run(node, folder)
 
 

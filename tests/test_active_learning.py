@@ -49,7 +49,10 @@ def test_two_iterations_grow_the_dataset_with_full_provenance(fast_polling, inst
     summary = summarise(node)
     assert summary[0].endswith("max_iterations after 2 iterations, 8 structures in the final dataset")
     assert summary[2].startswith("  iteration 2: 5 structures, accurate")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "member2.pt").write_text("a member of an earlier, larger ensemble")
     written = export_run(node, tmp_path / "run")
+    assert not (tmp_path / "run" / "member2.pt").exists(), "member*.pt is this run's ensemble only"
     assert sorted(p.name for p in written) == ["calibration.png", "learning_curve.png", "member0.pt", "member1.pt",
                                                "uncertainty.png"]
     assert all(p.stat().st_size > 0 for p in written)
