@@ -76,6 +76,12 @@ def test_overrides_merge_key_by_key(codes):
     assert validation_error(builder) is None
 
 
+def test_an_override_that_is_no_input_is_named(codes):
+    with pytest.raises(ValueError, match=r"unknown input 'selecton'; the inputs there are \[.*'selection'"):
+        ActiveLearningWorkChain.get_builder_from_protocol(codes, copper(), "fast", {"selecton": {"max_selected": 3}},
+                                                          calculator=EMT)
+
+
 def test_unknown_protocol_is_refused_with_the_choices(codes):
     with pytest.raises(ValueError, match=r"unknown protocol 'quick'; choose among \['balanced', 'fast', 'stringent'\]"):
         ActiveLearningWorkChain.get_builder_from_protocol(codes, copper(), "quick", calculator=EMT)

@@ -48,18 +48,22 @@ def choose_labeller(inputs: dict, code: orm.AbstractCode, calculator: str | None
     return inputs
 
 
-def to_nodes(namespace: PortNamespace, values: dict[str, Any]) -> dict[str, Any]:
+def to_nodes(namespace: PortNamespace, values: dict[str, Any], path: str = "") -> dict[str, Any]:
     """``values`` with every plain value of a data port as a node (dict -> Dict, list -> List, 3 -> Int, ...).
 
-    Sub-namespaces are followed; ``metadata`` and nodes are kept as they are.
+    Sub-namespaces are followed; ``metadata`` and nodes are kept as they are. A key that is no input of a namespace
+    that is not dynamic is a ``ValueError`` naming it (``path``: the namespace's, dotted) and the known inputs (a
+    typo in the overrides, say).
     """
     converted = {}
     for key, value in values.items():
         port = namespace.get(key)
+        if port is None and key != "metadata" and not namespace.dynamic:
+            raise ValueError(f"unknown input {path}{key!r}; the inputs there are {sorted(namespace)}")
         if key == "metadata" or isinstance(value, orm.Node):
             converted[key] = value
         elif isinstance(port, PortNamespace) and isinstance(value, dict):
-            converted[key] = to_nodes(port, value)
+            converted[key] = to_nodes(port, value, f"{path}{key}.")
         else:
             converted[key] = orm.to_aiida_type(value)
     return converted
