@@ -35,7 +35,8 @@ def ended_without_report(node: orm.WorkflowNode) -> str:
     """How a run that has no ``report`` (killed, excepted, or refused at its start) ended, in one line, with the
     command that continues from what it made."""
     status = f", exit status {node.exit_status}" if node.exit_status is not None else ""
-    line = f"{node.process_label}<{node.pk}> {node.process_state.value}{status}: {node.exit_message or 'no report'}"
+    reason = node.exit_message or node.process_status or "no report"
+    line = f"{node.process_label}<{node.pk}> {node.process_state.value}{status}: {reason}"
     if node.is_killed or node.is_excepted:
         line += f"; `tace-aiida learn --continue-from {node.pk}` continues from the last dataset and ensemble it made"
     return line
@@ -68,12 +69,17 @@ def execute(builder, folder: Path, submit: bool = False) -> orm.WorkflowNode:
     """Run ``builder`` here, or submit it to the daemon; return its node.
 
     Run: wait, then print :func:`summarise` (the exit message when the run ended without a report) and write
-    :func:`export_run` into ``folder`` when it has an ensemble. Submitted: print the PK and how to follow the run;
+    :func:`export_run` into ``folder`` when it has an ensemble. Interrupted (Ctrl-C, SIGTERM), the run is killed and the
+    processes it started here are ended with it, their scheduler jobs stopped
+    (:func:`.abandoned.end_abandoned_descendants`). Submitted: print the PK and how to follow the run;
     ``tace-aiida summary PK`` does the rest once it has ended.
     """
     from aiida.engine import run_get_node
     from aiida.engine import submit as submit_to_daemon
+    from aiida.manage import get_manager
+    from plumpy.exceptions import KilledError
 
+    from tace_aiida.abandoned import end_abandoned_descendants
     from tace_aiida.broker import ensure_broker
 
     ensure_broker(workers=2 if submit else 1)
@@ -83,7 +89,15 @@ def execute(builder, folder: Path, submit: bool = False) -> orm.WorkflowNode:
         print(f"  follow it:   verdi process status {node.pk}  |  verdi process report {node.pk}")
         print(f"  when ended:  tace-aiida summary {node.pk} --output {folder}")
         return node
-    _, node = run_get_node(builder)
+    process = get_manager().get_runner().instantiate_process(builder)
+    try:
+        _, node = run_get_node(process)
+    except KilledError:
+        node = process.node
+        ended = end_abandoned_descendants(node, f"Killed with parent<{node.pk}>, whose run was interrupted")
+        if ended:
+            print(f"{node.process_label}<{node.pk}> was interrupted: ended the {len(ended)} processes it had started "
+                  f"here and stopped their jobs ({', '.join(f'{child.process_label}<{child.pk}>' for child in ended)})")
     if "report" not in node.outputs:
         print(ended_without_report(node))
         return node

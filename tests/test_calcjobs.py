@@ -14,8 +14,8 @@ from aiida import orm
 from aiida.engine import run_get_node
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from tace_aiida.workflows.killing import stops_its_own_job
 
+from tace_aiida.abandoned import stops_its_own_job
 from tace_aiida.calculations.label_ase import AseLabelCalculation
 from tace_aiida.calculations.md import MDCalculation
 from tace_aiida.calculations.train import TrainCalculation

@@ -288,6 +288,50 @@ def test_a_killed_run_is_continued_from_what_its_graph_holds(tmp_path, installed
     assert continued.outputs.dataset.num_structures > labels.num_structures
 
 
+@pytest.mark.slow
+def test_an_interrupted_run_ends_the_processes_and_jobs_it_started(fast_polling, installed_code, aiida_localhost,
+                                                                   tmp_path):
+    """Ctrl-C of a run in the foreground: aiida-core kills the run only, leaving its trainings `Waiting` for ever
+    and their jobs running; the run's children are ended with it and their jobs stopped."""
+    import os
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    from tace_aiida.run_summary import execute
+
+    from .helpers.loop import builder_for, called
+
+    builder = builder_for(installed_code, stopping={"max_iterations": 1})
+    builder.train.parameters = orm.Dict({**TRAINING, "max_epochs": 1_000_000})
+    workdir, started = Path(aiida_localhost.get_workdir()), time.time()
+
+    def interrupt_once_a_training_runs() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if any(path.stat().st_mtime > started for path in workdir.glob("*/*/*/metrics.jsonl")):
+                os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends; the runner's handler takes it
+                return
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=interrupt_once_a_training_runs, daemon=True)
+    watcher.start()
+    node = execute(builder, tmp_path)
+    watcher.join()
+    assert node.is_killed
+    trainings = called(node, "tace.train")
+    assert trainings and all(job.is_killed for job in trainings)
+    assert all(child.is_terminated for child in node.called_descendants)
+    assert {job.process_status for job in trainings} == {f"Killed with parent<{node.pk}>, whose run was interrupted"}
+    for job in trainings:
+        if job.get_job_id() is not None:
+            deadline = time.monotonic() + 30
+            while Path(f"/proc/{job.get_job_id()}").exists() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert not Path(f"/proc/{job.get_job_id()}").exists(), "the training job is stopped"
+
+
 def ended_loop(state: str, **inputs: orm.Data) -> orm.WorkflowNode:
     """A stored loop node in ``state`` with ``inputs`` linked, as the engine leaves a run that ended."""
     from aiida.common import LinkType

@@ -12,22 +12,10 @@ kill without ``-F`` would.
 from __future__ import annotations
 
 from aiida import orm
-from aiida.engine.daemon.execmanager import kill_calculation
 from kiwipy.communications import UnroutableError
 from plumpy.processes import ConnectionClosed  # type: ignore[attr-defined]
 
-from tace_aiida.calculations.base import TaceCalcJob, cancel_file_reaches_job
-
-
-def stops_its_own_job(node: orm.CalcJobNode) -> bool:
-    """Whether a forced kill of the CalcJob ``node`` stops its scheduler job by itself: a tace CalcJob does on a
-    ``tace.dask`` computer reached through the local transport (:func:`.cancel_dask_job_directly`)."""
-    if not cancel_file_reaches_job(node.computer):
-        return False
-    try:
-        return issubclass(node.process_class, TaceCalcJob)
-    except ValueError:  # a class that cannot be loaded here
-        return False
+from tace_aiida.abandoned import kill_scheduler_job, stops_its_own_job
 
 
 class ForcedKillReachesChildren:
@@ -41,7 +29,7 @@ class ForcedKillReachesChildren:
                     continue
                 self._send_forced_kill(child)
                 if isinstance(child, orm.CalcJobNode) and not stops_its_own_job(child):
-                    self._kill_scheduler_job(child)
+                    kill_scheduler_job(child)
         return super().kill(msg_text, force_kill)
 
     def _send_forced_kill(self, child: orm.ProcessNode) -> None:
@@ -51,14 +39,3 @@ class ForcedKillReachesChildren:
             self.runner.controller.kill_process(child.pk, msg_text=f"Killed by parent<{self.node.pk}>", force_kill=True)
         except (ConnectionClosed, UnroutableError):
             self.logger.warning(f"the forced kill did not reach child<{child.pk}>")
-
-    def _kill_scheduler_job(self, child: orm.CalcJobNode) -> None:
-        """Kill ``child``'s job through the scheduler of its computer (nothing when it has no job yet)."""
-        if child.get_job_id() is None:
-            return
-        try:
-            with child.get_transport() as transport:
-                kill_calculation(child, transport)
-        except Exception as error:  # a transport or scheduler error: the kill of the rest goes on
-            self.logger.warning(f"the forced kill did not stop job {child.get_job_id()} of child<{child.pk}> "
-                                f"on {child.computer.label}: {error}")

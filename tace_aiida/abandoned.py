@@ -1,0 +1,62 @@
+"""Stopping what a run started once no engine will: the scheduler jobs of its CalcJobs, then the processes themselves.
+
+A run in the foreground (``verdi run``, ``tace-aiida learn`` without ``--submit``) executes the processes it starts in
+its own interpreter. Interrupted (Ctrl-C, SIGTERM), aiida-core 2.9 kills the run but not them: they stay ``Waiting``
+in the database with no process left to step them on, and their scheduler jobs (trainings and MD on the dask
+cluster) run to their end, holding cores or GPUs that later runs queue behind. :func:`end_abandoned_descendants` ends
+both. A forced kill (``verdi process kill -F``) of a workchain reaches its CalcJobs' jobs the same way
+(:mod:`tace_aiida.workflows.killing`).
+"""
+
+from __future__ import annotations
+
+from aiida import orm
+from aiida.engine.daemon.execmanager import kill_calculation
+from plumpy.process_states import ProcessState
+
+from .calculations.base import TaceCalcJob, cancel_dask_job_directly, cancel_file_reaches_job
+
+
+def stops_its_own_job(node: orm.CalcJobNode) -> bool:
+    """Whether a forced kill of the CalcJob ``node`` stops its scheduler job by itself: a tace CalcJob does on a
+    ``tace.dask`` computer reached through the local transport (:func:`.cancel_dask_job_directly`)."""
+    if not cancel_file_reaches_job(node.computer):
+        return False
+    try:
+        return issubclass(node.process_class, TaceCalcJob)
+    except ValueError:  # a class that cannot be loaded here
+        return False
+
+
+def kill_scheduler_job(node: orm.CalcJobNode) -> None:
+    """Kill ``node``'s job through the scheduler of its computer (nothing when it has no job yet); a transport or
+    scheduler error is logged on the node, so that the rest of a tree is still stopped."""
+    if node.get_job_id() is None:
+        return
+    try:
+        with node.get_transport() as transport:
+            kill_calculation(node, transport)
+    except Exception as error:  # noqa: BLE001  (any transport or scheduler error)
+        node.logger.warning(f"the job {node.get_job_id()} of {node.process_label}<{node.pk}> on "
+                            f"{node.computer.label} was not stopped: {error}")
+
+
+def stop_job(node: orm.CalcJobNode) -> None:
+    """Stop ``node``'s scheduler job: through its cancel file where that reaches it, else through the scheduler."""
+    if not (stops_its_own_job(node) and cancel_dask_job_directly(node)):
+        kill_scheduler_job(node)
+
+
+def end_abandoned_descendants(node: orm.ProcessNode, reason: str) -> list[orm.ProcessNode]:
+    """Stop the jobs of the descendants of ``node`` that have not terminated and mark them killed with ``reason`` as
+    their status; returns them. Only for processes that no engine runs any more: those of a foreground run that
+    ended, whose interpreter executed them."""
+    abandoned = [child for child in node.called_descendants if not child.is_terminated]
+    for child in abandoned:
+        if isinstance(child, orm.CalcJobNode):
+            stop_job(child)
+    for child in abandoned:
+        child.set_process_state(ProcessState.KILLED)
+        child.set_process_status(reason)
+        child.seal()
+    return abandoned
