@@ -60,3 +60,20 @@ def end_abandoned_descendants(node: orm.ProcessNode, reason: str) -> list[orm.Pr
         child.set_process_status(reason)
         child.seal()
     return abandoned
+
+
+def run_in_foreground(process) -> orm.ProcessNode:
+    """Run ``process`` (made by this interpreter's runner) to its end and return its node. Interrupted (Ctrl-C,
+    SIGTERM), aiida-core kills it; the processes it started here are then ended too, their jobs stopped, and named."""
+    from aiida.engine import run_get_node
+    from plumpy.exceptions import KilledError
+
+    try:
+        run_get_node(process)
+    except KilledError:
+        node = process.node
+        ended = end_abandoned_descendants(node, f"Killed with parent<{node.pk}>, whose run was interrupted")
+        if ended:
+            print(f"{node.process_label}<{node.pk}> was interrupted: ended the {len(ended)} processes it had started "
+                  f"here and stopped their jobs ({', '.join(f'{child.process_label}<{child.pk}>' for child in ended)})")
+    return process.node

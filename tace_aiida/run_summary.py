@@ -70,16 +70,13 @@ def execute(builder, folder: Path, submit: bool = False) -> orm.WorkflowNode:
 
     Run: wait, then print :func:`summarise` (the exit message when the run ended without a report) and write
     :func:`export_run` into ``folder`` when it has an ensemble. Interrupted (Ctrl-C, SIGTERM), the run is killed and the
-    processes it started here are ended with it, their scheduler jobs stopped
-    (:func:`.abandoned.end_abandoned_descendants`). Submitted: print the PK and how to follow the run;
+    processes it started here are ended with it, their scheduler jobs stopped (:func:`.abandoned.run_in_foreground`). Submitted: print the PK and how to follow the run;
     ``tace-aiida summary PK`` does the rest once it has ended.
     """
-    from aiida.engine import run_get_node
     from aiida.engine import submit as submit_to_daemon
     from aiida.manage import get_manager
-    from plumpy.exceptions import KilledError
 
-    from tace_aiida.abandoned import end_abandoned_descendants
+    from tace_aiida.abandoned import run_in_foreground
     from tace_aiida.broker import ensure_broker
 
     ensure_broker(workers=2 if submit else 1)
@@ -89,15 +86,7 @@ def execute(builder, folder: Path, submit: bool = False) -> orm.WorkflowNode:
         print(f"  follow it:   verdi process status {node.pk}  |  verdi process report {node.pk}")
         print(f"  when ended:  tace-aiida summary {node.pk} --output {folder}")
         return node
-    process = get_manager().get_runner().instantiate_process(builder)
-    try:
-        _, node = run_get_node(process)
-    except KilledError:
-        node = process.node
-        ended = end_abandoned_descendants(node, f"Killed with parent<{node.pk}>, whose run was interrupted")
-        if ended:
-            print(f"{node.process_label}<{node.pk}> was interrupted: ended the {len(ended)} processes it had started "
-                  f"here and stopped their jobs ({', '.join(f'{child.process_label}<{child.pk}>' for child in ended)})")
+    node = run_in_foreground(get_manager().get_runner().instantiate_process(builder))
     if "report" not in node.outputs:
         print(ended_without_report(node))
         return node

@@ -194,8 +194,11 @@ class Progress:
 
 
 def run_with_progress(builder) -> orm.WorkflowNode:
-    """Run ``builder`` in this process; a progress bar polled every ``POLL_SECONDS`` on the runner's event loop."""
+    """Run ``builder`` in this process; a progress bar polled every ``POLL_SECONDS`` on the runner's event loop.
+    Interrupted, the run's labelling processes end with it (:func:`.abandoned.run_in_foreground`)."""
     from aiida.manage import get_manager
+
+    from ..abandoned import run_in_foreground
 
     runner = get_manager().get_runner()
     process = runner.instantiate_process(builder)
@@ -207,9 +210,9 @@ def run_with_progress(builder) -> orm.WorkflowNode:
             runner.loop.call_later(POLL_SECONDS, tick)
 
     runner.loop.call_later(POLL_SECONDS, tick)
-    runner.run(process)
+    node = run_in_foreground(process)
     progress.close()
-    return process.node
+    return node
 
 
 def follow(node: orm.WorkflowNode) -> None:
