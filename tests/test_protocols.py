@@ -76,6 +76,21 @@ def test_overrides_merge_key_by_key(codes):
     assert validation_error(builder) is None
 
 
+def test_structures_may_be_ase_or_pymatgen_and_anything_else_is_named(codes):
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = copper()["cu"].get_ase()
+    builder = ActiveLearningWorkChain.get_builder_from_protocol(
+        codes, {"ase": atoms, "pymatgen": AseAtomsAdaptor.get_structure(atoms)}, "fast", calculator=EMT)
+    for node in builder.structures.values():
+        assert node.get_ase().positions == pytest.approx(atoms.positions, abs=1e-10)
+    with pytest.raises(TypeError, match=r"structures must map labels to structures, e\.g\. \{'bulk': atoms\}, not a list"):
+        ActiveLearningWorkChain.get_builder_from_protocol(codes, [atoms], "fast", calculator=EMT)
+    with pytest.raises(TypeError, match=r"structures\['cu'\] must be a StructureData, an ase Atoms or a pymatgen "
+                                        r"Structure, not a str"):
+        ActiveLearningWorkChain.get_builder_from_protocol(codes, {"cu": "Cu.cif"}, "fast", calculator=EMT)
+
+
 def test_an_override_that_is_no_input_is_named(codes):
     with pytest.raises(ValueError, match=r"unknown input 'selecton'; the inputs there are \[.*'selection'"):
         ActiveLearningWorkChain.get_builder_from_protocol(codes, copper(), "fast", {"selecton": {"max_selected": 3}},

@@ -13,6 +13,7 @@ keeps a restarted step from launching its children twice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
@@ -20,6 +21,8 @@ import numpy as np
 from aiida import orm
 from aiida.engine import ExitCode, ProcessBuilder, ToContext, WorkChain, calcfunction, if_, while_
 from aiida_quantumespresso.workflows.protocols.utils import ProtocolMixin
+from ase import Atoms
+from pymatgen.core import Structure
 from tace_aiida.model.config import TrainingConfig
 from tace_aiida.model.structure_conditions import condition_info, condition_info_of
 
@@ -46,7 +49,7 @@ from .generation import generate_variants, validate_transformations
 from .killing import ForcedKillReachesChildren
 from .labelling.ase_batches import AseLabelBatchesWorkChain
 from .labelling.qe import QeLabelWorkChain
-from .protocol_builder import check_codes, choose_labeller, to_nodes
+from .protocol_builder import check_codes, choose_labeller, structure_nodes, to_nodes
 from .report import calibration, iteration_entry
 from .resubmission import ClosesInterruptedCalcfunctions, submit_once
 from .settings import StageSettings, StoppingSettings, read_stages
@@ -355,7 +358,7 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
     def get_builder_from_protocol(
         cls,
         codes: dict[str, orm.AbstractCode],
-        structures: dict[str, orm.StructureData] | None,
+        structures: Mapping[str, orm.StructureData | Atoms | Structure] | None,
         protocol: str | None = None,
         overrides: dict | None = None,
         *,
@@ -369,7 +372,8 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         installed aiida-pseudo family, by default the pw protocol's); any other labels through
         ``label_ase`` with ``calculator``, an ASE calculator's import path. ``overrides`` are merged
         into the protocol's inputs, dicts key by key (lists such as ``exploration`` are replaced).
-        ``structures`` may be None when ``builder.dataset`` is set instead.
+        ``structures`` maps labels to StructureData, ASE ``Atoms`` or pymatgen ``Structure``; it may be None when
+        ``builder.dataset`` is set instead.
         """
         available = sorted(cls.get_available_protocols())
         if protocol is not None and protocol not in available and cls._check_if_alias(protocol) is None:
@@ -380,7 +384,7 @@ class ActiveLearningWorkChain(ForcedKillReachesChildren, ClosesInterruptedCalcfu
         inputs["train"] = {**inputs.get("train", {}), "code": codes["train"]}
         inputs["md"] = {**inputs.get("md", {}), "code": codes["md"]}
         if structures:
-            inputs["structures"] = dict(structures)
+            inputs["structures"] = structure_nodes(structures)
         builder = cls.get_builder()
         builder._update(to_nodes(cls.spec().inputs, inputs))
         problem = uncertainty_problem(builder.ensemble_size, builder.selection)

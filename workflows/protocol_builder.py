@@ -6,10 +6,13 @@ calculator call for, and :func:`to_nodes` turns the plain values into the nodes 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiida import orm
+from ase import Atoms
 from plumpy.ports import PortNamespace
+from pymatgen.core import Structure
 
 from .labelling.qe import PW_PLUGIN
 
@@ -21,6 +24,26 @@ def check_codes(codes: dict[str, orm.AbstractCode]) -> None:
     missing, unknown = sorted(set(CODE_ROLES) - set(codes)), sorted(set(codes) - set(CODE_ROLES))
     if missing or unknown:
         raise ValueError(f"codes must have the keys {list(CODE_ROLES)}; missing {missing}, unknown {unknown}")
+
+
+def structure_nodes(structures: Mapping[str, Any]) -> dict[str, orm.StructureData]:
+    """``structures``, a mapping of labels to StructureData, ASE ``Atoms`` or pymatgen ``Structure``, as StructureData
+    (a ``TypeError`` names anything else, or a structure that is not in a mapping)."""
+    if not isinstance(structures, Mapping):
+        raise TypeError(f"structures must map labels to structures, e.g. {{'bulk': atoms}}, not a "
+                        f"{type(structures).__name__}")
+    nodes = {}
+    for label, structure in structures.items():
+        if isinstance(structure, orm.StructureData):
+            nodes[label] = structure
+        elif isinstance(structure, Atoms):
+            nodes[label] = orm.StructureData(ase=structure)
+        elif isinstance(structure, Structure):
+            nodes[label] = orm.StructureData(pymatgen=structure)
+        else:
+            raise TypeError(f"structures[{label!r}] must be a StructureData, an ase Atoms or a pymatgen Structure, not "
+                            f"a {type(structure).__name__}")
+    return nodes
 
 
 def choose_labeller(inputs: dict, code: orm.AbstractCode, calculator: str | None, pseudo_family: str | None) -> dict:
