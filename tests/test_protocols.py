@@ -95,6 +95,9 @@ def test_an_override_that_is_no_input_is_named(codes):
     with pytest.raises(ValueError, match=r"unknown input 'selecton'; the inputs there are \[.*'selection'"):
         ActiveLearningWorkChain.get_builder_from_protocol(codes, copper(), "fast", {"selecton": {"max_selected": 3}},
                                                           calculator=EMT)
+    with pytest.raises(ValueError, match=r"unknown input 'md.max_concurent'; the inputs there are \[.*'max_concurrent'"):
+        ActiveLearningWorkChain.get_builder_from_protocol(codes, copper(), "fast", {"md": {"max_concurent": 3}},
+                                                          calculator=EMT)
 
 
 def test_unknown_protocol_is_refused_with_the_choices(codes):

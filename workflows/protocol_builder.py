@@ -75,14 +75,15 @@ def to_nodes(namespace: PortNamespace, values: dict[str, Any], path: str = "") -
     """``values`` with every plain value of a data port as a node (dict -> Dict, list -> List, 3 -> Int, ...).
 
     Sub-namespaces are followed; ``metadata`` and nodes are kept as they are. A key that is no input of a namespace
-    that is not dynamic is a ``ValueError`` naming it (``path``: the namespace's, dotted) and the known inputs (a
-    typo in the overrides, say).
+    is a ``ValueError`` naming it (``path``: the namespace's, dotted) and the known inputs (a typo in the overrides,
+    say), except in a namespace made to hold any key (``structures``). Namespaces exposed from a process count as
+    having only their ports: aiida-core marks them dynamic, but the process takes only those.
     """
     converted = {}
     for key, value in values.items():
         port = namespace.get(key)
-        if port is None and key != "metadata" and not namespace.dynamic:
-            raise ValueError(f"unknown input {path}{key!r}; the inputs there are {sorted(namespace)}")
+        if port is None and key != "metadata" and not (namespace.dynamic and not len(namespace)):
+            raise ValueError(f"unknown input {path + key!r}; the inputs there are {sorted(namespace)}")
         if key == "metadata" or isinstance(value, orm.Node):
             converted[key] = value
         elif isinstance(port, PortNamespace) and isinstance(value, dict):
