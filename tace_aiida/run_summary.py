@@ -69,9 +69,9 @@ def execute(builder, folder: Path, submit: bool = False) -> orm.WorkflowNode:
     """Run ``builder`` here, or submit it to the daemon; return its node.
 
     Run: wait, then print :func:`summarise` (the exit message when the run ended without a report) and write
-    :func:`export_run` into ``folder`` when it has an ensemble. Interrupted (Ctrl-C, SIGTERM), the run is killed and the
-    processes it started here are ended with it, their scheduler jobs stopped (:func:`.abandoned.run_in_foreground`). Submitted: print the PK and how to follow the run;
-    ``tace-aiida summary PK`` does the rest once it has ended.
+    :func:`export_run` into ``folder`` when it has an ensemble. Interrupted (Ctrl-C, SIGTERM), the run is killed and
+    the processes it started here end with it, their scheduler jobs stopped (:func:`.abandoned.run_in_foreground`).
+    Submitted: print the PK and how to follow the run; ``tace-aiida summary PK`` does the rest once it has ended.
     """
     from aiida.engine import submit as submit_to_daemon
     from aiida.manage import get_manager

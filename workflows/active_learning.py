@@ -118,7 +118,7 @@ def validate_inputs(inputs: dict, _) -> str | None:
     for problem in (single_atom_problem(inputs), transformations_problem(inputs), symmetric_start_problem(inputs)):
         if problem:
             return problem
-    problem = test_elements_problem(inputs)
+    problem = scored_elements_problem(inputs)
     if problem:
         return problem
     if "conditions" in inputs:
@@ -142,7 +142,7 @@ def single_atom_problem(inputs: dict) -> str | None:
             "dataset (stages with `start_from: dataset`)")
 
 
-def test_elements_problem(inputs: dict) -> str | None:
+def scored_elements_problem(inputs: dict) -> str | None:
     """Why the members cannot be scored on the ``test_dataset``, or None: it holds an element that neither the
     structures nor the dataset have (exploration adds none, so the members would never be trained on it)."""
     if "test_dataset" not in inputs:
