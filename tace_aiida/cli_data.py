@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+import numpy as np
 from aiida.cmdline.commands.cmd_data.cmd_export import data_export
 from aiida.cmdline.groups import VerdiCommandGroup
 from aiida.cmdline.params import arguments, options, types
@@ -28,9 +29,31 @@ def dataset_show(datum):
         "labels": ", ".join(f"{key} {count}" for key, count in datum.label_counts.items()),
         "storage": datum.format,
     }
+    forces = force_statistics(datum.get_atoms())
+    if forces:
+        rows["forces"] = forces
     if datum.format == "shards":
         rows["shards"] = len(datum.shard_uuids)
-    echo.echo_dictionary(rows, fmt="yaml", sort_keys=False)
+    for key, value in rows.items():
+        echo.echo(f"{key}: {value}")
+
+
+#: A structure whose largest force component is below this (eV/Å) holds no force to learn from.
+NO_FORCE = 1e-6
+
+
+def force_statistics(frames: list) -> str | None:
+    """``RMS 0.43 eV/Å, largest 2.10 eV/Å, 1 of 5 structures without any force``: the force labels of ``frames`` in
+    one line (None when none has forces), so that a set of ideal crystals, whose forces all vanish, shows."""
+    from tace_aiida.model.frames import frame_labels
+
+    labelled = [np.asarray(labels["forces"], dtype=float) for labels in map(frame_labels, frames) if "forces" in labels]
+    if not labelled:
+        return None
+    components = np.concatenate([forces.ravel() for forces in labelled])
+    without = sum(float(np.abs(forces).max(initial=0.0)) < NO_FORCE for forces in labelled)
+    return (f"RMS {np.sqrt(np.mean(components ** 2)):.3g} eV/Å, largest {np.abs(components).max():.3g} eV/Å, "
+            f"{without} of {len(labelled)} structures without any force")
 
 
 @dataset.command("import")

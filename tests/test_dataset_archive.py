@@ -29,6 +29,9 @@ def test_verdi_data_shows_and_exports_a_merged_dataset(aiida_profile, tmp_path):
     shown = verdi_ok("data", "tace.dataset", "show", str(merged.pk))
     assert "structures: 5" in shown and "storage: shards" in shown and "shards: 2" in shown
     assert "labels: energy 5, forces 5, stress 5" in shown
+    forces = np.concatenate([atoms.get_forces().ravel() for atoms in labelled_copper(5)])
+    assert (f"forces: RMS {np.sqrt(np.mean(forces ** 2)):.3g} eV/Å, largest {np.abs(forces).max():.3g} eV/Å, 0 of 5 "
+            "structures without any force") in shown
     printed = verdi_ok("data", "tace.dataset", "export", "--format", "extxyz", str(merged.pk))
     assert printed.count("Lattice=") == 5
     verdi_ok("data", "tace.dataset", "export", str(merged.pk), "-o", str(tmp_path / "merged.extxyz"))
@@ -36,6 +39,19 @@ def test_verdi_data_shows_and_exports_a_merged_dataset(aiida_profile, tmp_path):
     expected = labelled_copper(5)
     assert [a.info["label_uuid"] for a in frames] == [a.info["label_uuid"] for a in expected]
     assert np.allclose([a.get_forces() for a in frames], [a.get_forces() for a in expected], atol=1e-12)
+
+
+def test_verdi_data_show_counts_structures_without_any_force(aiida_profile):
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    ideal, rattled = bulk("Cu", "fcc", a=3.61, cubic=True), bulk("Cu", "fcc", a=3.61, cubic=True)
+    rattled.rattle(0.05, seed=1)
+    for atoms in (ideal, rattled):
+        atoms.calc = EMT()
+        atoms.get_forces()
+    shown = verdi_ok("data", "tace.dataset", "show", str(TrainingSetData([ideal, rattled]).store().pk))
+    assert "1 of 2 structures without any force" in shown, "the ideal crystal's forces vanish by symmetry"
 
 
 def content(dataset: TrainingSetData) -> dict:
