@@ -54,6 +54,21 @@ def setup(profile: str, storage: str, broker: str, db_host: str, db_port: int, d
     click.echo(f"codes: {', '.join(configured['codes'])}")
 
 
+def run_with_report(pk: int):
+    """The ended active-learning run ``pk`` that has a ``report``; a ``ClickException`` says what else it is (not a
+    loop, not ended, or killed before its report, with the command that continues it)."""
+    from .cli_learn import ended_run
+    from .run_summary import ended_without_report
+
+    try:
+        node = ended_run(str(pk), "PK")
+    except ValueError as error:
+        raise click.ClickException(str(error)) from error
+    if "report" not in node.outputs:
+        raise click.ClickException(ended_without_report(node))
+    return node
+
+
 @main.command()
 @click.argument("pk", type=int)
 @click.option("--output", "-o", default="al_plots", show_default=True, help="Folder for the PNG files.")
@@ -61,12 +76,13 @@ def plot(pk: int, output: str) -> None:
     """Learning curve, uncertainty histograms and calibration plot of active-learning run PK."""
     from pathlib import Path
 
-    from aiida import load_profile, orm
+    from aiida import load_profile
 
     from .plotting import plot_run
 
     load_profile()
-    for path in plot_run(orm.load_node(pk), Path(output)):
+    node = run_with_report(pk)
+    for path in plot_run(node, Path(output)):
         click.echo(str(path))
 
 
@@ -77,16 +93,12 @@ def summary(pk: int, output: str | None) -> None:
     """How active-learning run PK ended, one line per iteration (what the examples print after a run)."""
     from pathlib import Path
 
-    from aiida import load_profile, orm
+    from aiida import load_profile
 
-    from .run_summary import ended_without_report, export_run, summarise
+    from .run_summary import export_run, summarise
 
     load_profile()
-    node = orm.load_node(pk)
-    if not node.is_terminated:
-        raise click.ClickException(f"{node.process_label}<{pk}> has not ended yet: {node.process_state.value}")
-    if "report" not in node.outputs:
-        raise click.ClickException(ended_without_report(node))
+    node = run_with_report(pk)
     click.echo("\n".join(summarise(node)))
     for path in export_run(node, Path(output)) if output else []:
         click.echo(f"written: {path}")

@@ -42,19 +42,20 @@ def load_dataset(identifier: str, option: str = "--dataset") -> orm.Data:
     return node
 
 
-def ended_run(identifier: str) -> orm.WorkflowNode:
-    """The ended (finished, killed or excepted) ``tace.active_learning`` run of PK or UUID ``identifier``."""
+def ended_run(identifier: str, option: str = "--continue-from") -> orm.WorkflowNode:
+    """The ended (finished, killed or excepted) ``tace.active_learning`` run of PK or UUID ``identifier``, given to
+    ``option`` (named in the ``ValueError`` for anything else)."""
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
     try:
         node = orm.load_node(identifier)
     except (NotExistent, MultipleObjectsError) as error:
-        raise ValueError(f"--continue-from {identifier!r}: {error}") from error
+        raise ValueError(f"{option} {identifier!r}: {error}") from error
     if node.process_type != LOOP_PROCESS_TYPE:
-        raise ValueError(f"--continue-from {identifier!r} is {node.__class__.__name__}<{node.pk}> "
+        raise ValueError(f"{option} {identifier!r} is {node.__class__.__name__}<{node.pk}> "
                          f"({node.process_type or 'no process'}), not an active-learning run")
     if not node.is_terminated:
-        raise ValueError(f"--continue-from {identifier!r}: the run has not ended yet ({node.process_state.value})")
+        raise ValueError(f"{option} {identifier!r}: the run has not ended yet ({node.process_state.value})")
     return node
 
 

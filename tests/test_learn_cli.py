@@ -392,6 +392,21 @@ def test_a_killed_run_continues_from_its_last_merge_and_last_iteration_with_enou
             "continues from the last dataset and ensemble it made") in shown.output
 
 
+def test_summary_and_plot_name_what_a_pk_is_when_it_is_no_ended_run(aiida_profile, tmp_path):
+    from tace_aiida.cli import plot, summary
+
+    data = orm.Int(3).store()
+    running = ended_loop("waiting")
+    for command in (summary, plot):
+        result = CliRunner().invoke(command, [str(data.pk), "--output", str(tmp_path)])
+        assert result.exit_code == 1 and result.exception.__class__ is SystemExit
+        assert f"PK '{data.pk}' is Int<{data.pk}> (no process), not an active-learning run" in result.output
+        result = CliRunner().invoke(command, ["999999999"])
+        assert result.exit_code == 1 and "PK '999999999': no Node found with ID<999999999>" in result.output
+        result = CliRunner().invoke(command, [str(running.pk)])
+        assert f"PK '{running.pk}': the run has not ended yet (waiting)" in result.output
+
+
 def test_a_run_that_labelled_nothing_cannot_be_continued(codes, aiida_profile):
     run = ended_loop("excepted", ensemble_size=orm.Int(2), stopping=orm.Dict({}))
     with pytest.raises(ValueError, match=rf"--continue-from '{run.pk}': the run is excepted and labelled nothing"):
