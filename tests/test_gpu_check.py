@@ -91,6 +91,6 @@ def test_every_step_runs_on_the_cpu_and_prints_the_tables(tmp_path):
     if lammps:
         assert any(line.startswith("LAMMPS MD 20 steps") for line in run.stdout.splitlines()), run.stdout
     checks = [line for line in run.stdout.splitlines() if line.endswith(" ok")]
-    assert len(checks) == 7 + lammps, run.stdout
+    assert len(checks) == 9 + lammps, run.stdout
     assert "all checks passed" in run.stdout
     assert not list(tmp_path.iterdir()), "the check leaves nothing behind in its working directory"
