@@ -16,7 +16,7 @@ import click
 from aiida import orm
 from aiida.cmdline.utils import echo
 
-from .continuation import continuation_of
+from .continuation import continuation_of, progress_of
 from .generation.cli import DEFAULT_CALCULATOR, load_labelling_code, read_json_option, read_parents, read_settings_file
 from .profile import DASK_COMPUTER, LOCAL_COMPUTER
 
@@ -55,7 +55,8 @@ def ended_run(identifier: str, option: str = "--continue-from") -> orm.WorkflowN
         raise ValueError(f"{option} {identifier!r} is {node.__class__.__name__}<{node.pk}> "
                          f"({node.process_type or 'no process'}), not an active-learning run")
     if not node.is_terminated:
-        raise ValueError(f"{option} {identifier!r}: the run has not ended yet ({node.process_state.value})")
+        raise ValueError(f"{option} {identifier!r}: the run has not ended yet ({node.process_state.value}, "
+                         f"{progress_of(node)}; `verdi process report {node.pk}` follows it)")
     return node
 
 

@@ -14,6 +14,7 @@ from aiida import orm
 from aiida.common.links import LinkType
 
 TRAINING_LINK = re.compile(r"iteration_(\d+)_train_\d+")
+ITERATION_LINK = re.compile(r"iteration_(\d+)_")
 
 
 @dataclass(frozen=True)
@@ -84,3 +85,13 @@ def members_needed(run: orm.WorkflowNode) -> int:
 
     stopping = StoppingSettings.from_dict(run.inputs.stopping.get_dict(), owner="stopping")
     return required_members(stopping, run.inputs.ensemble_size.value)
+
+
+def progress_of(run: orm.WorkflowNode) -> str:
+    """How far the loop ``run`` has come, from its graph: ``iteration 2, 5 structures in its dataset so far``."""
+    iterations = [int(match.group(1)) for link in run.base.links.get_outgoing().all()
+                  if (match := ITERATION_LINK.match(link.link_label))]
+    dataset = last_dataset(run)
+    where = f"iteration {max(iterations)}" if iterations else "labelling its initial structures"
+    size = f", {dataset.num_structures} structures in its dataset so far" if dataset is not None else ""
+    return where + size

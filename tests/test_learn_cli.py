@@ -365,7 +365,7 @@ def called_child(run: orm.WorkflowNode, label: str, ok: bool, **outputs: orm.Dat
 
 
 def test_a_killed_run_continues_from_its_last_merge_and_last_iteration_with_enough_members(aiida_profile):
-    from tace_aiida.continuation import continuation_of
+    from tace_aiida.continuation import continuation_of, progress_of
 
     run = ended_loop("killed", ensemble_size=orm.Int(3), stopping=orm.Dict({"min_members": 2}),
                      dataset=labelled_dataset())
@@ -379,6 +379,7 @@ def test_a_killed_run_continues_from_its_last_merge_and_last_iteration_with_enou
     called_child(run, "iteration_01_train_1", False)
     called_child(run, "iteration_02_train_1", True, potential=members["iteration_02_train_1"])
     continuation = continuation_of(run)
+    assert progress_of(run) == "iteration 2, 1 structures in its dataset so far"
     assert continuation.dataset.uuid == second.uuid, "the last merge holds every label"
     assert [member.value for member in continuation.ensemble.values()] == ["iteration_01_train_0", "iteration_01_train_2"]
     assert continuation.note == (f"the run is killed; continuing from the last dataset it made, TrainingSetData<"
@@ -404,7 +405,8 @@ def test_summary_and_plot_name_what_a_pk_is_when_it_is_no_ended_run(aiida_profil
         result = CliRunner().invoke(command, ["999999999"])
         assert result.exit_code == 1 and "PK '999999999': no Node found with ID<999999999>" in result.output
         result = CliRunner().invoke(command, [str(running.pk)])
-        assert f"PK '{running.pk}': the run has not ended yet (waiting)" in result.output
+        assert (f"PK '{running.pk}': the run has not ended yet (waiting, labelling its initial structures; `verdi "
+                f"process report {running.pk}` follows it)") in result.output
 
 
 def test_a_run_that_labelled_nothing_cannot_be_continued(codes, aiida_profile):
