@@ -120,6 +120,22 @@ def test_wrong_codes_or_labeller_are_refused(codes, change, message):
     assert message in str(error.value)
 
 
+def test_a_calculator_that_does_not_import_here_is_refused_when_the_code_runs_here(codes, aiida_localhost, tmp_path):
+    """The import is checked where the jobs would import it: this environment's tace-label on this machine."""
+    with pytest.raises(ValueError, match=r"cannot import the ASE calculator 'ase.calculators.nope.EMT': module "
+                                         r"'ase.calculators.nope' was not found \(code 'tace-label@"):
+        ActiveLearningWorkChain.get_builder_from_protocol(codes, copper(), "fast", calculator="ase.calculators.nope.EMT")
+    with pytest.raises(ValueError, match="module 'ase.calculators.emt' has no 'Emt'"):
+        ActiveLearningWorkChain.get_builder_from_protocol(codes, copper(), "fast", calculator="ase.calculators.emt.Emt")
+    elsewhere = tmp_path / "tace-label"  # another environment's script, which may have calculators this one lacks
+    elsewhere.write_text("#!/bin/sh\n")
+    other = orm.InstalledCode(label="tace-label-other-env", computer=aiida_localhost,
+                              filepath_executable=str(elsewhere)).store()
+    builder = ActiveLearningWorkChain.get_builder_from_protocol({**codes, "label": other}, copper(), "fast",
+                                                                calculator="xtb.ase.calculator.XTB")
+    assert builder.label_ase.calculator.value == "xtb.ase.calculator.XTB"
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"exploration": [{"temperatures": [300]}, {"steps": 0}]},
      "exploration stage 1: steps must be >= 1, not 0"),

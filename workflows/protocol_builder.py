@@ -6,13 +6,17 @@ calculator call for, and :func:`to_nodes` turns the plain values into the nodes 
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from aiida import orm
 from ase import Atoms
 from plumpy.ports import PortNamespace
 from pymatgen.core import Structure
+
+from tace_aiida.labelling.runner import calculator_class
 
 from .labelling.qe import PW_PLUGIN
 
@@ -67,8 +71,22 @@ def choose_labeller(inputs: dict, code: orm.AbstractCode, calculator: str | None
     if pseudo_family is not None:
         raise ValueError(f"pseudo_family {pseudo_family!r} is for pw.x codes; code {code.full_label!r} labels with "
                          f"the ASE calculator {calculator!r}")
+    if runs_this_environment(code):
+        try:
+            calculator_class(calculator)
+        except ValueError as error:
+            raise ValueError(f"{error} (code {code.full_label!r} runs this environment's tace-label)") from error
     inputs["label_ase"] = {**ase, "code": code, "calculator": calculator}
     return inputs
+
+
+def runs_this_environment(code: orm.AbstractCode) -> bool:
+    """Whether ``code`` runs the ``tace-label`` of this Python environment on this machine, so that what imports here
+    imports in its jobs (another environment may have calculators this one lacks)."""
+    here = shutil.which("tace-label")
+    if not isinstance(code, orm.InstalledCode) or here is None or code.computer.transport_type != "core.local":
+        return False
+    return Path(str(code.filepath_executable)).resolve() == Path(here).resolve()
 
 
 def to_nodes(namespace: PortNamespace, values: dict[str, Any], path: str = "") -> dict[str, Any]:
