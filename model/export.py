@@ -40,7 +40,6 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
-from ase.neighborlist import neighbor_list
 from ase.stress import full_3x3_to_voigt_6_stress
 from torch import nn
 
@@ -49,6 +48,7 @@ from .checkpoint import load_model
 from .conditions import COULOMB
 from .data import periodic_rows
 from .long_range import LatentEwald, electrostatic_energies
+from .neighbours import neighbour_pairs
 from .potential import CartesianTensorPotential, apply_strain
 from .structure_conditions import conditions, conditions_differ
 
@@ -194,15 +194,13 @@ def condition_inputs(atoms: Atoms, dtype: torch.dtype) -> tuple[Tensor, ...]:
 
 
 def graph_inputs(atoms: Atoms, atomic_numbers: list[int], r_max: float, dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """(positions, cell, species, edge_index, shifts, batch) of one structure, with ASE only."""
+    """(positions, cell, species, edge_index, shifts, batch) of one structure (the neighbour list of
+    :mod:`.neighbours`, as in training)."""
     lookup = {z: i for i, z in enumerate(atomic_numbers)}
     unknown = sorted(set(int(z) for z in atoms.numbers) - set(lookup))
     if unknown:
         raise ValueError(f"{atoms.get_chemical_formula()} has atomic numbers {unknown} the model does not know")
-    if atoms.pbc.any():
-        receivers, senders, shifts = neighbor_list("ijS", atoms, r_max)
-    else:
-        receivers, senders, shifts = neighbor_list("ijS", Atoms(atoms.numbers, atoms.positions), r_max)
+    receivers, senders, shifts = neighbour_pairs("ijS", atoms, r_max)
     return (
         torch.tensor(atoms.positions, dtype=dtype),
         torch.tensor(periodic_rows(atoms), dtype=dtype).unsqueeze(0),
