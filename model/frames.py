@@ -35,6 +35,8 @@ FORMAT = "tace-frames"
 VERSION = 1
 SUFFIXES = (".h5", ".hdf5")
 LABELS = ("energy", "forces", "stress")
+#: A frame whose largest force component is below this (eV/Å) holds no force to learn from (an ideal crystal, say).
+NO_FORCE = 1e-6
 _KINDS = ("number", "string", "json")
 
 Source = str | Path | IO[bytes]
@@ -76,12 +78,26 @@ class FrameColumns:
             if values is None:
                 counts[key] = 0
             elif key == "forces":
-                bad = np.concatenate([[0], np.cumsum(~np.isfinite(values).all(axis=1))])
-                sizes = np.diff(self.offsets)
-                counts[key] = int(((bad[self.offsets[1:]] == bad[self.offsets[:-1]]) & (sizes > 0)).sum())
+                counts[key] = int(self.has_forces().sum())
             else:
                 counts[key] = int(np.isfinite(values.reshape(len(self), -1)).all(axis=1).sum())
         return counts
+
+    def has_forces(self) -> np.ndarray:
+        """Which frames carry forces, ``[n_frames]`` bool (atoms, and every component finite)."""
+        if self.forces is None:
+            return np.zeros(len(self), dtype=bool)
+        bad = np.concatenate([[0], np.cumsum(~np.isfinite(self.forces).all(axis=1))])
+        return (bad[self.offsets[1:]] == bad[self.offsets[:-1]]) & (np.diff(self.offsets) > 0)
+
+    def force_free_count(self) -> int:
+        """Number of frames with forces whose every component is below :data:`NO_FORCE` in magnitude."""
+        labelled = self.has_forces()
+        if not labelled.any():
+            return 0
+        nonempty = np.diff(self.offsets) > 0  # reduceat's segments are then exactly these frames
+        largest = np.maximum.reduceat(np.abs(self.forces).max(axis=1), self.offsets[:-1][nonempty])
+        return int((largest[labelled[nonempty]] < NO_FORCE).sum())
 
     def frame(self, index: int) -> Atoms:
         """Frame ``index`` as ASE Atoms, labels on a SinglePointCalculator (stress in Voigt order)."""

@@ -38,14 +38,10 @@ def dataset_show(datum):
         echo.echo(f"{key}: {value}")
 
 
-#: A structure whose largest force component is below this (eV/Å) holds no force to learn from.
-NO_FORCE = 1e-6
-
-
 def force_statistics(frames: list) -> str | None:
     """``RMS 0.43 eV/Å, largest 2.10 eV/Å, 1 of 5 structures without any force``: the force labels of ``frames`` in
     one line (None when none has forces), so that a set of ideal crystals, whose forces all vanish, shows."""
-    from tace_aiida.model.frames import frame_labels
+    from tace_aiida.model.frames import NO_FORCE, frame_labels
 
     labelled = [np.asarray(labels["forces"], dtype=float) for labels in map(frame_labels, frames) if "forces" in labels]
     if not labelled:

@@ -151,6 +151,7 @@ def test_old_extxyz_datasets_load_and_merge(aiida_profile, tmp_path):
     new = TrainingSetData(labelled_copper(2, start=3)).store()
     merged = merge_datasets(initial=old, labelled=new)
     assert merged.shard_uuids == [old.uuid, new.uuid]
+    assert old.num_force_free is None and new.num_force_free == 0 and merged.num_force_free is None, "not counted"
     assert same_frames(merged.get_atoms(), labelled_copper(5))
     merged.write_extxyz(tmp_path / "merged.extxyz")
     from ase.io import read

@@ -57,6 +57,22 @@ def test_partial_labels_and_entries_stay_absent_where_missing(frames_300K):
     assert list(columns.offsets) == [0, 4, 7, 8] and columns.positions.shape == (8, 3)
 
 
+def test_frames_whose_forces_all_vanish_are_counted(frames_300K):
+    """An ideal crystal's EMT forces vanish (below 1e-6 eV/Å); unlabelled and energy-only frames are not counted."""
+    ideal, displaced = bulk("Cu", "fcc", a=3.61, cubic=True), bulk("Cu", "fcc", a=3.61, cubic=True)
+    displaced.positions[0, 0] += 1e-4  # a force of about 1e-3 eV/Å on some atoms
+    for atoms in (ideal, displaced):
+        atoms.calc = EMT()
+        atoms.get_forces()
+    energy_only = bulk("Cu")
+    energy_only.calc = SinglePointCalculator(energy_only, energy=-3.5)
+    frames = [ideal, bulk("Cu").repeat(2), ideal, energy_only, displaced, frames_300K[0], ideal]
+    columns = read_columns(io.BytesIO(round_trip(frames)[1]))
+    assert columns.has_forces().tolist() == [True, False, True, False, True, True, True]
+    assert columns.force_free_count() == 3
+    assert 1e-6 < np.abs(displaced.get_forces()).max() < 1e-2 and np.abs(ideal.get_forces()).max() < 1e-6
+
+
 def test_non_finite_or_misshapen_labels_are_refused():
     atoms = bulk("Cu")
     atoms.calc = SinglePointCalculator(atoms, energy=float("nan"))

@@ -8,6 +8,7 @@ import json
 import pytest
 from aiida import orm
 from ase.build import bulk
+from ase.calculators import emt
 from ase.io import write
 from click.testing import CliRunner
 from tace_aiida.workflows.active_learning import ActiveLearningWorkChain
@@ -52,10 +53,11 @@ def training_jobs(run) -> list:
     return [node for node in run.called_descendants if node.process_type == "aiida.calculations:tace.train"]
 
 
-def labelled_dataset(store: bool = True) -> TrainingSetData:
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-    atoms.info["energy"] = -0.1
-    atoms.arrays["forces"] = 0.0 * atoms.positions
+def labelled_dataset(store: bool = True, displaced: bool = True) -> TrainingSetData:
+    """One EMT-labelled 4-atom Cu cell, rattled (or, not ``displaced``, ideal: its forces vanish)."""
+    atoms = rattled(bulk("Cu", "fcc", a=3.61, cubic=True)) if displaced else bulk("Cu", "fcc", a=3.61, cubic=True)
+    atoms.calc = emt.EMT()
+    atoms.get_forces()
     dataset = TrainingSetData([atoms])
     return dataset.store() if store else dataset
 
@@ -166,6 +168,21 @@ def test_the_summary_of_a_run_that_stopped_gives_its_exit_message_as_a_reason(ai
     report.base.links.add_incoming(node, link_type=LinkType.RETURN, link_label="report")
     assert summarise(node) == [f"ActiveLearningWorkChain<{node.pk}> finished, exit status 403: Only 0 ensemble members trained; "
                                "at least 2 are needed (after 0 iterations)"]
+
+
+def test_a_dataset_whose_forces_all_vanish_is_refused_unless_something_else_has_forces(ideal_cu_file, cu_file, codes):
+    ideal = labelled_dataset(displaced=False)
+    assert ideal.num_force_free == 1 and labelled_dataset().num_force_free == 0
+    with pytest.raises(ValueError, match=rf"the forces of all 1 structures of the initial `dataset` {ideal.pk} vanish "
+                                         r"\(ideal crystals, say\): .*`tace-aiida generate` with a rattle step"):
+        build(None, dataset=str(ideal.pk), **codes)
+    with pytest.raises(ValueError, match=r"vanish \(ideal crystals, say\) and every initial structure \(\['Cu_ideal'\]\) "
+                                         r"has each atom on such a site"):
+        build(read_parents([ideal_cu_file]), dataset=str(ideal.pk), **codes)
+    assert build(read_parents([ideal_cu_file]), dataset=str(ideal.pk), rattle=0.05, **codes).transformations
+    assert build(read_parents([cu_file]), dataset=str(ideal.pk), **codes).dataset.pk == ideal.pk
+    both = TrainingSetData(shards=[ideal, labelled_dataset()]).store()
+    assert both.num_force_free == 1 and build(None, dataset=str(both.pk), **codes).dataset.pk == both.pk
 
 
 def test_single_atom_cells_that_md_cannot_move_are_refused_naming_them(tmp_path, codes):

@@ -171,17 +171,35 @@ def transformations_problem(inputs: dict) -> str | None:
 
 def symmetric_start_problem(inputs: dict) -> str | None:
     """Why the initial labels would hold no force, or None: every initial structure is a crystal whose every atom
-    sits where symmetry forbids a force (:mod:`tace_aiida.site_symmetry`), and nothing else is given to learn from."""
+    sits where symmetry forbids a force (:mod:`tace_aiida.site_symmetry`), and the initial dataset, if given, holds
+    only structures whose forces vanish (a strained ideal crystal's, say)."""
     structures = inputs.get("structures", {})
-    if not structures or "dataset" in inputs or "transformations" in inputs:
+    dataset = inputs.get("dataset")
+    if "transformations" in inputs or not (structures or dataset):
+        return None
+    if dataset is not None and not all_forces_vanish(dataset):
         return None
     if not all(forces_vanish_by_symmetry(structure.get_ase()) for structure in structures.values()):
         return None
-    return (f"every initial structure ({sorted(structures)}) has each atom on a site where its symmetry forbids a "
-            "force: their labels would all have zero forces, the members would agree that forces vanish everywhere, "
-            "and the run would converge having learnt none. Label rattled copies with them (input `transformations`, "
-            "e.g. [{type: rattle, amplitudes: [0.05], copies: 3, keep_parents: true}]; `tace-aiida learn --rattle "
-            "0.05`), or start from a labelled `dataset`")
+    rattle = ("input `transformations`, e.g. [{type: rattle, amplitudes: [0.05], copies: 3, keep_parents: true}]; "
+              "`tace-aiida learn --rattle 0.05`")
+    if dataset is None:
+        return (f"every initial structure ({sorted(structures)}) has each atom on a site where its symmetry forbids a "
+                "force: their labels would all have zero forces, the members would agree that forces vanish everywhere, "
+                f"and the run would converge having learnt none. Label rattled copies with them ({rattle}), or start "
+                "from a labelled `dataset`")
+    given = f" and every initial structure ({sorted(structures)}) has each atom on such a site" if structures else ""
+    return (f"the forces of all {dataset.label_counts['forces']} structures of the initial `dataset` {dataset.pk or ''} "
+            f"vanish (ideal crystals, say){given}: the members would agree that forces vanish everywhere, and the run "
+            "would converge having learnt none. Give a dataset of displaced structures (`tace-aiida generate` with a "
+            f"rattle step), or initial `structures` labelled with rattled copies ({rattle})")
+
+
+def all_forces_vanish(dataset: TrainingSetData) -> bool:
+    """Whether every structure of ``dataset`` with forces has none (False when it has no forces, or was stored before
+    they were counted)."""
+    with_forces, free = dataset.label_counts["forces"], dataset.num_force_free
+    return free is not None and with_forces > 0 and free == with_forces
 
 
 def first_label_failure(node: orm.ProcessNode) -> str:

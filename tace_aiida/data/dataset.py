@@ -32,7 +32,8 @@ class TrainingSetData(orm.Data):
     """A labelled (or not yet labelled) set of structures.
 
     Attributes: ``format``, ``num_structures``, ``num_atoms``, ``elements`` (sorted symbols),
-    ``label_counts`` (structures carrying each of energy/forces/stress), and for a dataset made of
+    ``label_counts`` (structures carrying each of energy/forces/stress), ``num_force_free`` (structures whose
+    forces all vanish, as an ideal crystal's; absent on datasets stored before it), and for a dataset made of
     shards, ``shards`` (their uuids in order).
     """
 
@@ -59,6 +60,7 @@ class TrainingSetData(orm.Data):
                 "num_atoms": int(columns.offsets[-1]),
                 "elements": sorted({chemical_symbols[z] for z in np.unique(columns.numbers)}),
                 "label_counts": columns.label_counts(),
+                "num_force_free": columns.force_free_count(),
             }
         )
         if SHARDS in self.base.attributes.keys():
@@ -74,16 +76,20 @@ class TrainingSetData(orm.Data):
             raise ValueError(f"only stored datasets can be shards; {unstored} are not stored")
         if FILENAME in self.base.repository.list_object_names():
             self.base.repository.delete_object(FILENAME)
-        self.base.attributes.set_many(
-            {
-                "format": SHARDS,
-                SHARDS: [uuid for dataset in datasets for uuid in dataset.shard_uuids],
-                "num_structures": sum(d.num_structures for d in datasets),
-                "num_atoms": sum(d.base.attributes.get("num_atoms") for d in datasets),
-                "elements": sorted({symbol for d in datasets for symbol in d.elements}),
-                "label_counts": {key: sum(d.label_counts[key] for d in datasets) for key in LABELS},
-            }
-        )
+        attributes = {
+            "format": SHARDS,
+            SHARDS: [uuid for dataset in datasets for uuid in dataset.shard_uuids],
+            "num_structures": sum(d.num_structures for d in datasets),
+            "num_atoms": sum(d.base.attributes.get("num_atoms") for d in datasets),
+            "elements": sorted({symbol for d in datasets for symbol in d.elements}),
+            "label_counts": {key: sum(d.label_counts[key] for d in datasets) for key in LABELS},
+        }
+        force_free = [d.num_force_free for d in datasets]
+        if None not in force_free:
+            attributes["num_force_free"] = sum(force_free)
+        elif "num_force_free" in self.base.attributes.keys():
+            self.base.attributes.delete("num_force_free")
+        self.base.attributes.set_many(attributes)
 
     @property
     def format(self) -> str:
@@ -101,6 +107,11 @@ class TrainingSetData(orm.Data):
     @property
     def label_counts(self) -> dict[str, int]:
         return self.base.attributes.get("label_counts")
+
+    @property
+    def num_force_free(self) -> int | None:
+        """Structures whose forces all vanish (None: stored before this was counted)."""
+        return self.base.attributes.get("num_force_free", None)
 
     def __len__(self) -> int:
         return self.num_structures

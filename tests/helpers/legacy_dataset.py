@@ -22,6 +22,7 @@ def extxyz_dataset(frames: Sequence[Atoms]) -> TrainingSetData:
     write(handle, list(frames), format="extxyz")
     node.base.repository.put_object_from_bytes(handle.getvalue().encode(), "dataset.extxyz")
     node.base.attributes.delete("format")
+    node.base.attributes.delete("num_force_free")
     labels = [frame_labels(atoms) for atoms in frames]
     node.base.attributes.set_many({
         "num_structures": len(frames),
