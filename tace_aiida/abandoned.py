@@ -10,6 +10,11 @@ both. A forced kill (``verdi process kill -F``) of a workchain reaches its CalcJ
 
 from __future__ import annotations
 
+import logging
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from aiida import orm
 from aiida.engine.daemon.execmanager import kill_calculation
 from plumpy.process_states import ProcessState
@@ -62,14 +67,46 @@ def end_abandoned_descendants(node: orm.ProcessNode, reason: str) -> list[orm.Pr
     return abandoned
 
 
+@contextmanager
+def interrupts_kill(process) -> Iterator[None]:
+    """Within this scope, Ctrl-C (SIGINT) or SIGTERM kills ``process`` from its event loop, between two steps.
+
+    aiida-core's runner kills from inside the signal handler, wherever the interpreter stands: in the middle of a
+    database commit, that leaves SQLAlchemy's session "in 'prepared' state" and the run hanging. Here the handler only
+    schedules the kill; a second interrupt before it has happened raises ``KeyboardInterrupt`` at once."""
+    logger = logging.getLogger(__name__)
+
+    def kill() -> None:
+        if not (process.is_killing or process.has_terminated()):
+            process.kill(msg_text="Process was killed because the runner received an interrupt")
+
+    def on_interrupt(signum: int, _frame) -> None:
+        if process.is_killing or process.has_terminated():
+            raise KeyboardInterrupt
+        logger.critical(f"received {signal.Signals(signum).name}: killing process {process.pid} once its current step "
+                        "returns (interrupt again to stop at once)")
+        process.loop.call_soon_threadsafe(kill)
+
+    originals = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in originals:
+        signal.signal(signum, on_interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in originals.items():
+            signal.signal(signum, handler)
+
+
 def run_in_foreground(process) -> orm.ProcessNode:
     """Run ``process`` (made by this interpreter's runner) to its end and return its node. Interrupted (Ctrl-C,
-    SIGTERM), aiida-core kills it; the processes it started here are then ended too, their jobs stopped, and named."""
-    from aiida.engine import run_get_node
+    SIGTERM), it is killed (:func:`interrupts_kill`); the processes it started here are then ended too, their jobs
+    stopped, and named."""
+    from aiida.engine.utils import loop_scope
     from plumpy.exceptions import KilledError
 
     try:
-        run_get_node(process)
+        with loop_scope(process.loop), interrupts_kill(process):
+            process.execute()
     except KilledError:
         node = process.node
         ended = end_abandoned_descendants(node, f"Killed with parent<{node.pk}>, whose run was interrupted")

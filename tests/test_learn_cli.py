@@ -306,6 +306,7 @@ def test_a_killed_run_is_continued_from_what_its_graph_holds(tmp_path, installed
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_an_interrupted_run_ends_the_processes_and_jobs_it_started(fast_polling, installed_code, aiida_localhost,
                                                                    tmp_path):
     """Ctrl-C of a run in the foreground: aiida-core kills the run only, leaving its trainings `Waiting` for ever
