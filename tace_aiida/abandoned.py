@@ -83,8 +83,8 @@ def interrupts_kill(process) -> Iterator[None]:
     def on_interrupt(signum: int, _frame) -> None:
         if process.is_killing or process.has_terminated():
             raise KeyboardInterrupt
-        logger.critical(f"received {signal.Signals(signum).name}: killing process {process.pid} once its current step "
-                        "returns (interrupt again to stop at once)")
+        logger.critical(f"received {signal.Signals(signum).name}: killing {type(process).__name__}<{process.pid}> once "
+                        "its current step returns (interrupt again to stop at once)")
         process.loop.call_soon_threadsafe(kill)
 
     originals = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
