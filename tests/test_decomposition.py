@@ -40,8 +40,13 @@ def tdn_model(seed: int = 1, **settings) -> torch.nn.Module:
 def test_stacked_map_is_the_sum_of_the_exact_interaction_paths():
     """The TDN map equals the exact block's per-path couplings summed into their output ranks."""
     exact = InteractionBlock(1, 3, channels=2, num_radial=4, radial_mlp=(4,), message_divisor=1.0).double()
-    summed_paths = exact.coupling @ exact.target
-    assert torch.allclose(stacked_product_map(1, 3, 3), summed_paths, atol=1e-14)
+    fused = exact.fused.unflatten(1, (exact.num_pairs, -1))  # [D_edge, (component, path) pairs, D_edge]
+    summed_paths = []
+    for component in range(4):  # a node feature that is 1 in this component, every path weighted 1
+        pairs = [(torch.arange(rows.start, rows.stop) == component).double()[:, None].expand(-1, paths.stop - paths.start)
+                 for rows, paths in exact.path_groups]
+        summed_paths.append(torch.einsum("k,jkm->jm", torch.cat([pair.flatten() for pair in pairs]), fused))
+    assert torch.allclose(stacked_product_map(1, 3, 3), torch.stack(summed_paths), atol=1e-14)
 
 
 @pytest.mark.parametrize(("ranks", "cp_rank"), [((1, 2, 2), 32), ((2, 2, 1), 32), ((1, 3, 3), 48)])

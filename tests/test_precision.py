@@ -81,5 +81,5 @@ def test_changing_dtype_rebuilds_constants(frames_300K):
     energy_error, force_error = rotation_errors(model, frames_300K[0])
     assert energy_error < 1e-10 and force_error < 1e-10
     model = model.float()
-    assert model.interactions[0].coupling.dtype == torch.float32
+    assert model.interactions[0].fused.dtype == torch.float32
     assert_exact_constants(model)
