@@ -113,17 +113,22 @@ class InteractionBlock(ConstantsModule):
             for l3 in range(max_edge_rank + 1)
             if is_allowed_path(l1, l2, l3)
         ]
-        pairs = [(i, path) for l1 in range(max_node_rank + 1) for i in range(2 * l1 + 1) for path in paths if path[0] == l1]
-        fused = torch.zeros((max_edge_rank + 1) ** 2, len(pairs), (max_edge_rank + 1) ** 2, dtype=torch.float64)
-        for k, (i, (l1, l2, l3)) in enumerate(pairs):
-            fused[edge_slices[l2], k, edge_slices[l3]] = packed_coupling(l1, l2, l3)[i]
-        self.register_constant("fused", fused.flatten(1))
-        self.num_pairs = len(pairs)
         self.path_groups: list[tuple[slice, slice]] = []  # (node components of rank l1, its paths) for each l1
         for l1 in range(max_node_rank + 1):
             indices = [index for index, path in enumerate(paths) if path[0] == l1]
             if indices:
                 self.path_groups.append((node_slices[l1], slice(indices[0], indices[-1] + 1)))
+        pairs = [  # (component within its rank, path), in the order forward() forms the products
+            (i, paths[index])
+            for components, group in self.path_groups
+            for i in range(components.stop - components.start)
+            for index in range(group.start, group.stop)
+        ]
+        fused = torch.zeros((max_edge_rank + 1) ** 2, len(pairs), (max_edge_rank + 1) ** 2, dtype=torch.float64)
+        for k, (i, (l1, l2, l3)) in enumerate(pairs):
+            fused[edge_slices[l2], k, edge_slices[l3]] = packed_coupling(l1, l2, l3)[i]
+        self.register_constant("fused", fused.flatten(1))
+        self.num_pairs = len(pairs)
         self.radial = RadialMLP(num_radial, radial_mlp, len(paths), channels)
         self.linear = RankwiseLinear(max_edge_rank, channels, channels)
         self.register_constant("message_divisor", torch.tensor(float(message_divisor), dtype=torch.float64))
