@@ -47,7 +47,7 @@ from . import keys
 from .checkpoint import load_model
 from .conditions import COULOMB
 from .data import periodic_rows
-from .long_range import LatentEwald, electrostatic_energies
+from .long_range import LatentEwald, electrostatic_energies, wave_vectors
 from .neighbours import neighbour_pairs
 from .potential import CartesianTensorPotential, apply_strain
 from .structure_conditions import conditions, conditions_differ
@@ -266,8 +266,11 @@ class DeployedCalculator(Calculator):
             self.module, metadata = load_program(path)
             self.module.to(self.device)
             self.atomic_numbers, self.r_max = metadata["atomic_numbers"], metadata["r_max"]
-            self.dtype, self.takes_conditions, self.field_dipole = getattr(torch, metadata["dtype"]), True, False
+            self.dtype, self.takes_conditions = getattr(torch, metadata["dtype"]), True
+            self.field_dipole = metadata.get("field_dipole", False)
             self.heads = [name for name in ("dipole", "polarizability") if metadata[f"{name}_head"]]
+            self.heads += ["dipole"] if self.field_dipole else []
+            self.long_range = metadata.get("long_range")
             return
         self.module = torch.jit.load(str(path), map_location=device)
         self.atomic_numbers, self.r_max = self.module.atomic_numbers, self.module.r_max
@@ -289,6 +292,10 @@ class DeployedCalculator(Calculator):
         extra = condition_inputs(self.atoms, self.dtype) if self.takes_conditions else ()
         inputs, extra = [tensor.to(self.device) for tensor in inputs], [tensor.to(self.device) for tensor in extra]
         if self.program:
+            response = self.field_dipole and bool(set(properties or ()) & {"polarizability", "born_effective_charges"})
+            if response:
+                raise ValueError("a .pt2 file of a field_dipole model gives its dipole, not the polarizability or Born "
+                                 "charges (second derivatives): export the model as TorchScript (.ts) for them")
             out = self._run_program(inputs, extra, periodic)
         else:
             response = self.field_dipole and bool(set(properties or ()) & {"polarizability", "born_effective_charges"})
@@ -310,6 +317,8 @@ class DeployedCalculator(Calculator):
 
     def _run_program(self, inputs: list[Tensor], extra: list[Tensor], periodic: bool) -> dict[str, Tensor]:
         """The outputs of a ``.pt2`` file by the names the TorchScript module gives them."""
+        if self.long_range is not None:
+            extra = [*extra, *self._long_range_inputs(periodic)]
         energy, node_energy, forces, virial, dipole, polarizability = self.module(*inputs, *extra)
         out = {"energy": energy, "node_energy": node_energy, "forces": forces, "virial": virial}
         if periodic:
@@ -317,6 +326,22 @@ class DeployedCalculator(Calculator):
         out.update({name: value for name, value in (("dipole", dipole), ("polarizability", polarizability))
                     if name in self.heads})
         return out
+
+
+    def _long_range_inputs(self, periodic: bool) -> tuple[Tensor, Tensor]:
+        """The ``pairs`` and ``wave_vectors`` a ``.pt2`` file with the long-range term takes (:mod:`.exported_program`):
+        every pair of a molecule, or the wave vectors of a periodic cell."""
+        if not periodic and self.atoms.pbc.any():
+            raise ValueError(f"{self.atoms.get_chemical_formula()} is periodic along {int(self.atoms.pbc.sum())} of 3 "
+                             "cell vectors; the long-range term needs a cell periodic in all three directions (Ewald sum) "
+                             "or in none (molecule)")
+        n = len(self.atoms)
+        if periodic:
+            pairs = torch.zeros(2, 0, dtype=torch.long)
+            triples = wave_vectors(torch.tensor(self.atoms.cell.array), self.long_range["k_max"])
+        else:
+            pairs, triples = torch.triu_indices(n, n, offset=1), torch.zeros(0, 3)
+        return pairs.to(self.device), triples.to(self.device, self.dtype)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,10 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     if Path(args.output).suffix == ".pt2":
         from .exported_program import export_program
 
-        try:
-            path = export_program(model, args.output)
-        except ValueError as error:
-            parser.exit(2, f"tace-export: {error}\n")
+        path = export_program(model, args.output)
     else:
         path = export_model(model, args.output)
     print(f"wrote {path} ({next(model.parameters()).dtype}, species {model.config.atomic_numbers}, r_max {model.config.r_max} Å)")

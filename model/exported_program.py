@@ -6,10 +6,16 @@ ATen operations; that graph is then exported with the number of atoms and of edg
 alone: ``torch.export.load(path).module()(*inputs)`` with the inputs of :mod:`tace_aiida.model.export` (one
 structure per call; the conditions always given) returns ``(energy [1], node_energy [n_atoms], forces [n_atoms, 3],
 virial [1, 3, 3], dipole [1, 3], polarizability [1, 3, 3])`` in eV, eV/Å, eV, e Å and Å^3 (zeros for heads the model
-lacks). What the file holds is described by the JSON entry ``tace.json`` (atomic numbers, ``r_max``, dtype, heads).
+lacks; a ``field_dipole`` model's dipole is ``-dE/dF``). What the file holds is described by the JSON entry
+``tace.json`` (atomic numbers, ``r_max``, dtype, heads, the long-range term's settings).
 
-Not covered: the long-range term (its Ewald sum branches on each structure's cell, which a trace would freeze) and
-``field_dipole`` models (second derivatives); those export as TorchScript (``.ts``).
+A model with the long-range term takes two more inputs, since which atoms pair up and which wave vectors enter the
+Ewald sum depend on the structure in ways a trace cannot follow: ``pairs`` ``[2, n_pairs]`` (int64, every pair
+``i < j`` of a molecule, none for a periodic cell) and ``wave_vectors`` ``[n_k, 3]`` (in the file's dtype: the
+integer triples ``n`` of the reciprocal lattice vectors ``k = 2 pi n inv(cell)^T`` with ``0 < |k| <= k_max``, one of
+each pair ``+-k``, the first nonzero entry of ``n`` positive; none for a molecule), ``k_max`` and ``sigma`` in
+``tace.json``. Not covered: a ``field_dipole`` model's polarizability and Born charges (second derivatives), which
+the TorchScript file (``.ts``) gives.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from torch.export import Dim
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .export import NodeEnergies, tracing_inputs
+from .long_range import pair_potential, self_potential, wave_potential
 from .potential import CartesianTensorPotential, apply_strain
 
 Tensor = torch.Tensor
@@ -32,25 +39,53 @@ FORMAT_VERSION = 1
 
 
 class _EnergyForcesVirial(torch.nn.Module):
-    """Energy, node energies, forces, virial and the tensor heads of one structure, the derivatives by autograd."""
+    """Energy, node energies, forces, virial and the tensor heads of one structure, the derivatives by autograd;
+    with a long-range term, its ``pairs`` and ``wave_vectors`` as the last inputs."""
 
-    def __init__(self, node_energies: torch.nn.Module) -> None:
+    def __init__(self, node_energies: NodeEnergies) -> None:
         super().__init__()
         self.node_energies = node_energies
+        model = node_energies.model
+        self.field_dipole = model.config.field_dipole
+        self.sigma = model.long_range.sigma if model.long_range is not None else 0.0
 
     def forward(self, positions: Tensor, cell: Tensor, species: Tensor, edge_index: Tensor, shifts: Tensor,
                 batch: Tensor, total_charge: Tensor, spin_multiplicity: Tensor, fidelity: Tensor,
-                electric_field: Tensor) -> tuple[Tensor, ...]:
+                electric_field: Tensor, *long_range: Tensor) -> tuple[Tensor, ...]:
         positions = positions.detach().requires_grad_(True)
         strain = torch.zeros_like(cell).requires_grad_(True)
+        if self.field_dipole:
+            electric_field = electric_field.detach().requires_grad_(True)
         strained_positions, strained_cell = apply_strain(positions, cell, batch, strain)
-        node_energy, _, dipole, polarizability = self.node_energies(
+        node_energy, charges, dipole, polarizability = self.node_energies(
             strained_positions, strained_cell, species, edge_index, shifts, batch, total_charge, spin_multiplicity,
             fidelity, electric_field)
+        if long_range:
+            node_energy = node_energy + electrostatic_energies(strained_positions, charges, strained_cell[0],
+                                                               *long_range, self.sigma)
         energy = node_energy.sum().reshape(1)
-        position_gradient, strain_gradient = torch.autograd.grad([energy.sum()], [positions, strain])
-        return (energy.detach(), node_energy.detach(), -position_gradient.detach(), -strain_gradient.detach(),
+        wrt = [positions, strain, electric_field] if self.field_dipole else [positions, strain]
+        gradients = torch.autograd.grad([energy.sum()], wrt)
+        if self.field_dipole:
+            dipole = -gradients[2]
+        return (energy.detach(), node_energy.detach(), -gradients[0].detach(), -gradients[1].detach(),
                 dipole.detach(), polarizability.detach())
+
+
+def electrostatic_energies(positions: Tensor, charges: Tensor, cell: Tensor, pairs: Tensor, wave_vectors: Tensor,
+                           sigma: float) -> Tensor:
+    """:func:`.long_range.electrostatic_energies` of one structure with its ``pairs`` and ``wave_vectors`` given
+    (module docstring): per-atom energies ``[n_atoms]`` (eV) of Gaussian ``charges`` ``[n_atoms]`` (e) at
+    ``positions`` ``[n_atoms, 3]`` (Å) in ``cell`` ``[3, 3]`` (Å, zeros for a molecule). Both sums are always
+    formed (one of them over nothing), so the traced graph holds no branch on the cell; a molecule's zero cell is
+    replaced by the unit cell, which its zero wave vectors never use, so no gradient passes through its inverse."""
+    periodic = (cell.abs().sum() > 0).to(positions.dtype)
+    unit_cell = torch.diag_embed(torch.ones_like(cell[0]))  # not torch.eye: a trace would fix its device
+    usable_cell = torch.where(periodic > 0, cell, unit_cell)
+    potential = (pair_potential(positions, charges, pairs, sigma)
+                 + wave_potential(positions, charges, usable_cell, wave_vectors, sigma)
+                 - periodic * self_potential(charges, sigma))
+    return 0.5 * charges * potential
 
 
 @contextlib.contextmanager
@@ -66,26 +101,30 @@ def _without_opt_einsum() -> Iterator[None]:
 
 
 def export_program(model: CartesianTensorPotential, path: str | Path) -> Path:
-    """Write ``model`` (in its dtype) as a ``torch.export`` file (``.pt2``); ValueError for what it cannot hold."""
-    if model.long_range is not None or model.config.field_dipole:
-        part = "long-range term" if model.long_range is not None else "field_dipole response"
-        raise ValueError(f"a model with a {part} cannot be written with torch.export yet; export it as TorchScript "
-                         "(an output file ending in .ts)")
+    """Write ``model`` (in its dtype) as a ``torch.export`` file (``.pt2``)."""
     model = model.eval()
     dtype = next(model.parameters()).dtype
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     inputs = tracing_inputs(model, [[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.9, 1.0, 1.1], [2.0, 0.4, 0.3],
                                     [0.3, 2.1, 1.4]])  # 6 atoms, 30 edges: sizes no other input shares
+    atoms, edges = Dim("n_atoms", min=2), Dim("n_edges", min=2)
+    shapes: tuple = ({0: atoms}, None, {0: atoms}, {1: edges}, {0: edges}, {0: atoms}, None, None, None, None)
+    metadata = {"format_version": FORMAT_VERSION, "atomic_numbers": list(model.config.atomic_numbers),
+                "r_max": model.config.r_max, "dtype": str(dtype).removeprefix("torch."),
+                "dipole_head": bool(model.config.dipole), "polarizability_head": bool(model.config.polarizability),
+                "field_dipole": bool(model.config.field_dipole)}
+    if model.long_range is not None:
+        pairs = torch.triu_indices(6, 6, offset=1)[:, :11].contiguous()  # 11 pairs and 7 wave vectors: sizes of their own
+        wave_vectors = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, -1, 0], [0, 1, 1], [1, 0, 1]],
+                                    dtype=dtype)
+        inputs = (*inputs, pairs, wave_vectors)
+        shapes = (*shapes, {1: Dim("n_pairs", min=0)}, {0: Dim("n_wave_vectors", min=0)})
+        metadata["long_range"] = {"sigma": model.long_range.sigma, "k_max": model.long_range.k_max}
     function = _EnergyForcesVirial(NodeEnergies(model))
     with _without_opt_einsum():
         traced = make_fx(function, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*inputs)
-        atoms, edges = Dim("n_atoms", min=2), Dim("n_edges", min=2)
-        shapes = ({0: atoms}, None, {0: atoms}, {1: edges}, {0: edges}, {0: atoms}, None, None, None, None)
         program = torch.export.export(traced, inputs, dynamic_shapes=shapes, strict=False)
-    metadata = {"format_version": FORMAT_VERSION, "atomic_numbers": list(model.config.atomic_numbers),
-                "r_max": model.config.r_max, "dtype": str(dtype).removeprefix("torch."),
-                "dipole_head": bool(model.config.dipole), "polarizability_head": bool(model.config.polarizability)}
     path = Path(path)
     torch.export.save(program, str(path), extra_files={METADATA: json.dumps(metadata)})
     return path

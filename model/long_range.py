@@ -59,7 +59,14 @@ def direct_potential(positions: Tensor, charges: Tensor, sigma: float, coulomb: 
     """Potential ``[..., n]`` (V = eV/e) at each of ``n`` atoms of one molecule from all the others'
     Gaussian charges; ``positions`` ``[..., n, 3]`` Å, ``charges`` ``[..., n]`` e."""
     n = positions.shape[-2]
-    pairs = torch.triu_indices(n, n, offset=1, device=positions.device)
+    return pair_potential(positions, charges, torch.triu_indices(n, n, offset=1, device=positions.device), sigma, coulomb)
+
+
+def pair_potential(positions: Tensor, charges: Tensor, pairs: Tensor, sigma: float,
+                   coulomb: float = COULOMB_CONSTANT) -> Tensor:
+    """Potential ``[..., n]`` (V = eV/e) at each atom from the Gaussian charges it is paired with, each pair of
+    ``pairs`` ``[2, n_pairs]`` (atom indices, i < j) counted once; ``positions`` ``[..., n, 3]`` Å, ``charges``
+    ``[..., n]`` e."""
     first, second = pairs[0], pairs[1]
     distances = torch.linalg.vector_norm(positions.index_select(-2, first) - positions.index_select(-2, second), dim=-1)
     coupling = coulomb * torch.erf(distances / (math.sqrt(2.0) * sigma)) / distances
@@ -87,6 +94,14 @@ def reciprocal_potential(positions: Tensor, charges: Tensor, cell: Tensor, sigma
     """Ewald potential ``[..., n]`` (V = eV/e) at each atom of one periodic cell ``[..., 3, 3]`` (Å),
     self-interaction removed; ``positions`` ``[..., n, 3]`` Å, ``charges`` ``[..., n]`` e."""
     triples = wave_vectors(cell.reshape(-1, 3, 3)[0], k_max).to(positions.dtype)
+    return wave_potential(positions, charges, cell, triples, sigma, coulomb) - self_potential(charges, sigma, coulomb)
+
+
+def wave_potential(positions: Tensor, charges: Tensor, cell: Tensor, triples: Tensor, sigma: float,
+                   coulomb: float = COULOMB_CONSTANT) -> Tensor:
+    """The reciprocal-space sum of the Ewald potential ``[..., n]`` (V = eV/e) over the wave vectors whose integer
+    ``triples`` ``[n_k, 3]`` (half of them, as :func:`wave_vectors` gives) are given, in a periodic ``cell``
+    ``[..., 3, 3]`` (Å); ``positions`` ``[..., n, 3]`` Å, ``charges`` ``[..., n]`` e."""
     reciprocal = 2 * math.pi * torch.linalg.inv(cell).mT
     k = triples @ reciprocal
     k_squared = (k * k).sum(-1)
@@ -96,8 +111,13 @@ def reciprocal_potential(positions: Tensor, charges: Tensor, cell: Tensor, sigma
     cosine, sine = torch.cos(phase), torch.sin(phase)
     structure_cos = (charges[..., :, None] * cosine).sum(-2)
     structure_sin = (charges[..., :, None] * sine).sum(-2)
-    potential = (cosine * (weight * structure_cos)[..., None, :] + sine * (weight * structure_sin)[..., None, :]).sum(-1)
-    return potential - 2 * coulomb * charges / (math.sqrt(2 * math.pi) * sigma)
+    return (cosine * (weight * structure_cos)[..., None, :] + sine * (weight * structure_sin)[..., None, :]).sum(-1)
+
+
+def self_potential(charges: Tensor, sigma: float, coulomb: float = COULOMB_CONSTANT) -> Tensor:
+    """The potential ``[..., n]`` (V = eV/e) of each Gaussian charge ``[..., n]`` (e) on itself, which the
+    reciprocal sum includes and the pair sum does not."""
+    return 2 * coulomb * charges / (math.sqrt(2 * math.pi) * sigma)
 
 
 class LatentEwald(nn.Module):

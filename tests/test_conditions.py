@@ -267,6 +267,30 @@ def test_an_exported_field_dipole_file_gives_the_dipole_polarizability_and_born_
         assert (out[name] - getattr(expected, name)).abs().max() < 1e-10, name
 
 
+def test_a_torch_export_file_of_a_field_dipole_model_gives_its_dipole(tmp_path, frames_300K):
+    """The .pt2 file of a ``field_dipole`` model: energy, forces, stress and the dipole -dE/dF equal the Python
+    model's (1e-10, float64) for an ion in a field and a periodic cell; the second derivatives it does not hold
+    are refused with the way to get them."""
+    model = conditioned_model(field_dipole=True)
+    calculator = DeployedCalculator(export_program(model, tmp_path / "field.pt2"))
+    ion = with_info(frames_300K[1], charge=1.0, electric_field=[0.1, -0.3, 0.2])
+    cell = with_info(periodic_cell(seed=3), electric_field=[0.0, 0.2, 0.1])
+    for atoms in (ion, cell):
+        periodic = bool(atoms.pbc.all())
+        expected = model(collate([atoms_to_graph(atoms, SPECIES_3BPA, 5.0, dtype=torch.float64)]), compute_stress=periodic)
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        assert atoms.get_potential_energy() == pytest.approx(expected.energy.item(), abs=1e-10)
+        assert np.abs(atoms.get_forces() - expected.forces.detach().numpy()).max() < 1e-10
+        if periodic:
+            assert np.abs(atoms.get_stress(voigt=False) - expected.stress[0].detach().numpy()).max() < 1e-10
+        else:
+            assert np.abs(atoms.get_dipole_moment() - expected.dipole[0].detach().numpy()).max() < 1e-10
+            assert np.abs(expected.dipole.detach().numpy()).max() > 1e-3
+    with pytest.raises(ValueError, match=r"export the model as TorchScript \(\.ts\)"):
+        calculator.get_property("born_effective_charges", atoms)
+
+
 @pytest.mark.slow
 def test_charge_and_spin_tell_apart_states_at_the_same_geometry(tmp_path):
     """PySCF energies of O2 in four charge/spin states and of H2O in fields (tests/data/pyscf_conditions.xyz):

@@ -82,14 +82,3 @@ def test_exported_program_runs_without_tace_aiida(tmp_path, frames_300K):
     energy, _, forces, *_ = torch.load(tmp_path / "out.pt")
     assert abs(energy.item() - expected.energy.item()) < 1e-10
     assert (forces - expected.forces).abs().max() < 1e-10
-
-
-def test_a_model_torch_export_cannot_hold_is_refused_by_name(tmp_path, capsys):
-    with default_dtype(torch.float64):
-        model = small_model(seed=1, long_range=True)
-    checkpoint = save_checkpoint(tmp_path / "lr.pt", model)
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(checkpoint), str(tmp_path / "lr.pt2")])
-    assert exit_info.value.code == 2
-    assert "a model with a long-range term cannot be written with torch.export yet" in capsys.readouterr().err
-    assert not (tmp_path / "lr.pt2").exists()

@@ -7,6 +7,8 @@ The symmetry and derivative tests of models with ``long_range: true`` run in the
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from tace_aiida.model.config import TrainingConfig
 from tace_aiida.model.data import atoms_to_graph, collate
 from tace_aiida.model.ensemble import StackedEnsemble
 from tace_aiida.model.export import DeployedCalculator, export_model
+from tace_aiida.model.exported_program import export_program
 from tace_aiida.model.long_range import COULOMB_CONSTANT, direct_potential, reciprocal_potential
 from tace_aiida.model.training import train
 
@@ -154,11 +157,14 @@ def test_bad_settings_are_named(tmp_path, name, value):
         TrainingConfig(train_file="x.xyz", model={"long_range": True, name: value})
 
 
-def test_an_exported_long_range_model_equals_the_python_model(tmp_path, frames_300K):
-    """The TorchScript file (Ewald sum scripted, not traced) gives the Python model's energy, forces and stress
-    (1e-10, float64) on a molecule, a charged molecule and periodic cells of other sizes than the traced example."""
+@pytest.mark.parametrize("filename", ["model.ts", "model.pt2"])
+def test_an_exported_long_range_model_equals_the_python_model(tmp_path, frames_300K, filename):
+    """The TorchScript file (Ewald sum scripted, not traced) and the torch.export file (pairs and wave vectors as
+    inputs) give the Python model's energy, forces and stress (1e-10, float64) on a molecule, a charged molecule and
+    periodic cells of other sizes than the traced example."""
     model = long_range_model()
-    calculator = DeployedCalculator(export_model(model, tmp_path / "model.ts"))
+    export = export_program if filename.endswith(".pt2") else export_model
+    calculator = DeployedCalculator(export(model, tmp_path / filename))
     charged = frames_300K[1].copy()
     charged.info["charge"] = 1.0
     small, large = periodic_cell(seed=2), periodic_cell(seed=4).repeat((2, 1, 1))
@@ -178,6 +184,52 @@ def test_an_exported_long_range_model_equals_the_python_model(tmp_path, frames_3
                                                                "batch")), long_range=False)[0].sum().item()
     assert abs(short_range - energies[0]) > 1e-3, "the file holds the long-range term"
     assert abs(energies[0] - energies[1]) > 1e-3, "and the total charge"
+
+
+#: What a user of a long-range .pt2 file runs without tace-aiida (the recipe of the file's docstring, numpy only).
+WAVE_VECTOR_RECIPE = """
+import json, sys, zipfile
+import numpy as np
+import torch
+sys.modules["tace_aiida"] = None
+path, inputs_path, out_path = sys.argv[1:]
+module = torch.export.load(path).module()
+with zipfile.ZipFile(path) as archive:
+    name = next(entry for entry in archive.namelist() if entry.endswith("tace.json"))
+    k_max = json.loads(archive.read(name))["long_range"]["k_max"]
+graph = torch.load(inputs_path)
+cell, n = graph[1][0].numpy(), len(graph[0])
+if np.abs(cell).sum() == 0:
+    pairs, triples = np.array(np.triu_indices(n, 1)), np.zeros((0, 3))
+else:
+    bounds = [int(np.floor(k_max * length / (2 * np.pi))) for length in np.linalg.norm(cell, axis=1)]
+    grid = np.stack(np.meshgrid(*[np.arange(-b, b + 1) for b in bounds], indexing="ij"), -1).reshape(-1, 3)
+    first_nonzero = np.array([row[np.flatnonzero(row)[0]] if row.any() else 0 for row in grid])
+    grid = grid[first_nonzero > 0]
+    triples = grid[np.linalg.norm(grid @ (2 * np.pi * np.linalg.inv(cell).T), axis=1) <= k_max]
+    pairs = np.zeros((2, 0), dtype=np.int64)
+out = module(*graph, torch.from_numpy(pairs.astype(np.int64)), torch.from_numpy(triples.astype(np.float64)))
+torch.save(out, out_path)
+"""
+
+
+@pytest.mark.slow
+def test_a_long_range_torch_export_file_runs_without_tace_aiida(tmp_path, frames_300K):
+    """A fresh interpreter that cannot import tace_aiida builds the pairs and wave vectors as the file's docstring
+    says and gets the Python model's energy and forces (1e-10, float64) for a molecule and a periodic cell."""
+    from tace_aiida.model.export import condition_inputs, graph_inputs
+
+    model = long_range_model()
+    path = export_program(model, tmp_path / "model.pt2")
+    (tmp_path / "recipe.py").write_text(WAVE_VECTOR_RECIPE)
+    for atoms in (frames_300K[1], periodic_cell(seed=4).repeat((2, 1, 1))):
+        inputs = graph_inputs(atoms, SPECIES_3BPA, 4.0, torch.float64) + condition_inputs(atoms, torch.float64)
+        torch.save(inputs, tmp_path / "inputs.pt")
+        subprocess.run([sys.executable, "recipe.py", str(path), "inputs.pt", "out.pt"], check=True, cwd=tmp_path)
+        energy, _, forces, *_ = torch.load(tmp_path / "out.pt")
+        expected = model(collate([atoms_to_graph(atoms, SPECIES_3BPA, 4.0, dtype=torch.float64)]))
+        assert abs(energy.item() - expected.energy.item()) < 1e-10
+        assert (forces - expected.forces).abs().max() < 1e-10
 
 
 def ion_pair(distance: float) -> Atoms:
