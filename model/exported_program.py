@@ -108,7 +108,7 @@ def export_program(model: CartesianTensorPotential, path: str | Path) -> Path:
         parameter.requires_grad_(False)
     inputs = tracing_inputs(model, [[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.9, 1.0, 1.1], [2.0, 0.4, 0.3],
                                     [0.3, 2.1, 1.4]])  # 6 atoms, 30 edges: sizes no other input shares
-    atoms, edges = Dim("n_atoms", min=2), Dim("n_edges", min=2)
+    atoms, edges = Dim("n_atoms", min=1), Dim("n_edges", min=0)
     shapes: tuple = ({0: atoms}, None, {0: atoms}, {1: edges}, {0: edges}, {0: atoms}, None, None, None, None)
     metadata = {"format_version": FORMAT_VERSION, "atomic_numbers": list(model.config.atomic_numbers),
                 "r_max": model.config.r_max, "dtype": str(dtype).removeprefix("torch."),

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
 from tace_aiida.model.calculator import TACECalculator
 from tace_aiida.model.checkpoint import save_checkpoint
 from tace_aiida.model.export import DeployedCalculator, export_model, graph_inputs, main
@@ -82,3 +83,20 @@ def test_exported_program_runs_without_tace_aiida(tmp_path, frames_300K):
     energy, _, forces, *_ = torch.load(tmp_path / "out.pt")
     assert abs(energy.item() - expected.energy.item()) < 1e-10
     assert (forces - expected.forces).abs().max() < 1e-10
+
+
+def test_the_exported_program_takes_the_smallest_structures(checkpoint, tmp_path):
+    """A single atom, two atoms farther apart than the cutoff (no edges) and one atom with its periodic images give
+    the checkpoint's energy and forces."""
+    assert main([checkpoint, str(tmp_path / "model.pt2"), "--dtype", "float64"]) == 0
+    structures = [Atoms("C", positions=[[0, 0, 0]]), Atoms("CO", positions=[[0, 0, 0], [0, 0, 9.0]]),
+                  Atoms("H", cell=[3.0, 3.0, 3.0], pbc=True)]
+    for atoms in structures:
+        results = []
+        for calculator in (TACECalculator(checkpoint, device="cpu", dtype="float64"),
+                           DeployedCalculator(tmp_path / "model.pt2")):
+            copy = atoms.copy()
+            copy.calc = calculator
+            results.append((copy.get_potential_energy(), copy.get_forces()))
+        assert results[1][0] == pytest.approx(results[0][0], abs=1e-10), atoms
+        assert np.abs(results[1][1] - results[0][1]).max() < 1e-10, atoms
