@@ -184,6 +184,11 @@ def test_an_exported_long_range_model_equals_the_python_model(tmp_path, frames_3
                                                                "batch")), long_range=False)[0].sum().item()
     assert abs(short_range - energies[0]) > 1e-3, "the file holds the long-range term"
     assert abs(energies[0] - energies[1]) > 1e-3, "and the total charge"
+    slab = small.copy()
+    slab.pbc = [True, True, False]
+    slab.calc = calculator
+    with pytest.raises((ValueError, torch.jit.Error), match="periodic along 2 of 3"):
+        slab.get_potential_energy()
 
 
 #: What a user of a long-range .pt2 file runs without tace-aiida (the recipe of the file's docstring, numpy only).
