@@ -131,7 +131,8 @@ class InteractionBlock(ConstantsModule):
         self.num_pairs = len(pairs)
         self.radial = RadialMLP(num_radial, radial_mlp, len(paths), channels)
         self.linear = RankwiseLinear(max_edge_rank, channels, channels)
-        self.register_constant("message_divisor", torch.tensor(float(message_divisor), dtype=torch.float64))
+        # [1, 1, 1] (members: [M, 1, 1, 1]) broadcasts over [..., n, C, D]; AOTInductor cannot unsqueeze a 0-d constant
+        self.register_constant("message_divisor", torch.full((1, 1, 1), float(message_divisor), dtype=torch.float64))
 
     def forward(self, node_features: Tensor, harmonics: Tensor, radial: Tensor, edge_index: Tensor) -> Tensor:
         """``node_features`` [..., n_nodes, C, D_node], ``harmonics`` [..., n_edges, D_edge],
@@ -148,7 +149,7 @@ class InteractionBlock(ConstantsModule):
         messages = products @ edge_coupling
         shape = (*messages.shape[:-3], node_features.shape[-3], *messages.shape[-2:])
         summed = messages.new_zeros(shape).index_add(-3, receiver, messages)
-        return self.linear(summed / self.message_divisor[..., None, None, None])
+        return self.linear(summed / self.message_divisor)
 
 
 class ProductBasisBlock(ConstantsModule):

@@ -45,7 +45,8 @@ class DecomposedInteractionBlock(ConstantsModule):
         self.product = CPProduct(max_node_rank, max_edge_rank, max_edge_rank, cp_rank, trainable)
         self.radial = RadialMLP(num_radial, radial_mlp, 1, channels)
         self.linear = RankwiseLinear(max_edge_rank, channels, channels)
-        self.register_constant("message_divisor", torch.tensor(float(message_divisor), dtype=torch.float64))
+        # [1, 1, 1] (members: [M, 1, 1, 1]) broadcasts over [..., n, C, D]; AOTInductor cannot unsqueeze a 0-d constant
+        self.register_constant("message_divisor", torch.full((1, 1, 1), float(message_divisor), dtype=torch.float64))
 
     def forward(self, node_features: Tensor, harmonics: Tensor, radial: Tensor, edge_index: Tensor) -> Tensor:
         """As :meth:`.blocks.InteractionBlock.forward`: ``[..., n_nodes, C, D_node] -> [..., n_nodes, C, D_edge]``."""
@@ -55,7 +56,7 @@ class DecomposedInteractionBlock(ConstantsModule):
         messages = left[..., sender, :, :] * edge_weights
         shape = (*messages.shape[:-3], node_features.shape[-3], *messages.shape[-2:])
         summed = messages.new_zeros(shape).index_add(-3, receiver, messages)
-        aggregated = self.product.out(summed) / self.message_divisor[..., None, None, None]
+        aggregated = self.product.out(summed) / self.message_divisor
         return self.linear(aggregated)
 
 

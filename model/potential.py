@@ -171,8 +171,9 @@ class CartesianTensorPotential(ConstantsModule):
         channels = config.channels
         self.register_constant("atomic_energies", torch.tensor(config.atomic_energies, dtype=torch.float64))
         self.register_constant("atomic_numbers", torch.tensor(config.atomic_numbers, dtype=torch.long))
-        self.register_constant("scale", torch.tensor(config.scale, dtype=torch.float64))
-        self.register_constant("shift", torch.tensor(config.shift, dtype=torch.float64))
+        # shape [1], not []: an unsqueezed 0-d constant is what AOTInductor fails to compile
+        self.register_constant("scale", torch.tensor([config.scale], dtype=torch.float64))
+        self.register_constant("shift", torch.tensor([config.shift], dtype=torch.float64))
         self.embedding = nn.Linear(num_species, channels, bias=False)
         conditioned = config.embed_charge or config.embed_spin or config.num_fidelities > 1 or config.embed_field
         self.conditions = (
@@ -270,7 +271,7 @@ class CartesianTensorPotential(ConstantsModule):
             node_energy = node_energy + readout(features)
             invariants.append(features[..., 0])
             layer_features.append(features)
-        node_energy = self.scale[..., None] * node_energy + self.shift[..., None] + self.atomic_energies[..., species]
+        node_energy = self.scale * node_energy + self.shift + self.atomic_energies[..., species]
         invariants = torch.cat(invariants, dim=-1)
         if self.long_range is not None and long_range:
             node_energy = node_energy + self.long_range(invariants, positions, cell, graph_of_atom,
