@@ -1,6 +1,7 @@
-"""MD steps per second of the exported files, TorchScript (``.ts``) and torch.export's format (``.pt2``), against the
-checkpoint in :class:`TACECalculator`, same random-weight default-architecture model (``bench_ensemble.py``'s first
-member) on its two systems (3BPA, 27 atoms; a 216-atom rattled fcc Cu cell, with its stress at every step).
+"""MD steps per second of the exported files, TorchScript (``.ts``) and torch.export's format (``.pt2``, portable and
+compiled by AOTInductor), against the checkpoint in :class:`TACECalculator`, same random-weight default-architecture
+model (``bench_ensemble.py``'s first member) on its two systems (3BPA, 27 atoms; a 216-atom rattled fcc Cu cell, with
+its stress at every step).
 
 Each calculator runs ``--steps`` timed NVE steps after one warm-up step; they alternate over ``--rounds`` rounds and the
 best round counts. Also prints the largest force difference of each file from the checkpoint on the first frame.
@@ -27,11 +28,14 @@ from .common import md_steps_per_second
 
 
 def calculators(checkpoint: Path, folder: Path) -> dict:
-    """The checkpoint's calculator and those of its two exported files."""
+    """The checkpoint's calculator and those of its exported files: TorchScript, torch.export's portable program, and
+    the same file's program compiled by AOTInductor."""
     model, _ = load_model(checkpoint)
+    program = export_program(model, folder / "model.pt2", compiled=True)
     return {"checkpoint": TACECalculator([checkpoint], device="cpu"),
             ".ts": DeployedCalculator(export_model(model, folder / "model.ts")),
-            ".pt2": DeployedCalculator(export_program(model, folder / "model.pt2"))}
+            ".pt2": DeployedCalculator(program, compiled=False),
+            ".pt2 compiled": DeployedCalculator(program, compiled=True)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
             rows.append({"system": name, "calculator": kind, "steps_per_second": best[kind],
                          "ratio_to_checkpoint": best[kind] / best["checkpoint"],
                          "max_force_difference": differences[kind], "dtype": args.dtype})
-            print(f"{name:32s} {kind:10s} {best[kind]:7.2f} steps/s  ({best[kind] / best['checkpoint']:.2f}x the "
+            print(f"{name:32s} {kind:13s} {best[kind]:7.2f} steps/s  ({best[kind] / best['checkpoint']:.2f}x the "
                   f"checkpoint; forces differ by {differences[kind]:.1e} eV/Å)")
     if args.output:
         args.output.write_text(json.dumps(rows, indent=1))

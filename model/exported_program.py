@@ -16,17 +16,23 @@ integer triples ``n`` of the reciprocal lattice vectors ``k = 2 pi n inv(cell)^T
 each pair ``+-k``, the first nonzero entry of ``n`` positive; none for a molecule), ``k_max`` and ``sigma`` in
 ``tace.json``. Not covered: a ``field_dipole`` model's polarizability and Born charges (second derivatives), which
 the TorchScript file (``.ts``) gives.
+
+``tace-export --compile`` also puts into the file the same program compiled by AOTInductor (C++ for the CPU it was
+written on), which ``torch._inductor.aoti_load_package(path)`` loads and runs with the same inputs and outputs; the
+portable program stays in the file for ``torch.export.load``. The file is then written by torch's PT2 archive
+writer (``package_pt2``, the function behind ``torch.export.save``, which can hold both programs).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch.export import Dim
+from torch.export.pt2_archive._package import package_pt2
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .export import NodeEnergies, tracing_inputs
@@ -100,8 +106,10 @@ def _without_opt_einsum() -> Iterator[None]:
         torch.backends.opt_einsum.enabled = enabled
 
 
-def export_program(model: CartesianTensorPotential, path: str | Path) -> Path:
-    """Write ``model`` (in its dtype) as a ``torch.export`` file (``.pt2``)."""
+def export_program(model: CartesianTensorPotential, path: str | Path, compiled: bool = False) -> Path:
+    """Write ``model`` (in its dtype) as a ``torch.export`` file (``.pt2``); with ``compiled``, the same file also
+    holds the program compiled by AOTInductor for the model's device (a C++ compiler is needed here, and the
+    compiled part runs only with this torch version on a like machine; the portable program beside it runs anywhere)."""
     model = model.eval()
     dtype = next(model.parameters()).dtype
     for parameter in model.parameters():
@@ -126,14 +134,30 @@ def export_program(model: CartesianTensorPotential, path: str | Path) -> Path:
         traced = make_fx(function, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*inputs)
         program = torch.export.export(traced, inputs, dynamic_shapes=shapes, strict=False)
     path = Path(path)
-    torch.export.save(program, str(path), extra_files={METADATA: json.dumps(metadata)})
+    if not compiled:
+        torch.export.save(program, str(path), extra_files={METADATA: json.dumps(metadata)})
+        return path
+    metadata["compiled_for"] = next(model.parameters()).device.type
+    compiled_files = torch._inductor.aot_compile(program.module(), inputs, options={"aot_inductor.package": True})
+    package_pt2(str(path), exported_programs={"model": program}, aoti_files={"model": compiled_files},
+                extra_files={METADATA: json.dumps(metadata)})
     return path
 
 
-def load_program(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """The callable module of a ``.pt2`` file written by :func:`export_program`, and its metadata."""
+def load_program(path: str | Path, device: str = "cpu", compiled: bool | None = None) -> tuple[Callable, dict]:
+    """The callable of a ``.pt2`` file written by :func:`export_program` on ``device``, and the file's metadata.
+
+    ``compiled``: None takes the AOTInductor program when the file holds one for ``device``'s type, else the portable
+    one; True insists on the compiled one (ValueError if the file has none for that device), False on the portable."""
     extra = {METADATA: ""}
     program = torch.export.load(str(path), extra_files=extra)
     if not extra[METADATA]:
         raise ValueError(f"{path} is a torch.export file without tace-aiida's {METADATA}: not written by tace-export")
-    return program.module(), json.loads(extra[METADATA])
+    metadata = json.loads(extra[METADATA])
+    has_compiled = metadata.get("compiled_for") == torch.device(device).type
+    if compiled and not has_compiled:
+        held = f"one compiled for {metadata['compiled_for']}" if "compiled_for" in metadata else "no compiled program"
+        raise ValueError(f"{path} holds {held}, not one for {device}: write it with tace-export --compile on such a device")
+    if has_compiled and compiled is not False:
+        return torch._inductor.aoti_load_package(str(path)), metadata
+    return program.module().to(device), metadata

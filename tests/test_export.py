@@ -100,3 +100,31 @@ def test_the_exported_program_takes_the_smallest_structures(checkpoint, tmp_path
             results.append((copy.get_potential_energy(), copy.get_forces()))
         assert results[1][0] == pytest.approx(results[0][0], abs=1e-10), atoms
         assert np.abs(results[1][1] - results[0][1]).max() < 1e-10, atoms
+
+
+@pytest.mark.slow
+def test_a_compiled_program_equals_the_python_model(checkpoint, tmp_path, frames_300K):
+    """``tace-export --compile``: the file's AOTInductor program gives the checkpoint's energies, forces and stress
+    (1e-10, float64) on a molecule and a periodic cell of other sizes than the trace's, and the portable program in
+    the same file still loads with torch.export alone."""
+    path = tmp_path / "model.pt2"
+    assert main([checkpoint, str(path), "--dtype", "float64", "--compile"]) == 0
+    compiled, portable = DeployedCalculator(path), DeployedCalculator(path, compiled=False)
+    assert type(compiled.module).__name__ == "AOTICompiledModel"
+    assert isinstance(portable.module, torch.nn.Module)
+    for atoms in (frames_300K[3], periodic_cell(seed=2)):
+        results = []
+        for calculator in (TACECalculator(checkpoint, device="cpu", dtype="float64"), compiled, portable):
+            calculator.calculate(atoms.copy(), ["energy"])
+            results.append(calculator.results)
+        for name in ["energy", "energies", "forces"] + (["stress"] if atoms.pbc.all() else []):
+            for result in results[1:]:
+                assert np.abs(np.asarray(results[0][name]) - np.asarray(result[name])).max() < 1e-10, name
+
+
+def test_compile_is_refused_for_torchscript_and_a_missing_compiled_program_is_named(checkpoint, tmp_path):
+    with pytest.raises(SystemExit):
+        main([checkpoint, str(tmp_path / "model.ts"), "--compile"])
+    assert main([checkpoint, str(tmp_path / "model.pt2")]) == 0
+    with pytest.raises(ValueError, match="holds no compiled program, not one for cpu"):
+        DeployedCalculator(tmp_path / "model.pt2", compiled=True)

@@ -157,14 +157,17 @@ def test_bad_settings_are_named(tmp_path, name, value):
         TrainingConfig(train_file="x.xyz", model={"long_range": True, name: value})
 
 
-@pytest.mark.parametrize("filename", ["model.ts", "model.pt2"])
+@pytest.mark.parametrize("filename", ["model.ts", "model.pt2", pytest.param("compiled.pt2", marks=pytest.mark.slow)])
 def test_an_exported_long_range_model_equals_the_python_model(tmp_path, frames_300K, filename):
     """The TorchScript file (Ewald sum scripted, not traced) and the torch.export file (pairs and wave vectors as
-    inputs) give the Python model's energy, forces and stress (1e-10, float64) on a molecule, a charged molecule and
-    periodic cells of other sizes than the traced example."""
+    inputs; also compiled by AOTInductor) give the Python model's energy, forces and stress (1e-10, float64) on a
+    molecule, a charged molecule and periodic cells of other sizes than the traced example."""
     model = long_range_model()
-    export = export_program if filename.endswith(".pt2") else export_model
-    calculator = DeployedCalculator(export(model, tmp_path / filename))
+    if filename.endswith(".pt2"):
+        path = export_program(model, tmp_path / filename, compiled=filename == "compiled.pt2")
+    else:
+        path = export_model(model, tmp_path / filename)
+    calculator = DeployedCalculator(path)
     charged = frames_300K[1].copy()
     charged.info["charge"] = 1.0
     small, large = periodic_cell(seed=2), periodic_cell(seed=4).repeat((2, 1, 1))
