@@ -365,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         path = export_program(model, args.output, compiled=args.compile)
     else:
         path = export_model(model, args.output)
-    print(f"wrote {path} ({next(model.parameters()).dtype}, species {model.config.atomic_numbers}, r_max {model.config.r_max} Å)")
+    compiled = ", with its program compiled for this CPU" if args.compile else ""
+    print(f"wrote {path} ({next(model.parameters()).dtype}, species {model.config.atomic_numbers}, r_max {model.config.r_max} Å"
+          f"{compiled})")
     return 0
 
 
