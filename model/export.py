@@ -292,14 +292,13 @@ class DeployedCalculator(Calculator):
         inputs = graph_inputs(self.atoms, self.atomic_numbers, self.r_max, self.dtype)
         extra = condition_inputs(self.atoms, self.dtype) if self.takes_conditions else ()
         inputs, extra = [tensor.to(self.device) for tensor in inputs], [tensor.to(self.device) for tensor in extra]
+        response = self.field_dipole and bool(set(properties or ()) & {"polarizability", "born_effective_charges"})
         if self.program:
-            response = self.field_dipole and bool(set(properties or ()) & {"polarizability", "born_effective_charges"})
             if response:
                 raise ValueError("a .pt2 file of a field_dipole model gives its dipole, not the polarizability or Born "
                                  "charges (second derivatives): export the model as TorchScript (.ts) for them")
             out = self._run_program(inputs, extra, periodic)
         else:
-            response = self.field_dipole and bool(set(properties or ()) & {"polarizability", "born_effective_charges"})
             out = self.module(*inputs, periodic, *extra, *((response,) if self.field_dipole else ()))
         energy = float(out["energy"][0])
         self.results = {
@@ -327,7 +326,6 @@ class DeployedCalculator(Calculator):
         out.update({name: value for name, value in (("dipole", dipole), ("polarizability", polarizability))
                     if name in self.heads})
         return out
-
 
     def _long_range_inputs(self, periodic: bool) -> tuple[Tensor, Tensor]:
         """The ``pairs`` and ``wave_vectors`` a ``.pt2`` file with the long-range term takes (:mod:`.exported_program`):
