@@ -47,7 +47,7 @@ from . import keys
 from .checkpoint import load_model
 from .conditions import COULOMB
 from .data import periodic_rows
-from .long_range import LatentEwald, electrostatic_energies, wave_vectors
+from .long_range import LatentEwald, electrostatic_energies, partly_periodic_message, wave_vectors
 from .neighbours import neighbour_pairs
 from .potential import CartesianTensorPotential, apply_strain
 from .structure_conditions import conditions, conditions_differ
@@ -331,9 +331,7 @@ class DeployedCalculator(Calculator):
         """The ``pairs`` and ``wave_vectors`` a ``.pt2`` file with the long-range term takes (:mod:`.exported_program`):
         every pair of a molecule, or the wave vectors of a periodic cell."""
         if not periodic and self.atoms.pbc.any():
-            raise ValueError(f"{self.atoms.get_chemical_formula()} is periodic along {int(self.atoms.pbc.sum())} of 3 "
-                             "cell vectors; the long-range term needs a cell periodic in all three directions (Ewald sum) "
-                             "or in none (molecule)")
+            raise ValueError(partly_periodic_message(self.atoms.get_chemical_formula(), int(self.atoms.pbc.sum())))
         n = len(self.atoms)
         if periodic:
             pairs = torch.zeros(2, 0, dtype=torch.long)

@@ -143,6 +143,12 @@ class LatentEwald(nn.Module):
         return electrostatic_energies(positions, charges, cell, graph_of_atom, self.sigma, self.k_max)
 
 
+def partly_periodic_message(subject: str, periodic_directions: int) -> str:
+    """Why the long-range term refuses ``subject``, periodic along ``periodic_directions`` (1 or 2) cell vectors."""
+    return (subject + " is periodic along " + str(periodic_directions) + " of 3 cell vectors; the long-range term needs "
+            "a cell periodic in all three directions (Ewald sum) or in none (molecule)")
+
+
 def electrostatic_energies(positions: Tensor, charges: Tensor, cell: Tensor, graph_of_atom: Tensor, sigma: float,
                            k_max: float) -> Tensor:
     """Per-atom energies ``[..., n_atoms]`` (eV) of Gaussian ``charges`` ``[..., n_atoms]`` (e) of width ``sigma``
@@ -161,8 +167,6 @@ def electrostatic_energies(positions: Tensor, charges: Tensor, cell: Tensor, gra
             potentials.append(reciprocal_potential(positions[..., start:end, :], charges[..., start:end],
                                                    cell[..., graph, :, :], sigma, k_max))
         else:
-            raise ValueError("structure " + str(graph) + " of the batch is periodic along " + str(periodic_rows[graph])
-                             + " of 3 cell vectors; the long-range term needs a cell periodic in all three directions "
-                             "(Ewald sum) or in none (molecule)")
+            raise ValueError(partly_periodic_message("structure " + str(graph) + " of the batch", periodic_rows[graph]))
         start = end
     return 0.5 * charges * torch.cat(potentials, dim=-1)
