@@ -32,7 +32,6 @@ from pathlib import Path
 
 import torch
 from torch.export import Dim
-from torch.export.pt2_archive._package import package_pt2
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .export import NodeEnergies, tracing_inputs
@@ -137,6 +136,8 @@ def export_program(model: CartesianTensorPotential, path: str | Path, compiled: 
     if not compiled:
         torch.export.save(program, str(path), extra_files={METADATA: json.dumps(metadata)})
         return path
+    from torch.export.pt2_archive._package import package_pt2  # here: a private module only newer torch versions have
+
     metadata["compiled_for"] = next(model.parameters()).device.type
     compiled_files = torch._inductor.aot_compile(program.module(), inputs, options={"aot_inductor.package": True})
     package_pt2(str(path), exported_programs={"model": program}, aoti_files={"model": compiled_files},
