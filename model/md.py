@@ -15,7 +15,7 @@ Settings (units: K, GPa, fs, eV/Å, Å, 1/fs):
      "temperature": 300, "pressure": 0.0, "timestep": 1.0, "steps": 1000, "save_interval": 10,
      "friction": 0.01, "thermostat_time": 100.0, "barostat_time": 1000.0,
      "max_force_std": null, "min_distance": 0.5, "seed": 1, "device": "auto",
-     "bias_strength": 0.0, "bias_width": 0.05, "uncertainty": "ensemble"}
+     "bias_strength": 0.0, "bias_width": 0.05, "uncertainty": "ensemble", "driven_by": "mean"}
 
 ``ensemble``: ``nve`` (velocity Verlet), ``nvt`` (``thermostat`` ``langevin`` or ``bussi``) or
 ``npt`` (isotropic MTK barostat with Nose-Hoover chains). The trajectory arrays, frame-major:
@@ -32,6 +32,13 @@ still records the members' mean energies and forces, not the biased ones.
 ``uncertainty``: ``ensemble`` (the members' force spread) or ``features`` (each member's expected force
 error from its own features, :mod:`~tace_aiida.model.feature_uncertainty`; one checkpoint is enough)
 gives ``forces_std`` and so the ``max_force_std`` stop.
+
+``driven_by``: ``mean`` integrates the members' mean forces, so every step evaluates every member;
+``first_member`` integrates the first checkpoint's forces and evaluates the whole ensemble only at the
+saved frames (DP-GEN's convention: its LAMMPS runs follow the first model and write the model deviation
+every ``out_freq`` steps). M members then cost ``1 + M / save_interval`` times one member per step instead
+of M times; the saved frames, the uncertainty and the stops are the ensemble's as before, on a path
+that follows one member. Not with the uncertainty bias, which needs every member at every step.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 from ase import Atoms, units
+from ase.calculators.calculator import Calculator
 from ase.constraints import FixCom
 from ase.md.bussi import Bussi
 from ase.md.langevin import Langevin
@@ -67,6 +75,9 @@ from .validation import (
     overlapping_pair,
     read_structures,
 )
+
+#: What the dynamics integrate: the members' mean forces, or the first member's (see the module docstring).
+DRIVERS = ("mean", "first_member")
 
 SETTINGS = "md.json"
 STRUCTURE = "structure.extxyz"
@@ -105,6 +116,7 @@ class MDSettings:
     bias_strength: float = 0.0
     bias_width: float = 0.05
     uncertainty: str = "ensemble"
+    driven_by: str = "mean"
 
     @property
     def bias(self) -> UncertaintyBias | None:
@@ -119,6 +131,11 @@ class MDSettings:
             raise ValueError(f"NVT thermostat must be langevin or bussi, not {self.thermostat!r}")
         if self.uncertainty not in UNCERTAINTIES:
             raise ValueError(f"uncertainty must be one of {', '.join(UNCERTAINTIES)}, not {self.uncertainty!r}")
+        if self.driven_by not in DRIVERS:
+            raise ValueError(f"driven_by must be one of {', '.join(DRIVERS)}, not {self.driven_by!r}")
+        if self.driven_by == "first_member" and self.bias_strength > 0:
+            raise ValueError(f"driven_by: first_member cannot run the uncertainty bias (bias_strength "
+                             f"{self.bias_strength} eV), which needs every member at every step; use driven_by: mean")
 
     @classmethod
     def from_dict(cls, data: dict) -> MDSettings:
@@ -166,18 +183,21 @@ def closest_distance(atoms: Atoms) -> float:
 
 
 class FrameRecorder:
-    """Collects the saved frames and decides whether the run must stop."""
+    """Collects the saved frames, as ``ensemble`` (by default the atoms' own calculator) predicts them,
+    and decides whether the run must stop."""
 
-    def __init__(self, atoms: Atoms, settings: MDSettings) -> None:
+    def __init__(self, atoms: Atoms, settings: MDSettings, ensemble: Calculator | None = None) -> None:
         self.atoms = atoms
         self.settings = settings
+        self.ensemble = ensemble or atoms.calc
         self.frames: dict[str, list] = {key: [] for key in (
             "positions", "cells", "energies", "forces", "energy_std", "forces_std", "max_force_std",
             "descriptors", "temperatures", "steps")}
         self.stop_reason: str | None = None
 
     def record(self, step: int) -> None:
-        results = self.atoms.calc.results
+        self.ensemble.get_potential_energy(self.atoms)  # computed now unless the ensemble drives the dynamics
+        results = self.ensemble.results
         energy = results.get("unbiased_energy", results["energy"])
         too_close = closest_distance(self.atoms) < self.settings.min_distance or overlapping_pair(self.atoms) is not None
         if not np.isfinite(energy) or too_close:
@@ -206,14 +226,18 @@ class FrameRecorder:
         return arrays
 
 
-def run_md(atoms: Atoms, settings: MDSettings, calculator: TACECalculator) -> tuple[dict[str, np.ndarray], dict]:
-    """Run the exploration; returns (trajectory arrays, result summary)."""
+def run_md(atoms: Atoms, settings: MDSettings, calculator: TACECalculator,
+           driver: TACECalculator | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Run the exploration with the ensemble ``calculator``; returns (trajectory arrays, result summary).
+
+    ``driver`` (one member, for ``driven_by: first_member``) integrates the dynamics instead of the
+    ensemble, which then only evaluates the saved frames."""
     atoms = atoms.copy()
-    atoms.calc = calculator
+    atoms.calc = driver or calculator
     thermalize_momenta(atoms, temperature_K=settings.temperature, rng=np.random.default_rng(settings.seed))
     Stationary(atoms)
     dynamics = make_dynamics(atoms, settings)
-    recorder = FrameRecorder(atoms, settings)
+    recorder = FrameRecorder(atoms, settings, calculator)
     atoms.get_potential_energy()
     recorder.record(0)
     step = 0
@@ -262,7 +286,9 @@ def main(folder: Path | None = None) -> int:
         keep_freed_memory()
         calculator = TACECalculator(checkpoints, device=settings.device, bias=settings.bias,
                                     uncertainty=settings.uncertainty)
-        arrays, summary = run_md(atoms, settings, calculator)
+        driver = (TACECalculator(checkpoints[:1], device=settings.device)
+                  if settings.driven_by == "first_member" and len(checkpoints) > 1 else None)
+        arrays, summary = run_md(atoms, settings, calculator, driver)
     except (ValueError, OSError) as error:
         print(f"tace-md: {error}", file=sys.stderr)
         return 2
