@@ -91,3 +91,16 @@ def test_a_single_model_uncertainty_reaches_the_md_parameters_and_is_validated()
     parameters = md_parameters(stage, 300.0, 0, 1, 0.6, uncertainty="features")
     assert parameters["uncertainty"] == "features"
     assert MDSettings.from_dict({**parameters, "checkpoints": ["m.pt"]}).uncertainty == "features"
+
+
+def test_a_stage_driven_by_its_first_member_reaches_the_md_parameters_and_is_validated():
+    from tace_aiida.model.md import MDSettings
+
+    assert "driven_by" not in md_parameters(StageSettings(), 300.0, 0, 1, 0.6), "the default leaves earlier parameters"
+    stage = StageSettings.from_dict({"driven_by": "first_member"}, owner="exploration stage 1")
+    parameters = md_parameters(stage, 300.0, 0, 1, 0.6)
+    assert MDSettings.from_dict({**parameters, "checkpoints": ["m.pt"]}).driven_by == "first_member"
+    with pytest.raises(ValueError, match="exploration stage 1: driven_by must be mean or first_member, not 'last'"):
+        StageSettings.from_dict({"driven_by": "last"}, owner="exploration stage 1")
+    with pytest.raises(ValueError, match=r"driven_by must be 'mean' when bias_strength is set \(0.5 eV\)"):
+        StageSettings.from_dict({"driven_by": "first_member", "bias_strength": 0.5}, owner="exploration stage 1")

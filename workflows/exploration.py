@@ -42,7 +42,8 @@ def md_parameters(stage: StageSettings, temperature: float, run: int, iteration:
     """
     bias = {"bias_strength": stage.bias_strength, "bias_width": stage.bias_width} if stage.bias_strength > 0 else {}
     source = {"uncertainty": uncertainty} if uncertainty != "ensemble" else {}
-    return {**bias, **source,
+    driver = {"driven_by": stage.driven_by} if stage.driven_by != "mean" else {}
+    return {**bias, **source, **driver,
         "ensemble": "npt" if stage.pressure is not None else "nvt",
         "thermostat": stage.thermostat, "temperature": float(temperature),
         "pressure": float(stage.pressure or 0.0), "timestep": stage.timestep,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import typing as t
 from dataclasses import asdict, dataclass, field, fields
 
+from tace_aiida.model.md import DRIVERS
+
 T = t.TypeVar("T", bound="Settings")
 
 _NUMBER = (int, float)
@@ -103,6 +105,9 @@ class StageSettings(Settings):
     ensemble's max force deviation exceeds ``max_force_std`` (eV/Å), by default
     ``stop_factor`` times the selection's ``trust_high``. ``bias_strength`` (eV) above 0 explores with
     uncertainty-driven dynamics (``bias_width`` in eV per sqrt(atom); :mod:`tace_aiida.model.bias`).
+    ``driven_by``: ``mean`` integrates the members' mean forces; ``first_member`` integrates the first
+    member's and evaluates the ensemble only at the saved frames (DP-GEN's convention), so M members cost
+    ``1 + M / save_interval`` times one member per step instead of M times (:mod:`tace_aiida.model.md`).
     """
 
     name: str | None = None
@@ -120,6 +125,7 @@ class StageSettings(Settings):
     thermostat: str = "langevin"
     bias_strength: float = 0.0
     bias_width: float = 0.05
+    driven_by: str = "mean"
 
     def check(self, owner: str) -> None:
         _require(len(self.temperatures) > 0 and all(t > 0 for t in self.temperatures), owner, "temperatures",
@@ -139,6 +145,9 @@ class StageSettings(Settings):
         _require(self.thermostat in ("langevin", "bussi"), owner, "thermostat", self.thermostat, "langevin or bussi")
         _require(self.bias_strength >= 0, owner, "bias_strength", self.bias_strength, ">= 0 eV")
         _require(self.bias_width > 0, owner, "bias_width", self.bias_width, "> 0 eV per sqrt(atom)")
+        _require(self.driven_by in DRIVERS, owner, "driven_by", self.driven_by, " or ".join(DRIVERS))
+        _require(self.driven_by == "mean" or self.bias_strength == 0, owner, "driven_by", self.driven_by,
+                 f"'mean' when bias_strength is set ({self.bias_strength} eV): the bias needs every member at every step")
 
 
 def read_stages(stages: list[dict]) -> list[StageSettings]:
