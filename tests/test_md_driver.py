@@ -12,6 +12,8 @@ from ase.io import write
 from tace_aiida.model import md
 from tace_aiida.model.calculator import TACECalculator
 
+from .conftest import periodic_cell
+
 MOLECULE = Atoms("CCONH", positions=[[0, 0, 0], [1.45, 0.1, 0], [2.2, 1.1, 0.2], [-0.7, 1.2, 0.1], [-0.5, -0.9, 0.3]])
 
 
@@ -71,3 +73,19 @@ def test_driven_by_is_checked_and_refused_with_the_bias():
         md.MDSettings(driven_by="last")
     with pytest.raises(ValueError, match=r"first_member cannot run the uncertainty bias \(bias_strength 1.0 eV\)"):
         md.MDSettings(driven_by="first_member", bias_strength=1.0)
+
+
+def test_npt_driven_by_the_first_member_follows_its_stress(ensemble_checkpoints):
+    """Under a barostat the cell moves with the first member's stress, as in a run of that member alone."""
+    cell = periodic_cell(seed=3)
+    common = dict(ensemble="npt", temperature=300.0, pressure=0.5, barostat_time=50.0, timestep=0.5, steps=6,
+                  save_interval=3, device="cpu")
+    settings = md.MDSettings(checkpoints=ensemble_checkpoints, driven_by="first_member", **common)
+    driven, _ = md.run_md(cell, settings, TACECalculator(ensemble_checkpoints, device="cpu"),
+                          TACECalculator(ensemble_checkpoints[:1], device="cpu"))
+    alone = md.MDSettings(checkpoints=ensemble_checkpoints[:1], **common)
+    member_path, _ = md.run_md(cell, alone, TACECalculator(ensemble_checkpoints[:1], device="cpu"))
+    assert np.abs(driven["cells"][-1] - driven["cells"][0]).max() > 1e-8, "the barostat moved the cell"
+    assert np.abs(driven["cells"] - member_path["cells"]).max() < 1e-12
+    assert np.abs(driven["positions"] - member_path["positions"]).max() < 1e-12
+    assert driven["max_force_std"].min() > 1e-3
