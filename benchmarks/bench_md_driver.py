@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tace_aiida.model import md
-from tace_aiida.model.calculator import TACECalculator, keep_freed_memory
+from tace_aiida.model.calculator import keep_freed_memory
 
 from benchmarks.bench_main_job_ensemble import example_cells
 
@@ -34,8 +34,7 @@ def deviations(members: list[Path], temperature: float, seeds: int, driven_by: s
             settings = md.MDSettings(checkpoints=[str(m) for m in members], temperature=temperature, steps=args.steps,
                                      timestep=2.0, save_interval=args.save_interval, seed=seed, device="cpu",
                                      driven_by=driven_by)
-            ensemble = TACECalculator(members, device="cpu")
-            driver = TACECalculator(members[:1], device="cpu") if driven_by == "first_member" else None
+            ensemble, driver = md.calculators(members, settings)
             start = time.perf_counter()
             arrays, _ = md.run_md(atoms, settings, ensemble, driver)
             seconds += time.perf_counter() - start

@@ -189,7 +189,7 @@ class FrameRecorder:
     def __init__(self, atoms: Atoms, settings: MDSettings, ensemble: Calculator | None = None) -> None:
         self.atoms = atoms
         self.settings = settings
-        self.ensemble = ensemble or atoms.calc
+        self.ensemble = ensemble if ensemble is not None else atoms.calc
         self.frames: dict[str, list] = {key: [] for key in (
             "positions", "cells", "energies", "forces", "energy_std", "forces_std", "max_force_std",
             "descriptors", "temperatures", "steps")}
@@ -233,7 +233,7 @@ def run_md(atoms: Atoms, settings: MDSettings, calculator: TACECalculator,
     ``driver`` (one member, for ``driven_by: first_member``) integrates the dynamics instead of the
     ensemble, which then only evaluates the saved frames."""
     atoms = atoms.copy()
-    atoms.calc = driver or calculator
+    atoms.calc = driver if driver is not None else calculator
     thermalize_momenta(atoms, temperature_K=settings.temperature, rng=np.random.default_rng(settings.seed))
     Stationary(atoms)
     dynamics = make_dynamics(atoms, settings)
@@ -249,6 +249,15 @@ def run_md(atoms: Atoms, settings: MDSettings, calculator: TACECalculator,
     summary = {"stop_reason": recorder.stop_reason or "completed", "steps_done": step,
                "frames": len(recorder.frames["steps"]), "settings": settings.to_dict()}
     return recorder.arrays(), summary
+
+
+def calculators(checkpoints: list[Path], settings: MDSettings) -> tuple[TACECalculator, TACECalculator | None]:
+    """The ensemble that records the frames and, for ``driven_by: first_member`` with more than one
+    checkpoint, the first member that drives the dynamics (None: the ensemble drives them)."""
+    ensemble = TACECalculator(checkpoints, device=settings.device, bias=settings.bias, uncertainty=settings.uncertainty)
+    if settings.driven_by == "first_member" and len(checkpoints) > 1:
+        return ensemble, TACECalculator(checkpoints[:1], device=settings.device)
+    return ensemble, None
 
 
 def read_settings(path: Path) -> MDSettings:
@@ -284,11 +293,7 @@ def main(folder: Path | None = None) -> int:
         checkpoints = [folder / path for path in settings.checkpoints]
         check_start(atoms, checkpoints)
         keep_freed_memory()
-        calculator = TACECalculator(checkpoints, device=settings.device, bias=settings.bias,
-                                    uncertainty=settings.uncertainty)
-        driver = (TACECalculator(checkpoints[:1], device=settings.device)
-                  if settings.driven_by == "first_member" and len(checkpoints) > 1 else None)
-        arrays, summary = run_md(atoms, settings, calculator, driver)
+        arrays, summary = run_md(atoms, settings, *calculators(checkpoints, settings))
     except (ValueError, OSError) as error:
         print(f"tace-md: {error}", file=sys.stderr)
         return 2
