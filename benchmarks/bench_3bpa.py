@@ -52,6 +52,7 @@ def main() -> None:
                         help="gradient norm at which both models clip a step, or None")
     parser.add_argument("--weight-decay", type=float, default=MatchedSettings.weight_decay,
                         help="both models' L2 penalty in Adam's update")
+    parser.add_argument("--lr", type=float, default=MatchedSettings.lr, help="both models' initial learning rate")
     parser.add_argument("--quick", action="store_true", help="tiny run that only checks the script works")
     parser.add_argument("--models", nargs="+", choices=list(RUNNERS), default=list(RUNNERS))
     parser.add_argument("--seed", type=int, default=MatchedSettings.seed)
@@ -63,7 +64,7 @@ def main() -> None:
     settings = MatchedSettings(epochs=args.epochs, channels=args.channels, hidden_rank=args.hidden_rank, dtype=args.dtype,
                                time_budget_s=args.time_budget, seed=args.seed,
                                scheduler_patience=args.scheduler_patience, stage_two_start=args.stage_two_start,
-                               clip_grad_norm=args.clip_grad_norm, weight_decay=args.weight_decay)
+                               clip_grad_norm=args.clip_grad_norm, weight_decay=args.weight_decay, lr=args.lr)
     train, valid, test, _ = load_3bpa_split(seed=settings.seed, valid_fraction=settings.valid_fraction)
     if args.quick:
         settings = replace(settings, epochs=2, channels=8)
