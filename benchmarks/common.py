@@ -1,4 +1,4 @@
-"""Model-agnostic harness for the side-by-side 3BPA benchmark.
+"""Model-agnostic harness for the side-by-side 3BPA benchmark (and any dataset in its layout).
 
 Units throughout: energies in eV, lengths in Å, forces in eV/Å; reported errors
 in meV and meV/Å, times in s or ms, memory in MiB.
@@ -174,14 +174,53 @@ def load_3bpa_split(
     return train, valid, test, read_e0s(data_dir / "iso_atoms.xyz")
 
 
-def periodic_test_cell(data_dir: Path = DATA_DIR, per_side: int = 2, gap: float = 3.0) -> Atoms:
-    """Cubic periodic cell of ``per_side**3`` 3BPA molecules (216 atoms by default).
+def read_frames(paths: Sequence[str | Path]) -> list[Atoms]:
+    """Every frame of the extxyz files ``paths``, in order (labels on their ``SinglePointCalculator``)."""
+    return [atoms for path in paths for atoms in read(path, ":")]
 
-    Molecules (the first frames of ``train_300K``) sit on a simple cubic grid with
-    spacing = 2 * (largest centroid-to-atom distance) + ``gap`` (Å), so no two
+
+def load_split_from_files(
+    train_file: str | Path,
+    test_files: Sequence[str | Path],
+    isolated_atoms_file: str | Path,
+    seed: int = 1,
+    valid_fraction: float = 0.1,
+    train_frames: int | None = None,
+) -> tuple[list[Atoms], list[Atoms], dict[str, list[Atoms]], dict[int, float]]:
+    """Any dataset in 3BPA's layout, as :func:`load_3bpa_split` returns 3BPA: train/valid frames from
+    ``train_file`` (labelled extxyz, eV and eV/Å), test frames keyed by each test file's stem, E0s (eV) from
+    ``isolated_atoms_file`` (one isolated atom per element; those of elements absent from the training frames
+    are left out, as mace-torch sizes its E0s by them).
+
+    With ``train_frames`` only that many frames of ``train_file`` are used, the same draw for every ``seed``;
+    ``seed`` draws the validation split among them, as for 3BPA.
+    """
+    frames = read_frames([train_file])
+    if train_frames is not None:
+        if not 0 < train_frames <= len(frames):
+            raise ValueError(f"train_frames={train_frames}, but {train_file} holds {len(frames)} frames")
+        frames = [frames[i] for i in sorted(np.random.default_rng(0).permutation(len(frames))[:train_frames])]
+    train, valid = _split(frames, valid_fraction, seed)
+    test = {Path(path).stem: read_frames([path]) for path in test_files}
+    elements = {int(z) for atoms in frames for z in atoms.numbers}
+    e0s = {z: energy for z, energy in read_e0s(Path(isolated_atoms_file)).items() if z in elements}
+    if missing := elements - set(e0s):
+        raise ValueError(f"{isolated_atoms_file} has no isolated atom of element(s) {sorted(missing)}")
+    return train, valid, test, e0s
+
+
+def periodic_test_cell(molecules: Sequence[Atoms] | None = None, per_side: int = 2, gap: float = 3.0) -> Atoms:
+    """Cubic periodic cell of ``per_side**3`` molecules (216 atoms of 3BPA by default).
+
+    The molecules (the first ``per_side**3`` of ``molecules``, by default of 3BPA's ``train_300K``) sit on a
+    simple cubic grid with spacing = 2 * (largest centroid-to-atom distance) + ``gap`` (Å), so no two
     atoms of different molecules, periodic images included, are closer than ``gap``.
     """
-    molecules = read(data_dir / "train_300K.xyz", f":{per_side**3}")
+    if molecules is None:
+        molecules = read(DATA_DIR / "train_300K.xyz", f":{per_side**3}")
+    molecules = list(molecules)[: per_side**3]
+    if len(molecules) < per_side**3:
+        raise ValueError(f"a cell of {per_side**3} molecules needs as many frames, got {len(molecules)}")
     centred = [m.positions - m.positions.mean(axis=0) for m in molecules]
     spacing = 2.0 * max(np.linalg.norm(p, axis=1).max() for p in centred) + gap
     grid = np.array(np.meshgrid(*[np.arange(per_side)] * 3, indexing="ij")).reshape(3, -1).T
