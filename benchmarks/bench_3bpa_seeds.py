@@ -64,12 +64,11 @@ def column_name(model: str, tace_model: dict, settings: dict) -> str:
 def collect(paths: list[Path]) -> dict[str, dict[str, dict[int, float]]]:
     """column -> metric -> seed -> value, from the ``bench_3bpa`` output files ``paths``."""
     found: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
-    datasets = {}
-    for path in paths:
-        result = json.loads(path.read_text())
-        datasets[path] = result.get("dataset")  # None: 3BPA
-        if len({json.dumps(dataset, sort_keys=True) for dataset in datasets.values()}) > 1:
-            raise ValueError(f"{path} ran on {datasets[path] or '3BPA'}, {paths[0]} on {datasets[paths[0]] or '3BPA'}")
+    results = {path: json.loads(path.read_text()) for path in paths}
+    first_dataset = results[paths[0]].get("dataset")  # None: 3BPA
+    for path, result in results.items():
+        if result.get("dataset") != first_dataset:
+            raise ValueError(f"{path} ran on {result.get('dataset') or '3BPA'}, {paths[0]} on {first_dataset or '3BPA'}")
         seed = int(result["settings"]["seed"])
         for model, row in result["rows"].items():
             column = column_name(model, result.get("tace_model", {}), result["settings"])
