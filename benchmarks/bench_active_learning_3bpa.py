@@ -57,9 +57,9 @@ import torch
 from ase import Atoms
 from ase.io import read, write
 from tace_aiida.model.calculator import TACECalculator
-from tace_aiida.model.training import train
+from tace_aiida.model.training import read_training_files, train
 
-from benchmarks.common import DATA_DIR, MatchedSettings, energy_force_rmse, frame_key, read_e0s, read_frames
+from benchmarks.common import DATA_DIR, MatchedSettings, energy_force_rmse, frame_key, read_e0s
 from benchmarks.tace_peer import tace_config
 from tace_aiida.calibration import calibration_summary
 from tace_aiida.selection import CANDIDATE, SelectionSettings, TrustWindow, classify, frame_deviation, pick_diverse
@@ -140,12 +140,12 @@ def split_from_files(pools: list[str], tests: list[str], isolated_atoms: str, in
     """A split of any dataset in 3BPA's layout: labelled extxyz files (eV, eV/Å) for the pool and the test, one
     frame per element of the isolated atoms for the E0s, and the starting frames from ``initial``, else
     ``initial_size`` random frames of the pool (taken out of it; deterministic for ``seed``)."""
-    pool, e0s = read_frames(pools), read_e0s(Path(isolated_atoms))
+    pool, e0s = read_training_files(pools), read_e0s(Path(isolated_atoms))
     if initial is not None:
-        return PoolSplit(initial=read_frames([initial]), pool=pool, test=read_frames(tests), e0s=e0s)
+        return PoolSplit(initial=read_training_files([initial]), pool=pool, test=read_training_files(tests), e0s=e0s)
     order = np.random.default_rng(seed).permutation(len(pool))
     return PoolSplit(initial=[pool[i] for i in order[:initial_size]], pool=[pool[i] for i in order[initial_size:]],
-                     test=read_frames(tests), e0s=e0s)
+                     test=read_training_files(tests), e0s=e0s)
 
 
 def train_ensemble(frames: list[Atoms], members: int, settings: MatchedSettings, workdir: Path,

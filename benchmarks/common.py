@@ -28,6 +28,7 @@ from ase.calculators.calculator import Calculator
 from ase.io import read
 from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
+from tace_aiida.model.training import read_training_files
 
 #: The 3BPA data in ``../shared`` beside the repository, or where TACE_3BPA_DIR points.
 DATA_DIR = Path(os.environ.get("TACE_3BPA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "3bpa"))
@@ -174,11 +175,6 @@ def load_3bpa_split(
     return train, valid, test, read_e0s(data_dir / "iso_atoms.xyz")
 
 
-def read_frames(paths: Sequence[str | Path]) -> list[Atoms]:
-    """Every frame of the extxyz files ``paths``, in order (labels on their ``SinglePointCalculator``)."""
-    return [atoms for path in paths for atoms in read(path, ":")]
-
-
 def load_split_from_files(
     train_file: str | Path,
     test_files: Sequence[str | Path],
@@ -195,13 +191,13 @@ def load_split_from_files(
     With ``train_frames`` only that many frames of ``train_file`` are used, the same draw for every ``seed``;
     ``seed`` draws the validation split among them, as for 3BPA.
     """
-    frames = read_frames([train_file])
+    frames = read_training_files(train_file)
     if train_frames is not None:
         if not 0 < train_frames <= len(frames):
             raise ValueError(f"train_frames={train_frames}, but {train_file} holds {len(frames)} frames")
         frames = [frames[i] for i in sorted(np.random.default_rng(0).permutation(len(frames))[:train_frames])]
     train, valid = _split(frames, valid_fraction, seed)
-    test = {Path(path).stem: read_frames([path]) for path in test_files}
+    test = {Path(path).stem: read_training_files(path) for path in test_files}
     elements = {int(z) for atoms in frames for z in atoms.numbers}
     e0s = {z: energy for z, energy in read_e0s(Path(isolated_atoms_file)).items() if z in elements}
     if missing := elements - set(e0s):
