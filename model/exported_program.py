@@ -105,6 +105,13 @@ def _without_opt_einsum() -> Iterator[None]:
         torch.backends.opt_einsum.enabled = enabled
 
 
+def graph_input_shapes() -> tuple:
+    """The dynamic sizes of the ten inputs of :func:`.export.tracing_inputs` for ``torch.export``: the number of
+    atoms and the number of edges."""
+    atoms, edges = Dim("n_atoms", min=1), Dim("n_edges", min=0)
+    return ({0: atoms}, None, {0: atoms}, {1: edges}, {0: edges}, {0: atoms}, None, None, None, None)
+
+
 def export_program(model: CartesianTensorPotential, path: str | Path, compiled: bool = False) -> Path:
     """Write ``model`` (in its dtype) as a ``torch.export`` file (``.pt2``); with ``compiled``, the same file also
     holds the program compiled by AOTInductor for the model's device (a C++ compiler is needed here, and the
@@ -115,8 +122,7 @@ def export_program(model: CartesianTensorPotential, path: str | Path, compiled: 
         parameter.requires_grad_(False)
     inputs = tracing_inputs(model, [[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.9, 1.0, 1.1], [2.0, 0.4, 0.3],
                                     [0.3, 2.1, 1.4]])  # 6 atoms, 30 edges: sizes no other input shares
-    atoms, edges = Dim("n_atoms", min=1), Dim("n_edges", min=0)
-    shapes: tuple = ({0: atoms}, None, {0: atoms}, {1: edges}, {0: edges}, {0: atoms}, None, None, None, None)
+    shapes = graph_input_shapes()
     metadata = {"format_version": FORMAT_VERSION, "atomic_numbers": list(model.config.atomic_numbers),
                 "r_max": model.config.r_max, "dtype": str(dtype).removeprefix("torch."),
                 "dipole_head": bool(model.config.dipole), "polarizability_head": bool(model.config.polarizability),
@@ -128,21 +134,33 @@ def export_program(model: CartesianTensorPotential, path: str | Path, compiled: 
         inputs = (*inputs, pairs, wave_vectors)
         shapes = (*shapes, {1: Dim("n_pairs", min=0)}, {0: Dim("n_wave_vectors", min=0)})
         metadata["long_range"] = {"sigma": model.long_range.sigma, "k_max": model.long_range.k_max}
-    function = _EnergyForcesVirial(NodeEnergies(model))
-    with _without_opt_einsum():
-        traced = make_fx(function, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*inputs)
-        program = torch.export.export(traced, inputs, dynamic_shapes=shapes, strict=False)
+    program = trace_program(_EnergyForcesVirial(NodeEnergies(model)), inputs, shapes)
     path = Path(path)
     if not compiled:
         torch.export.save(program, str(path), extra_files={METADATA: json.dumps(metadata)})
         return path
+    metadata["compiled_for"] = next(model.parameters()).device.type
+    return write_compiled_program(program, inputs, path, {METADATA: json.dumps(metadata)})
+
+
+def trace_program(function: torch.nn.Module, inputs: tuple[Tensor, ...], shapes: tuple) -> torch.export.ExportedProgram:
+    """``function``, whose forward may call ``torch.autograd.grad``, traced by ``make_fx`` with symbolic sizes (the
+    backward pass becomes ordinary operations) and exported with the dynamic sizes ``shapes`` of its ``inputs``."""
+    with _without_opt_einsum():
+        traced = make_fx(function, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*inputs)
+        return torch.export.export(traced, inputs, dynamic_shapes=shapes, strict=False)
+
+
+def write_compiled_program(program: torch.export.ExportedProgram, inputs: tuple[Tensor, ...], path: str | Path,
+                           extra_files: dict[str, str]) -> Path:
+    """Write ``program`` and its AOTInductor compilation for the device of ``inputs`` into one ``.pt2`` file at
+    ``path`` with ``extra_files``; ``torch._inductor.aoti_load_package(path)`` runs the compiled one."""
     from torch.export.pt2_archive._package import package_pt2  # here: a private module only newer torch versions have
 
-    metadata["compiled_for"] = next(model.parameters()).device.type
     compiled_files = torch._inductor.aot_compile(program.module(), inputs, options={"aot_inductor.package": True})
     package_pt2(str(path), exported_programs={"model": program}, aoti_files={"model": compiled_files},
-                extra_files={METADATA: json.dumps(metadata)})
-    return path
+                extra_files=extra_files)
+    return Path(path)
 
 
 def load_program(path: str | Path, device: str = "cpu", compiled: bool | None = None) -> tuple[Callable, dict]:
