@@ -15,7 +15,8 @@ Settings (units: K, GPa, fs, eV/Å, Å, 1/fs):
      "temperature": 300, "pressure": 0.0, "timestep": 1.0, "steps": 1000, "save_interval": 10,
      "friction": 0.01, "thermostat_time": 100.0, "barostat_time": 1000.0,
      "max_force_std": null, "min_distance": 0.5, "seed": 1, "device": "auto",
-     "bias_strength": 0.0, "bias_width": 0.05, "uncertainty": "ensemble", "driven_by": "mean"}
+     "bias_strength": 0.0, "bias_width": 0.05, "uncertainty": "ensemble", "driven_by": "mean",
+     "compile_driver": false}
 
 ``ensemble``: ``nve`` (velocity Verlet), ``nvt`` (``thermostat`` ``langevin`` or ``bussi``) or
 ``npt`` (isotropic MTK barostat with Nose-Hoover chains). The trajectory arrays, frame-major:
@@ -39,6 +40,13 @@ saved frames (DP-GEN's convention: its LAMMPS runs follow the first model and wr
 every ``out_freq`` steps). M members then cost ``1 + M / save_interval`` times one member per step instead
 of M times; the saved frames, the uncertainty and the stops are the ensemble's as before, on a path
 that follows one member. Not with the uncertainty bias, which needs every member at every step.
+
+``compile_driver`` (with ``driven_by: first_member``) first compiles the first member by AOTInductor into
+``driver.pt2`` (``tace-export --compile``'s program, for the run's device; about a minute, and a C++ compiler
+such as ``g++``), which then integrates the dynamics; the saved frames are evaluated by the checkpoints as
+before. Worth it for long runs: the compiled program costs 0.4-0.8x the checkpoint per energy-and-forces
+call (``benchmarks/bench_compiled_ensemble.py``). If compiling fails the checkpoint drives and stderr says
+why; ``md_result.json`` names the ``driver`` that ran.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import torch
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.constraints import FixCom
@@ -62,8 +71,10 @@ from ase.md.verlet import VelocityVerlet
 
 from .bias import UncertaintyBias
 from .calculator import UNCERTAINTIES, TACECalculator, keep_freed_memory
-from .checkpoint import read_checkpoint
+from .checkpoint import load_model, read_checkpoint
 from .data import is_device, species_indices
+from .export import DeployedCalculator
+from .exported_program import export_program
 from .structure_conditions import condition_info_of
 from .validation import (
     Rule,
@@ -83,6 +94,7 @@ SETTINGS = "md.json"
 STRUCTURE = "structure.extxyz"
 TRAJECTORY = "trajectory.npz"
 RESULT = "md_result.json"
+DRIVER_PROGRAM = "driver.pt2"
 
 #: Ranges of the settings (K, GPa, fs, eV/Å, Å, 1/fs).
 MD_RULES: dict[str, Rule] = {
@@ -117,6 +129,7 @@ class MDSettings:
     bias_width: float = 0.05
     uncertainty: str = "ensemble"
     driven_by: str = "mean"
+    compile_driver: bool = False
 
     @property
     def bias(self) -> UncertaintyBias | None:
@@ -136,6 +149,9 @@ class MDSettings:
         if self.driven_by == "first_member" and self.bias_strength > 0:
             raise ValueError(f"driven_by: first_member cannot run the uncertainty bias (bias_strength "
                              f"{self.bias_strength} eV), which needs every member at every step; use driven_by: mean")
+        if self.compile_driver and self.driven_by != "first_member":
+            raise ValueError(f"compile_driver: true needs driven_by: first_member, not {self.driven_by!r}: the compiled "
+                             "program is the first member alone")
 
     @classmethod
     def from_dict(cls, data: dict) -> MDSettings:
@@ -251,13 +267,29 @@ def run_md(atoms: Atoms, settings: MDSettings, calculator: TACECalculator,
     return recorder.arrays(), summary
 
 
-def calculators(checkpoints: list[Path], settings: MDSettings) -> tuple[TACECalculator, TACECalculator | None]:
-    """The ensemble that records the frames and, for ``driven_by: first_member`` with more than one
-    checkpoint, the first member that drives the dynamics (None: the ensemble drives them)."""
+def calculators(checkpoints: list[Path], settings: MDSettings,
+                folder: Path) -> tuple[TACECalculator, Calculator | None, str]:
+    """The ensemble that records the frames; for ``driven_by: first_member`` the first member that drives the
+    dynamics (None: the ensemble drives them), compiled into ``folder`` with ``compile_driver``; and which
+    driver that is, in words."""
     ensemble = TACECalculator(checkpoints, device=settings.device, bias=settings.bias, uncertainty=settings.uncertainty)
+    if settings.compile_driver:
+        try:
+            return ensemble, compiled_driver(checkpoints[0], ensemble.device, folder / DRIVER_PROGRAM), "compiled first member"
+        except Exception as error:  # noqa: BLE001 - no C++ compiler, an operator AOTInductor cannot lower: run on
+            print(f"tace-md: compiling the first member failed, its checkpoint drives instead: "
+                  f"{type(error).__name__}: {error}", file=sys.stderr)
     if settings.driven_by == "first_member" and len(checkpoints) > 1:
-        return ensemble, TACECalculator(checkpoints[:1], device=settings.device)
-    return ensemble, None
+        return ensemble, TACECalculator(checkpoints[:1], device=settings.device), "first member"
+    return ensemble, None, "first member" if settings.driven_by == "first_member" else "ensemble mean"
+
+
+def compiled_driver(checkpoint: Path, device: torch.device, path: Path) -> DeployedCalculator:
+    """``checkpoint``'s model compiled by AOTInductor for ``device`` into ``path`` (``tace-export --compile``'s
+    program, in the checkpoint's dtype), as an ASE calculator."""
+    model, _ = load_model(checkpoint, device)
+    export_program(model, path, compiled=True)
+    return DeployedCalculator(path, device=str(device), compiled=True)
 
 
 def read_settings(path: Path) -> MDSettings:
@@ -293,10 +325,12 @@ def main(folder: Path | None = None) -> int:
         checkpoints = [folder / path for path in settings.checkpoints]
         check_start(atoms, checkpoints)
         keep_freed_memory()
-        arrays, summary = run_md(atoms, settings, *calculators(checkpoints, settings))
+        ensemble, driver, driven_by = calculators(checkpoints, settings, folder)
+        arrays, summary = run_md(atoms, settings, ensemble, driver)
     except (ValueError, OSError) as error:
         print(f"tace-md: {error}", file=sys.stderr)
         return 2
+    summary["driver"] = driven_by
     np.savez_compressed(folder / TRAJECTORY, **arrays)
     (folder / RESULT).write_text(json.dumps(summary, indent=1))
     print(f"tace-md: {summary['stop_reason']} after {summary['steps_done']} steps, {summary['frames']} frames")

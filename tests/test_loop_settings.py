@@ -104,3 +104,17 @@ def test_a_stage_driven_by_its_first_member_reaches_the_md_parameters_and_is_val
         StageSettings.from_dict({"driven_by": "last"}, owner="exploration stage 1")
     with pytest.raises(ValueError, match=r"driven_by must be 'mean' when bias_strength is set \(0.5 eV\)"):
         StageSettings.from_dict({"driven_by": "first_member", "bias_strength": 0.5}, owner="exploration stage 1")
+
+
+def test_a_compiled_driver_reaches_the_md_parameters_and_needs_the_first_member():
+    from tace_aiida.model.md import MDSettings
+
+    assert "compile_driver" not in md_parameters(StageSettings(), 300.0, 0, 1, 0.6), "the default leaves earlier parameters"
+    stage = StageSettings.from_dict({"driven_by": "first_member", "compile_driver": True}, owner="exploration stage 1")
+    parameters = md_parameters(stage, 300.0, 0, 1, 0.6)
+    assert MDSettings.from_dict({**parameters, "checkpoints": ["m.pt"]}).compile_driver is True
+    with pytest.raises(ValueError, match=r"exploration stage 1: compile_driver must be false unless driven_by is "
+                                         r"'first_member' \(not 'mean'\), not True"):
+        StageSettings.from_dict({"compile_driver": True}, owner="exploration stage 1")
+    with pytest.raises(ValueError, match="compile_driver: true needs driven_by: first_member, not 'mean'"):
+        MDSettings(compile_driver=True)

@@ -89,3 +89,40 @@ def test_npt_driven_by_the_first_member_follows_its_stress(ensemble_checkpoints)
     assert np.abs(driven["cells"] - member_path["cells"]).max() < 1e-12
     assert np.abs(driven["positions"] - member_path["positions"]).max() < 1e-12
     assert driven["max_force_std"].min() > 1e-3
+
+
+def run_tace_md(folder, checkpoints: list[str], **settings) -> tuple[dict, np.ndarray]:
+    """``tace-md`` in ``folder`` on the test molecule: its result summary and trajectory positions [F, N, 3] (Å)."""
+    write(folder / md.STRUCTURE, MOLECULE, format="extxyz")
+    common = {"checkpoints": checkpoints, "temperature": 300.0, "steps": 6, "save_interval": 3, "device": "cpu",
+              "seed": 5, "driven_by": "first_member"}
+    (folder / md.SETTINGS).write_text(json.dumps({**common, **settings}))
+    assert md.main(folder) == 0
+    return json.loads((folder / md.RESULT).read_text()), np.load(folder / md.TRAJECTORY)["positions"]
+
+
+def test_a_driver_that_fails_to_compile_leaves_the_checkpoint_driving(ensemble_checkpoints, tmp_path, monkeypatch,
+                                                                      capsys):
+    def no_compiler(model, path, compiled=False):
+        raise RuntimeError("no C++ compiler here")
+
+    (tmp_path / "plain").mkdir()
+    plain, plain_path = run_tace_md(tmp_path / "plain", ensemble_checkpoints)
+    monkeypatch.setattr(md, "export_program", no_compiler)
+    result, path = run_tace_md(tmp_path, ensemble_checkpoints, compile_driver=True)
+    assert "compiling the first member failed, its checkpoint drives instead: RuntimeError: no C++ compiler here" in (
+        capsys.readouterr().err)
+    assert result["driver"] == plain["driver"] == "first member"
+    assert np.abs(path - plain_path).max() < 1e-12
+
+
+@pytest.mark.slow
+def test_a_compiled_driver_follows_the_first_members_path(ensemble_checkpoints, tmp_path):
+    """``compile_driver``: the first member compiled by AOTInductor drives; in float64 its path is the checkpoint's."""
+    (tmp_path / "plain").mkdir()
+    _, plain_path = run_tace_md(tmp_path / "plain", ensemble_checkpoints)
+    result, path = run_tace_md(tmp_path, ensemble_checkpoints, compile_driver=True)
+    assert result["driver"] == "compiled first member" and result["stop_reason"] == "completed"
+    assert (tmp_path / md.DRIVER_PROGRAM).is_file()
+    assert np.abs(path - plain_path).max() < 1e-10
+    assert np.abs(path[-1] - path[0]).max() > 1e-3, "the atoms moved"

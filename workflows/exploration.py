@@ -43,6 +43,7 @@ def md_parameters(stage: StageSettings, temperature: float, run: int, iteration:
     bias = {"bias_strength": stage.bias_strength, "bias_width": stage.bias_width} if stage.bias_strength > 0 else {}
     source = {"uncertainty": uncertainty} if uncertainty != "ensemble" else {}
     driver = {"driven_by": stage.driven_by} if stage.driven_by != "mean" else {}
+    driver |= {"compile_driver": True} if stage.compile_driver else {}
     return {**bias, **source, **driver,
         "ensemble": "npt" if stage.pressure is not None else "nvt",
         "thermostat": stage.thermostat, "temperature": float(temperature),

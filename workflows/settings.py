@@ -108,6 +108,9 @@ class StageSettings(Settings):
     ``driven_by``: ``mean`` integrates the members' mean forces; ``first_member`` integrates the first
     member's and evaluates the ensemble only at the saved frames (DP-GEN's convention), so M members cost
     ``1 + M / save_interval`` times one member per step instead of M times (:mod:`tace_aiida.model.md`).
+    ``compile_driver`` (with ``first_member``) compiles that member by AOTInductor at the start of each MD run
+    (about a minute, a C++ compiler on the worker) and integrates with the compiled program, 0.4-0.8x the
+    checkpoint's cost per energy-and-forces call: for long runs.
     """
 
     name: str | None = None
@@ -126,6 +129,7 @@ class StageSettings(Settings):
     bias_strength: float = 0.0
     bias_width: float = 0.05
     driven_by: str = "mean"
+    compile_driver: bool = False
 
     def check(self, owner: str) -> None:
         _require(len(self.temperatures) > 0 and all(t > 0 for t in self.temperatures), owner, "temperatures",
@@ -148,6 +152,8 @@ class StageSettings(Settings):
         _require(self.driven_by in DRIVERS, owner, "driven_by", self.driven_by, " or ".join(DRIVERS))
         _require(self.driven_by == "mean" or self.bias_strength == 0, owner, "driven_by", self.driven_by,
                  f"'mean' when bias_strength is set ({self.bias_strength} eV): the bias needs every member at every step")
+        _require(not self.compile_driver or self.driven_by == "first_member", owner, "compile_driver",
+                 self.compile_driver, f"false unless driven_by is 'first_member' (not {self.driven_by!r})")
 
 
 def read_stages(stages: list[dict]) -> list[StageSettings]:
