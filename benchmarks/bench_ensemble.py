@@ -1,7 +1,8 @@
 """MD steps per second of an ensemble: 1 member, 4 members one by one, 4 members batched, 4 members
 driven by the first (``driven_by: first_member``: the first member integrates every step, the 4 are
-evaluated one by one every ``--save-interval`` steps, as ``tace-md`` records a frame), and 1 member with
-its feature uncertainty (``uncertainty="features"``, the single-model alternative to an ensemble).
+evaluated one by one every ``--save-interval`` steps, as ``tace-md`` records a frame), the same with the first
+member compiled by AOTInductor (``compile_driver: true``; compiling is not timed), and 1 member with its feature
+uncertainty (``uncertainty="features"``, the single-model alternative to an ensemble).
 
 Members are random-weight potentials of the default architecture (2 layers, 32 channels, edge
 rank 3, hidden rank 1, correlation 3, radial MLP [64, 64, 64], cutoff 5 Å) with different seeds,
@@ -18,7 +19,7 @@ molecule, rattled copies of the cell labelled by EMT for the metal.
 allocator as it is, which page-faults the large per-edge tensors in again at every step.
 ``--output`` appends the run (settings and steps per second) to a JSON file.
 
-    python benchmarks/bench_ensemble.py            # about 2 minutes on one CPU core
+    python benchmarks/bench_ensemble.py            # about 5 minutes on one CPU core
     python benchmarks/bench_ensemble.py --malloc default --output benchmarks/results/bench_ensemble.json
 """
 
@@ -43,6 +44,7 @@ from tace_aiida.model.calculator import TACECalculator, keep_freed_memory
 from tace_aiida.model.checkpoint import load_model, save_checkpoint
 from tace_aiida.model.data import LabelKeys, atoms_to_graph, edges_within_cutoff
 from tace_aiida.model.feature_uncertainty import fit_feature_uncertainty
+from tace_aiida.model.md import compiled_driver
 from tace_aiida.model.potential import CartesianTensorPotential, ModelConfig
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
@@ -152,11 +154,13 @@ def main() -> None:
                 "4 one by one": TACECalculator(paths, device="cpu", batched=False),
                 "4 batched": TACECalculator(paths, device="cpu", batched=True),
                 "4 driven by 1st": TACECalculator(paths[:1], device="cpu"),
+                "4 driven by compiled 1st": compiled_driver(paths[0], torch.device("cpu"), workdir / "driver.pt2"),
                 "1 features": TACECalculator(with_feature_uncertainty(paths[0], labelled_frames(atoms)), device="cpu",
                                              uncertainty="features"),
             }
             difference = max_difference(atoms, calculators["4 one by one"], calculators["4 batched"])
-            recorders = {"4 driven by 1st": TACECalculator(paths, device="cpu", batched=False)}
+            recorders = {key: TACECalculator(paths, device="cpu", batched=False)
+                         for key in ("4 driven by 1st", "4 driven by compiled 1st")}
             best = {key: 0.0 for key in calculators}
             for _ in range(args.rounds):
                 for key, calculator in calculators.items():
@@ -167,18 +171,19 @@ def main() -> None:
     print(f"\nMD steps/s, Langevin 0.5 fs, {args.dtype}, {args.threads} thread(s), malloc {args.malloc}, "
           f"best of {args.rounds} rounds")
     print(f"{'system':30} {'1 member':>9} {'4 one by one':>13} {'4 batched':>10} {'4 driven by 1st':>16} "
-          f"{'1 features':>11} {'cost 4 1-by-1':>14} {'cost 4 batched':>15} {'cost driven':>12} {'cost features':>14} "
-          f"{'max |diff|':>11}")
+          f"{'4 by compiled 1st':>18} {'1 features':>11} {'cost 4 1-by-1':>14} {'cost 4 batched':>15} "
+          f"{'cost driven':>12} {'cost compiled':>14} {'cost features':>14} {'max |diff|':>11}")
     for name, best, difference in rows:
         one = best["1 member"]
         print(
             f"{name:30} {one:9.2f} {best['4 one by one']:13.2f} {best['4 batched']:10.2f} {best['4 driven by 1st']:16.2f} "
-            f"{best['1 features']:11.2f} {one / best['4 one by one']:13.2f}x {one / best['4 batched']:14.2f}x "
-            f"{one / best['4 driven by 1st']:11.2f}x {one / best['1 features']:13.2f}x {difference:11.1e}"
+            f"{best['4 driven by compiled 1st']:18.2f} {best['1 features']:11.2f} {one / best['4 one by one']:13.2f}x "
+            f"{one / best['4 batched']:14.2f}x {one / best['4 driven by 1st']:11.2f}x "
+            f"{one / best['4 driven by compiled 1st']:13.2f}x {one / best['1 features']:13.2f}x {difference:11.1e}"
         )
     print(f"cost = time per MD step relative to 1 member (goal for 4 members: at most 2x); 4 driven by 1st = the "
-          f"first member integrates, the 4 are evaluated every {args.save_interval} steps; 1 features = one member "
-          "with its feature uncertainty")
+          f"first member integrates, the 4 are evaluated every {args.save_interval} steps (by compiled 1st: the first "
+          "member's AOTInductor program integrates); 1 features = one member with its feature uncertainty")
     if args.output:
         runs = json.loads(args.output.read_text()) if args.output.exists() else []
         runs.append({
