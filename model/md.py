@@ -276,7 +276,7 @@ def calculators(checkpoints: list[Path], settings: MDSettings,
     if settings.compile_driver:
         try:
             return ensemble, compiled_driver(checkpoints[0], ensemble.device, folder / DRIVER_PROGRAM), "compiled first member"
-        except Exception as error:  # noqa: BLE001 - no C++ compiler, an operator AOTInductor cannot lower: run on
+        except Exception as error:  # noqa: BLE001 - no C++ compiler, an operator AOTInductor cannot lower, ...
             print(f"tace-md: compiling the first member failed, its checkpoint drives instead: "
                   f"{type(error).__name__}: {error}", file=sys.stderr)
     if settings.driven_by == "first_member" and len(checkpoints) > 1:
