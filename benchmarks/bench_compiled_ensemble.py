@@ -36,7 +36,12 @@ from tace_aiida.model.calculator import keep_freed_memory
 from tace_aiida.model.checkpoint import load_model
 from tace_aiida.model.ensemble import StackedEnsemble
 from tace_aiida.model.export import NodeEnergies, condition_inputs, graph_inputs, tracing_inputs
-from tace_aiida.model.exported_program import graph_input_shapes, trace_program, write_compiled_program
+from tace_aiida.model.exported_program import (
+    TRACING_POSITIONS,
+    graph_input_shapes,
+    trace_program,
+    write_compiled_program,
+)
 from tace_aiida.model.potential import CartesianTensorPotential
 from torch.func import functional_call
 
@@ -67,10 +72,11 @@ class EnergyForces(torch.nn.Module):
         return energies.detach(), -gradient.detach()
 
 
-def compiled(function: EnergyForces, example: Callable, path: Path) -> tuple[Callable, float]:
-    """``function`` compiled by AOTInductor, and the seconds it took."""
+def compiled(function: EnergyForces, path: Path) -> tuple[Callable, float]:
+    """``function`` compiled by AOTInductor into ``path``, traced as ``tace-export`` traces a model, and the seconds
+    it took."""
     start = time.perf_counter()
-    inputs = tracing_inputs(function.node_energies.model, example)
+    inputs = tracing_inputs(function.node_energies.model, TRACING_POSITIONS)
     write_compiled_program(trace_program(function, inputs, graph_input_shapes()), inputs, path, {})
     return torch._inductor.aoti_load_package(str(path)), time.perf_counter() - start
 
@@ -115,7 +121,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as tace-md runs: glibc keeps the large per-edge tensors' memory for the next call
     dtype = getattr(torch, args.dtype)
-    example = [[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.9, 1.0, 1.1], [2.0, 0.4, 0.3], [0.3, 2.1, 1.4]]
     rows = {}
     with tempfile.TemporaryDirectory() as folder:
         for (name, atoms), calls in zip(systems().items(), args.calls, strict=True):
@@ -125,8 +130,8 @@ def main() -> None:
             for parameter in (p for model in models for p in model.parameters()):
                 parameter.requires_grad_(False)
             one, stacked = EnergyForces(models[:1]), EnergyForces(models)
-            one_compiled, one_seconds = compiled(one, example, workdir / "one.pt2")
-            stacked_compiled, stacked_seconds = compiled(stacked, example, workdir / "stacked.pt2")
+            one_compiled, one_seconds = compiled(one, workdir / "one.pt2")
+            stacked_compiled, stacked_seconds = compiled(stacked, workdir / "stacked.pt2")
             inputs = rattled_inputs(atoms, args.frames, models[0])
             eager_forces = stacked(*inputs[0])[1]
             difference = max(float((stacked_compiled(*inputs[0])[1] - eager_forces).abs().max()),

@@ -41,6 +41,8 @@ from .potential import CartesianTensorPotential, apply_strain
 Tensor = torch.Tensor
 METADATA = "tace.json"
 FORMAT_VERSION = 1
+#: Positions (Å) of the structure the programs are traced with: 6 atoms and 30 edges, sizes no other input shares.
+TRACING_POSITIONS = [[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.9, 1.0, 1.1], [2.0, 0.4, 0.3], [0.3, 2.1, 1.4]]
 
 
 class _EnergyForcesVirial(torch.nn.Module):
@@ -120,8 +122,7 @@ def export_program(model: CartesianTensorPotential, path: str | Path, compiled: 
     dtype = next(model.parameters()).dtype
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    inputs = tracing_inputs(model, [[0, 0, 0], [1.1, 0, 0], [0, 1.3, 0.2], [0.9, 1.0, 1.1], [2.0, 0.4, 0.3],
-                                    [0.3, 2.1, 1.4]])  # 6 atoms, 30 edges: sizes no other input shares
+    inputs = tracing_inputs(model, TRACING_POSITIONS)
     shapes = graph_input_shapes()
     metadata = {"format_version": FORMAT_VERSION, "atomic_numbers": list(model.config.atomic_numbers),
                 "r_max": model.config.r_max, "dtype": str(dtype).removeprefix("torch."),
