@@ -34,7 +34,7 @@ def deviations(members: list[Path], temperature: float, seeds: int, driven_by: s
             settings = md.MDSettings(checkpoints=[str(m) for m in members], temperature=temperature, steps=args.steps,
                                      timestep=2.0, save_interval=args.save_interval, seed=seed, device="cpu",
                                      driven_by=driven_by)
-            ensemble, driver, _ = md.calculators(members, settings, members[0].parent)
+            ensemble, driver = md.calculators(members, settings, members[0].parent)
             start = time.perf_counter()
             arrays, _ = md.run_md(atoms, settings, ensemble, driver)
             seconds += time.perf_counter() - start

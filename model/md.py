@@ -268,20 +268,26 @@ def run_md(atoms: Atoms, settings: MDSettings, calculator: TACECalculator,
 
 
 def calculators(checkpoints: list[Path], settings: MDSettings,
-                folder: Path) -> tuple[TACECalculator, Calculator | None, str]:
-    """The ensemble that records the frames; for ``driven_by: first_member`` the first member that drives the
-    dynamics (None: the ensemble drives them), compiled into ``folder`` with ``compile_driver``; and which
-    driver that is, in words."""
+                folder: Path) -> tuple[TACECalculator, Calculator | None]:
+    """The ensemble that records the frames and, for ``driven_by: first_member``, the first member that drives the
+    dynamics (None: the ensemble drives them), compiled into ``folder`` with ``compile_driver``."""
     ensemble = TACECalculator(checkpoints, device=settings.device, bias=settings.bias, uncertainty=settings.uncertainty)
     if settings.compile_driver:
         try:
-            return ensemble, compiled_driver(checkpoints[0], ensemble.device, folder / DRIVER_PROGRAM), "compiled first member"
+            return ensemble, compiled_driver(checkpoints[0], ensemble.device, folder / DRIVER_PROGRAM)
         except Exception as error:  # noqa: BLE001 - no C++ compiler, an operator AOTInductor cannot lower, ...
             print(f"tace-md: compiling the first member failed, its checkpoint drives instead: "
                   f"{type(error).__name__}: {error}", file=sys.stderr)
     if settings.driven_by == "first_member" and len(checkpoints) > 1:
-        return ensemble, TACECalculator(checkpoints[:1], device=settings.device), "first member"
-    return ensemble, None, "first member" if settings.driven_by == "first_member" else "ensemble mean"
+        return ensemble, TACECalculator(checkpoints[:1], device=settings.device)
+    return ensemble, None
+
+
+def driver_name(driver: Calculator | None, settings: MDSettings) -> str:
+    """Which driver :func:`calculators` gave, in words, for ``md_result.json``."""
+    if isinstance(driver, DeployedCalculator):
+        return "compiled first member"
+    return "first member" if settings.driven_by == "first_member" else "ensemble mean"
 
 
 def compiled_driver(checkpoint: Path, device: torch.device, path: Path,
@@ -326,12 +332,12 @@ def main(folder: Path | None = None) -> int:
         checkpoints = [folder / path for path in settings.checkpoints]
         check_start(atoms, checkpoints)
         keep_freed_memory()
-        ensemble, driver, driven_by = calculators(checkpoints, settings, folder)
+        ensemble, driver = calculators(checkpoints, settings, folder)
         arrays, summary = run_md(atoms, settings, ensemble, driver)
     except (ValueError, OSError) as error:
         print(f"tace-md: {error}", file=sys.stderr)
         return 2
-    summary["driver"] = driven_by
+    summary["driver"] = driver_name(driver, settings)
     np.savez_compressed(folder / TRAJECTORY, **arrays)
     (folder / RESULT).write_text(json.dumps(summary, indent=1))
     print(f"tace-md: {summary['stop_reason']} after {summary['steps_done']} steps, {summary['frames']} frames")
